@@ -1,0 +1,124 @@
+//! Ack: [`Committed`] → XADD of dead letters, then XACK of every entry.
+//! Input: the proof of a Postgres commit; output: entries removed from the group's PEL.
+//! I/O: Redis (the shared, non-blocking connection), one pipelined round trip each.
+//! Errors: [`AckError`]; all retryable ones are retried by the pipeline with the same
+//! `Committed` (XADD to the DLQ may then repeat: dead letters are at-least-once).
+//!
+//! A dead letter carries the entry's original fields plus `redsink.error`,
+//! `redsink.stream`, `redsink.entry_id` and `redsink.group`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+
+use crate::batch::DeadLetter;
+use crate::read::{EntryId, redis_retryable};
+use crate::write::Committed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("redis: {context}")]
+    Redis {
+        context: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+impl AckError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Redis { source, .. } => redis_retryable(source),
+        }
+    }
+}
+
+/// Acknowledges committed batches and writes dead letters.
+pub struct Acker {
+    conn: ConnectionManager,
+    group: String,
+    dlq_suffix: String,
+}
+
+impl Acker {
+    pub fn new(conn: ConnectionManager, group: &str, dlq_suffix: &str) -> Self {
+        Self {
+            conn,
+            group: group.to_string(),
+            dlq_suffix: dlq_suffix.to_string(),
+        }
+    }
+
+    /// The dead-letter stream of `stream`.
+    pub fn dlq_stream(&self, stream: &str) -> String {
+        format!("{stream}{}", self.dlq_suffix)
+    }
+
+    /// Dead letters first, then XACK: an entry leaves the PEL only once it is either
+    /// in Postgres or in its dead-letter stream.
+    pub async fn ack(&mut self, committed: &Committed) -> Result<(), AckError> {
+        self.dead_letter(committed.dead()).await?;
+        self.xack(committed.acks()).await
+    }
+
+    async fn dead_letter(&mut self, dead: &[DeadLetter]) -> Result<(), AckError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for d in dead {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(self.dlq_stream(&d.entry.stream)).arg("*");
+            for (field, value) in d.entry.fields.iter().flatten() {
+                cmd.arg(field.as_slice()).arg(value.as_slice());
+            }
+            cmd.arg("redsink.error")
+                .arg(&d.reason)
+                .arg("redsink.stream")
+                .arg(d.entry.stream.as_ref())
+                .arg("redsink.entry_id")
+                .arg(d.entry.id.to_string())
+                .arg("redsink.group")
+                .arg(&self.group);
+            pipe.add_command(cmd).ignore();
+            tracing::warn!(
+                stream = %d.entry.stream,
+                entry = %d.entry.id,
+                dlq = %self.dlq_stream(&d.entry.stream),
+                error = %d.reason,
+                "dead-lettered entry"
+            );
+        }
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|source| AckError::Redis {
+                context: format!("writing {} dead letters", dead.len()),
+                source,
+            })
+    }
+
+    async fn xack(&mut self, acks: &[(Arc<str>, EntryId)]) -> Result<(), AckError> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut by_stream: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (stream, id) in acks {
+            by_stream.entry(stream).or_default().push(id.to_string());
+        }
+        let mut pipe = redis::pipe();
+        for (stream, ids) in &by_stream {
+            pipe.cmd("XACK")
+                .arg(*stream)
+                .arg(&self.group)
+                .arg(ids)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|source| AckError::Redis {
+                context: format!("XACK of {} entries", acks.len()),
+                source,
+            })
+    }
+}

@@ -1,0 +1,113 @@
+//! Commands of the `redsink` binary, one file each.
+
+mod migrate;
+mod produce;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "redsink",
+    version,
+    about = "Sync Debezium change events from Redis Streams into PostgreSQL"
+)]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "REDSINK_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the sync until SIGINT/SIGTERM.
+    Run {
+        /// Path to the TOML config.
+        #[arg(
+            long,
+            short,
+            env = "REDSINK_CONFIG",
+            default_value = "config/redsink.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Apply redsink's own migrations (the `redsink` schema) and exit.
+    Migrate {
+        #[arg(
+            long,
+            short,
+            env = "REDSINK_CONFIG",
+            default_value = "config/redsink.toml"
+        )]
+        config: PathBuf,
+    },
+    /// XADD Debezium events to Redis the way Debezium Server's Redis sink does.
+    Produce(produce::ProduceArgs),
+}
+
+pub async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => run::run(&config, shutdown_on_signal()).await,
+        Command::Migrate { config } => migrate::migrate(&config).await,
+        Command::Produce(args) => produce::produce(args).await,
+    }
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REDSINK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        trigger.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested: finishing the current batch");
+        trigger.cancel();
+    });
+    token
+}

@@ -1,0 +1,547 @@
+//! Configuration: TOML file → [`Config`], then environment overrides, then
+//! [`Config::validate`]. Every error names the key it is about.
+//!
+//! Environment overrides: `REDSINK_<SECTION>_<KEY>` sets `<key>` in `[<section>]`
+//! for the sections `redis`, `postgres`, `batch` and `decode` (for example
+//! `REDSINK_REDIS_URL`, `REDSINK_BATCH_MAX_DELAY`). `DATABASE_URL` is used for
+//! `postgres.url` when neither the file nor `REDSINK_POSTGRES_URL` sets it.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Sections whose scalar keys can be overridden by `REDSINK_<SECTION>_<KEY>`.
+const ENV_SECTIONS: [&str; 4] = ["redis", "postgres", "batch", "decode"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub decode: DecodeConfig,
+    #[serde(rename = "mapping", default)]
+    pub mappings: Vec<MappingConfig>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Consumer name in the group; default `<hostname>-<pid>`.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Where a newly created group starts: `0` (all history), `$` (new only) or an entry ID.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// Longest time one XREADGROUP blocks waiting for new entries.
+    #[serde(default = "default_block", deserialize_with = "de_duration")]
+    pub block: Duration,
+    /// Entries pending longer than this on any consumer are claimed (XAUTOCLAIM).
+    #[serde(default = "default_claim_idle", deserialize_with = "de_duration")]
+    pub claim_idle: Duration,
+    /// Suffix of the dead-letter stream: `<stream><dlq_suffix>`.
+    #[serde(default = "default_dlq_suffix")]
+    pub dlq_suffix: String,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default = "default_pool_size", deserialize_with = "de_u32")]
+    pub pool_size: u32,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Flush when this many entries are buffered.
+    #[serde(default = "default_max_batch", deserialize_with = "de_usize")]
+    pub max_batch: usize,
+    /// Flush at the latest this long after the first buffered entry arrived.
+    #[serde(default = "default_max_delay", deserialize_with = "de_duration")]
+    pub max_delay: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: default_max_batch(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// Debezium Server's `debezium.sink.redis.null.key`.
+    #[serde(default = "default_placeholder")]
+    pub null_key: String,
+    /// Debezium Server's `debezium.sink.redis.null.value` (tombstones).
+    #[serde(default = "default_placeholder")]
+    pub null_value: String,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            null_key: default_placeholder(),
+            null_value: default_placeholder(),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    /// Exact names, `{a..b}` ranges and globs (`*`, `?`, `[...]`).
+    pub streams: Vec<String>,
+    /// `schema.table`, or a template with `${source.schema}`, `${source.table}`,
+    /// `${source.db}` and `${stream}`.
+    pub table: String,
+    /// Key columns; default: the fields of the Debezium message key.
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Where the per-row version comes from.
+    #[serde(default)]
+    pub version: VersionSource,
+    /// Drop event fields that have no column in the table instead of dead-lettering the event.
+    #[serde(default)]
+    pub ignore_unknown_columns: bool,
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VersionSource {
+    /// `source.lsn` for the PostgreSQL connector, the stream entry ID otherwise.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Debezium PostgreSQL `source.lsn`.
+    #[serde(rename = "source.lsn")]
+    SourceLsn,
+    /// The Redis stream entry ID (only correct when one stream carries all changes of a row, in order).
+    #[serde(rename = "entry_id")]
+    EntryId,
+}
+
+fn default_group() -> String {
+    "redsink".into()
+}
+fn default_start() -> String {
+    "0".into()
+}
+fn default_block() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_claim_idle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dlq_suffix() -> String {
+    ":dlq".into()
+}
+fn default_pool_size() -> u32 {
+    4
+}
+fn default_max_batch() -> usize {
+    1024
+}
+fn default_max_delay() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_placeholder() -> String {
+    "default".into()
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write for example \"50ms\" or \"2s\""
+        ))
+    })
+}
+
+/// Numbers may come from TOML (an integer) or from the environment (a string).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrText {
+    Num(u64),
+    Text(String),
+}
+
+fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumOrText::deserialize(d)? {
+        NumOrText::Num(n) => Ok(n),
+        NumOrText::Text(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a whole number"))),
+    }
+}
+fn de_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    usize::try_from(de_u64(d)?).map_err(serde::de::Error::custom)
+}
+fn de_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    u32::try_from(de_u64(d)?).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Reads the file, applies the environment and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses `text`, applies overrides from `env` and validates.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        apply_env(&mut doc, env);
+        let mut config: Config =
+            Config::deserialize(toml::Value::Table(doc)).map_err(|e| ConfigError::Parse {
+                path: origin.to_string(),
+                message: e.to_string(),
+            })?;
+        if config.redis.consumer.is_none() {
+            config.redis.consumer = Some(default_consumer());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, templates, non-empty names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis.url.trim().is_empty() {
+            return Err(invalid("redis.url", "must not be empty"));
+        }
+        if self.postgres.url.trim().is_empty() {
+            return Err(invalid(
+                "postgres.url",
+                "is not set: set it in the file, in REDSINK_POSTGRES_URL or in DATABASE_URL",
+            ));
+        }
+        if self.redis.group.trim().is_empty() {
+            return Err(invalid("redis.group", "must not be empty"));
+        }
+        if let Some(c) = &self.redis.consumer
+            && c.trim().is_empty()
+        {
+            return Err(invalid("redis.consumer", "must not be empty"));
+        }
+        let start = self.redis.start.as_str();
+        if start != "$" && crate::read::EntryId::parse(start).is_none() {
+            return Err(invalid(
+                "redis.start",
+                format!("`{start}` is neither \"0\", \"$\" nor an entry ID like 1700000000000-0"),
+            ));
+        }
+        if self.redis.block.is_zero() {
+            return Err(invalid(
+                "redis.block",
+                "must be above zero (0 would block forever)",
+            ));
+        }
+        if self.redis.dlq_suffix.is_empty() {
+            return Err(invalid(
+                "redis.dlq_suffix",
+                "must not be empty: the DLQ would be the stream itself",
+            ));
+        }
+        if self.postgres.pool_size == 0 {
+            return Err(invalid("postgres.pool_size", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&self.batch.max_batch) {
+            return Err(invalid("batch.max_batch", "must be between 1 and 100000"));
+        }
+        if self.batch.max_delay.is_zero() {
+            return Err(invalid("batch.max_delay", "must be above zero"));
+        }
+        if self.mappings.is_empty() {
+            return Err(invalid(
+                "mapping",
+                "no [[mapping]] is configured: add one with `streams` and `table`",
+            ));
+        }
+        for (i, m) in self.mappings.iter().enumerate() {
+            if m.streams.is_empty() {
+                return Err(invalid(
+                    format!("mapping[{i}].streams"),
+                    "must not be empty",
+                ));
+            }
+            for (j, s) in m.streams.iter().enumerate() {
+                crate::read::StreamPattern::parse(s)
+                    .map_err(|msg| invalid(format!("mapping[{i}].streams[{j}]"), msg))?;
+            }
+            crate::map::TableTemplate::parse(&m.table)
+                .map_err(|msg| invalid(format!("mapping[{i}].table"), msg))?;
+            if let Some(key) = &m.key
+                && (key.is_empty() || key.iter().any(|k| k.is_empty()))
+            {
+                return Err(invalid(
+                    format!("mapping[{i}].key"),
+                    "must list at least one non-empty column name",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer name in effect (set by `from_toml` when not configured).
+    pub fn consumer(&self) -> &str {
+        self.redis.consumer.as_deref().unwrap_or("redsink")
+    }
+}
+
+fn apply_env(doc: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
+    let mut database_url = None;
+    for (name, value) in env {
+        if name == "DATABASE_URL" {
+            database_url = Some(value);
+            continue;
+        }
+        let Some(rest) = name.strip_prefix("REDSINK_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let Some((section, key)) = lower.split_once('_') else {
+            continue;
+        };
+        if !ENV_SECTIONS.contains(&section) || key.is_empty() {
+            continue;
+        }
+        let table = doc
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = table {
+            t.insert(key.to_string(), toml::Value::String(value));
+        }
+    }
+    if let Some(url) = database_url {
+        let pg = doc
+            .entry("postgres".to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = pg {
+            t.entry("url".to_string())
+                .or_insert(toml::Value::String(url));
+        }
+    }
+}
+
+/// `<hostname>-<pid>`: unique per process, stable for its life.
+pub fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "redsink".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Replaces the password of a URL with `***` for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None if scheme.starts_with("redis") && !userinfo.is_empty() => {
+            // redis://:password@host and redis://password@host both carry a secret.
+            format!("{scheme}://***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("start", &self.start)
+            .field("block", &self.block)
+            .field("claim_idle", &self.claim_idle)
+            .field("dlq_suffix", &self.dlq_suffix)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("redis", &self.redis)
+            .field("postgres", &self.postgres)
+            .field("batch", &self.batch)
+            .field("decode", &self.decode)
+            .field("mappings", &self.mappings)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[redis]
+url = "redis://127.0.0.1:6379"
+[postgres]
+url = "postgres://postgres:secret@127.0.0.1:5432/replica"
+[[mapping]]
+streams = ["shop.public.orders:{0..7}"]
+table = "public.orders"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = load(BASE, &[]).expect("valid");
+        assert_eq!(c.redis.group, "redsink");
+        assert_eq!(c.redis.start, "0");
+        assert_eq!(c.batch.max_batch, 1024);
+        assert_eq!(c.decode.null_value, "default");
+        assert!(c.consumer().contains('-'));
+        assert_eq!(c.mappings[0].version, VersionSource::Auto);
+    }
+
+    #[test]
+    fn env_overrides_keys() {
+        let c = load(
+            BASE,
+            &[
+                ("REDSINK_REDIS_URL", "redis://other:6380"),
+                ("REDSINK_BATCH_MAX_BATCH", "10"),
+                ("REDSINK_BATCH_MAX_DELAY", "5ms"),
+                ("REDSINK_TEST_IGNORED", "x"),
+                ("DATABASE_URL", "postgres://ignored"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.redis.url, "redis://other:6380");
+        assert_eq!(c.batch.max_batch, 10);
+        assert_eq!(c.batch.max_delay, Duration::from_millis(5));
+        assert!(
+            c.postgres.url.contains("replica"),
+            "file wins over DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn database_url_is_a_fallback() {
+        let text = BASE.replace(
+            "url = \"postgres://postgres:secret@127.0.0.1:5432/replica\"",
+            "",
+        );
+        let c = load(&text, &[("DATABASE_URL", "postgres://x@h/db")]).expect("valid");
+        assert_eq!(c.postgres.url, "postgres://x@h/db");
+        let c = load(
+            &text,
+            &[
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("REDSINK_POSTGRES_URL", "postgres://y@h/db"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.postgres.url, "postgres://y@h/db");
+        let err = load(&text, &[]).expect_err("no url");
+        assert!(err.to_string().contains("postgres.url"), "{err}");
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let cases = [
+            (BASE.replace("{0..7}", "{7..0}"), "mapping[0].streams[0]"),
+            (
+                BASE.replace("public.orders\"", "${source.nope}\""),
+                "mapping[0].table",
+            ),
+            (
+                format!("{BASE}\n[batch]\nmax_batch = 0\n"),
+                "batch.max_batch",
+            ),
+            (
+                format!("{BASE}\n[batch]\nmax_delay = \"soon\"\n"),
+                "max_delay",
+            ),
+            (
+                BASE.replace("[redis]", "[redis]\nstart = \"x\""),
+                "redis.start",
+            ),
+            (BASE.replace("[redis]", "[redis]\ncolour = 1"), "colour"),
+        ];
+        for (text, key) in cases {
+            let err = load(&text, &[]).expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = load(BASE, &[]).expect("valid");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://pw@h:1"), "redis://***@h:1");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,109 @@
+//! Debezium / Kafka Connect logical types, read from a field's schema.
+
+use serde_json::Value;
+
+/// How a field's JSON value is to be read, when its schema says more than the JSON does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Logical {
+    /// `org.apache.kafka.connect.data.Decimal`: base64 big-endian unscaled value.
+    Decimal { scale: u32 },
+    /// `io.debezium.data.VariableScaleDecimal`: `{"scale":…,"value":base64}`.
+    VariableScaleDecimal,
+    /// Days since the epoch (`io.debezium.time.Date`, Kafka Connect `Date`).
+    Date,
+    /// Milliseconds past midnight (`io.debezium.time.Time`, Kafka Connect `Time`).
+    TimeMillis,
+    /// `io.debezium.time.MicroTime`.
+    TimeMicros,
+    /// `io.debezium.time.NanoTime`.
+    TimeNanos,
+    /// Milliseconds since the epoch (`io.debezium.time.Timestamp`, Kafka Connect `Timestamp`).
+    TimestampMillis,
+    /// `io.debezium.time.MicroTimestamp`.
+    TimestampMicros,
+    /// `io.debezium.time.NanoTimestamp`.
+    TimestampNanos,
+    /// `io.debezium.time.MicroDuration`: microseconds.
+    DurationMicros,
+    /// A plain `bytes` field: base64 in JSON.
+    Bytes,
+    /// An array whose elements have a logical type.
+    Array(Box<Logical>),
+    /// A string that Postgres parses itself (`ZonedTimestamp`, `Json`, `Uuid`, `Enum`, …).
+    Text,
+}
+
+impl Logical {
+    /// Reads a Kafka Connect field schema (`{"type":…,"name":…,"parameters":…}`).
+    pub fn from_schema(schema: &Value) -> Option<Logical> {
+        let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+        let name = schema.get("name").and_then(Value::as_str);
+        match name {
+            Some("org.apache.kafka.connect.data.Decimal") => {
+                let scale = schema
+                    .get("parameters")
+                    .and_then(|p| p.get("scale"))
+                    .and_then(|s| match s {
+                        Value::String(s) => s.parse().ok(),
+                        other => other.as_u64().and_then(|n| u32::try_from(n).ok()),
+                    })
+                    .unwrap_or(0);
+                Some(Logical::Decimal { scale })
+            }
+            Some("io.debezium.data.VariableScaleDecimal") => Some(Logical::VariableScaleDecimal),
+            Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date") => {
+                Some(Logical::Date)
+            }
+            Some("io.debezium.time.Time" | "org.apache.kafka.connect.data.Time") => {
+                Some(Logical::TimeMillis)
+            }
+            Some("io.debezium.time.MicroTime") => Some(Logical::TimeMicros),
+            Some("io.debezium.time.NanoTime") => Some(Logical::TimeNanos),
+            Some("io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp") => {
+                Some(Logical::TimestampMillis)
+            }
+            Some("io.debezium.time.MicroTimestamp") => Some(Logical::TimestampMicros),
+            Some("io.debezium.time.NanoTimestamp") => Some(Logical::TimestampNanos),
+            Some("io.debezium.time.MicroDuration") => Some(Logical::DurationMicros),
+            Some(_) if ty == "string" => Some(Logical::Text),
+            _ if ty == "bytes" => Some(Logical::Bytes),
+            _ if ty == "array" => schema
+                .get("items")
+                .and_then(Logical::from_schema)
+                .map(|l| Logical::Array(Box::new(l))),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_schema_names() {
+        let dec = json!({"type":"bytes","name":"org.apache.kafka.connect.data.Decimal",
+                         "parameters":{"scale":"2","connect.decimal.precision":"10"}});
+        assert_eq!(
+            Logical::from_schema(&dec),
+            Some(Logical::Decimal { scale: 2 })
+        );
+        let ts = json!({"type":"int64","name":"io.debezium.time.MicroTimestamp"});
+        assert_eq!(Logical::from_schema(&ts), Some(Logical::TimestampMicros));
+        let arr = json!({"type":"array","items":{"type":"int32","name":"io.debezium.time.Date"}});
+        assert_eq!(
+            Logical::from_schema(&arr),
+            Some(Logical::Array(Box::new(Logical::Date)))
+        );
+        assert_eq!(
+            Logical::from_schema(&json!({"type":"bytes"})),
+            Some(Logical::Bytes)
+        );
+        assert_eq!(Logical::from_schema(&json!({"type":"int32"})), None);
+        assert_eq!(
+            Logical::from_schema(&json!({"type":"string","name":"io.debezium.data.Json"})),
+            Some(Logical::Text)
+        );
+    }
+}

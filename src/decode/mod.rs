@@ -1,0 +1,339 @@
+//! Decode: [`StreamEntry`] → [`Decoded`] (a [`ChangeEvent`] or a recognised skip).
+//! Input: the raw fields as Debezium Server's Redis sink writes them; output: the
+//! envelope with each field's logical type when the event carries a schema.
+//! Pure: no I/O, no clock.
+//! Errors: [`DecodeError`] names the stream and entry; the pipeline dead-letters it.
+//!
+//! Entry formats (`debezium.sink.redis.message.format`):
+//! - compact (default): one field, name = key JSON (or the `null.key` placeholder),
+//!   value = value JSON (or the `null.value` placeholder, a tombstone);
+//! - extended: fields `key` and `value`, then upper-cased record headers.
+//!
+//! Both with the JSON converter's schemas (`{"schema":…,"payload":…}`) and without.
+
+mod logical;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::DecodeConfig;
+use crate::read::{EntryId, StreamEntry};
+
+pub use logical::Logical;
+
+/// The Debezium prefix of heartbeat topics (`topic.heartbeat.prefix`).
+const HEARTBEAT_PREFIX: &str = "__debezium-heartbeat";
+
+/// What an entry turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per entry, moved once
+pub enum Decoded {
+    Change(ChangeEvent),
+    /// Recognised, applied to nothing, acked.
+    Skip(Skip),
+}
+
+/// Entries that are acknowledged without touching Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// A null value after a delete; the `op: d` event before it did the delete.
+    Tombstone,
+    /// `op: t`. Not applied yet: see docs/TYPES.md.
+    Truncate,
+    /// `op: m`, a logical decoding message.
+    Message,
+    Heartbeat,
+    SchemaChange,
+    TransactionMetadata,
+    /// Deleted from the stream (XDEL/XTRIM) while pending: only its ID was left.
+    DeletedEntry,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Tombstone => "tombstone",
+            Skip::Truncate => "truncate",
+            Skip::Message => "message",
+            Skip::Heartbeat => "heartbeat",
+            Skip::SchemaChange => "schema_change",
+            Skip::TransactionMetadata => "transaction_metadata",
+            Skip::DeletedEntry => "deleted_entry",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    /// A snapshot read (`op: r`): applied like a create.
+    Read,
+}
+
+/// One row change as Debezium described it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    pub op: Op,
+    /// The message key's fields; `None` for a null key (a table without a key).
+    pub key: Option<Row>,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub source: Source,
+}
+
+/// The parts of the `source` block redsink uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    pub connector: Option<String>,
+    pub db: Option<String>,
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub lsn: Option<u64>,
+    pub ts_ms: Option<i64>,
+}
+
+/// Fields of a row image or key, in event order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row(pub Vec<Field>);
+
+impl Row {
+    pub fn get(&self, name: &str) -> Option<&Field> {
+        self.0.iter().find(|f| f.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub value: Value,
+    /// From the event schema; `None` without schemas or for plain types.
+    pub logical: Option<Logical>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("stream {stream} entry {id}: {reason}")]
+pub struct DecodeError {
+    pub stream: Arc<str>,
+    pub id: EntryId,
+    pub reason: String,
+}
+
+/// Decodes one entry.
+pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, DecodeError> {
+    let fail = |reason: String| DecodeError {
+        stream: entry.stream.clone(),
+        id: entry.id,
+        reason,
+    };
+    let Some(fields) = &entry.fields else {
+        return Ok(Decoded::Skip(Skip::DeletedEntry));
+    };
+    let (key_text, value_text) = split_fields(fields).map_err(&fail)?;
+    let key_text =
+        std::str::from_utf8(key_text).map_err(|_| fail("the key is not valid UTF-8".into()))?;
+    let value_text =
+        std::str::from_utf8(value_text).map_err(|_| fail("the value is not valid UTF-8".into()))?;
+
+    if value_text == config.null_value {
+        return Ok(Decoded::Skip(Skip::Tombstone));
+    }
+    if entry.stream.starts_with(HEARTBEAT_PREFIX) {
+        return Ok(Decoded::Skip(Skip::Heartbeat));
+    }
+    let value: Value = serde_json::from_str(value_text)
+        .map_err(|e| fail(format!("the value is not JSON: {e}")))?;
+    let (value_schema, payload) = split_schema(value);
+    let Value::Object(mut payload) = payload else {
+        return Err(fail(
+            "the value is not a JSON object: expected a Debezium change event".into(),
+        ));
+    };
+
+    let op = match payload.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(other) => return Err(fail(format!("`op` is not a string: {other}"))),
+        None => return classify_without_op(&payload).map_err(fail),
+    };
+    let op = match op.as_str() {
+        "c" => Op::Create,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "r" => Op::Read,
+        "t" => return Ok(Decoded::Skip(Skip::Truncate)),
+        "m" => return Ok(Decoded::Skip(Skip::Message)),
+        other => {
+            return Err(fail(format!(
+                "unknown op `{other}` (expected c, u, d, r, t or m)"
+            )));
+        }
+    };
+
+    let key = if key_text == config.null_key {
+        None
+    } else {
+        let key: Value = serde_json::from_str(key_text)
+            .map_err(|e| fail(format!("the key is not JSON: {e}")))?;
+        let (key_schema, key_payload) = split_schema(key);
+        match key_payload {
+            Value::Null => None,
+            Value::Object(map) => Some(row_from(map, key_schema.as_ref().map(struct_fields))),
+            other => {
+                return Err(fail(format!(
+                    "the key is not a JSON object of key columns: {other}"
+                )));
+            }
+        }
+    };
+
+    let row_schema = value_schema.as_ref().and_then(|s| envelope_row_schema(s));
+    let mut image = |name: &str| -> Result<Option<Row>, String> {
+        match payload.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(row_from(map, row_schema))),
+            Some(other) => Err(format!("`{name}` is not an object: {other}")),
+        }
+    };
+    let before = image("before").map_err(&fail)?;
+    let after = image("after").map_err(&fail)?;
+    let source = match payload.get("source") {
+        Some(Value::Object(s)) => source_from(s),
+        _ => Source::default(),
+    };
+
+    match op {
+        Op::Create | Op::Update | Op::Read if after.is_none() => {
+            return Err(fail(format!(
+                "op `{}` has no `after` row image",
+                op_letter(op)
+            )));
+        }
+        Op::Delete if before.is_none() && key.is_none() => {
+            return Err(fail(
+                "delete has neither a `before` image nor a message key: cannot tell which row"
+                    .into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(Decoded::Change(ChangeEvent {
+        op,
+        key,
+        before,
+        after,
+        source,
+    }))
+}
+
+fn op_letter(op: Op) -> &'static str {
+    match op {
+        Op::Create => "c",
+        Op::Update => "u",
+        Op::Delete => "d",
+        Op::Read => "r",
+    }
+}
+
+/// Compact: one field (name = key, value = value). Extended: `key`, `value`, headers.
+fn split_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<(&[u8], &[u8]), String> {
+    if let [(key, value)] = fields {
+        return Ok((key, value));
+    }
+    let find = |name: &[u8]| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v);
+    match (find(b"key"), find(b"value")) {
+        (Some(k), Some(v)) => Ok((k, v)),
+        _ if fields.is_empty() => Err("the entry has no fields".into()),
+        _ => Err(format!(
+            "the entry has {} fields but no `key` and `value`: expected Debezium Server's \
+             compact format (one field) or extended format (`key`, `value`, headers)",
+            fields.len()
+        )),
+    }
+}
+
+/// `{"schema":…,"payload":…}` → (schema, payload); anything else is a bare payload.
+fn split_schema(value: Value) -> (Option<Value>, Value) {
+    match value {
+        Value::Object(mut map)
+            if map.len() == 2 && map.contains_key("schema") && map.contains_key("payload") =>
+        {
+            let payload = map.remove("payload").unwrap_or(Value::Null);
+            let schema = map.remove("schema").filter(|s| !s.is_null());
+            (schema, payload)
+        }
+        other => (None, other),
+    }
+}
+
+/// Debezium events without an `op`: heartbeats, schema changes, transaction markers.
+fn classify_without_op(payload: &Map<String, Value>) -> Result<Decoded, String> {
+    if payload.contains_key("ddl") || payload.contains_key("tableChanges") {
+        return Ok(Decoded::Skip(Skip::SchemaChange));
+    }
+    if payload.contains_key("status") && payload.contains_key("id") {
+        return Ok(Decoded::Skip(Skip::TransactionMetadata));
+    }
+    if payload.keys().all(|k| k == "ts_ms") && !payload.is_empty() {
+        return Ok(Decoded::Skip(Skip::Heartbeat));
+    }
+    Err(
+        "the value has no `op` field: it is not a Debezium change event \
+         (flattened events from ExtractNewRecordState are not supported yet)"
+            .into(),
+    )
+}
+
+/// The `fields` of a struct schema.
+fn struct_fields(schema: &Value) -> &[Value] {
+    schema
+        .get("fields")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The row struct's fields inside an envelope schema (from `after`, else `before`).
+fn envelope_row_schema(schema: &Value) -> Option<&[Value]> {
+    let fields = struct_fields(schema);
+    ["after", "before"].iter().find_map(|name| {
+        fields
+            .iter()
+            .find(|f| f.get("field").and_then(Value::as_str) == Some(name))
+            .map(struct_fields)
+    })
+}
+
+fn row_from(map: Map<String, Value>, schema: Option<&[Value]>) -> Row {
+    Row(map
+        .into_iter()
+        .map(|(name, value)| {
+            let logical = schema.and_then(|fields| {
+                fields
+                    .iter()
+                    .find(|f| f.get("field").and_then(Value::as_str) == Some(name.as_str()))
+                    .and_then(Logical::from_schema)
+            });
+            Field {
+                name,
+                value,
+                logical,
+            }
+        })
+        .collect())
+}
+
+fn source_from(s: &Map<String, Value>) -> Source {
+    let text = |k: &str| s.get(k).and_then(Value::as_str).map(str::to_string);
+    Source {
+        connector: text("connector"),
+        db: text("db"),
+        schema: text("schema"),
+        table: text("table"),
+        lsn: s.get("lsn").and_then(Value::as_u64),
+        ts_ms: s.get("ts_ms").and_then(Value::as_i64),
+    }
+}
+
+#[cfg(test)]
+mod tests;

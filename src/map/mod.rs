@@ -1,0 +1,326 @@
+//! Map: [`ChangeEvent`] + its table's [`TableSchema`] → [`RowChange`].
+//! Input: a decoded event and the catalog facts of the table it routes to; output: the
+//! row's key, version and column values as Postgres text.
+//! Pure: no I/O (the catalog is looked up by the pipeline and passed in).
+//! Errors: [`MapError`]; `Event` errors dead-letter the entry, `Table` errors stop
+//! the pipeline (a table-wide problem would otherwise dead-letter every event).
+//!
+//! The version decides which change of a row wins (see [`Version`]).
+
+pub mod convert;
+mod table;
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::{MappingConfig, VersionSource};
+use crate::decode::{ChangeEvent, Field, Op, Row};
+use crate::read::{EntryId, StreamPattern};
+
+pub use table::{Column, ColumnType, TableName, TableSchema, TableTemplate, quote_ident};
+
+/// Debezium's placeholder for an unchanged TOASTed column (`unavailable.value.placeholder`).
+pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// This event cannot be applied; others can.
+    #[error("{0}")]
+    Event(String),
+    /// No event for this table can be applied until the table or config is fixed.
+    #[error("table {table}: {reason}")]
+    Table { table: String, reason: String },
+}
+
+impl MapError {
+    pub fn event(reason: impl Into<String>) -> Self {
+        Self::Event(reason.into())
+    }
+    pub fn table(table: &TableName, reason: impl Into<String>) -> Self {
+        Self::Table {
+            table: table.to_string(),
+            reason: reason.into(),
+        }
+    }
+    fn column(table: &TableName, column: &str, reason: impl fmt::Display) -> Self {
+        Self::Event(format!("table {table} column {column}: {reason}"))
+    }
+}
+
+/// A per-row version: bytes that compare (as Postgres compares `bytea`) in the order
+/// the source applied the changes. Fixed-width big-endian integers, so byte order is
+/// numeric order.
+///
+/// | source | bytes |
+/// |---|---|
+/// | PostgreSQL `source.lsn` | lsn as u64 |
+/// | stream entry ID | ms as u64, seq as u64 |
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(pub Vec<u8>);
+
+impl Version {
+    pub fn from_lsn(lsn: u64) -> Self {
+        Self(lsn.to_be_bytes().to_vec())
+    }
+    pub fn from_entry_id(id: EntryId) -> Self {
+        let mut v = id.ms.to_be_bytes().to_vec();
+        v.extend_from_slice(&id.seq.to_be_bytes());
+        Self(v)
+    }
+}
+
+/// A configured mapping, compiled.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub index: usize,
+    pub streams: Vec<StreamPattern>,
+    pub table: TableTemplate,
+    pub key: Option<Vec<String>>,
+    pub version: VersionSource,
+    pub ignore_unknown_columns: bool,
+}
+
+impl Mapping {
+    /// Compiles a validated [`MappingConfig`].
+    pub fn compile(index: usize, config: &MappingConfig) -> Result<Self, String> {
+        let mut streams = Vec::new();
+        for s in &config.streams {
+            streams.extend(StreamPattern::parse(s)?);
+        }
+        Ok(Self {
+            index,
+            streams,
+            table: TableTemplate::parse(&config.table)?,
+            key: config.key.clone(),
+            version: config.version,
+            ignore_unknown_columns: config.ignore_unknown_columns,
+        })
+    }
+
+    /// Does this mapping cover `stream`?
+    pub fn covers(&self, stream: &str) -> bool {
+        self.streams.iter().any(|p| match p {
+            StreamPattern::Exact(name) => name == stream,
+            StreamPattern::Glob(glob) => glob_match(glob.as_bytes(), stream.as_bytes()),
+        })
+    }
+
+    /// The key column names for this event: configured, or the message key's fields.
+    fn key_names<'a>(&'a self, event: &'a ChangeEvent) -> Result<Vec<&'a str>, MapError> {
+        if let Some(key) = &self.key {
+            return Ok(key.iter().map(String::as_str).collect());
+        }
+        match &event.key {
+            Some(key) if !key.0.is_empty() => Ok(key.0.iter().map(|f| f.name.as_str()).collect()),
+            _ => Err(MapError::event(
+                "the event has a null message key (a source table without a primary key): \
+                 set mapping.key to the columns that identify a row",
+            )),
+        }
+    }
+
+    fn version(&self, event: &ChangeEvent, id: EntryId) -> Result<Version, MapError> {
+        let lsn = || {
+            event.source.lsn.map(Version::from_lsn).ok_or_else(|| {
+                MapError::event(
+                    "the event has no source.lsn: set mapping.version = \"entry_id\" \
+                     if this source has no log position",
+                )
+            })
+        };
+        match self.version {
+            VersionSource::SourceLsn => lsn(),
+            VersionSource::EntryId => Ok(Version::from_entry_id(id)),
+            VersionSource::Auto if event.source.connector.as_deref() == Some("postgresql") => lsn(),
+            VersionSource::Auto => Ok(Version::from_entry_id(id)),
+        }
+    }
+}
+
+/// Redis `stringmatchlen` semantics for `*`, `?`, `[...]` (with `^` and ranges) and `\`.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob_match(rest, &text[i..])),
+        Some((b'?', rest)) => !text.is_empty() && glob_match(rest, &text[1..]),
+        Some((b'[', rest)) => {
+            let Some((&c, text_rest)) = text.split_first() else {
+                return false;
+            };
+            let Some(close) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let (class, after) = (&rest[..close], &rest[close + 1..]);
+            let (negate, class) = match class.split_first() {
+                Some((b'^', tail)) => (true, tail),
+                _ => (false, class),
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == b'-' {
+                    let (lo, hi) = (class[i].min(class[i + 2]), class[i].max(class[i + 2]));
+                    hit |= (lo..=hi).contains(&c);
+                    i += 3;
+                } else {
+                    hit |= class[i] == c;
+                    i += 1;
+                }
+            }
+            hit != negate && glob_match(after, text_rest)
+        }
+        Some((b'\\', rest)) if !rest.is_empty() => {
+            text.first() == Some(&rest[0]) && glob_match(&rest[1..], &text[1..])
+        }
+        Some((&p, rest)) => text.first() == Some(&p) && glob_match(rest, &text[1..]),
+    }
+}
+
+/// What to do with one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOp {
+    /// Insert or update these columns (indices into the table's columns, ascending);
+    /// columns not listed keep their value (or get their default on insert).
+    Upsert {
+        columns: Vec<usize>,
+        values: Vec<Option<String>>,
+    },
+    /// Delete the row; the values are the key columns', in key order.
+    Delete { key_values: Vec<String> },
+}
+
+/// One row change, ready to batch and write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    pub table: Arc<TableSchema>,
+    /// Indices of the key columns (the ON CONFLICT target), in key order.
+    pub key_columns: Vec<usize>,
+    /// The key values as a JSON array of text, one string per row.
+    pub key_text: String,
+    pub version: Version,
+    pub op: RowOp,
+}
+
+/// Turns one event into a row change for `table`.
+pub fn map_event(
+    mapping: &Mapping,
+    event: &ChangeEvent,
+    id: EntryId,
+    table: &Arc<TableSchema>,
+) -> Result<RowChange, MapError> {
+    let key_names = mapping.key_names(event)?;
+    let key_columns = table.conflict_key(&key_names)?;
+    let version = mapping.version(event, id)?;
+    let convert_field = |field: &Field, col: usize| -> Result<Option<String>, MapError> {
+        let column = &table.columns[col];
+        let target = convert::Target {
+            ty: &column.ty,
+            is_array: column.is_array,
+        };
+        convert::to_text(&field.value, field.logical.as_ref(), target)
+            .map_err(|e| MapError::column(&table.name, &column.name, e))
+    };
+
+    let op = match event.op {
+        Op::Create | Op::Update | Op::Read => {
+            let after = event
+                .after
+                .as_ref()
+                .ok_or_else(|| MapError::event("no `after` image"))?;
+            let mut pairs: Vec<(usize, Option<String>)> = Vec::with_capacity(after.0.len());
+            for field in &after.0 {
+                let Some(col) = table.column(&field.name) else {
+                    if mapping.ignore_unknown_columns {
+                        continue;
+                    }
+                    return Err(MapError::column(
+                        &table.name,
+                        &field.name,
+                        "the event has this field but the table has no such column: add the \
+                         column or set mapping.ignore_unknown_columns = true",
+                    ));
+                };
+                if field.value.as_str() == Some(UNAVAILABLE_VALUE) {
+                    // Unchanged TOASTed value: keep what the row has.
+                    continue;
+                }
+                pairs.push((col, convert_field(field, col)?));
+            }
+            // Key columns missing from `after` (excluded by the source) come from the key.
+            for (&col, name) in key_columns.iter().zip(&key_names) {
+                if !pairs.iter().any(|(c, _)| *c == col) {
+                    let field = key_field(event.key.as_ref(), name).ok_or_else(|| {
+                        MapError::column(
+                            &table.name,
+                            name,
+                            "the key column has no value in the event",
+                        )
+                    })?;
+                    pairs.push((col, convert_field(field, col)?));
+                }
+            }
+            pairs.sort_by_key(|(c, _)| *c);
+            let (columns, values): (Vec<usize>, Vec<Option<String>>) = pairs.into_iter().unzip();
+            for &k in &key_columns {
+                let pos = columns.iter().position(|&c| c == k);
+                if pos.and_then(|p| values[p].as_ref()).is_none() {
+                    return Err(MapError::column(
+                        &table.name,
+                        &table.columns[k].name,
+                        "the key column is null",
+                    ));
+                }
+            }
+            RowOp::Upsert { columns, values }
+        }
+        Op::Delete => {
+            let mut key_values = Vec::with_capacity(key_columns.len());
+            for (&col, name) in key_columns.iter().zip(&key_names) {
+                let field = key_field(event.key.as_ref(), name)
+                    .or_else(|| key_field(event.before.as_ref(), name))
+                    .ok_or_else(|| {
+                        MapError::column(
+                            &table.name,
+                            name,
+                            "the delete carries no value for this key column (neither in the \
+                             message key nor in `before`)",
+                        )
+                    })?;
+                let value = convert_field(field, col)?
+                    .ok_or_else(|| MapError::column(&table.name, name, "the key column is null"))?;
+                key_values.push(value);
+            }
+            RowOp::Delete { key_values }
+        }
+    };
+
+    let key_text = {
+        let values: Vec<Option<&str>> = match &op {
+            RowOp::Upsert { columns, values } => key_columns
+                .iter()
+                .map(|k| {
+                    columns
+                        .iter()
+                        .position(|c| c == k)
+                        .and_then(|p| values[p].as_deref())
+                })
+                .collect(),
+            RowOp::Delete { key_values } => key_values.iter().map(|v| Some(v.as_str())).collect(),
+        };
+        serde_json::to_string(&values).map_err(|e| MapError::event(e.to_string()))?
+    };
+    Ok(RowChange {
+        table: table.clone(),
+        key_columns,
+        key_text,
+        version,
+        op,
+    })
+}
+
+fn key_field<'a>(row: Option<&'a Row>, name: &str) -> Option<&'a Field> {
+    row.and_then(|r| r.get(name)).filter(|f| !f.value.is_null())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,412 @@
+//! The pipeline: wires read → decode → map → batch → write → ack, and is the only
+//! place that retries. No SQL and no Redis commands here.
+//!
+//! The loop, in priority order:
+//! 1. shutdown requested → flush, commit, ack, return;
+//! 2. the batch is full or its oldest entry has waited `max_delay` → flush;
+//! 3. periodically: claim entries idle on dead consumers, re-discover glob streams;
+//! 4. read (blocking at most until the flush deadline) and feed each entry through
+//!    decode → map → batch.
+//!
+//! Reads are never cancelled (a cancelled XREADGROUP can strand entries in the PEL);
+//! shutdown is noticed between reads, so it takes at most `redis.block`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::{AckError, Acker};
+use crate::batch::Batcher;
+use crate::config::Config;
+use crate::decode::{self, Decoded, Skip};
+use crate::map::{self, MapError, Mapping};
+use crate::read::{self, ReadError, Reader, StreamEntry, StreamPattern};
+use crate::write::{self, ErrorClass, WriteError, Writer};
+
+/// How often glob patterns are re-scanned for new streams.
+const DISCOVER_EVERY: Duration = Duration::from_secs(30);
+/// How often a progress line is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Ack(#[from] AckError),
+    #[error("stream {stream} entry {entry}: {source}")]
+    Entry {
+        stream: Arc<str>,
+        entry: String,
+        #[source]
+        source: Box<PipelineError>,
+    },
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// Counters of one run (also logged every few seconds).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub read: u64,
+    pub rows_written: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+    pub acked: u64,
+    pub batches: u64,
+    pub claimed: u64,
+}
+
+/// Backoff with jitter between attempts; waiting gives up when shutdown is requested.
+struct Retry {
+    delays: backon::ExponentialBackoff,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            delays: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(10))
+                .with_jitter()
+                .without_max_times()
+                .build(),
+        }
+    }
+
+    /// Sleeps the next delay; `false` when shutdown was requested meanwhile.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(10));
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// Runs the sync until `shutdown` is cancelled (then flushes and returns) or a fatal
+/// error occurs.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, PipelineError> {
+    let Some(mut pipeline) = Pipeline::start(config, &shutdown).await? else {
+        return Ok(Stats::default());
+    };
+    let result = pipeline.run_loop(&shutdown).await;
+    tracing::info!(stats = ?pipeline.stats, "stopped");
+    result.map(|()| pipeline.stats)
+}
+
+struct Pipeline {
+    config: Config,
+    mappings: Vec<Mapping>,
+    routes: HashMap<Arc<str>, usize>,
+    reader: Reader,
+    writer: Writer,
+    acker: Acker,
+    batcher: Batcher,
+    stats: Stats,
+}
+
+impl Pipeline {
+    /// Connects both sides (retrying while they are unreachable), migrates, creates the
+    /// groups and checks every fixed target table. `None` if shutdown came first.
+    async fn start(
+        config: Config,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, PipelineError> {
+        let mappings = config
+            .mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                Mapping::compile(i, m)
+                    .map_err(|e| PipelineError::Config(format!("mapping[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut retry = Retry::new();
+        let pool = loop {
+            match write::connect(&config.postgres.url, config.postgres.pool_size).await {
+                Ok(pool) => break pool,
+                Err(e) if e.class() == ErrorClass::Retry => {
+                    tracing::warn!(error = %e, cause = %source_chain(&e), "postgres is not reachable, retrying");
+                    if !retry.wait(shutdown).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        write::migrate(&pool).await?;
+
+        let mut retry = Retry::new();
+        let control = loop {
+            match read::connect_control(&config.redis.url).await {
+                Ok(c) => break c,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, cause = %source_chain(&e), "redis is not reachable, retrying");
+                    if !retry.wait(shutdown).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let reader = Reader::new(
+            &config.redis.url,
+            control.clone(),
+            &config.redis.group,
+            config.consumer(),
+        )?;
+        let acker = Acker::new(control, &config.redis.group, &config.redis.dlq_suffix);
+        let mut writer = Writer::new(pool, &config.redis.group);
+        for m in &mappings {
+            if let Some(fixed) = m.table.fixed() {
+                let name = fixed.map_err(PipelineError::Config)?;
+                writer.table(&name).await?;
+            }
+        }
+        let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
+        let mut pipeline = Self {
+            config,
+            mappings,
+            routes: HashMap::new(),
+            reader,
+            writer,
+            acker,
+            batcher,
+            stats: Stats::default(),
+        };
+        pipeline.discover().await?;
+        tracing::info!(
+            consumer = pipeline.config.consumer(),
+            group = %pipeline.config.redis.group,
+            streams = pipeline.routes.len(),
+            "started"
+        );
+        Ok(Some(pipeline))
+    }
+
+    /// Finds the streams of every mapping and starts reading the new ones.
+    async fn discover(&mut self) -> Result<(), ReadError> {
+        for m in &self.mappings {
+            let patterns: Vec<StreamPattern> = m.streams.clone();
+            let names = self.reader.discover(&patterns).await?;
+            let names: Vec<String> = names
+                .into_iter()
+                .filter(|n| !n.ends_with(&self.config.redis.dlq_suffix))
+                .collect();
+            self.reader
+                .add_streams(&names, &self.config.redis.start)
+                .await?;
+            for n in names {
+                self.routes.entry(Arc::from(n.as_str())).or_insert(m.index);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_loop(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
+        let claim_every = (self.config.redis.claim_idle / 2).max(Duration::from_secs(1));
+        let mut last_claim = Instant::now();
+        let mut last_discover = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut read_retry: Option<Retry> = None;
+        loop {
+            // 1. shutdown
+            if shutdown.is_cancelled() {
+                self.flush(shutdown).await?;
+                return Ok(());
+            }
+            // 2. flush deadline or full batch
+            if self.batcher.should_flush(Instant::now()) {
+                self.flush(shutdown).await?;
+            }
+            // 3. housekeeping
+            if last_claim.elapsed() >= claim_every {
+                last_claim = Instant::now();
+                match self.reader.claim_idle(self.config.redis.claim_idle).await {
+                    Ok(entries) => {
+                        self.stats.claimed += entries.len() as u64;
+                        self.process(entries).await?;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(error = %e, "claiming idle entries failed")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if last_discover.elapsed() >= DISCOVER_EVERY {
+                last_discover = Instant::now();
+                if let Err(e) = self.discover().await {
+                    tracing::warn!(error = %e, "re-discovering streams failed");
+                }
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                tracing::info!(stats = ?self.stats, "progress");
+            }
+            // 4. intake
+            let now = Instant::now();
+            let block = match self.batcher.deadline() {
+                Some(deadline) => deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+                None => self.config.redis.block,
+            };
+            let count = self.batcher.room().max(1);
+            match self.reader.read(block, count).await {
+                Ok(entries) => {
+                    read_retry = None;
+                    self.process(entries).await?;
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, cause = %source_chain(&e), "reading from redis failed, retrying");
+                    // What was read is still applied and acked; then the PEL is re-read,
+                    // because the failed read may have delivered entries we never saw.
+                    self.flush(shutdown).await?;
+                    let retry = read_retry.get_or_insert_with(Retry::new);
+                    if !retry.wait(shutdown).await {
+                        continue;
+                    }
+                    if let Err(e) = self.reader.rewind().await {
+                        tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// decode → map → batch for each entry.
+    async fn process(&mut self, entries: Vec<StreamEntry>) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        self.stats.read += entries.len() as u64;
+        for entry in entries {
+            match self.prepare(&entry).await {
+                Ok(Prepared::Row(change)) => self.batcher.push_row(change, entry, now),
+                Ok(Prepared::Skip(skip)) => {
+                    self.stats.skipped += 1;
+                    if skip == Skip::Truncate {
+                        tracing::warn!(stream = %entry.stream, entry = %entry.id, "truncate events are not applied yet: skipped");
+                    } else {
+                        tracing::debug!(stream = %entry.stream, entry = %entry.id, kind = skip.as_str(), "skipped");
+                    }
+                    self.batcher.push_skip(&entry.stream, entry.id, now);
+                }
+                Ok(Prepared::Dead(reason)) => self.batcher.push_dead(entry, reason, now),
+                Err(e) => {
+                    return Err(PipelineError::Entry {
+                        stream: entry.stream.clone(),
+                        entry: entry.id.to_string(),
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn prepare(&mut self, entry: &StreamEntry) -> Result<Prepared, PipelineError> {
+        let event = match decode::decode(entry, &self.config.decode) {
+            Ok(Decoded::Change(event)) => event,
+            Ok(Decoded::Skip(skip)) => return Ok(Prepared::Skip(skip)),
+            Err(e) => return Ok(Prepared::Dead(e.reason)),
+        };
+        let Some(&index) = self.routes.get(&entry.stream) else {
+            return Err(PipelineError::Config(format!(
+                "no mapping covers stream {}",
+                entry.stream
+            )));
+        };
+        let mapping = &self.mappings[index];
+        let table_name = match mapping.table.resolve(&event, &entry.stream) {
+            Ok(t) => t,
+            Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
+            Err(e) => return Err(e.into()),
+        };
+        let table = self.writer.table(&table_name).await?;
+        match map::map_event(mapping, &event, entry.id, &table) {
+            Ok(change) => Ok(Prepared::Row(change)),
+            Err(MapError::Event(reason)) => Ok(Prepared::Dead(reason)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the batch (retrying transient errors), then dead-letters and acks it
+    /// (retrying likewise). On shutdown during an outage the batch is abandoned
+    /// unacknowledged: its entries stay pending and are read again at the next start.
+    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
+        if self.batcher.is_empty() {
+            return Ok(());
+        }
+        let batch = self.batcher.take();
+        let mut retry = Retry::new();
+        let committed = loop {
+            match self.writer.write(&batch).await {
+                Ok(c) => break c,
+                Err(e) if e.class() == ErrorClass::Retry => {
+                    tracing::warn!(error = %e, cause = %source_chain(&e), entries = batch.acks.len(), "writing to postgres failed, retrying");
+                    if !retry.wait(shutdown).await {
+                        tracing::warn!(
+                            entries = batch.acks.len(),
+                            "shutdown during a postgres outage: entries stay pending"
+                        );
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut retry = Retry::new();
+        loop {
+            match self.acker.ack(&committed).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, cause = %source_chain(&e), "acknowledging failed, retrying");
+                    if !retry.wait(shutdown).await {
+                        tracing::warn!(
+                            "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
+                        );
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.stats.batches += 1;
+        self.stats.rows_written += committed.rows() as u64;
+        self.stats.dead_lettered += committed.dead().len() as u64;
+        self.stats.acked += committed.acks().len() as u64;
+        tracing::debug!(
+            rows = committed.rows(),
+            acked = committed.acks().len(),
+            "batch committed"
+        );
+        Ok(())
+    }
+}
+
+enum Prepared {
+    Row(map::RowChange),
+    Skip(Skip),
+    Dead(String),
+}
+
+/// The error's causes, joined: operators need the root cause (refused, timed out, …).
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}

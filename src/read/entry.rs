@@ -1,0 +1,59 @@
+//! A stream entry as read, and its ID.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A Redis stream entry ID `<ms>-<seq>`; ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+
+    /// Parses `ms-seq` or a bare `ms` (sequence 0).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = match text.split_once('-') {
+            Some((ms, seq)) => (ms, seq),
+            None => (text, "0"),
+        };
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// One entry of one stream. `fields` is `None` when the entry was deleted from the
+/// stream while it was pending (only its ID is left in the PEL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub stream: Arc<str>,
+    pub id: EntryId,
+    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_and_order_numerically() {
+        let a = EntryId::parse("9-5").expect("valid");
+        let b = EntryId::parse("10-0").expect("valid");
+        assert!(a < b, "numeric, not text, order");
+        assert_eq!(EntryId::parse("7"), Some(EntryId { ms: 7, seq: 0 }));
+        assert_eq!(b.to_string(), "10-0");
+        for bad in ["", "-", "a-1", "1-b", "1-2-3", "$", ">"] {
+            assert_eq!(EntryId::parse(bad), None, "{bad}");
+        }
+    }
+}

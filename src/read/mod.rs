@@ -1,0 +1,555 @@
+//! Read: Redis Streams → [`StreamEntry`] through a consumer group.
+//! Input: configured stream patterns; output: batches of entries, own PEL first.
+//! I/O: yes (one dedicated connection for blocking reads, a shared one for the rest).
+//! Errors: [`ReadError`]; `is_retryable` tells the pipeline to back off and rewind.
+//!
+//! The blocking connection has no response timeout (redis-rs's default 500 ms would
+//! cut every `BLOCK` short) and an outer `tokio::time::timeout` instead; nothing else is
+//! sent on it, because a `BLOCK` stalls every other command on its connection.
+
+mod entry;
+mod pattern;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Value};
+
+pub use entry::{EntryId, StreamEntry};
+pub use pattern::StreamPattern;
+
+/// The most entries one XAUTOCLAIM round takes over.
+const CLAIM_COUNT: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("redis: {context}")]
+    Redis {
+        context: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("redis: {context}: read timed out after {timeout:?}")]
+    Timeout { context: String, timeout: Duration },
+    #[error("redis: unexpected reply to {command}: {detail}")]
+    Reply {
+        command: &'static str,
+        detail: String,
+    },
+}
+
+impl ReadError {
+    fn redis(context: impl Into<String>) -> impl FnOnce(redis::RedisError) -> Self {
+        let context = context.into();
+        move |source| Self::Redis { context, source }
+    }
+
+    /// Connection trouble, timeouts, a loading or failing-over server: back off and retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => true,
+            Self::Redis { source, .. } => redis_retryable(source),
+            Self::Reply { .. } => false,
+        }
+    }
+}
+
+/// Shared by read and ack: which Redis errors are worth retrying.
+pub fn redis_retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some(
+                "LOADING"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "BUSY"
+                    | "NOGROUP"
+            )
+        )
+}
+
+/// Opens the shared (non-blocking) connection; it reconnects by itself.
+pub async fn connect_control(url: &str) -> Result<ConnectionManager, ReadError> {
+    let client = redis::Client::open(url).map_err(ReadError::redis("opening redis url"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2);
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(ReadError::redis("connecting to redis"))
+}
+
+/// Where the reader is in one stream: draining its own PEL, or reading new entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// Re-read our own pending entries after this ID (`0` = from the start).
+    Pending(EntryId),
+    /// Read new entries (`>`).
+    New,
+}
+
+/// Reads the configured streams through one consumer group.
+pub struct Reader {
+    client: redis::Client,
+    blocking: Option<MultiplexedConnection>,
+    control: ConnectionManager,
+    group: String,
+    consumer: String,
+    streams: Vec<(Arc<str>, Cursor)>,
+}
+
+impl Reader {
+    pub fn new(
+        url: &str,
+        control: ConnectionManager,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Self, ReadError> {
+        let client = redis::Client::open(url).map_err(ReadError::redis("opening redis url"))?;
+        Ok(Self {
+            client,
+            blocking: None,
+            control,
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            streams: Vec::new(),
+        })
+    }
+
+    /// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN.
+    pub async fn discover(&mut self, patterns: &[StreamPattern]) -> Result<Vec<String>, ReadError> {
+        let mut names = Vec::new();
+        let mut seen = HashSet::new();
+        for p in patterns {
+            match p {
+                StreamPattern::Exact(name) => {
+                    if seen.insert(name.clone()) {
+                        names.push(name.clone());
+                    }
+                }
+                StreamPattern::Glob(glob) => {
+                    for name in self.scan_streams(glob).await? {
+                        if seen.insert(name.clone()) {
+                            names.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    async fn scan_streams(&mut self, glob: &str) -> Result<Vec<String>, ReadError> {
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(glob)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream")
+                .query_async(&mut self.control)
+                .await
+                .map_err(ReadError::redis(format!(
+                    "scanning for streams matching {glob}"
+                )))?;
+            out.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
+    /// Streams already being read are left as they are.
+    pub async fn add_streams(&mut self, names: &[String], start: &str) -> Result<(), ReadError> {
+        for name in names {
+            if self.streams.iter().any(|(s, _)| s.as_ref() == name) {
+                continue;
+            }
+            self.create_group(name, start).await?;
+            self.streams
+                .push((Arc::from(name.as_str()), Cursor::Pending(EntryId::ZERO)));
+        }
+        Ok(())
+    }
+
+    async fn create_group(&mut self, stream: &str, start: &str) -> Result<(), ReadError> {
+        let result: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(&self.group)
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async(&mut self.control)
+            .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(stream, group = %self.group, start, "created consumer group");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(ReadError::Redis {
+                context: format!("creating group {} on stream {stream}", self.group),
+                source: e,
+            }),
+        }
+    }
+
+    pub fn streams(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.streams.iter().map(|(s, _)| s)
+    }
+
+    /// After an error the reply to a read may have been lost, leaving entries in our
+    /// PEL that we never saw: read the PEL again from the start. Call only when every
+    /// entry read so far has been acked or is about to be (else it would be read twice).
+    pub async fn rewind(&mut self) -> Result<(), ReadError> {
+        self.blocking = None;
+        let names: Vec<Arc<str>> = self.streams.iter().map(|(s, _)| s.clone()).collect();
+        for (_, cursor) in &mut self.streams {
+            *cursor = Cursor::Pending(EntryId::ZERO);
+        }
+        // A stream deleted and re-created loses its group: make sure each one has it.
+        for name in names {
+            self.create_group(&name, "0").await?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `count` entries per stream: our own pending entries while there are
+    /// any (no blocking), then new ones, blocking up to `block`.
+    ///
+    /// Cancel safety: not cancel safe. A cancelled read can leave entries in our PEL that
+    /// were never returned; they are read again after [`Reader::rewind`] or a restart.
+    pub async fn read(
+        &mut self,
+        block: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, ReadError> {
+        let pending: Vec<(Arc<str>, EntryId)> = self
+            .streams
+            .iter()
+            .filter_map(|(s, c)| match c {
+                Cursor::Pending(id) => Some((s.clone(), *id)),
+                Cursor::New => None,
+            })
+            .collect();
+        if !pending.is_empty() {
+            return self.read_pending(&pending, count).await;
+        }
+        if self.streams.is_empty() {
+            tokio::time::sleep(block).await;
+            return Ok(Vec::new());
+        }
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS");
+        for (s, _) in &self.streams {
+            cmd.arg(s.as_ref());
+        }
+        for _ in &self.streams {
+            cmd.arg(">");
+        }
+        let reply = self.query_blocking(&cmd, block).await?;
+        parse_read_reply(reply)
+    }
+
+    async fn read_pending(
+        &mut self,
+        pending: &[(Arc<str>, EntryId)],
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, ReadError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS");
+        for (s, _) in pending {
+            cmd.arg(s.as_ref());
+        }
+        for (_, id) in pending {
+            cmd.arg(id.to_string());
+        }
+        let reply = self.query_blocking(&cmd, Duration::ZERO).await?;
+        let entries = parse_read_reply(reply)?;
+        // Advance each stream's cursor past what came back; a stream with nothing left
+        // pending switches to new entries.
+        for (stream, _) in pending {
+            let last = entries
+                .iter()
+                .filter(|e| e.stream == *stream)
+                .map(|e| e.id)
+                .max();
+            if let Some((_, cursor)) = self.streams.iter_mut().find(|(s, _)| s == stream) {
+                *cursor = match last {
+                    Some(id) => Cursor::Pending(id),
+                    None => Cursor::New,
+                };
+            }
+        }
+        if !entries.is_empty() {
+            tracing::info!(count = entries.len(), "re-reading own pending entries");
+        }
+        Ok(entries)
+    }
+
+    async fn query_blocking(
+        &mut self,
+        cmd: &redis::Cmd,
+        block: Duration,
+    ) -> Result<Value, ReadError> {
+        let mut conn = match self.blocking.take() {
+            Some(conn) => conn,
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_response_timeout(None);
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(ReadError::redis("connecting the reader to redis"))?
+            }
+        };
+        let timeout = block + Duration::from_secs(10);
+        let result = tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await;
+        let outcome = match result {
+            Err(_) => Err(ReadError::Timeout {
+                context: "XREADGROUP".into(),
+                timeout,
+            }),
+            Ok(r) => r.map_err(ReadError::redis("XREADGROUP")),
+        };
+        // A broken multiplexed connection does not heal: keep it only after a success.
+        if outcome.is_ok() {
+            self.blocking = Some(conn);
+        }
+        outcome
+    }
+
+    /// Takes over entries that have been pending on any consumer of the group for
+    /// longer than `min_idle` (a consumer that died) and returns them for processing.
+    pub async fn claim_idle(&mut self, min_idle: Duration) -> Result<Vec<StreamEntry>, ReadError> {
+        let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for (stream, _) in &self.streams {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(stream.as_ref())
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(idle_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(CLAIM_COUNT)
+                .query_async(&mut self.control)
+                .await
+                .map_err(ReadError::redis(format!("XAUTOCLAIM on {stream}")))?;
+            let claimed = parse_autoclaim_reply(stream, reply)?;
+            if !claimed.is_empty() {
+                tracing::warn!(
+                    stream = %stream,
+                    count = claimed.len(),
+                    "claimed entries left pending by another consumer"
+                );
+            }
+            out.extend(claimed);
+            if out.len() >= CLAIM_COUNT {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn reply_err(command: &'static str, detail: impl Into<String>) -> ReadError {
+    ReadError::Reply {
+        command,
+        detail: detail.into(),
+    }
+}
+
+fn bytes(v: Value, command: &'static str) -> Result<Vec<u8>, ReadError> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        other => Err(reply_err(
+            command,
+            format!("expected a string, got {other:?}"),
+        )),
+    }
+}
+
+/// `[[stream, [[id, [field, value, …] | nil], …]], …]` (RESP2) or a map (RESP3).
+fn parse_read_reply(reply: Value) -> Result<Vec<StreamEntry>, ReadError> {
+    const CMD: &str = "XREADGROUP";
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    let entries = pair.pop().unwrap_or(Value::Nil);
+                    let name = pair.pop().unwrap_or(Value::Nil);
+                    Ok((name, entries))
+                }
+                other => Err(reply_err(CMD, format!("bad stream item {other:?}"))),
+            })
+            .collect::<Result<_, _>>()?,
+        other => return Err(reply_err(CMD, format!("bad reply {other:?}"))),
+    };
+    let mut out = Vec::new();
+    for (name, entries) in streams {
+        let name = String::from_utf8(bytes(name, CMD)?)
+            .map_err(|_| reply_err(CMD, "stream name is not UTF-8"))?;
+        let stream: Arc<str> = Arc::from(name);
+        parse_entries(&stream, entries, CMD, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn parse_entries(
+    stream: &Arc<str>,
+    entries: Value,
+    command: &'static str,
+    out: &mut Vec<StreamEntry>,
+) -> Result<(), ReadError> {
+    let Value::Array(entries) = entries else {
+        return Err(reply_err(command, "entries are not an array"));
+    };
+    for entry in entries {
+        let Value::Array(mut parts) = entry else {
+            return Err(reply_err(command, "entry is not an array"));
+        };
+        if parts.len() != 2 {
+            return Err(reply_err(command, "entry is not [id, fields]"));
+        }
+        let fields = parts.pop().unwrap_or(Value::Nil);
+        let id_bytes = bytes(parts.pop().unwrap_or(Value::Nil), command)?;
+        let id_text = std::str::from_utf8(&id_bytes)
+            .map_err(|_| reply_err(command, "entry ID is not UTF-8"))?;
+        let id = EntryId::parse(id_text)
+            .ok_or_else(|| reply_err(command, format!("bad entry ID {id_text}")))?;
+        let fields = match fields {
+            // The entry was deleted (XDEL/XTRIM) while pending: its ID is all that is left.
+            Value::Nil => None,
+            Value::Array(flat) => {
+                if flat.len() % 2 != 0 {
+                    return Err(reply_err(command, "odd number of field items"));
+                }
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((bytes(f, command)?, bytes(v, command)?));
+                }
+                Some(pairs)
+            }
+            Value::Map(map) => Some(
+                map.into_iter()
+                    .map(|(f, v)| Ok((bytes(f, command)?, bytes(v, command)?)))
+                    .collect::<Result<_, ReadError>>()?,
+            ),
+            other => return Err(reply_err(command, format!("bad fields {other:?}"))),
+        };
+        out.push(StreamEntry {
+            stream: stream.clone(),
+            id,
+            fields,
+        });
+    }
+    Ok(())
+}
+
+/// `[next-cursor, [[id, fields], …], [deleted-id, …]]`.
+fn parse_autoclaim_reply(stream: &Arc<str>, reply: Value) -> Result<Vec<StreamEntry>, ReadError> {
+    const CMD: &str = "XAUTOCLAIM";
+    let Value::Array(mut parts) = reply else {
+        return Err(reply_err(CMD, "reply is not an array"));
+    };
+    if parts.len() < 2 {
+        return Err(reply_err(CMD, "reply is too short"));
+    }
+    let mut out = Vec::new();
+    let claimed = parts.swap_remove(1);
+    parse_entries(stream, claimed, CMD, &mut out)?;
+    // Entries deleted while pending come back in the third element (Redis ≥ 7) and
+    // are removed from the PEL by XAUTOCLAIM itself.
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_resp2_read_reply_with_deleted_entry() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("s:0"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("5-1"),
+                    Value::Array(vec![bulk("{\"id\":1}"), bulk("{}")]),
+                ]),
+                Value::Array(vec![bulk("6-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = parse_read_reply(reply).expect("parses");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(&*entries[0].stream, "s:0");
+        assert_eq!(entries[0].id, EntryId { ms: 5, seq: 1 });
+        let fields = entries[0].fields.as_ref().expect("fields");
+        assert_eq!(fields[0].0, b"{\"id\":1}");
+        assert!(entries[1].fields.is_none());
+        assert!(parse_read_reply(Value::Nil).expect("nil").is_empty());
+    }
+
+    #[test]
+    fn rejects_malformed_replies_without_panicking() {
+        for reply in [
+            Value::Int(3),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![bulk("s"), Value::Int(1)])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("s"),
+                Value::Array(vec![Value::Array(vec![bulk("x-y"), Value::Array(vec![])])]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk("s"),
+                Value::Array(vec![Value::Array(vec![
+                    bulk("1-1"),
+                    Value::Array(vec![bulk("f")]),
+                ])]),
+            ])]),
+        ] {
+            assert!(parse_read_reply(reply).is_err());
+        }
+    }
+}

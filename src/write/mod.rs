@@ -1,0 +1,338 @@
+//! Write: [`Batch`] → [`Committed`], in one Postgres transaction.
+//! Input: per-table coalesced rows and the per-stream checkpoints; output: proof that
+//! the transaction committed, listing what to acknowledge and what to dead-letter.
+//! I/O: Postgres (a small pool).
+//! Errors: [`WriteError`], classified by [`WriteError::class`]: retry (connection,
+//! serialization, deadlock), or fatal (missing table, privileges). A data error (a
+//! value the column rejects) does not fail the batch: the batch is written again with
+//! a savepoint per statement and per row, and only the rejected rows are dead-lettered.
+//!
+//! Version guard, per row (v = the event's version, r = the row's `_redsink_version`,
+//! t = the row's tombstone version in `redsink.tombstones`):
+//!
+//! | event | row exists | outcome |
+//! |---|---|---|
+//! | upsert | no, no tombstone ≥ v | insert |
+//! | upsert | no, tombstone ≥ v | nothing (a newer delete happened: no resurrection) |
+//! | upsert | yes, r < v or r is null | update |
+//! | upsert | yes, r ≥ v | nothing (older or repeated event) |
+//! | delete | yes, r < v or r is null | delete; tombstone := max(t, v) |
+//! | delete | yes, r ≥ v | nothing but tombstone := max(t, v) |
+//! | delete | no | tombstone := max(t, v) |
+
+mod catalog;
+mod sql;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+
+use crate::batch::{Batch, BatchRow, DeadLetter};
+use crate::map::{RowOp, TableName, TableSchema};
+use crate::read::EntryId;
+
+pub use catalog::VERSION_COLUMN;
+
+/// The migrations for redsink's own tables (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("postgres: {context}")]
+    Postgres {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "table {table} does not exist in the replica database: create it (redsink never \
+         creates target tables) or fix mapping.table"
+    )]
+    TableMissing { table: String },
+    #[error(
+        "cannot add the version column {VERSION_COLUMN} to table {table}: run ALTER TABLE \
+         {table} ADD COLUMN {VERSION_COLUMN} bytea as the table owner, or let redsink's role own it"
+    )]
+    VersionColumn {
+        table: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// What to do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient: back off and try the same batch again.
+    Retry,
+    /// A value a column rejects: isolate the row and dead-letter it.
+    Data,
+    /// Needs an operator: stop with the message.
+    Fatal,
+}
+
+impl WriteError {
+    fn pg(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Postgres { context, source }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Postgres { source, .. } => classify(source),
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => match classify(e) {
+                ErrorClass::Retry => ErrorClass::Retry,
+                _ => ErrorClass::Fatal,
+            },
+            Self::TableMissing { .. } | Self::VersionColumn { .. } | Self::Migrate(_) => {
+                ErrorClass::Fatal
+            }
+        }
+    }
+
+    /// The SQLSTATE, when Postgres sent one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Self::Postgres { source, .. } | Self::VersionColumn { source, .. } => source
+                .as_database_error()
+                .and_then(|d| d.code())
+                .map(|c| c.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Retry on anything about the connection or concurrency; data classes 22 and 23 are
+/// the row's fault; the rest needs an operator.
+pub fn classify(e: &sqlx::Error) -> ErrorClass {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorClass::Retry,
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            match code.as_str() {
+                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "57014" => {
+                    ErrorClass::Retry
+                }
+                c if c.starts_with("08") || c.starts_with("53") => ErrorClass::Retry,
+                c if c.starts_with("22") || c.starts_with("23") => ErrorClass::Data,
+                _ => ErrorClass::Fatal,
+            }
+        }
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// Proof that a batch's transaction committed: the only way to acknowledge entries.
+/// Built only by [`Writer::write`], after `COMMIT` returned.
+#[must_use = "committed entries must be acknowledged"]
+#[derive(Debug)]
+pub struct Committed {
+    acks: Vec<(Arc<str>, EntryId)>,
+    dead: Vec<DeadLetter>,
+    rows: usize,
+}
+
+impl Committed {
+    /// Every entry of the batch: applied, skipped and dead-lettered.
+    pub fn acks(&self) -> &[(Arc<str>, EntryId)] {
+        &self.acks
+    }
+    /// Entries to put on the dead-letter stream before acknowledging.
+    pub fn dead(&self) -> &[DeadLetter] {
+        &self.dead
+    }
+    /// Rows written (after coalescing; including version-guarded no-ops).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Connects the pool: session time zone UTC (naive Debezium timestamps are UTC).
+pub async fn connect(url: &str, pool_size: u32) -> Result<PgPool, WriteError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(WriteError::pg("parsing postgres.url"))?
+        .application_name("redsink")
+        .options([("timezone", "UTC")]);
+    PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(WriteError::pg("connecting to postgres"))
+}
+
+/// Applies `migrations/` (advisory-locked, so concurrent instances are safe).
+pub async fn migrate(pool: &PgPool) -> Result<(), WriteError> {
+    MIGRATOR.run(pool).await.map_err(WriteError::Migrate)
+}
+
+/// Writes batches; caches the catalog of each target table.
+pub struct Writer {
+    pool: PgPool,
+    group: String,
+    tables: HashMap<TableName, Arc<TableSchema>>,
+}
+
+impl Writer {
+    pub fn new(pool: PgPool, group: &str) -> Self {
+        Self {
+            pool,
+            group: group.to_string(),
+            tables: HashMap::new(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The catalog facts of a table, read once and cached.
+    pub async fn table(&mut self, name: &TableName) -> Result<Arc<TableSchema>, WriteError> {
+        if let Some(t) = self.tables.get(name) {
+            return Ok(t.clone());
+        }
+        let schema = Arc::new(catalog::load(&self.pool, name).await?);
+        self.tables.insert(name.clone(), schema.clone());
+        Ok(schema)
+    }
+
+    /// Applies a batch in one transaction with its checkpoints. Safe to call again with
+    /// the same batch after an error: every statement is version-guarded.
+    pub async fn write(&self, batch: &Batch) -> Result<Committed, WriteError> {
+        let rejected = match self.attempt(batch, false).await {
+            Err(e) if e.class() == ErrorClass::Data => {
+                tracing::warn!(error = %e, "a row was rejected: writing the batch again row by row");
+                self.attempt(batch, true).await?
+            }
+            other => other?,
+        };
+        let mut dead = batch.dead.clone();
+        dead.extend(rejected);
+        Ok(Committed {
+            acks: batch.acks.clone(),
+            dead,
+            rows: batch.row_count(),
+        })
+    }
+
+    /// One transaction. With `isolate`, each statement runs under a savepoint and a
+    /// statement that hits a data error is retried row by row; the rows Postgres
+    /// rejects are returned as dead letters (with every entry coalesced into them).
+    async fn attempt(&self, batch: &Batch, isolate: bool) -> Result<Vec<DeadLetter>, WriteError> {
+        let mut tx = self.pool.begin().await.map_err(WriteError::pg("BEGIN"))?;
+        let mut rejected = Vec::new();
+        for table in &batch.tables {
+            for group in groups(&table.rows) {
+                if !isolate {
+                    exec_group(&mut tx, &table.table, &group).await?;
+                    continue;
+                }
+                savepoint(&mut tx, "SAVEPOINT redsink_group").await?;
+                match exec_group(&mut tx, &table.table, &group).await {
+                    Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT redsink_group").await?,
+                    Err(e) if e.class() == ErrorClass::Data => {
+                        savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_group").await?;
+                        for row in &group {
+                            savepoint(&mut tx, "SAVEPOINT redsink_row").await?;
+                            match exec_group(&mut tx, &table.table, &[*row]).await {
+                                Ok(()) => {
+                                    savepoint(&mut tx, "RELEASE SAVEPOINT redsink_row").await?
+                                }
+                                Err(e) if e.class() == ErrorClass::Data => {
+                                    savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_row").await?;
+                                    rejected.extend(reject(row, &table.table.name, &e));
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        sql::write_checkpoints(&mut tx, &self.group, &batch.checkpoints).await?;
+        tx.commit().await.map_err(WriteError::pg("COMMIT"))?;
+        Ok(rejected)
+    }
+}
+
+async fn savepoint(conn: &mut PgConnection, statement: &'static str) -> Result<(), WriteError> {
+    sqlx::query(statement)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(WriteError::pg(statement))
+}
+
+/// Rows that one statement can write together: same operation, key and column set.
+fn groups(rows: &[BatchRow]) -> Vec<Vec<&BatchRow>> {
+    let mut index: HashMap<(bool, &[usize], &[usize]), usize> = HashMap::new();
+    let mut out: Vec<Vec<&BatchRow>> = Vec::new();
+    for row in rows {
+        let shape = match &row.change.op {
+            RowOp::Delete { .. } => (true, row.change.key_columns.as_slice(), &[][..]),
+            RowOp::Upsert { columns, .. } => {
+                (false, row.change.key_columns.as_slice(), columns.as_slice())
+            }
+        };
+        match index.get(&shape) {
+            Some(&i) => out[i].push(row),
+            None => {
+                index.insert(shape, out.len());
+                out.push(vec![row]);
+            }
+        }
+    }
+    out
+}
+
+async fn exec_group(
+    conn: &mut PgConnection,
+    table: &TableSchema,
+    rows: &[&BatchRow],
+) -> Result<(), WriteError> {
+    match rows.first().map(|r| &r.change.op) {
+        None => Ok(()),
+        Some(RowOp::Delete { .. }) => sql::delete_rows(conn, table, rows).await,
+        Some(RowOp::Upsert { .. }) => sql::upsert_rows(conn, table, rows).await,
+    }
+}
+
+/// The winner and every entry coalesced into it go to the dead-letter stream together:
+/// acknowledging the older ones alone would lose them.
+fn reject(row: &BatchRow, table: &TableName, error: &WriteError) -> Vec<DeadLetter> {
+    let cause = match error {
+        WriteError::Postgres { source, .. } => source
+            .as_database_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| source.to_string()),
+        other => other.to_string(),
+    };
+    let winner = row.entries.first().map(|e| e.id);
+    row.entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| DeadLetter {
+            entry: entry.clone(),
+            reason: if i == 0 {
+                format!("table {table}: postgres rejected the row: {cause}")
+            } else {
+                format!(
+                    "table {table}: superseded in its batch by entry {} which postgres rejected: {cause}",
+                    winner.map(|w| w.to_string()).unwrap_or_default()
+                )
+            },
+        })
+        .collect()
+}

@@ -1,0 +1,219 @@
+//! The statements: one `UNNEST` statement per group of rows (one parameter per column,
+//! whatever the row count), every identifier quoted, every value bound as text and
+//! cast to the column's type by Postgres.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use sqlx::PgConnection;
+
+use super::{VERSION_COLUMN, WriteError};
+use crate::batch::BatchRow;
+use crate::map::{RowOp, TableSchema, quote_ident};
+use crate::read::EntryId;
+
+fn version_col() -> String {
+    quote_ident(VERSION_COLUMN)
+}
+
+/// `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE older`.
+pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> String {
+    let n = columns.len();
+    let names: Vec<String> = columns
+        .iter()
+        .map(|&c| quote_ident(&table.columns[c].name))
+        .collect();
+    let casts: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("i.c{i}::{}", table.columns[c].sql_type))
+        .collect();
+    let params: Vec<String> = (1..=n).map(|p| format!("${p}::text[]")).collect();
+    let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let conflict: Vec<String> = key
+        .iter()
+        .map(|&c| quote_ident(&table.columns[c].name))
+        .collect();
+    let mut sets: Vec<String> = columns
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|&c| {
+            let q = quote_ident(&table.columns[c].name);
+            format!("{q} = EXCLUDED.{q}")
+        })
+        .collect();
+    let v = version_col();
+    sets.push(format!("{v} = EXCLUDED.{v}"));
+    format!(
+        "INSERT INTO {table} AS t ({names}, {v}) \
+         SELECT {casts}, i.v FROM unnest({params}, ${pv}::bytea[], ${pk}::text[]) AS i({aliases}, v, k) \
+         WHERE NOT EXISTS (SELECT 1 FROM redsink.tombstones d \
+           WHERE d.table_name = ${pt} AND d.key = i.k AND d.version >= i.v) \
+         ON CONFLICT ({conflict}) DO UPDATE SET {sets} \
+         WHERE t.{v} IS NULL OR t.{v} < EXCLUDED.{v}",
+        table = table.name.quoted(),
+        names = names.join(", "),
+        casts = casts.join(", "),
+        params = params.join(", "),
+        aliases = aliases.join(", "),
+        pv = n + 1,
+        pk = n + 2,
+        pt = n + 3,
+        conflict = conflict.join(", "),
+        sets = sets.join(", "),
+    )
+}
+
+/// Deletes rows older than the event and records the tombstone version.
+pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
+    let m = key.len();
+    let params: Vec<String> = (1..=m).map(|p| format!("${p}::text[]")).collect();
+    let aliases: Vec<String> = (0..m).map(|i| format!("c{i}")).collect();
+    let mut matches = String::new();
+    for (i, &c) in key.iter().enumerate() {
+        let col = &table.columns[c];
+        let _ = write!(
+            matches,
+            "t.{} = i.c{i}::{} AND ",
+            quote_ident(&col.name),
+            col.sql_type
+        );
+    }
+    let v = version_col();
+    format!(
+        "WITH i AS (SELECT * FROM unnest({params}, ${pv}::bytea[], ${pk}::text[]) AS i({aliases}, v, k)), \
+         del AS (DELETE FROM {table} AS t USING i WHERE {matches}(t.{v} IS NULL OR t.{v} < i.v)) \
+         INSERT INTO redsink.tombstones AS d (table_name, key, version) \
+         SELECT ${pt}, i.k, i.v FROM i \
+         ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now() \
+         WHERE d.version < EXCLUDED.version",
+        params = params.join(", "),
+        aliases = aliases.join(", "),
+        table = table.name.quoted(),
+        pv = m + 1,
+        pk = m + 2,
+        pt = m + 3,
+    )
+}
+
+pub async fn upsert_rows(
+    conn: &mut PgConnection,
+    table: &TableSchema,
+    rows: &[&BatchRow],
+) -> Result<(), WriteError> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let RowOp::Upsert { columns, .. } = &first.change.op else {
+        return Ok(());
+    };
+    let key = &first.change.key_columns;
+    let sql = upsert_sql(table, key, columns);
+    let mut cols: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(rows.len()); columns.len()];
+    let mut versions: Vec<&[u8]> = Vec::with_capacity(rows.len());
+    let mut keys: Vec<&str> = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let RowOp::Upsert { values, .. } = &row.change.op {
+            for (col, value) in cols.iter_mut().zip(values) {
+                col.push(value.as_deref());
+            }
+        }
+        versions.push(&row.change.version.0);
+        keys.push(&row.change.key_text);
+    }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for col in cols {
+        query = query.bind(col);
+    }
+    query
+        .bind(versions)
+        .bind(keys)
+        .bind(table.name.to_string())
+        .execute(conn)
+        .await
+        .map_err(WriteError::pg(format!(
+            "upserting {} rows into {}",
+            rows.len(),
+            table.name
+        )))?;
+    Ok(())
+}
+
+pub async fn delete_rows(
+    conn: &mut PgConnection,
+    table: &TableSchema,
+    rows: &[&BatchRow],
+) -> Result<(), WriteError> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let key = &first.change.key_columns;
+    let sql = delete_sql(table, key);
+    let mut cols: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); key.len()];
+    let mut versions: Vec<&[u8]> = Vec::with_capacity(rows.len());
+    let mut keys: Vec<&str> = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let RowOp::Delete { key_values } = &row.change.op {
+            for (col, value) in cols.iter_mut().zip(key_values) {
+                col.push(value.as_str());
+            }
+        }
+        versions.push(&row.change.version.0);
+        keys.push(&row.change.key_text);
+    }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for col in cols {
+        query = query.bind(col);
+    }
+    query
+        .bind(versions)
+        .bind(keys)
+        .bind(table.name.to_string())
+        .execute(conn)
+        .await
+        .map_err(WriteError::pg(format!(
+            "deleting {} rows from {}",
+            rows.len(),
+            table.name
+        )))?;
+    Ok(())
+}
+
+const CHECKPOINT_SQL: &str = "\
+INSERT INTO redsink.checkpoints AS c (consumer_group, stream, last_id, last_ms, last_seq) \
+SELECT $1, i.s, i.id, i.ms, i.seq FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[]) AS i(s, id, ms, seq) \
+ON CONFLICT (consumer_group, stream) DO UPDATE SET last_id = EXCLUDED.last_id, \
+  last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq, updated_at = now() \
+WHERE (c.last_ms, c.last_seq) < (EXCLUDED.last_ms, EXCLUDED.last_seq)";
+
+/// Moves each stream's checkpoint forward (never back) in the batch's transaction.
+pub async fn write_checkpoints(
+    conn: &mut PgConnection,
+    group: &str,
+    checkpoints: &[(Arc<str>, EntryId)],
+) -> Result<(), WriteError> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let streams: Vec<&str> = checkpoints.iter().map(|(s, _)| s.as_ref()).collect();
+    let ids: Vec<String> = checkpoints.iter().map(|(_, id)| id.to_string()).collect();
+    // Entry IDs beyond i64 do not occur in practice (ms since 1970); saturate rather than wrap.
+    let ms: Vec<i64> = checkpoints
+        .iter()
+        .map(|(_, id)| i64::try_from(id.ms).unwrap_or(i64::MAX))
+        .collect();
+    let seq: Vec<i64> = checkpoints
+        .iter()
+        .map(|(_, id)| i64::try_from(id.seq).unwrap_or(i64::MAX))
+        .collect();
+    sqlx::query(CHECKPOINT_SQL)
+        .bind(group)
+        .bind(streams)
+        .bind(ids)
+        .bind(ms)
+        .bind(seq)
+        .execute(conn)
+        .await
+        .map_err(WriteError::pg("writing checkpoints"))?;
+    Ok(())
+}
