@@ -4,17 +4,19 @@
 //! Pure: the caller passes `now`; no I/O.
 //! Errors: none; a full or old batch is the caller's signal to flush.
 //!
-//! Coalescing: two changes of one row in a batch keep the one with the higher
-//! version (on a tie, the later entry). Postgres' `ON CONFLICT DO UPDATE` cannot touch
-//! one row twice in a statement, and the loser would be a no-op anyway. The loser's
-//! entry stays in the batch (`BatchRow::entries`) so it is acked, or dead-lettered with
-//! the winner if Postgres rejects the winner.
+//! Coalescing: the changes of one row in a batch become one change, equal to applying
+//! them one after another in version order (on a tie, in arrival order): the newest
+//! wins, and an upsert that lacks a column (an unchanged TOASTed value) keeps the value
+//! an older upsert in the batch set, unless a delete came between. Postgres' `ON
+//! CONFLICT DO UPDATE` cannot touch one row twice in a statement. Every entry stays in
+//! the batch (`BatchRow::entries`) so it is acked, or dead-lettered with the winner if
+//! Postgres rejects the winner.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::map::{RowChange, TableName, TableSchema};
+use crate::map::{RowChange, RowOp, TableName, TableSchema};
 use crate::read::{EntryId, StreamEntry};
 
 /// An entry that cannot be applied, and why. Goes to the dead-letter stream.
@@ -24,11 +26,78 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
-/// One row to write and every entry that produced it (the winner first).
+/// One row to write and every entry that produced it (after [`Batcher::take`], the
+/// entry of the newest change first).
 #[derive(Debug, Clone)]
 pub struct BatchRow {
     pub change: RowChange,
+    /// A delete to apply before `change`: set when the batch deleted the row and then
+    /// upserted it again, so the upsert starts from an absent row, as it did at the source.
+    pub delete_first: Option<RowChange>,
     pub entries: Vec<StreamEntry>,
+    /// The other changes of the row in arrival order, folded into `change` by `take`.
+    history: Vec<RowChange>,
+}
+
+impl BatchRow {
+    /// Folds the row's changes in version order (stable: ties keep arrival order) into
+    /// one, and puts the entry of the newest change first.
+    fn fold(&mut self) {
+        if self.history.is_empty() {
+            return;
+        }
+        let last = std::mem::replace(&mut self.change, self.history[0].clone());
+        let mut changes: Vec<(usize, RowChange)> = std::mem::take(&mut self.history)
+            .into_iter()
+            .chain(std::iter::once(last))
+            .enumerate()
+            .collect();
+        changes.sort_by(|a, b| a.1.version.cmp(&b.1.version));
+        let newest = changes.last().map_or(0, |(i, _)| *i);
+        let mut folded: Option<RowChange> = None;
+        let mut delete_first = None;
+        for (_, next) in changes {
+            folded = Some(match (folded, &next.op) {
+                (None, _) => next,
+                (Some(_), RowOp::Delete { .. }) => {
+                    delete_first = None;
+                    next
+                }
+                (Some(prev), RowOp::Upsert { .. }) => match prev.op {
+                    RowOp::Delete { .. } => {
+                        delete_first = Some(prev);
+                        next
+                    }
+                    RowOp::Upsert { .. } => merge(prev, next),
+                },
+            });
+        }
+        if let Some(folded) = folded {
+            self.change = folded;
+        }
+        self.delete_first = delete_first;
+        let winner = self.entries.remove(newest);
+        self.entries.insert(0, winner);
+    }
+}
+
+/// Upsert `next` applied on top of upsert `prev`: `next` wins, and keeps the columns
+/// it lacks (unchanged TOASTed values) from `prev`.
+fn merge(prev: RowChange, mut next: RowChange) -> RowChange {
+    if let (RowOp::Upsert { columns: pc, values: pv }, RowOp::Upsert { columns, values }) =
+        (&prev.op, &mut next.op)
+    {
+        let mut pairs: Vec<(usize, Option<String>)> =
+            columns.drain(..).zip(values.drain(..)).collect();
+        for (c, v) in pc.iter().zip(pv) {
+            if !pairs.iter().any(|(n, _)| n == c) {
+                pairs.push((*c, v.clone()));
+            }
+        }
+        pairs.sort_by_key(|(c, _)| *c);
+        (*columns, *values) = pairs.into_iter().unzip();
+    }
+    next
 }
 
 #[derive(Debug, Clone)]
@@ -118,19 +187,17 @@ impl Batcher {
         match self.row_index.get(&(t, change.key_text.clone())) {
             Some(&r) => {
                 let slot = &mut rows[r];
-                if change.version >= slot.change.version {
-                    slot.change = change;
-                    slot.entries.insert(0, entry);
-                } else {
-                    slot.entries.push(entry);
-                }
+                let older = std::mem::replace(&mut slot.change, change);
+                slot.history.push(older);
+                slot.entries.push(entry);
             }
             None => {
-                self.row_index
-                    .insert((t, change.key_text.clone()), rows.len());
+                self.row_index.insert((t, change.key_text.clone()), rows.len());
                 rows.push(BatchRow {
                     change,
+                    delete_first: None,
                     entries: vec![entry],
+                    history: Vec::new(),
                 });
             }
         }
@@ -175,8 +242,12 @@ impl Batcher {
         self.first_at = None;
         self.table_index.clear();
         self.row_index.clear();
+        let mut tables = std::mem::take(&mut self.tables);
+        for row in tables.iter_mut().flat_map(|t| t.rows.iter_mut()) {
+            row.fold();
+        }
         Batch {
-            tables: std::mem::take(&mut self.tables),
+            tables,
             dead: std::mem::take(&mut self.dead),
             acks,
             checkpoints: highest,

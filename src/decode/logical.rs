@@ -27,6 +27,8 @@ pub enum Logical {
     DurationMicros,
     /// A plain `bytes` field: base64 in JSON.
     Bytes,
+    /// `io.debezium.data.Bits`: base64 of little-endian bytes; `length` bits.
+    Bits { length: Option<u32> },
     /// An array whose elements have a logical type.
     Array(Box<Logical>),
     /// A string that Postgres parses itself (`ZonedTimestamp`, `Json`, `Uuid`, `Enum`, …).
@@ -65,6 +67,13 @@ impl Logical {
             Some("io.debezium.time.MicroTimestamp") => Some(Logical::TimestampMicros),
             Some("io.debezium.time.NanoTimestamp") => Some(Logical::TimestampNanos),
             Some("io.debezium.time.MicroDuration") => Some(Logical::DurationMicros),
+            Some("io.debezium.data.Bits") => Some(Logical::Bits {
+                length: schema
+                    .get("parameters")
+                    .and_then(|p| p.get("length"))
+                    .and_then(Value::as_str)
+                    .and_then(|l| l.parse().ok()),
+            }),
             Some(_) if ty == "string" => Some(Logical::Text),
             _ if ty == "bytes" => Some(Logical::Bytes),
             _ if ty == "array" => schema

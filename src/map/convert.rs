@@ -78,6 +78,7 @@ fn scalar(value: &Value, logical: Option<&Logical>, ty: &ColumnType) -> Result<S
         Some(Logical::TimestampNanos) => return timestamp_nanos(value),
         Some(Logical::DurationMicros) => return duration(value),
         Some(Logical::Bytes) if ty.name == "bytea" => return bytes(value),
+        Some(Logical::Bits { length }) => return bits(value, length.or(ty.precision)),
         Some(Logical::Array(_)) => unreachable!("arrays are handled by to_text"),
         Some(Logical::Bytes | Logical::Text) | None => {}
     }
@@ -106,8 +107,35 @@ fn scalar(value: &Value, logical: Option<&Logical>, ty: &ColumnType) -> Result<S
             _ => plain(value),
         },
         "bytea" => bytes(value),
+        "bit" | "varbit" => match value {
+            Value::String(s) if !s.bytes().all(|b| b == b'0' || b == b'1') => bits(value, ty.precision),
+            _ => plain(value),
+        },
         _ => plain(value),
     }
+}
+
+/// `io.debezium.data.Bits`: base64 of the bits as a little-endian integer → `1010`.
+fn bits(value: &Value, length: Option<u32>) -> Result<String, String> {
+    let Value::String(s) = value else {
+        return Err(format!("expected base64 bits, got {}", kind(value)));
+    };
+    let raw = BASE64
+        .decode(s)
+        .map_err(|_| format!("{} is not base64 bits", short(value)))?;
+    let mut out = String::new();
+    for byte in raw.iter().rev() {
+        out.push_str(&format!("{byte:08b}"));
+    }
+    let width = length.map_or(out.trim_start_matches('0').len().max(1), |l| l as usize);
+    if out.len() > width {
+        let (extra, kept) = out.split_at(out.len() - width);
+        if extra.contains('1') {
+            return Err(format!("{} has more than {width} bits", short(value)));
+        }
+        return Ok(kept.to_string());
+    }
+    Ok(format!("{out:0>width$}"))
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -597,5 +625,9 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(dates.as_deref(), Some("{\"2026-01-15\"}"));
+        let bit4 = ty("bit", None, Some(4));
+        assert_eq!(conv(json!("Cg=="), None, &bit4).expect("ok").as_deref(), Some("1010"));
+        assert_eq!(conv(json!("1010"), None, &bit4).expect("ok").as_deref(), Some("1010"));
+        assert!(conv(json!("/w=="), None, &bit4).is_err());
     }
 }

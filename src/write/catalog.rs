@@ -112,7 +112,7 @@ fn modifiers(type_name: &str, typmod: i32) -> (Option<u32>, Option<u32>) {
     let typmod = u32::try_from(typmod).unwrap_or(0);
     match type_name {
         "numeric" => (Some(typmod.saturating_sub(4) & 0xffff), None),
-        "time" | "timetz" | "timestamp" | "timestamptz" => (None, Some(typmod)),
+        "time" | "timetz" | "timestamp" | "timestamptz" | "bit" | "varbit" => (None, Some(typmod)),
         _ => (None, None),
     }
 }

@@ -32,7 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
 use crate::batch::{Batch, BatchRow, DeadLetter};
-use crate::map::{RowOp, TableName, TableSchema};
+use crate::map::{RowChange, RowOp, TableName, TableSchema};
 use crate::read::EntryId;
 
 pub use catalog::VERSION_COLUMN;
@@ -243,15 +243,15 @@ impl Writer {
                     Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT redsink_group").await?,
                     Err(e) if e.class() == ErrorClass::Data => {
                         savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_group").await?;
-                        for row in &group {
+                        for item in &group {
                             savepoint(&mut tx, "SAVEPOINT redsink_row").await?;
-                            match exec_group(&mut tx, &table.table, &[*row]).await {
+                            match exec_group(&mut tx, &table.table, &[*item]).await {
                                 Ok(()) => {
                                     savepoint(&mut tx, "RELEASE SAVEPOINT redsink_row").await?
                                 }
                                 Err(e) if e.class() == ErrorClass::Data => {
                                     savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_row").await?;
-                                    rejected.extend(reject(row, &table.table.name, &e));
+                                    rejected.extend(reject(item.1, &table.table.name, &e));
                                 }
                                 Err(e) => return Err(e),
                             }
@@ -275,22 +275,32 @@ async fn savepoint(conn: &mut PgConnection, statement: &'static str) -> Result<(
         .map_err(WriteError::pg(statement))
 }
 
-/// Rows that one statement can write together: same operation, key and column set.
-fn groups(rows: &[BatchRow]) -> Vec<Vec<&BatchRow>> {
+/// A change to write and the batch row it belongs to (for dead-lettering).
+type Item<'a> = (&'a RowChange, &'a BatchRow);
+
+/// Changes that one statement can write together: same operation, key and column
+/// set. Deletes that must precede an upsert of the same row come first.
+fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
+    let mut out: Vec<Vec<Item<'_>>> = Vec::new();
+    let first: Vec<Item<'_>> = rows
+        .iter()
+        .filter_map(|r| r.delete_first.as_ref().map(|d| (d, r)))
+        .collect();
+    if !first.is_empty() {
+        out.push(first);
+    }
     let mut index: HashMap<(bool, &[usize], &[usize]), usize> = HashMap::new();
-    let mut out: Vec<Vec<&BatchRow>> = Vec::new();
     for row in rows {
-        let shape = match &row.change.op {
-            RowOp::Delete { .. } => (true, row.change.key_columns.as_slice(), &[][..]),
-            RowOp::Upsert { columns, .. } => {
-                (false, row.change.key_columns.as_slice(), columns.as_slice())
-            }
+        let change = &row.change;
+        let shape = match &change.op {
+            RowOp::Delete { .. } => (true, change.key_columns.as_slice(), &[][..]),
+            RowOp::Upsert { columns, .. } => (false, change.key_columns.as_slice(), columns.as_slice()),
         };
         match index.get(&shape) {
-            Some(&i) => out[i].push(row),
+            Some(&i) => out[i].push((change, row)),
             None => {
                 index.insert(shape, out.len());
-                out.push(vec![row]);
+                out.push(vec![(change, row)]);
             }
         }
     }
@@ -300,12 +310,13 @@ fn groups(rows: &[BatchRow]) -> Vec<Vec<&BatchRow>> {
 async fn exec_group(
     conn: &mut PgConnection,
     table: &TableSchema,
-    rows: &[&BatchRow],
+    items: &[Item<'_>],
 ) -> Result<(), WriteError> {
-    match rows.first().map(|r| &r.change.op) {
+    let changes: Vec<&RowChange> = items.iter().map(|(c, _)| *c).collect();
+    match changes.first().map(|c| &c.op) {
         None => Ok(()),
-        Some(RowOp::Delete { .. }) => sql::delete_rows(conn, table, rows).await,
-        Some(RowOp::Upsert { .. }) => sql::upsert_rows(conn, table, rows).await,
+        Some(RowOp::Delete { .. }) => sql::delete_rows(conn, table, &changes).await,
+        Some(RowOp::Upsert { .. }) => sql::upsert_rows(conn, table, &changes).await,
     }
 }
 

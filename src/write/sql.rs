@@ -8,8 +8,7 @@ use std::sync::Arc;
 use sqlx::PgConnection;
 
 use super::{VERSION_COLUMN, WriteError};
-use crate::batch::BatchRow;
-use crate::map::{RowOp, TableSchema, quote_ident};
+use crate::map::{RowChange, RowOp, TableSchema, quote_ident};
 use crate::read::EntryId;
 
 fn version_col() -> String {
@@ -99,27 +98,27 @@ pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
 pub async fn upsert_rows(
     conn: &mut PgConnection,
     table: &TableSchema,
-    rows: &[&BatchRow],
+    rows: &[&RowChange],
 ) -> Result<(), WriteError> {
     let Some(first) = rows.first() else {
         return Ok(());
     };
-    let RowOp::Upsert { columns, .. } = &first.change.op else {
+    let RowOp::Upsert { columns, .. } = &first.op else {
         return Ok(());
     };
-    let key = &first.change.key_columns;
+    let key = &first.key_columns;
     let sql = upsert_sql(table, key, columns);
     let mut cols: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(rows.len()); columns.len()];
     let mut versions: Vec<&[u8]> = Vec::with_capacity(rows.len());
     let mut keys: Vec<&str> = Vec::with_capacity(rows.len());
     for row in rows {
-        if let RowOp::Upsert { values, .. } = &row.change.op {
+        if let RowOp::Upsert { values, .. } = &row.op {
             for (col, value) in cols.iter_mut().zip(values) {
                 col.push(value.as_deref());
             }
         }
-        versions.push(&row.change.version.0);
-        keys.push(&row.change.key_text);
+        versions.push(&row.version.0);
+        keys.push(&row.key_text);
     }
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for col in cols {
@@ -142,24 +141,24 @@ pub async fn upsert_rows(
 pub async fn delete_rows(
     conn: &mut PgConnection,
     table: &TableSchema,
-    rows: &[&BatchRow],
+    rows: &[&RowChange],
 ) -> Result<(), WriteError> {
     let Some(first) = rows.first() else {
         return Ok(());
     };
-    let key = &first.change.key_columns;
+    let key = &first.key_columns;
     let sql = delete_sql(table, key);
     let mut cols: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); key.len()];
     let mut versions: Vec<&[u8]> = Vec::with_capacity(rows.len());
     let mut keys: Vec<&str> = Vec::with_capacity(rows.len());
     for row in rows {
-        if let RowOp::Delete { key_values } = &row.change.op {
+        if let RowOp::Delete { key_values } = &row.op {
             for (col, value) in cols.iter_mut().zip(key_values) {
                 col.push(value.as_str());
             }
         }
-        versions.push(&row.change.version.0);
-        keys.push(&row.change.key_text);
+        versions.push(&row.version.0);
+        keys.push(&row.key_text);
     }
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for col in cols {
