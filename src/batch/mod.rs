@@ -84,8 +84,13 @@ impl BatchRow {
 /// Upsert `next` applied on top of upsert `prev`: `next` wins, and keeps the columns
 /// it lacks (unchanged TOASTed values) from `prev`.
 fn merge(prev: RowChange, mut next: RowChange) -> RowChange {
-    if let (RowOp::Upsert { columns: pc, values: pv }, RowOp::Upsert { columns, values }) =
-        (&prev.op, &mut next.op)
+    if let (
+        RowOp::Upsert {
+            columns: pc,
+            values: pv,
+        },
+        RowOp::Upsert { columns, values },
+    ) = (&prev.op, &mut next.op)
     {
         let mut pairs: Vec<(usize, Option<String>)> =
             columns.drain(..).zip(values.drain(..)).collect();
@@ -192,7 +197,8 @@ impl Batcher {
                 slot.entries.push(entry);
             }
             None => {
-                self.row_index.insert((t, change.key_text.clone()), rows.len());
+                self.row_index
+                    .insert((t, change.key_text.clone()), rows.len());
                 rows.push(BatchRow {
                     change,
                     delete_first: None,

@@ -11,7 +11,11 @@ fn table() -> Arc<TableSchema> {
     let col = |n: &str| Column {
         name: n.into(),
         sql_type: "text".into(),
-        ty: ColumnType { name: "text".into(), scale: None, precision: None },
+        ty: ColumnType {
+            name: "text".into(),
+            scale: None,
+            precision: None,
+        },
         is_array: false,
     };
     Arc::new(TableSchema {
@@ -22,7 +26,11 @@ fn table() -> Arc<TableSchema> {
 }
 
 fn entry(stream: &str, ms: u64) -> StreamEntry {
-    StreamEntry { stream: Arc::from(stream), id: EntryId { ms, seq: 0 }, fields: Some(vec![]) }
+    StreamEntry {
+        stream: Arc::from(stream),
+        id: EntryId { ms, seq: 0 },
+        fields: Some(vec![]),
+    }
 }
 
 fn upsert(key: &str, version: u8, cols: &[(usize, &str)]) -> RowChange {
@@ -44,7 +52,9 @@ fn delete(key: &str, version: u8) -> RowChange {
         key_columns: vec![0],
         key_text: format!("[\"{key}\"]"),
         version: Version(vec![version]),
-        op: RowOp::Delete { key_values: vec![key.to_string()] },
+        op: RowOp::Delete {
+            key_values: vec![key.to_string()],
+        },
     }
 }
 
@@ -62,7 +72,10 @@ fn coalesces_to_the_highest_version_whatever_the_arrival_order() {
     assert_eq!(row.entries.len(), 2, "the loser's entry is kept for acking");
     assert_eq!(row.entries[0].id.ms, 1, "the winner's entry comes first");
     assert_eq!(batch.acks.len(), 3);
-    assert_eq!(batch.checkpoints, vec![(Arc::from("s"), EntryId { ms: 3, seq: 0 })]);
+    assert_eq!(
+        batch.checkpoints,
+        vec![(Arc::from("s"), EntryId { ms: 3, seq: 0 })]
+    );
     assert!(b.is_empty());
 }
 
@@ -94,7 +107,10 @@ fn a_delete_in_between_drops_older_columns() {
         panic!("expected an upsert");
     };
     assert_eq!(columns, &[0, 1], "b1 was deleted before version 3");
-    let first = batch.tables[0].rows[0].delete_first.as_ref().expect("delete first");
+    let first = batch.tables[0].rows[0]
+        .delete_first
+        .as_ref()
+        .expect("delete first");
     assert_eq!(first.version, Version(vec![2]));
 }
 
@@ -132,8 +148,13 @@ fn apply(state: State, change: &RowChange) -> State {
 }
 
 fn arb_change() -> impl Strategy<Value = RowChange> {
-    (any::<bool>(), 0u8..6, proptest::option::of("[a-c]"), proptest::option::of("[x-z]")).prop_map(
-        |(is_delete, version, a, b)| {
+    (
+        any::<bool>(),
+        0u8..6,
+        proptest::option::of("[a-c]"),
+        proptest::option::of("[x-z]"),
+    )
+        .prop_map(|(is_delete, version, a, b)| {
             if is_delete {
                 return delete("k", version);
             }
@@ -145,8 +166,7 @@ fn arb_change() -> impl Strategy<Value = RowChange> {
                 cols.push((2, b.as_str()));
             }
             upsert("k", version, &cols)
-        },
-    )
+        })
 }
 
 proptest! {

@@ -5,7 +5,10 @@ use proptest::prelude::*;
 use super::*;
 
 fn fixture(name: &str) -> String {
-    let path = format!("{}/tests/fixtures/debezium/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/debezium/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
@@ -28,11 +31,19 @@ fn capture(name: &str) -> Vec<StreamEntry> {
                 .as_object()
                 .expect("fields")
                 .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_str().expect("string").as_bytes().to_vec()))
+                .map(|(k, v)| {
+                    (
+                        k.as_bytes().to_vec(),
+                        v.as_str().expect("string").as_bytes().to_vec(),
+                    )
+                })
                 .collect();
             StreamEntry {
                 stream: Arc::from(v["stream"].as_str().expect("stream")),
-                id: EntryId { ms: i as u64 + 1, seq: 0 },
+                id: EntryId {
+                    ms: i as u64 + 1,
+                    seq: 0,
+                },
                 fields: Some(fields),
             }
         })
@@ -43,10 +54,12 @@ fn ops(entries: &[StreamEntry]) -> Vec<String> {
     let config = DecodeConfig::default();
     entries
         .iter()
-        .map(|e| match decode(e, &config).expect("real Debezium events decode") {
-            Decoded::Change(c) => format!("{:?}", c.op),
-            Decoded::Skip(s) => s.as_str().to_string(),
-        })
+        .map(
+            |e| match decode(e, &config).expect("real Debezium events decode") {
+                Decoded::Change(c) => format!("{:?}", c.op),
+                Decoded::Skip(s) => s.as_str().to_string(),
+            },
+        )
         .collect()
 }
 
@@ -55,8 +68,19 @@ fn the_real_capture_decodes_with_and_without_schemas() {
     let without = capture("inventory_schemaless.jsonl");
     let with = capture("inventory_with_schemas.jsonl");
     let expected = [
-        "Read", "Read", "Create", "Update", "Update", "Create", "Create", "Delete", "tombstone",
-        "Create", "Delete", "tombstone", "truncate",
+        "Read",
+        "Read",
+        "Create",
+        "Update",
+        "Update",
+        "Create",
+        "Create",
+        "Delete",
+        "tombstone",
+        "Create",
+        "Delete",
+        "tombstone",
+        "truncate",
     ];
     assert_eq!(ops(&without), expected);
     assert_eq!(ops(&with), expected);
@@ -79,19 +103,42 @@ fn schemas_give_logical_types_and_both_modes_give_the_same_values() {
     };
     let (a, b) = (products(&with), products(&without));
     let after = a.after.as_ref().expect("after");
-    assert_eq!(after.get("price").and_then(|f| f.logical.clone()), Some(Logical::Decimal { scale: 2 }));
-    assert_eq!(after.get("restock_at").and_then(|f| f.logical.clone()), Some(Logical::TimestampMicros));
-    assert_eq!(after.get("created_on").and_then(|f| f.logical.clone()), Some(Logical::Date));
+    assert_eq!(
+        after.get("price").and_then(|f| f.logical.clone()),
+        Some(Logical::Decimal { scale: 2 })
+    );
+    assert_eq!(
+        after.get("restock_at").and_then(|f| f.logical.clone()),
+        Some(Logical::TimestampMicros)
+    );
+    assert_eq!(
+        after.get("created_on").and_then(|f| f.logical.clone()),
+        Some(Logical::Date)
+    );
     assert_eq!(after.get("name").and_then(|f| f.logical.clone()), None);
     let plain = b.after.as_ref().expect("after");
     // `manual` is random text, different in each capture.
     for field in after.0.iter().filter(|f| f.name != "manual") {
-        assert_eq!(Some(&field.value), plain.get(&field.name).map(|f| &f.value), "{}", field.name);
+        assert_eq!(
+            Some(&field.value),
+            plain.get(&field.name).map(|f| &f.value),
+            "{}",
+            field.name
+        );
         assert_eq!(plain.get(&field.name).and_then(|f| f.logical.clone()), None);
     }
-    assert!(a.source.lsn.is_some() && b.source.lsn.is_some(), "two captures, two LSNs");
+    assert!(
+        a.source.lsn.is_some() && b.source.lsn.is_some(),
+        "two captures, two LSNs"
+    );
     assert_eq!(a.source.connector.as_deref(), Some("postgresql"));
-    assert_eq!(a.key.as_ref().and_then(|k| k.get("id")).map(|f| f.value.clone()), Some(serde_json::json!(1)));
+    assert_eq!(
+        a.key
+            .as_ref()
+            .and_then(|k| k.get("id"))
+            .map(|f| f.value.clone()),
+        Some(serde_json::json!(1))
+    );
 }
 
 #[test]
@@ -99,15 +146,39 @@ fn single_event_fixtures_decode() {
     let config = DecodeConfig::default();
     let cases = [
         ("postgres_create_with_schema.json", "{\"id\":1}", Op::Create),
-        ("postgres_snapshot_read_decimal_with_schema.json", "{\"id\":1}", Op::Read),
-        ("postgres_create_uuid_zonedtimestamp_with_schema.json", "{\"id\":1}", Op::Create),
+        (
+            "postgres_snapshot_read_decimal_with_schema.json",
+            "{\"id\":1}",
+            Op::Read,
+        ),
+        (
+            "postgres_create_uuid_zonedtimestamp_with_schema.json",
+            "{\"id\":1}",
+            Op::Create,
+        ),
         ("postgres_delete_with_schema.json", "{\"id\":1}", Op::Delete),
-        ("postgres_update_before_null_without_schema.json", "{\"id\":106}", Op::Update),
-        ("postgres_delete_before_null_without_schema.json", "{\"id\":106}", Op::Delete),
+        (
+            "postgres_update_before_null_without_schema.json",
+            "{\"id\":106}",
+            Op::Update,
+        ),
+        (
+            "postgres_delete_before_null_without_schema.json",
+            "{\"id\":106}",
+            Op::Delete,
+        ),
         ("mysql_create_with_schema.json", "{\"id\":1}", Op::Create),
         ("mysql_update_without_schema.json", "{\"id\":1}", Op::Update),
-        ("mysql_snapshot_read_timestamp_with_schema.json", "{\"id\":1}", Op::Read),
-        ("sqlserver_delete_decimal_with_schema.json", "{\"id\":1}", Op::Delete),
+        (
+            "mysql_snapshot_read_timestamp_with_schema.json",
+            "{\"id\":1}",
+            Op::Read,
+        ),
+        (
+            "sqlserver_delete_decimal_with_schema.json",
+            "{\"id\":1}",
+            Op::Delete,
+        ),
     ];
     for (name, key, op) in cases {
         let value = fixture(name);
@@ -119,24 +190,46 @@ fn single_event_fixtures_decode() {
     // `before` and `after` both null: only the message key says which row.
     let value = fixture("postgres_delete_before_null_without_schema.json");
     let err = decode(&compact("s", "default", value.trim()), &config).expect_err("no key");
-    assert!(err.reason.contains("neither a `before` image nor a message key"), "{err}");
+    assert!(
+        err.reason
+            .contains("neither a `before` image nor a message key"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_entries_are_errors_that_say_what_and_where() {
     let config = DecodeConfig::default();
     let cases: [(StreamEntry, &str); 7] = [
-        (compact("s", "{\"id\":1}", "{not json"), "the value is not JSON"),
+        (
+            compact("s", "{\"id\":1}", "{not json"),
+            "the value is not JSON",
+        ),
         (compact("s", "{\"id\":1}", "[1,2]"), "not a JSON object"),
-        (compact("s", "{\"id\":1}", "{\"after\":{}}"), "no `op` field"),
-        (compact("s", "{\"id\":1}", "{\"op\":\"x\",\"after\":{}}"), "unknown op `x`"),
-        (compact("s", "{\"id\":1}", "{\"op\":\"c\",\"after\":null}"), "no `after`"),
-        (compact("s", "{oops", "{\"op\":\"c\",\"after\":{\"id\":1}}"), "the key is not JSON"),
+        (
+            compact("s", "{\"id\":1}", "{\"after\":{}}"),
+            "no `op` field",
+        ),
+        (
+            compact("s", "{\"id\":1}", "{\"op\":\"x\",\"after\":{}}"),
+            "unknown op `x`",
+        ),
+        (
+            compact("s", "{\"id\":1}", "{\"op\":\"c\",\"after\":null}"),
+            "no `after`",
+        ),
+        (
+            compact("s", "{oops", "{\"op\":\"c\",\"after\":{\"id\":1}}"),
+            "the key is not JSON",
+        ),
         (
             StreamEntry {
                 stream: Arc::from("s"),
                 id: EntryId { ms: 7, seq: 1 },
-                fields: Some(vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]),
+                fields: Some(vec![
+                    (b"a".to_vec(), b"1".to_vec()),
+                    (b"b".to_vec(), b"2".to_vec()),
+                ]),
             },
             "compact format",
         ),
@@ -151,7 +244,12 @@ fn bad_entries_are_errors_that_say_what_and_where() {
         id: EntryId { ms: 1, seq: 0 },
         fields: Some(vec![(b"{}".to_vec(), vec![0xff, 0xfe])]),
     };
-    assert!(decode(&bad_utf8, &config).expect_err("utf8").reason.contains("UTF-8"));
+    assert!(
+        decode(&bad_utf8, &config)
+            .expect_err("utf8")
+            .reason
+            .contains("UTF-8")
+    );
 }
 
 #[test]
@@ -162,15 +260,38 @@ fn recognises_what_is_not_a_row_change() {
         other => panic!("{other:?}"),
     };
     assert_eq!(skip(compact("s", "{\"id\":1}", "default")), Skip::Tombstone);
-    assert_eq!(skip(compact("__debezium-heartbeat.db", "{}", "{\"ts_ms\":1}")), Skip::Heartbeat);
+    assert_eq!(
+        skip(compact("__debezium-heartbeat.db", "{}", "{\"ts_ms\":1}")),
+        Skip::Heartbeat
+    );
     assert_eq!(skip(compact("db", "{}", "{\"ts_ms\":1}")), Skip::Heartbeat);
-    assert_eq!(skip(compact("db", "{}", "{\"ddl\":\"create table\"}")), Skip::SchemaChange);
-    assert_eq!(skip(compact("db.transaction", "{}", "{\"status\":\"BEGIN\",\"id\":\"1\"}")), Skip::TransactionMetadata);
-    assert_eq!(skip(compact("s", "default", "{\"op\":\"m\"}")), Skip::Message);
-    let deleted = StreamEntry { stream: Arc::from("s"), id: EntryId::ZERO, fields: None };
+    assert_eq!(
+        skip(compact("db", "{}", "{\"ddl\":\"create table\"}")),
+        Skip::SchemaChange
+    );
+    assert_eq!(
+        skip(compact(
+            "db.transaction",
+            "{}",
+            "{\"status\":\"BEGIN\",\"id\":\"1\"}"
+        )),
+        Skip::TransactionMetadata
+    );
+    assert_eq!(
+        skip(compact("s", "default", "{\"op\":\"m\"}")),
+        Skip::Message
+    );
+    let deleted = StreamEntry {
+        stream: Arc::from("s"),
+        id: EntryId::ZERO,
+        fields: None,
+    };
     assert_eq!(skip(deleted), Skip::DeletedEntry);
     // A configured placeholder replaces "default".
-    let custom = DecodeConfig { null_key: "__null__".into(), null_value: "__tomb__".into() };
+    let custom = DecodeConfig {
+        null_key: "__null__".into(),
+        null_value: "__tomb__".into(),
+    };
     assert_eq!(
         decode(&compact("s", "{\"id\":1}", "__tomb__"), &custom).expect("ok"),
         Decoded::Skip(Skip::Tombstone)
@@ -185,7 +306,10 @@ fn extended_format_is_read_by_field_name() {
         id: EntryId { ms: 1, seq: 0 },
         fields: Some(vec![
             (b"key".to_vec(), b"{\"id\":5}".to_vec()),
-            (b"value".to_vec(), b"{\"op\":\"c\",\"after\":{\"id\":5},\"source\":{\"lsn\":9}}".to_vec()),
+            (
+                b"value".to_vec(),
+                b"{\"op\":\"c\",\"after\":{\"id\":5},\"source\":{\"lsn\":9}}".to_vec(),
+            ),
             (b"__DEBEZIUM.CONTEXT.TASKID".to_vec(), b"\"0\"".to_vec()),
         ]),
     };

@@ -108,7 +108,9 @@ fn scalar(value: &Value, logical: Option<&Logical>, ty: &ColumnType) -> Result<S
         },
         "bytea" => bytes(value),
         "bit" | "varbit" => match value {
-            Value::String(s) if !s.bytes().all(|b| b == b'0' || b == b'1') => bits(value, ty.precision),
+            Value::String(s) if !s.bytes().all(|b| b == b'0' || b == b'1') => {
+                bits(value, ty.precision)
+            }
             _ => plain(value),
         },
         _ => plain(value),
@@ -626,8 +628,14 @@ mod tests {
         .expect("ok");
         assert_eq!(dates.as_deref(), Some("{\"2026-01-15\"}"));
         let bit4 = ty("bit", None, Some(4));
-        assert_eq!(conv(json!("Cg=="), None, &bit4).expect("ok").as_deref(), Some("1010"));
-        assert_eq!(conv(json!("1010"), None, &bit4).expect("ok").as_deref(), Some("1010"));
+        assert_eq!(
+            conv(json!("Cg=="), None, &bit4).expect("ok").as_deref(),
+            Some("1010")
+        );
+        assert_eq!(
+            conv(json!("1010"), None, &bit4).expect("ok").as_deref(),
+            Some("1010")
+        );
         assert!(conv(json!("/w=="), None, &bit4).is_err());
     }
 }

@@ -133,7 +133,10 @@ impl TableTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
-    /// `format_type(atttypid, atttypmod)`: what values are cast to.
+    /// `format_type(atttypid, -1)`: the type without its modifier, what values are
+    /// cast to. The modifier (`varchar(12)`, `numeric(10,2)`) is then enforced by the
+    /// assignment to the column, which rejects a value that does not fit instead of
+    /// truncating it as an explicit cast to `varchar(12)` would.
     pub sql_type: String,
     pub ty: ColumnType,
     pub is_array: bool,

@@ -11,7 +11,7 @@ pub const VERSION_COLUMN: &str = "_redsink_version";
 
 const COLUMNS_SQL: &str = "
 SELECT a.attname::text,
-       format_type(a.atttypid, a.atttypmod),
+       format_type(a.atttypid, -1),
        coalesce(et.typname, t.typname)::text,
        et.oid IS NOT NULL,
        a.atttypmod

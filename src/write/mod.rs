@@ -294,7 +294,9 @@ fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
         let change = &row.change;
         let shape = match &change.op {
             RowOp::Delete { .. } => (true, change.key_columns.as_slice(), &[][..]),
-            RowOp::Upsert { columns, .. } => (false, change.key_columns.as_slice(), columns.as_slice()),
+            RowOp::Upsert { columns, .. } => {
+                (false, change.key_columns.as_slice(), columns.as_slice())
+            }
         };
         match index.get(&shape) {
             Some(&i) => out[i].push((change, row)),

@@ -1,0 +1,265 @@
+//! Test servers and helpers. Servers come from REDSINK_TEST_REDIS_URL and
+//! REDSINK_TEST_POSTGRES_URL (set by scripts/services.sh), else the local defaults.
+//! Each test gets its own database (`t_<uuid>`) and its own stream prefix.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use redsink::config::Config;
+use redsink::pipeline::{self, PipelineError, Stats};
+
+pub fn redis_url() -> String {
+    std::env::var("REDSINK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("REDSINK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A unique name: `t_<32 hex>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A database of its own, dropped when the test ends (also on panic).
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = unique("t");
+        let admin = PgPool::connect(&pg_admin_url())
+            .await
+            .expect("connect to the admin database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let base = pg_admin_url();
+        let url = match base.rsplit_once('/') {
+            Some((head, _)) => format!("{head}/{name}"),
+            None => panic!("bad postgres url {base}"),
+        };
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("connect to the test database");
+        Self { name, url, pool }
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop the database from a thread and runtime of its own: Drop cannot await, and
+        // the test's runtime is blocked here. FORCE ends the test pool's connections.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(admin) = PgPool::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn redis() -> MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis")
+}
+
+/// Deletes every key that starts with `prefix` (the test's streams and DLQs).
+pub async fn cleanup_streams(prefix: &str) {
+    let mut conn = redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
+
+/// XADD one compact-format entry; returns its ID.
+pub async fn xadd(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    key: &str,
+    value: &str,
+) -> String {
+    redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg(key)
+        .arg(value)
+        .query_async(conn)
+        .await
+        .expect("XADD")
+}
+
+/// Number of entries pending in `group` on `stream`.
+pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> u64 {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .expect("XPENDING");
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Entries of `group` not yet delivered on `stream` (XINFO GROUPS `lag`).
+pub async fn lag(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Option<u64> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .ok()?;
+    let g = groups.into_iter().find(
+        |g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()),
+    )?;
+    match g.get("lag") {
+        Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// True when on every stream the group has read everything and acked it.
+pub async fn drained(conn: &mut MultiplexedConnection, streams: &[String], group: &str) -> bool {
+    for s in streams {
+        if lag(conn, s, group).await != Some(0) || pending(conn, s, group).await != 0 {
+            return false;
+        }
+    }
+    true
+}
+
+pub async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .expect("XLEN")
+}
+
+/// Polls `cond` until it holds; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A config for one test: its database, group and mappings (TOML `[[mapping]]` blocks).
+pub fn config(db: &TestDb, consumer: &str, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[redis]
+url = "{redis}"
+group = "redsink"
+consumer = "{consumer}"
+block = "200ms"
+[postgres]
+url = "{pg}"
+[batch]
+max_batch = 500
+max_delay = "20ms"
+{extra}
+"#,
+        redis = redis_url(),
+        pg = db.url,
+    );
+    Config::from_toml(&text, "test config", std::iter::empty()).expect("test config is valid")
+}
+
+/// A running pipeline; `stop` cancels it and returns how it ended.
+pub struct Running {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<Stats, PipelineError>>,
+}
+
+impl Running {
+    pub fn start(config: Config) -> Self {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(pipeline::run(config, token.clone()));
+        Self { token, handle }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub async fn stop(self) -> Result<Stats, PipelineError> {
+        self.token.cancel();
+        self.handle.await.expect("pipeline task panicked")
+    }
+}
+
+/// Runs a pipeline until `streams` are drained, then stops it.
+pub async fn sync(config: Config, streams: &[String]) -> Stats {
+    let running = Running::start(config);
+    let mut conn = redis().await;
+    let group = "redsink";
+    let start = Instant::now();
+    loop {
+        if running.is_finished() {
+            let err = running.stop().await;
+            panic!("pipeline ended early: {err:?}");
+        }
+        if drained(&mut conn, streams, group).await {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not drained after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await.expect("pipeline stops cleanly")
+}

@@ -1,0 +1,130 @@
+//! Crashes at the two dangerous instants, simulated with the library's own steps.
+
+use std::time::{Duration, Instant};
+
+use redsink::batch::Batcher;
+use redsink::decode::{self, Decoded};
+use redsink::map::{self, Mapping, TableName};
+use redsink::read::{self, Reader, StreamEntry};
+use redsink::write::{self, Writer};
+
+use crate::common::{self, TestDb};
+use crate::{ITEMS, event, item, items, items_mapping, key};
+
+/// Reads entries as consumer `consumer` (they enter its PEL) without acking them.
+async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
+    let url = common::redis_url();
+    let control = read::connect_control(&url).await.expect("connect");
+    let mut reader = Reader::new(&url, control, "redsink", consumer).expect("reader");
+    reader
+        .add_streams(&[stream.to_string()], "0")
+        .await
+        .expect("group");
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while out.len() < want {
+        out.extend(
+            reader
+                .read(Duration::from_millis(100), 100)
+                .await
+                .expect("read"),
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "entries did not arrive"
+        );
+    }
+    out
+}
+
+async fn fingerprint(db: &TestDb) -> Vec<(i32, Vec<u8>, String)> {
+    sqlx::query_as("SELECT id, _redsink_version, xmin::text FROM public.items ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("fingerprint")
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_xack_redelivers_as_a_no_op() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    for id in 1..=3 {
+        common::xadd(
+            &mut r,
+            &stream,
+            &key(id),
+            &event("c", 10 + id as u64, "null", &item(id, "x", "B88=")),
+        )
+        .await;
+    }
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+
+    // The first life of consumer c1: read, decode, map, batch, commit ... and die before XACK.
+    let entries = read_as("c1", &stream, 3).await;
+    let pool = write::connect(&db.url, 2).await.expect("pg");
+    write::migrate(&pool).await.expect("migrate");
+    let mut writer = Writer::new(pool, "redsink");
+    let mapping = Mapping::compile(0, &config.mappings[0]).expect("mapping");
+    let table = writer
+        .table(&TableName::parse("public.items").expect("name"))
+        .await
+        .expect("table");
+    let mut batcher = Batcher::new(100, Duration::from_secs(1));
+    for entry in entries {
+        let Ok(Decoded::Change(ev)) = decode::decode(&entry, &config.decode) else {
+            panic!("decodes");
+        };
+        let change = map::map_event(&mapping, &ev, entry.id, &table).expect("maps");
+        batcher.push_row(change, entry, Instant::now());
+    }
+    let committed = writer.write(&batcher.take()).await.expect("commit");
+    assert_eq!(committed.acks().len(), 3);
+    drop(committed); // the crash: never acknowledged
+    assert_eq!(common::pending(&mut r, &stream, "redsink").await, 3);
+    let before = fingerprint(&db).await;
+    assert_eq!(before.len(), 3);
+
+    // Restarted with the same name, c1 re-reads its own PEL first; applying is a no-op.
+    let stats = common::sync(config, std::slice::from_ref(&stream)).await;
+    assert_eq!(stats.read, 3, "the pending entries were redelivered");
+    assert_eq!(
+        fingerprint(&db).await,
+        before,
+        "no row was written again (same xmin)"
+    );
+    assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_crash_before_commit_redelivers_and_applies_even_to_another_consumer() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    for id in 1..=3 {
+        common::xadd(
+            &mut r,
+            &stream,
+            &key(id),
+            &event("c", 10 + id as u64, "null", &item(id, "x", "B88=")),
+        )
+        .await;
+    }
+    // Consumer "dead" reads everything and dies before writing anything.
+    read_as("dead", &stream, 3).await;
+    assert_eq!(common::pending(&mut r, &stream, "redsink").await, 3);
+
+    // A different consumer claims the dead one's entries once idle and applies them.
+    let mut config = common::config(&db, "alive", &items_mapping(&prefix));
+    config.redis.claim_idle = Duration::from_millis(500);
+    let stats = common::sync(config, std::slice::from_ref(&stream)).await;
+    assert_eq!(stats.claimed, 3);
+    assert_eq!(items(&db).await.len(), 3);
+    assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
+    common::cleanup_streams(&prefix).await;
+}

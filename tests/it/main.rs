@@ -1,0 +1,43 @@
+//! Integration tests against real Redis and PostgreSQL servers (see tests/common).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod crash;
+mod fixtures;
+mod load;
+mod poison;
+mod sync;
+
+/// A Debezium PostgreSQL change event value without schemas.
+pub fn event(op: &str, lsn: u64, before: &str, after: &str) -> String {
+    format!(
+        r#"{{"before":{before},"after":{after},"source":{{"version":"3.6.3.Final","connector":"postgresql","name":"t","ts_ms":1,"snapshot":"false","db":"t","schema":"public","table":"items","txId":1,"lsn":{lsn}}},"op":"{op}","ts_ms":1}}"#
+    )
+}
+
+/// The key JSON of item `id`.
+pub fn key(id: i64) -> String {
+    format!(r#"{{"id":{id}}}"#)
+}
+
+/// An `after` image of the items table.
+pub fn item(id: i64, name: &str, price_b64: &str) -> String {
+    format!(r#"{{"id":{id},"name":"{name}","price":"{price_b64}","qty":{id}}}"#)
+}
+
+/// The table most tests write to.
+pub const ITEMS: &str = "CREATE TABLE public.items (id int PRIMARY KEY, name varchar(12), price numeric(10,2), qty int)";
+
+/// A `[[mapping]]` of `<prefix>:items` to public.items.
+pub fn items_mapping(prefix: &str) -> String {
+    format!("[[mapping]]\nstreams = [\"{prefix}:items\"]\ntable = \"public.items\"\n")
+}
+
+/// (id, name, price as text, qty) ordered by id.
+pub async fn items(db: &common::TestDb) -> Vec<(i32, Option<String>, Option<String>, Option<i32>)> {
+    sqlx::query_as("SELECT id, name, price::text, qty FROM public.items ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("select items")
+}

@@ -1,0 +1,311 @@
+//! The sync path: create/update/delete/read, replays, reordering, resurrection.
+
+use crate::common::{self, TestDb};
+use crate::{ITEMS, event, item, items, items_mapping, key};
+
+// Prices as Debezium sends numeric(10,2) without schemas: base64 unscaled.
+const P_19_99: &str = "B88="; // 1999
+const P_24_50: &str = "CZI="; // 2450
+
+#[tokio::test]
+async fn applies_reads_creates_updates_and_deletes_then_acks() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("r", 10, "null", &item(1, "snap", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 20, "null", &item(2, "new", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("u", 30, "null", &item(1, "changed", P_24_50)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(3),
+        &event("c", 40, "null", &item(3, "gone", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(3),
+        &event("d", 50, &item(3, "gone", P_19_99), "null"),
+    )
+    .await;
+    common::xadd(&mut r, &stream, &key(3), "default").await; // tombstone
+    let last = common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("u", 60, "null", &item(2, "newer", P_24_50)),
+    )
+    .await;
+
+    let stats = common::sync(
+        common::config(&db, "c1", &items_mapping(&prefix)),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+
+    assert_eq!(
+        items(&db).await,
+        vec![
+            (1, Some("changed".into()), Some("24.50".into()), Some(1)),
+            (2, Some("newer".into()), Some("24.50".into()), Some(2)),
+        ]
+    );
+    assert_eq!(stats.read, 7);
+    assert_eq!(stats.skipped, 1, "the tombstone");
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
+    let checkpoint: String = sqlx::query_scalar(
+        "SELECT last_id FROM redsink.checkpoints WHERE consumer_group = 'redsink' AND stream = $1",
+    )
+    .bind(&stream)
+    .fetch_one(&db.pool)
+    .await
+    .expect("a checkpoint row");
+    assert_eq!(checkpoint, last);
+    common::cleanup_streams(&prefix).await;
+}
+
+/// Version of each row plus its xmin: an unchanged xmin proves no write happened.
+async fn fingerprint(db: &TestDb) -> Vec<(i32, Vec<u8>, String)> {
+    sqlx::query_as("SELECT id, _redsink_version, xmin::text FROM public.items ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("fingerprint")
+}
+
+#[tokio::test]
+async fn replaying_the_same_entries_changes_nothing() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let events = [
+        (1, event("c", 10, "null", &item(1, "a", P_19_99))),
+        (2, event("c", 11, "null", &item(2, "b", P_19_99))),
+        (1, event("u", 12, "null", &item(1, "a2", P_24_50))),
+        (2, event("d", 13, &item(2, "b", P_19_99), "null")),
+    ];
+    for (id, e) in &events {
+        common::xadd(&mut r, &stream, &key(*id), e).await;
+    }
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    let before = (items(&db).await, fingerprint(&db).await);
+
+    // The producer sends everything again (Debezium Server is at-least-once) ...
+    for (id, e) in &events {
+        common::xadd(&mut r, &stream, &key(*id), e).await;
+    }
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    // ... and the group is rewound to the start and replays all of it.
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&stream)
+        .arg("redsink")
+        .arg("0")
+        .query_async(&mut r)
+        .await
+        .expect("SETID");
+    common::sync(config, std::slice::from_ref(&stream)).await;
+
+    assert_eq!(
+        (items(&db).await, fingerprint(&db).await),
+        before,
+        "rows, versions and xmin unchanged"
+    );
+    assert_eq!(
+        before.0,
+        vec![(1, Some("a2".into()), Some("24.50".into()), Some(1))]
+    );
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn an_older_version_arriving_later_is_ignored() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    // Two shards: the newer change lands and is applied before the older one.
+    let (s1, s2) = (format!("{prefix}:items:1"), format!("{prefix}:items:2"));
+    let mapping =
+        format!("[[mapping]]\nstreams = [\"{prefix}:items:{{1..2}}\"]\ntable = \"public.items\"\n");
+    let config = common::config(&db, "c1", &mapping);
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &s1,
+        &key(1),
+        &event("u", 200, "null", &item(1, "newer", P_24_50)),
+    )
+    .await;
+    common::sync(config.clone(), &[s1.clone(), s2.clone()]).await;
+    common::xadd(
+        &mut r,
+        &s2,
+        &key(1),
+        &event("u", 100, "null", &item(1, "older", P_19_99)),
+    )
+    .await;
+    common::sync(config.clone(), &[s1.clone(), s2.clone()]).await;
+    assert_eq!(
+        items(&db).await,
+        vec![(1, Some("newer".into()), Some("24.50".into()), Some(1))]
+    );
+
+    // Both in one batch, older last: coalescing keeps the newer one too.
+    common::xadd(
+        &mut r,
+        &s1,
+        &key(2),
+        &event("u", 400, "null", &item(2, "newer", P_24_50)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &s2,
+        &key(2),
+        &event("u", 300, "null", &item(2, "older", P_19_99)),
+    )
+    .await;
+    common::sync(config, &[s1, s2]).await;
+    assert_eq!(
+        items(&db).await[1],
+        (2, Some("newer".into()), Some("24.50".into()), Some(2))
+    );
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_delete_is_not_undone_by_an_older_change_arriving_later() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", &item(1, "a", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("d", 30, &item(1, "a", P_19_99), "null"),
+    )
+    .await;
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    assert!(items(&db).await.is_empty());
+
+    // A late update older than the delete, in a batch of its own: the tombstone stops it.
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("u", 20, "null", &item(1, "zombie", P_24_50)),
+    )
+    .await;
+    // A delete of a row never seen, then its older create, in one batch.
+    common::xadd(&mut r, &stream, &key(2), &event("d", 60, "null", "null")).await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 50, "null", &item(2, "zombie", P_19_99)),
+    )
+    .await;
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    assert!(
+        items(&db).await.is_empty(),
+        "deleted rows stay deleted: {:?}",
+        items(&db).await
+    );
+
+    // A newer create after the delete brings the row back, as at the source.
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 40, "null", &item(1, "reborn", P_19_99)),
+    )
+    .await;
+    common::sync(config, std::slice::from_ref(&stream)).await;
+    assert_eq!(
+        items(&db).await,
+        vec![(1, Some("reborn".into()), Some("19.99".into()), Some(1))]
+    );
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_missing_table_stops_the_pipeline_with_a_clear_error() {
+    let db = TestDb::new().await;
+    let prefix = common::unique("s");
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+    let err = redsink::pipeline::run(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("no table");
+    let text = err.to_string();
+    assert!(
+        text.contains("public.items") && text.contains("does not exist"),
+        "{text}"
+    );
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_table_without_a_matching_unique_key_is_reported() {
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE public.items (id int, name text)")
+        .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", r#"{"id":1,"name":"x"}"#),
+    )
+    .await;
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+    let err = redsink::pipeline::run(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("no key");
+    let text = err.to_string();
+    assert!(
+        text.contains(&stream) && text.contains("no primary key or unique index on (id)"),
+        "{text}"
+    );
+    assert_eq!(
+        common::pending(&mut r, &stream, "redsink").await,
+        1,
+        "nothing acked"
+    );
+    common::cleanup_streams(&prefix).await;
+}
