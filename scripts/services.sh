@@ -67,6 +67,7 @@ ensure_redis() {
   for _ in $(seq 50); do _redis_ok "redis://127.0.0.1:$port" && break; sleep 0.1; done
   _redis_ok "redis://127.0.0.1:$port" || { _log "redis did not start: $dir/redis.log"; return 1; }
   _log "started redis on 127.0.0.1:$port"
+  REDSINK_SERVICES_STARTED=1
   export REDSINK_TEST_REDIS_URL="redis://127.0.0.1:$port"
 }
 
@@ -109,6 +110,7 @@ ensure_postgres() {
     { _log "postgres did not start: $dir/postgres.log"; return 1; }
   echo "$port" >"$dir/port"
   _log "started postgres on 127.0.0.1:$port"
+  REDSINK_SERVICES_STARTED=1
   export REDSINK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 

@@ -261,7 +261,8 @@ impl Pipeline {
                     .max(Duration::from_millis(1)),
                 None => self.config.redis.block,
             };
-            let count = self.batcher.room().max(1);
+            // COUNT applies per stream: share the room left in the batch between them.
+            let count = (self.batcher.room() / self.routes.len().max(1)).max(1);
             match self.reader.read(block, count).await {
                 Ok(entries) => {
                     read_retry = None;

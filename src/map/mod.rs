@@ -211,104 +211,13 @@ pub fn map_event(
     let key_names = mapping.key_names(event)?;
     let key_columns = table.conflict_key(&key_names)?;
     let version = mapping.version(event, id)?;
-    let convert_field = |field: &Field, col: usize| -> Result<Option<String>, MapError> {
-        let column = &table.columns[col];
-        let target = convert::Target {
-            ty: &column.ty,
-            is_array: column.is_array,
-        };
-        convert::to_text(&field.value, field.logical.as_ref(), target)
-            .map_err(|e| MapError::column(&table.name, &column.name, e))
-    };
-
     let op = match event.op {
         Op::Create | Op::Update | Op::Read => {
-            let after = event
-                .after
-                .as_ref()
-                .ok_or_else(|| MapError::event("no `after` image"))?;
-            let mut pairs: Vec<(usize, Option<String>)> = Vec::with_capacity(after.0.len());
-            for field in &after.0 {
-                let Some(col) = table.column(&field.name) else {
-                    if mapping.ignore_unknown_columns {
-                        continue;
-                    }
-                    return Err(MapError::column(
-                        &table.name,
-                        &field.name,
-                        "the event has this field but the table has no such column: add the \
-                         column or set mapping.ignore_unknown_columns = true",
-                    ));
-                };
-                if field.value.as_str() == Some(UNAVAILABLE_VALUE) {
-                    // Unchanged TOASTed value: keep what the row has.
-                    continue;
-                }
-                pairs.push((col, convert_field(field, col)?));
-            }
-            // Key columns missing from `after` (excluded by the source) come from the key.
-            for (&col, name) in key_columns.iter().zip(&key_names) {
-                if !pairs.iter().any(|(c, _)| *c == col) {
-                    let field = key_field(event.key.as_ref(), name).ok_or_else(|| {
-                        MapError::column(
-                            &table.name,
-                            name,
-                            "the key column has no value in the event",
-                        )
-                    })?;
-                    pairs.push((col, convert_field(field, col)?));
-                }
-            }
-            pairs.sort_by_key(|(c, _)| *c);
-            let (columns, values): (Vec<usize>, Vec<Option<String>>) = pairs.into_iter().unzip();
-            for &k in &key_columns {
-                let pos = columns.iter().position(|&c| c == k);
-                if pos.and_then(|p| values[p].as_ref()).is_none() {
-                    return Err(MapError::column(
-                        &table.name,
-                        &table.columns[k].name,
-                        "the key column is null",
-                    ));
-                }
-            }
-            RowOp::Upsert { columns, values }
+            upsert_op(mapping, event, table, &key_columns, &key_names)?
         }
-        Op::Delete => {
-            let mut key_values = Vec::with_capacity(key_columns.len());
-            for (&col, name) in key_columns.iter().zip(&key_names) {
-                let field = key_field(event.key.as_ref(), name)
-                    .or_else(|| key_field(event.before.as_ref(), name))
-                    .ok_or_else(|| {
-                        MapError::column(
-                            &table.name,
-                            name,
-                            "the delete carries no value for this key column (neither in the \
-                             message key nor in `before`)",
-                        )
-                    })?;
-                let value = convert_field(field, col)?
-                    .ok_or_else(|| MapError::column(&table.name, name, "the key column is null"))?;
-                key_values.push(value);
-            }
-            RowOp::Delete { key_values }
-        }
+        Op::Delete => delete_op(event, table, &key_columns, &key_names)?,
     };
-
-    let key_text = {
-        let values: Vec<Option<&str>> = match &op {
-            RowOp::Upsert { columns, values } => key_columns
-                .iter()
-                .map(|k| {
-                    columns
-                        .iter()
-                        .position(|c| c == k)
-                        .and_then(|p| values[p].as_deref())
-                })
-                .collect(),
-            RowOp::Delete { key_values } => key_values.iter().map(|v| Some(v.as_str())).collect(),
-        };
-        serde_json::to_string(&values).map_err(|e| MapError::event(e.to_string()))?
-    };
+    let key_text = key_text(&op, &key_columns)?;
     Ok(RowChange {
         table: table.clone(),
         key_columns,
@@ -316,6 +225,122 @@ pub fn map_event(
         version,
         op,
     })
+}
+
+fn convert_field(
+    table: &TableSchema,
+    field: &Field,
+    col: usize,
+) -> Result<Option<String>, MapError> {
+    let column = &table.columns[col];
+    let target = convert::Target {
+        ty: &column.ty,
+        is_array: column.is_array,
+    };
+    convert::to_text(&field.value, field.logical.as_ref(), target)
+        .map_err(|e| MapError::column(&table.name, &column.name, e))
+}
+
+/// The columns of `after` (less unchanged TOASTed ones), plus key columns from the key.
+fn upsert_op(
+    mapping: &Mapping,
+    event: &ChangeEvent,
+    table: &TableSchema,
+    key_columns: &[usize],
+    key_names: &[&str],
+) -> Result<RowOp, MapError> {
+    let after = event
+        .after
+        .as_ref()
+        .ok_or_else(|| MapError::event("no `after` image"))?;
+    let mut pairs: Vec<(usize, Option<String>)> = Vec::with_capacity(after.0.len());
+    for field in &after.0 {
+        let Some(col) = table.column(&field.name) else {
+            if mapping.ignore_unknown_columns {
+                continue;
+            }
+            return Err(MapError::column(
+                &table.name,
+                &field.name,
+                "the event has this field but the table has no such column: add the \
+                 column or set mapping.ignore_unknown_columns = true",
+            ));
+        };
+        if field.value.as_str() == Some(UNAVAILABLE_VALUE) {
+            // Unchanged TOASTed value: keep what the row has.
+            continue;
+        }
+        pairs.push((col, convert_field(table, field, col)?));
+    }
+    // Key columns missing from `after` (excluded by the source) come from the key.
+    for (&col, name) in key_columns.iter().zip(key_names) {
+        if !pairs.iter().any(|(c, _)| *c == col) {
+            let field = key_field(event.key.as_ref(), name).ok_or_else(|| {
+                MapError::column(
+                    &table.name,
+                    name,
+                    "the key column has no value in the event",
+                )
+            })?;
+            pairs.push((col, convert_field(table, field, col)?));
+        }
+    }
+    pairs.sort_by_key(|(c, _)| *c);
+    for &k in key_columns {
+        if !pairs.iter().any(|(c, v)| *c == k && v.is_some()) {
+            return Err(MapError::column(
+                &table.name,
+                &table.columns[k].name,
+                "the key column is null",
+            ));
+        }
+    }
+    let (columns, values) = pairs.into_iter().unzip();
+    Ok(RowOp::Upsert { columns, values })
+}
+
+/// The key values of a delete: from the message key, else from `before`.
+fn delete_op(
+    event: &ChangeEvent,
+    table: &TableSchema,
+    key_columns: &[usize],
+    key_names: &[&str],
+) -> Result<RowOp, MapError> {
+    let mut key_values = Vec::with_capacity(key_columns.len());
+    for (&col, name) in key_columns.iter().zip(key_names) {
+        let field = key_field(event.key.as_ref(), name)
+            .or_else(|| key_field(event.before.as_ref(), name))
+            .ok_or_else(|| {
+                MapError::column(
+                    &table.name,
+                    name,
+                    "the delete carries no value for this key column (neither in the \
+                     message key nor in `before`)",
+                )
+            })?;
+        let value = convert_field(table, field, col)?
+            .ok_or_else(|| MapError::column(&table.name, name, "the key column is null"))?;
+        key_values.push(value);
+    }
+    Ok(RowOp::Delete { key_values })
+}
+
+/// The key values as one JSON array of text: the same row gives the same text
+/// whether it comes from an upsert or a delete.
+fn key_text(op: &RowOp, key_columns: &[usize]) -> Result<String, MapError> {
+    let values: Vec<Option<&str>> = match op {
+        RowOp::Upsert { columns, values } => key_columns
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c == k)
+                    .and_then(|p| values[p].as_deref())
+            })
+            .collect(),
+        RowOp::Delete { key_values } => key_values.iter().map(|v| Some(v.as_str())).collect(),
+    };
+    serde_json::to_string(&values).map_err(|e| MapError::event(e.to_string()))
 }
 
 fn key_field<'a>(row: Option<&'a Row>, name: &str) -> Option<&'a Field> {

@@ -1,1 +1,207 @@
+use std::sync::Arc;
 
+use serde_json::json;
+
+use super::*;
+use crate::config::MappingConfig;
+use crate::decode::Source;
+
+fn table() -> Arc<TableSchema> {
+    let col = |n: &str, ty: &str| Column {
+        name: n.into(),
+        sql_type: ty.into(),
+        ty: ColumnType {
+            name: ty.into(),
+            scale: Some(2),
+            precision: None,
+        },
+        is_array: false,
+    };
+    Arc::new(TableSchema {
+        name: TableName::parse("public.items").expect("valid"),
+        columns: vec![
+            col("id", "int4"),
+            col("name", "text"),
+            col("price", "numeric"),
+        ],
+        unique_keys: vec![vec![0]],
+    })
+}
+
+fn mapping(extra: &str) -> Mapping {
+    let config: MappingConfig = toml::from_str(&format!(
+        "streams = [\"s:{{0..1}}\", \"db.*\"]\ntable = \"public.items\"\n{extra}"
+    ))
+    .expect("mapping toml");
+    Mapping::compile(0, &config).expect("compiles")
+}
+
+fn row(fields: serde_json::Value) -> Row {
+    Row(fields
+        .as_object()
+        .expect("object")
+        .iter()
+        .map(|(k, v)| Field {
+            name: k.clone(),
+            value: v.clone(),
+            logical: None,
+        })
+        .collect())
+}
+
+fn event(
+    op: Op,
+    key: Option<serde_json::Value>,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> ChangeEvent {
+    ChangeEvent {
+        op,
+        key: key.map(row),
+        before: before.map(row),
+        after: after.map(row),
+        source: Source {
+            connector: Some("postgresql".into()),
+            lsn: Some(42),
+            ..Source::default()
+        },
+    }
+}
+
+const ID: EntryId = EntryId { ms: 5, seq: 1 };
+
+#[test]
+fn routes_exact_ranges_and_globs() {
+    let m = mapping("");
+    assert!(m.covers("s:0") && m.covers("s:1") && !m.covers("s:2"));
+    assert!(m.covers("db.inventory") && !m.covers("xdb.inventory"));
+    assert!(glob_match(b"a[0-9]?c*", b"a7xcyy"));
+    assert!(!glob_match(b"a[^0-9]c", b"a7c"));
+    assert!(glob_match(b"a\\*", b"a*") && !glob_match(b"a\\*", b"ab"));
+}
+
+#[test]
+fn maps_an_upsert_to_text_values_and_a_key() {
+    let ev = event(
+        Op::Create,
+        Some(json!({"id": 1})),
+        None,
+        Some(json!({"id": 1, "name": "x", "price": "B88="})),
+    );
+    let change = map_event(&mapping(""), &ev, ID, &table()).expect("maps");
+    assert_eq!(change.key_columns, vec![0]);
+    assert_eq!(change.key_text, "[\"1\"]");
+    assert_eq!(change.version, Version::from_lsn(42));
+    assert_eq!(
+        change.op,
+        RowOp::Upsert {
+            columns: vec![0, 1, 2],
+            values: vec![Some("1".into()), Some("x".into()), Some("19.99".into())]
+        }
+    );
+}
+
+#[test]
+fn unchanged_toasted_columns_are_left_out() {
+    let ev = event(
+        Op::Update,
+        Some(json!({"id": 1})),
+        None,
+        Some(json!({"id": 1, "name": UNAVAILABLE_VALUE})),
+    );
+    let change = map_event(&mapping(""), &ev, ID, &table()).expect("maps");
+    let RowOp::Upsert { columns, .. } = change.op else {
+        panic!("upsert")
+    };
+    assert_eq!(columns, vec![0]);
+}
+
+#[test]
+fn a_delete_takes_its_key_from_the_message_key_or_before() {
+    let from_key = event(Op::Delete, Some(json!({"id": 7})), None, None);
+    let change = map_event(&mapping(""), &from_key, ID, &table()).expect("maps");
+    assert_eq!(
+        change.op,
+        RowOp::Delete {
+            key_values: vec!["7".into()]
+        }
+    );
+    assert_eq!(change.key_text, "[\"7\"]");
+    let from_before = event(Op::Delete, None, Some(json!({"id": 8, "name": null})), None);
+    let change = map_event(&mapping("key = [\"id\"]"), &from_before, ID, &table()).expect("maps");
+    assert_eq!(
+        change.op,
+        RowOp::Delete {
+            key_values: vec!["8".into()]
+        }
+    );
+}
+
+#[test]
+fn errors_name_the_table_and_column() {
+    let unknown = event(
+        Op::Create,
+        Some(json!({"id": 1})),
+        None,
+        Some(json!({"id": 1, "colour": "red"})),
+    );
+    let err = map_event(&mapping(""), &unknown, ID, &table())
+        .expect_err("unknown column")
+        .to_string();
+    assert!(err.contains("table public.items column colour"), "{err}");
+    let ignored = map_event(
+        &mapping("ignore_unknown_columns = true"),
+        &unknown,
+        ID,
+        &table(),
+    );
+    assert!(ignored.is_ok());
+
+    let mismatch = event(
+        Op::Create,
+        Some(json!({"id": 1})),
+        None,
+        Some(json!({"id": "one"})),
+    );
+    let err = map_event(&mapping(""), &mismatch, ID, &table())
+        .expect_err("type")
+        .to_string();
+    assert!(
+        err.contains("column id") && err.contains("not a whole number"),
+        "{err}"
+    );
+
+    let no_key = event(Op::Create, None, None, Some(json!({"id": 1})));
+    let err = map_event(&mapping(""), &no_key, ID, &table())
+        .expect_err("no key")
+        .to_string();
+    assert!(err.contains("mapping.key"), "{err}");
+
+    let wrong_key =
+        map_event(&mapping("key = [\"name\"]"), &no_key, ID, &table()).expect_err("not unique");
+    assert!(matches!(wrong_key, MapError::Table { .. }), "{wrong_key}");
+
+    let mut no_lsn = event(
+        Op::Create,
+        Some(json!({"id": 1})),
+        None,
+        Some(json!({"id": 1})),
+    );
+    no_lsn.source.lsn = None;
+    let err = map_event(&mapping(""), &no_lsn, ID, &table())
+        .expect_err("no lsn")
+        .to_string();
+    assert!(err.contains("entry_id"), "{err}");
+    let by_id =
+        map_event(&mapping("version = \"entry_id\""), &no_lsn, ID, &table()).expect("entry id");
+    assert_eq!(by_id.version, Version::from_entry_id(ID));
+}
+
+#[test]
+fn versions_order_numerically_as_bytes() {
+    assert!(Version::from_lsn(255) < Version::from_lsn(256));
+    assert!(
+        Version::from_entry_id(EntryId { ms: 9, seq: 9 })
+            < Version::from_entry_id(EntryId { ms: 10, seq: 0 })
+    );
+}
