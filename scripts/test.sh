@@ -12,4 +12,11 @@ if [ "$REDSINK_SERVICES_STARTED" = 1 ] && [ -z "${REDSINK_KEEP_SERVICES:-}" ]; t
   trap stop_services EXIT
 fi
 echo "testing against $REDSINK_TEST_REDIS_URL and $REDSINK_TEST_POSTGRES_URL"
-cargo test --locked "$@"
+log=$(mktemp)
+status=0
+cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "redsink: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"

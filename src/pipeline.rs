@@ -92,6 +92,51 @@ impl Retry {
     }
 }
 
+/// Which errors are worth another attempt.
+trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for WriteError {
+    fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Retry
+    }
+}
+
+impl Transient for ReadError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+impl Transient for AckError {
+    fn is_transient(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+/// Awaits `$op` (an expression giving a future) until it succeeds or fails for
+/// good, backing off after transient errors: `Ok(Some(value))`, `Err(error)`, or
+/// `Ok(None)` when shutdown was requested while waiting. A macro rather than a
+/// function taking an async closure, so the pipeline's future stays `Send`.
+macro_rules! retrying {
+    ($shutdown:expr, $what:expr, $op:expr) => {{
+        let mut retry = Retry::new();
+        loop {
+            match $op.await {
+                Ok(value) => break Ok(Some(value)),
+                Err(e) if Transient::is_transient(&e) => {
+                    tracing::warn!(error = %e, cause = %source_chain(&e), "{} failed, retrying", $what);
+                    if !retry.wait($shutdown).await {
+                        break Ok(None);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
 /// Runs the sync until `shutdown` is cancelled (then flushes and returns) or a fatal
 /// error occurs.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, PipelineError> {
@@ -131,33 +176,23 @@ impl Pipeline {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut retry = Retry::new();
-        let pool = loop {
-            match write::connect(&config.postgres.url, config.postgres.pool_size).await {
-                Ok(pool) => break pool,
-                Err(e) if e.class() == ErrorClass::Retry => {
-                    tracing::warn!(error = %e, cause = %source_chain(&e), "postgres is not reachable, retrying");
-                    if !retry.wait(shutdown).await {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let url = config.postgres.url.clone();
+        let pool_size = config.postgres.pool_size;
+        let Some(pool) = retrying!(shutdown, "connecting to postgres", {
+            write::connect(&url, pool_size)
+        })?
+        else {
+            return Ok(None);
         };
-        write::migrate(&pool).await?;
-
-        let mut retry = Retry::new();
-        let control = loop {
-            match read::connect_control(&config.redis.url).await {
-                Ok(c) => break c,
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, cause = %source_chain(&e), "redis is not reachable, retrying");
-                    if !retry.wait(shutdown).await {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if retrying!(shutdown, "migrating", write::migrate(&pool))?.is_none() {
+            return Ok(None);
+        }
+        let url = config.redis.url.clone();
+        let Some(control) = retrying!(shutdown, "connecting to redis", {
+            read::connect_control(&url)
+        })?
+        else {
+            return Ok(None);
         };
         let reader = Reader::new(
             &config.redis.url,
@@ -170,7 +205,9 @@ impl Pipeline {
         for m in &mappings {
             if let Some(fixed) = m.table.fixed() {
                 let name = fixed.map_err(PipelineError::Config)?;
-                writer.table(&name).await?;
+                if retrying!(shutdown, "reading the catalog", { writer.table(&name) })?.is_none() {
+                    return Ok(None);
+                }
             }
         }
         let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
@@ -184,7 +221,9 @@ impl Pipeline {
             batcher,
             stats: Stats::default(),
         };
-        pipeline.discover().await?;
+        if retrying!(shutdown, "discovering streams", { pipeline.discover() })?.is_none() {
+            return Ok(None);
+        }
         tracing::info!(
             consumer = pipeline.config.consumer(),
             group = %pipeline.config.redis.group,
@@ -235,7 +274,7 @@ impl Pipeline {
                 match self.reader.claim_idle(self.config.redis.claim_idle).await {
                     Ok(entries) => {
                         self.stats.claimed += entries.len() as u64;
-                        self.process(entries).await?;
+                        self.process(entries, shutdown).await?;
                     }
                     Err(e) if e.is_retryable() => {
                         tracing::warn!(error = %e, "claiming idle entries failed")
@@ -266,7 +305,7 @@ impl Pipeline {
             match self.reader.read(block, count).await {
                 Ok(entries) => {
                     read_retry = None;
-                    self.process(entries).await?;
+                    self.process(entries, shutdown).await?;
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, cause = %source_chain(&e), "reading from redis failed, retrying");
@@ -287,11 +326,17 @@ impl Pipeline {
     }
 
     /// decode → map → batch for each entry.
-    async fn process(&mut self, entries: Vec<StreamEntry>) -> Result<(), PipelineError> {
+    /// Stops early (leaving the rest pending) when shutdown is requested during an outage.
+    async fn process(
+        &mut self,
+        entries: Vec<StreamEntry>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
         let now = Instant::now();
         self.stats.read += entries.len() as u64;
         for entry in entries {
-            match self.prepare(&entry).await {
+            match self.prepare(&entry, shutdown).await {
+                Ok(Prepared::Interrupted) => return Ok(()),
                 Ok(Prepared::Row(change)) => self.batcher.push_row(change, entry, now),
                 Ok(Prepared::Skip(skip)) => {
                     self.stats.skipped += 1;
@@ -315,7 +360,11 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn prepare(&mut self, entry: &StreamEntry) -> Result<Prepared, PipelineError> {
+    async fn prepare(
+        &mut self,
+        entry: &StreamEntry,
+        shutdown: &CancellationToken,
+    ) -> Result<Prepared, PipelineError> {
         let event = match decode::decode(entry, &self.config.decode) {
             Ok(Decoded::Change(event)) => event,
             Ok(Decoded::Skip(skip)) => return Ok(Prepared::Skip(skip)),
@@ -333,7 +382,13 @@ impl Pipeline {
             Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
             Err(e) => return Err(e.into()),
         };
-        let table = self.writer.table(&table_name).await?;
+        let writer = &mut self.writer;
+        let Some(table) = retrying!(shutdown, "reading the catalog", {
+            writer.table(&table_name)
+        })?
+        else {
+            return Ok(Prepared::Interrupted);
+        };
         match map::map_event(mapping, &event, entry.id, &table) {
             Ok(change) => Ok(Prepared::Row(change)),
             Err(MapError::Event(reason)) => Ok(Prepared::Dead(reason)),
@@ -349,38 +404,21 @@ impl Pipeline {
             return Ok(());
         }
         let batch = self.batcher.take();
-        let mut retry = Retry::new();
-        let committed = loop {
-            match self.writer.write(&batch).await {
-                Ok(c) => break c,
-                Err(e) if e.class() == ErrorClass::Retry => {
-                    tracing::warn!(error = %e, cause = %source_chain(&e), entries = batch.acks.len(), "writing to postgres failed, retrying");
-                    if !retry.wait(shutdown).await {
-                        tracing::warn!(
-                            entries = batch.acks.len(),
-                            "shutdown during a postgres outage: entries stay pending"
-                        );
-                        return Ok(());
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let writer = &self.writer;
+        let Some(committed) = retrying!(shutdown, "writing to postgres", { writer.write(&batch) })?
+        else {
+            tracing::warn!(
+                entries = batch.acks.len(),
+                "shutdown during a postgres outage: entries stay pending"
+            );
+            return Ok(());
         };
-        let mut retry = Retry::new();
-        loop {
-            match self.acker.ack(&committed).await {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, cause = %source_chain(&e), "acknowledging failed, retrying");
-                    if !retry.wait(shutdown).await {
-                        tracing::warn!(
-                            "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
-                        );
-                        return Ok(());
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let acker = &mut self.acker;
+        if retrying!(shutdown, "acknowledging", { acker.ack(&committed) })?.is_none() {
+            tracing::warn!(
+                "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
+            );
+            return Ok(());
         }
         self.stats.batches += 1;
         self.stats.rows_written += committed.rows() as u64;
@@ -399,6 +437,8 @@ enum Prepared {
     Row(map::RowChange),
     Skip(Skip),
     Dead(String),
+    /// Shutdown came during an outage: leave this entry pending.
+    Interrupted,
 }
 
 /// The error's causes, joined: operators need the root cause (refused, timed out, …).

@@ -7,14 +7,14 @@ use redsink::produce::{OrderState, Orders, xadd_all};
 
 use crate::common::{self, TestDb};
 
-const ORDERS: &str =
+pub const ORDERS: &str =
     "CREATE TABLE public.orders (id bigint PRIMARY KEY, customer_id bigint, status text,
   amount numeric(12,2), note text, created_at timestamptz, updated_at timestamp, attrs jsonb)";
 
 type OrderRow = (i64, i64, String, String, String);
 
 /// The state the first `n` events leave the table in.
-fn expected(orders: &Orders, n: u64) -> Vec<OrderRow> {
+pub fn expected(orders: &Orders, n: u64) -> Vec<OrderRow> {
     let mut last: HashMap<u64, u64> = HashMap::new();
     for j in 0..n {
         last.insert(orders.id(j), j);
@@ -41,7 +41,7 @@ fn expected(orders: &Orders, n: u64) -> Vec<OrderRow> {
     rows
 }
 
-async fn actual(db: &TestDb) -> Vec<OrderRow> {
+pub async fn actual(db: &TestDb) -> Vec<OrderRow> {
     sqlx::query_as(
         "SELECT id, customer_id, status, amount::text, note FROM public.orders ORDER BY id",
     )
@@ -50,7 +50,7 @@ async fn actual(db: &TestDb) -> Vec<OrderRow> {
     .expect("orders")
 }
 
-async fn produce(prefix: &str, orders: &Orders, n: u64) -> Vec<String> {
+pub async fn produce(prefix: &str, orders: &Orders, n: u64) -> Vec<String> {
     let mut r = common::redis().await;
     let stream = format!("{prefix}.orders");
     xadd_all(&mut r, (0..n).map(|j| orders.entry(j, &stream, 8)))
@@ -59,7 +59,7 @@ async fn produce(prefix: &str, orders: &Orders, n: u64) -> Vec<String> {
     (0..8).map(|i| format!("{stream}:{i}")).collect()
 }
 
-fn mapping(prefix: &str) -> String {
+pub fn mapping(prefix: &str) -> String {
     format!("[[mapping]]\nstreams = [\"{prefix}.orders:{{0..7}}\"]\ntable = \"public.orders\"\n")
 }
 

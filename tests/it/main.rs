@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod fixtures;
 mod load;
+mod outage;
 mod poison;
 mod sync;
 
