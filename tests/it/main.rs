@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod convergence;
 mod crash;
 mod fixtures;
 mod load;
