@@ -82,5 +82,8 @@ else
   kill -TERM $pid
   wait $pid
   trap - EXIT
-  echo "== redsink stopped cleanly. Servers started for the demo keep running; stop them with scripts/services.sh stop"
+  echo "== redsink stopped cleanly"
+  [ -f "$REDSINK_SERVICES_DIR/redis/port" ] || [ -f "$REDSINK_SERVICES_DIR/postgres/port" ] &&
+    echo "servers started for the demo keep running: psql $pg_replica; stop them with scripts/services.sh stop"
+  true
 fi
