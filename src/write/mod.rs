@@ -315,11 +315,7 @@ async fn exec_group(
     items: &[Item<'_>],
 ) -> Result<(), WriteError> {
     let changes: Vec<&RowChange> = items.iter().map(|(c, _)| *c).collect();
-    match changes.first().map(|c| &c.op) {
-        None => Ok(()),
-        Some(RowOp::Delete { .. }) => sql::delete_rows(conn, table, &changes).await,
-        Some(RowOp::Upsert { .. }) => sql::upsert_rows(conn, table, &changes).await,
-    }
+    sql::write_rows(conn, table, &changes).await
 }
 
 /// The winner and every entry coalesced into it go to the dead-letter stream together:

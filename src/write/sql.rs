@@ -95,7 +95,9 @@ pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
     )
 }
 
-pub async fn upsert_rows(
+/// Writes one group of rows of the same shape (same operation, key and column set)
+/// with one statement.
+pub async fn write_rows(
     conn: &mut PgConnection,
     table: &TableSchema,
     rows: &[&RowChange],
@@ -103,18 +105,29 @@ pub async fn upsert_rows(
     let Some(first) = rows.first() else {
         return Ok(());
     };
-    let RowOp::Upsert { columns, .. } = &first.op else {
-        return Ok(());
-    };
     let key = &first.key_columns;
-    let sql = upsert_sql(table, key, columns);
-    let mut cols: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(rows.len()); columns.len()];
+    let (sql, width, what) = match &first.op {
+        RowOp::Upsert { columns, .. } => {
+            (upsert_sql(table, key, columns), columns.len(), "upserting")
+        }
+        RowOp::Delete { .. } => (delete_sql(table, key), key.len(), "deleting"),
+    };
+    // Column-major: one text array per column, then the versions, the key texts and
+    // the table name (for the tombstones).
+    let mut cols: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(rows.len()); width];
     let mut versions: Vec<&[u8]> = Vec::with_capacity(rows.len());
     let mut keys: Vec<&str> = Vec::with_capacity(rows.len());
     for row in rows {
-        if let RowOp::Upsert { values, .. } = &row.op {
-            for (col, value) in cols.iter_mut().zip(values) {
-                col.push(value.as_deref());
+        match &row.op {
+            RowOp::Upsert { values, .. } => {
+                for (col, value) in cols.iter_mut().zip(values) {
+                    col.push(value.as_deref());
+                }
+            }
+            RowOp::Delete { key_values } => {
+                for (col, value) in cols.iter_mut().zip(key_values) {
+                    col.push(Some(value.as_str()));
+                }
             }
         }
         versions.push(&row.version.0);
@@ -131,47 +144,7 @@ pub async fn upsert_rows(
         .execute(conn)
         .await
         .map_err(WriteError::pg(format!(
-            "upserting {} rows into {}",
-            rows.len(),
-            table.name
-        )))?;
-    Ok(())
-}
-
-pub async fn delete_rows(
-    conn: &mut PgConnection,
-    table: &TableSchema,
-    rows: &[&RowChange],
-) -> Result<(), WriteError> {
-    let Some(first) = rows.first() else {
-        return Ok(());
-    };
-    let key = &first.key_columns;
-    let sql = delete_sql(table, key);
-    let mut cols: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); key.len()];
-    let mut versions: Vec<&[u8]> = Vec::with_capacity(rows.len());
-    let mut keys: Vec<&str> = Vec::with_capacity(rows.len());
-    for row in rows {
-        if let RowOp::Delete { key_values } = &row.op {
-            for (col, value) in cols.iter_mut().zip(key_values) {
-                col.push(value.as_str());
-            }
-        }
-        versions.push(&row.version.0);
-        keys.push(&row.key_text);
-    }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for col in cols {
-        query = query.bind(col);
-    }
-    query
-        .bind(versions)
-        .bind(keys)
-        .bind(table.name.to_string())
-        .execute(conn)
-        .await
-        .map_err(WriteError::pg(format!(
-            "deleting {} rows from {}",
+            "{what} {} rows of {}",
             rows.len(),
             table.name
         )))?;

@@ -353,3 +353,23 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Waits until `table` has more than `rows` rows.
+pub async fn wait_rows(db: &TestDb, table: &str, rows: i64) {
+    let sql = format!("SELECT count(*) FROM {table}");
+    wait_for(
+        &format!("more than {rows} rows in {table}"),
+        Duration::from_secs(60),
+        || {
+            let (pool, sql) = (db.pool.clone(), sql.clone());
+            async move {
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0)
+                    > rows
+            }
+        },
+    )
+    .await;
+}

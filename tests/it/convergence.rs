@@ -22,7 +22,10 @@ use crate::{ITEMS, event, key};
 type Change = Option<(String, i32)>;
 
 fn arb_history() -> impl Strategy<Value = Vec<Change>> {
-    proptest::collection::vec(proptest::option::weighted(0.75, ("[a-z]{1,6}", 0..1000i32)), 1..6)
+    proptest::collection::vec(
+        proptest::option::weighted(0.75, ("[a-z]{1,6}", 0..1000i32)),
+        1..6,
+    )
 }
 
 /// Events as (key id, lsn, value JSON), lsn increasing per key in history order.
@@ -37,7 +40,12 @@ fn events(histories: &[Vec<Change>]) -> Vec<(i64, u64, String)> {
                 None => event("d", lsn, &format!(r#"{{"id":{id}}}"#), "null"),
                 Some((name, qty)) => {
                     let op = if i == 0 { "c" } else { "u" };
-                    event(op, lsn, "null", &format!(r#"{{"id":{id},"name":"{name}","qty":{qty}}}"#))
+                    event(
+                        op,
+                        lsn,
+                        "null",
+                        &format!(r#"{{"id":{id},"name":"{name}","qty":{qty}}}"#),
+                    )
                 }
             };
             out.push((id, lsn, value));
@@ -59,14 +67,22 @@ fn in_order(histories: &[Vec<Change>]) -> Vec<(i32, String, i32)> {
 
 #[test]
 fn any_delivery_order_duplication_and_batching_converges() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (db, mut writer, mapping) = rt.block_on(async {
         let db = TestDb::new().await;
         db.exec(ITEMS).await;
         let pool = write::connect(&db.url, 2).await.expect("pg");
         write::migrate(&pool).await.expect("migrate");
-        let config: MappingConfig = toml::from_str("streams = [\"s\"]\ntable = \"public.items\"").expect("mapping");
-        (db, Writer::new(pool, "redsink"), Mapping::compile(0, &config).expect("compiles"))
+        let config: MappingConfig =
+            toml::from_str("streams = [\"s\"]\ntable = \"public.items\"").expect("mapping");
+        (
+            db,
+            Writer::new(pool, "redsink"),
+            Mapping::compile(0, &config).expect("compiles"),
+        )
     });
     let table = rt
         .block_on(writer.table(&TableName::parse("public.items").expect("name")))
@@ -77,11 +93,18 @@ fn any_delivery_order_duplication_and_batching_converges() {
         any::<u64>(),
         proptest::collection::vec(1usize..6, 1..8),
     );
-    let mut runner = TestRunner::new(ProptestConfig { cases: 40, ..ProptestConfig::default() });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 40,
+        ..ProptestConfig::default()
+    });
     let result = runner.run(&strategy, |(histories, seed, chunks)| {
         let mut all = events(&histories);
         // Duplicate some events, then shuffle deterministically from `seed`.
-        let dups: Vec<_> = all.iter().filter(|(_, lsn, _)| (lsn ^ seed) % 3 == 0).cloned().collect();
+        let dups: Vec<_> = all
+            .iter()
+            .filter(|(_, lsn, _)| (lsn ^ seed) % 3 == 0)
+            .cloned()
+            .collect();
         all.extend(dups);
         let mut state = seed | 1;
         for i in (1..all.len()).rev() {
@@ -91,14 +114,18 @@ fn any_delivery_order_duplication_and_batching_converges() {
             all.swap(i, (state % (i as u64 + 1)) as usize);
         }
         let actual = rt.block_on(async {
-            db.exec("TRUNCATE public.items; TRUNCATE redsink.tombstones").await;
+            db.exec("TRUNCATE public.items; TRUNCATE redsink.tombstones")
+                .await;
             let mut batcher = Batcher::new(1000, Duration::from_secs(60));
             let mut sizes = chunks.iter().cycle();
             let mut left = *sizes.next().unwrap_or(&1);
             for (n, (id, _, value)) in all.iter().enumerate() {
                 let entry = StreamEntry {
                     stream: Arc::from("s"),
-                    id: EntryId { ms: n as u64 + 1, seq: 0 },
+                    id: EntryId {
+                        ms: n as u64 + 1,
+                        seq: 0,
+                    },
                     fields: Some(vec![(key(*id).into_bytes(), value.clone().into_bytes())]),
                 };
                 let Ok(Decoded::Change(ev)) = decode::decode(&entry, &Default::default()) else {
@@ -113,10 +140,12 @@ fn any_delivery_order_duplication_and_batching_converges() {
                 }
             }
             let _ = writer.write(&batcher.take()).await.expect("write");
-            sqlx::query_as::<_, (i32, String, i32)>("SELECT id, name, qty FROM public.items ORDER BY id")
-                .fetch_all(&db.pool)
-                .await
-                .expect("rows")
+            sqlx::query_as::<_, (i32, String, i32)>(
+                "SELECT id, name, qty FROM public.items ORDER BY id",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows")
         });
         prop_assert_eq!(actual, in_order(&histories));
         Ok(())

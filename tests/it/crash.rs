@@ -9,7 +9,7 @@ use redsink::read::{self, Reader, StreamEntry};
 use redsink::write::{self, Writer};
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, event, item, items, items_mapping, key};
+use crate::{ITEMS, add_items, fingerprint, items, items_mapping};
 
 /// Reads entries as consumer `consumer` (they enter its PEL) without acking them.
 async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
@@ -37,13 +37,6 @@ async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> 
     out
 }
 
-async fn fingerprint(db: &TestDb) -> Vec<(i32, Vec<u8>, String)> {
-    sqlx::query_as("SELECT id, _redsink_version, xmin::text FROM public.items ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .expect("fingerprint")
-}
-
 #[tokio::test]
 async fn a_crash_between_commit_and_xack_redelivers_as_a_no_op() {
     let db = TestDb::new().await;
@@ -51,15 +44,7 @@ async fn a_crash_between_commit_and_xack_redelivers_as_a_no_op() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    for id in 1..=3 {
-        common::xadd(
-            &mut r,
-            &stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "x", "B88=")),
-        )
-        .await;
-    }
+    add_items(&stream, 3).await;
     let config = common::config(&db, "c1", &items_mapping(&prefix));
 
     // The first life of consumer c1: read, decode, map, batch, commit ... and die before XACK.
@@ -106,15 +91,7 @@ async fn a_crash_before_commit_redelivers_and_applies_even_to_another_consumer()
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    for id in 1..=3 {
-        common::xadd(
-            &mut r,
-            &stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "x", "B88=")),
-        )
-        .await;
-    }
+    add_items(&stream, 3).await;
     // Consumer "dead" reads everything and dies before writing anything.
     read_as("dead", &stream, 3).await;
     assert_eq!(common::pending(&mut r, &stream, "redsink").await, 3);

@@ -132,22 +132,11 @@ async fn a_process_killed_mid_sync_resumes_without_loss_after_restart() {
     // Kill -9 once some batches have committed, and again a little later.
     for _ in 0..2 {
         let mut child = start_process(&path);
-        let pool = db.pool.clone();
         let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM public.orders")
-            .fetch_one(&pool)
+            .fetch_one(&db.pool)
             .await
             .unwrap_or(0);
-        common::wait_for("progress", Duration::from_secs(60), || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM public.orders")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap_or(0)
-                    > seen + 500
-            }
-        })
-        .await;
+        common::wait_rows(&db, "public.orders", seen + 500).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
     }

@@ -43,3 +43,25 @@ pub async fn items(db: &common::TestDb) -> Vec<(i32, Option<String>, Option<Stri
         .await
         .expect("select items")
 }
+
+/// Version and xmin of each item: an unchanged xmin proves no write happened.
+pub async fn fingerprint(db: &common::TestDb) -> Vec<(i32, Vec<u8>, String)> {
+    sqlx::query_as("SELECT id, _redsink_version, xmin::text FROM public.items ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("fingerprint")
+}
+
+/// Creates items 1..=n at LSNs 11.. on `stream`.
+pub async fn add_items(stream: &str, n: i64) {
+    let mut r = common::redis().await;
+    for id in 1..=n {
+        common::xadd(
+            &mut r,
+            stream,
+            &key(id),
+            &event("c", 10 + id as u64, "null", &item(id, "x", "B88=")),
+        )
+        .await;
+    }
+}

@@ -31,18 +31,7 @@ async fn a_redis_crash_and_restart_mid_sync_loses_nothing() {
     config.redis.url = server.url();
     config.batch.max_batch = 200;
     let running = common::Running::start(config);
-    let pool = db.pool.clone();
-    common::wait_for("progress", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM public.orders")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(0)
-                > 200
-        }
-    })
-    .await;
+    common::wait_rows(&db, "public.orders", 200).await;
     server.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(

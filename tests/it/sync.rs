@@ -1,7 +1,7 @@
 //! The sync path: create/update/delete/read, replays, reordering, resurrection.
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, event, item, items, items_mapping, key};
+use crate::{ITEMS, event, fingerprint, item, items, items_mapping, key};
 
 // Prices as Debezium sends numeric(10,2) without schemas: base64 unscaled.
 const P_19_99: &str = "B88="; // 1999
@@ -84,14 +84,6 @@ async fn applies_reads_creates_updates_and_deletes_then_acks() {
     .expect("a checkpoint row");
     assert_eq!(checkpoint, last);
     common::cleanup_streams(&prefix).await;
-}
-
-/// Version of each row plus its xmin: an unchanged xmin proves no write happened.
-async fn fingerprint(db: &TestDb) -> Vec<(i32, Vec<u8>, String)> {
-    sqlx::query_as("SELECT id, _redsink_version, xmin::text FROM public.items ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .expect("fingerprint")
 }
 
 #[tokio::test]
