@@ -138,6 +138,19 @@ pub struct MappingConfig {
     /// Drop event fields that have no column in the table instead of dead-lettering the event.
     #[serde(default)]
     pub ignore_unknown_columns: bool,
+    /// What a truncate event (`op: t`) does.
+    #[serde(default)]
+    pub truncate: TruncateMode,
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TruncateMode {
+    /// Delete every row older than the truncate, and keep older events from coming back.
+    #[default]
+    Apply,
+    /// Acknowledge truncate events without touching the table.
+    Skip,
 }
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

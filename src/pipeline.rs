@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckError, Acker};
 use crate::batch::Batcher;
 use crate::config::Config;
-use crate::decode::{self, Decoded, Skip};
+use crate::config::TruncateMode;
+use crate::decode::{self, Decoded, Op, Skip};
 use crate::map::{self, MapError, Mapping};
 use crate::read::{self, ReadError, Reader, StreamEntry, StreamPattern};
 use crate::write::{self, ErrorClass, WriteError, Writer};
@@ -338,13 +339,13 @@ impl Pipeline {
             match self.prepare(&entry, shutdown).await {
                 Ok(Prepared::Interrupted) => return Ok(()),
                 Ok(Prepared::Row(change)) => self.batcher.push_row(change, entry, now),
+                Ok(Prepared::Truncate(t)) => {
+                    tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");
+                    self.batcher.push_truncate(t, &entry.stream, entry.id, now);
+                }
                 Ok(Prepared::Skip(skip)) => {
                     self.stats.skipped += 1;
-                    if skip == Skip::Truncate {
-                        tracing::warn!(stream = %entry.stream, entry = %entry.id, "truncate events are not applied yet: skipped");
-                    } else {
-                        tracing::debug!(stream = %entry.stream, entry = %entry.id, kind = skip.as_str(), "skipped");
-                    }
+                    tracing::debug!(stream = %entry.stream, entry = %entry.id, kind = skip.as_str(), "skipped");
                     self.batcher.push_skip(&entry.stream, entry.id, now);
                 }
                 Ok(Prepared::Dead(reason)) => self.batcher.push_dead(entry, reason, now),
@@ -389,6 +390,16 @@ impl Pipeline {
         else {
             return Ok(Prepared::Interrupted);
         };
+        if event.op == Op::Truncate {
+            if mapping.truncate == TruncateMode::Skip {
+                return Ok(Prepared::Skip(Skip::Truncate));
+            }
+            return match map::map_truncate(mapping, &event, entry.id, &table) {
+                Ok(t) => Ok(Prepared::Truncate(t)),
+                Err(MapError::Event(reason)) => Ok(Prepared::Dead(reason)),
+                Err(e) => Err(e.into()),
+            };
+        }
         match map::map_event(mapping, &event, entry.id, &table) {
             Ok(change) => Ok(Prepared::Row(change)),
             Err(MapError::Event(reason)) => Ok(Prepared::Dead(reason)),
@@ -435,6 +446,7 @@ impl Pipeline {
 
 enum Prepared {
     Row(map::RowChange),
+    Truncate(map::Truncate),
     Skip(Skip),
     Dead(String),
     /// Shutdown came during an outage: leave this entry pending.

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::map::{RowChange, RowOp, TableName, TableSchema};
+use crate::map::{RowChange, RowOp, TableName, TableSchema, Truncate, Version};
 use crate::read::{EntryId, StreamEntry};
 
 /// An entry that cannot be applied, and why. Goes to the dead-letter stream.
@@ -108,6 +108,8 @@ fn merge(prev: RowChange, mut next: RowChange) -> RowChange {
 #[derive(Debug, Clone)]
 pub struct TableRows {
     pub table: Arc<TableSchema>,
+    /// The newest truncate of the table in the batch; written before the rows.
+    pub truncate: Option<Version>,
     pub rows: Vec<BatchRow>,
 }
 
@@ -173,21 +175,41 @@ impl Batcher {
         self.acks.push((stream.clone(), id));
     }
 
+    /// The position of `table` in the batch, adding it when new.
+    fn table(&mut self, table: &Arc<TableSchema>) -> usize {
+        if let Some(&t) = self.table_index.get(&table.name) {
+            return t;
+        }
+        self.tables.push(TableRows {
+            table: table.clone(),
+            truncate: None,
+            rows: Vec::new(),
+        });
+        let t = self.tables.len() - 1;
+        self.table_index.insert(table.name.clone(), t);
+        t
+    }
+
+    /// Adds a truncate; several in a batch keep the newest.
+    pub fn push_truncate(
+        &mut self,
+        truncate: Truncate,
+        stream: &Arc<str>,
+        id: EntryId,
+        now: Instant,
+    ) {
+        self.note(stream, id, now);
+        let t = self.table(&truncate.table);
+        let slot = &mut self.tables[t].truncate;
+        if slot.as_ref().is_none_or(|v| *v < truncate.version) {
+            *slot = Some(truncate.version);
+        }
+    }
+
     /// Adds a row change; coalesces it with an earlier change of the same row.
     pub fn push_row(&mut self, change: RowChange, entry: StreamEntry, now: Instant) {
         self.note(&entry.stream, entry.id, now);
-        let t = match self.table_index.get(&change.table.name) {
-            Some(&t) => t,
-            None => {
-                self.tables.push(TableRows {
-                    table: change.table.clone(),
-                    rows: Vec::new(),
-                });
-                let t = self.tables.len() - 1;
-                self.table_index.insert(change.table.name.clone(), t);
-                t
-            }
-        };
+        let t = self.table(&change.table);
         let rows = &mut self.tables[t].rows;
         match self.row_index.get(&(t, change.key_text.clone())) {
             Some(&r) => {

@@ -39,7 +39,7 @@ pub enum Decoded {
 pub enum Skip {
     /// A null value after a delete; the `op: d` event before it did the delete.
     Tombstone,
-    /// `op: t`. Not applied yet: see docs/TYPES.md.
+    /// `op: t` on a mapping with `truncate = "skip"`.
     Truncate,
     /// `op: m`, a logical decoding message.
     Message,
@@ -71,6 +71,8 @@ pub enum Op {
     Delete,
     /// A snapshot read (`op: r`): applied like a create.
     Read,
+    /// `op: t`: every row of the table goes.
+    Truncate,
 }
 
 /// One row change as Debezium described it.
@@ -162,7 +164,7 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         "u" => Op::Update,
         "d" => Op::Delete,
         "r" => Op::Read,
-        "t" => return Ok(Decoded::Skip(Skip::Truncate)),
+        "t" => Op::Truncate,
         "m" => return Ok(Decoded::Skip(Skip::Message)),
         other => {
             return Err(fail(format!(
@@ -233,6 +235,7 @@ fn op_letter(op: Op) -> &'static str {
         Op::Update => "u",
         Op::Delete => "d",
         Op::Read => "r",
+        Op::Truncate => "t",
     }
 }
 

@@ -80,7 +80,7 @@ fn the_real_capture_decodes_with_and_without_schemas() {
         "Create",
         "Delete",
         "tombstone",
-        "truncate",
+        "Truncate",
     ];
     assert_eq!(ops(&without), expected);
     assert_eq!(ops(&with), expected);

@@ -13,7 +13,7 @@ mod table;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{MappingConfig, VersionSource};
+use crate::config::{MappingConfig, TruncateMode, VersionSource};
 use crate::decode::{ChangeEvent, Field, Op, Row};
 use crate::read::{EntryId, StreamPattern};
 
@@ -78,6 +78,7 @@ pub struct Mapping {
     pub key: Option<Vec<String>>,
     pub version: VersionSource,
     pub ignore_unknown_columns: bool,
+    pub truncate: TruncateMode,
 }
 
 impl Mapping {
@@ -94,6 +95,7 @@ impl Mapping {
             key: config.key.clone(),
             version: config.version,
             ignore_unknown_columns: config.ignore_unknown_columns,
+            truncate: config.truncate,
         })
     }
 
@@ -201,7 +203,28 @@ pub struct RowChange {
     pub op: RowOp,
 }
 
-/// Turns one event into a row change for `table`.
+/// A truncate of a table at a version: rows older than it go, and events older than
+/// it are no-ops from then on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncate {
+    pub table: Arc<TableSchema>,
+    pub version: Version,
+}
+
+/// Turns a truncate event (`op: t`) into a [`Truncate`] of `table`.
+pub fn map_truncate(
+    mapping: &Mapping,
+    event: &ChangeEvent,
+    id: EntryId,
+    table: &Arc<TableSchema>,
+) -> Result<Truncate, MapError> {
+    Ok(Truncate {
+        table: table.clone(),
+        version: mapping.version(event, id)?,
+    })
+}
+
+/// Turns one row event (c, u, d, r) into a row change for `table`.
 pub fn map_event(
     mapping: &Mapping,
     event: &ChangeEvent,
@@ -216,6 +239,9 @@ pub fn map_event(
             upsert_op(mapping, event, table, &key_columns, &key_names)?
         }
         Op::Delete => delete_op(event, table, &key_columns, &key_names)?,
+        Op::Truncate => {
+            return Err(MapError::event("a truncate is not a row change"));
+        }
     };
     let key_text = key_text(&op, &key_columns)?;
     Ok(RowChange {

@@ -19,6 +19,9 @@
 //! | delete | yes, r < v or r is null | delete; tombstone := max(t, v) |
 //! | delete | yes, r ≥ v | nothing but tombstone := max(t, v) |
 //! | delete | no | tombstone := max(t, v) |
+//!
+//! A truncate at version v deletes the rows older than v and records v in
+//! `redsink.truncations`; an upsert older than its table's truncate is a no-op.
 
 mod catalog;
 mod sql;
@@ -86,7 +89,10 @@ impl WriteError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Postgres { source, .. } => classify(source),
-            Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => match classify(e) {
+            Self::Migrate(
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) => match classify(e) {
                 ErrorClass::Retry => ErrorClass::Retry,
                 _ => ErrorClass::Fatal,
             },
@@ -233,6 +239,9 @@ impl Writer {
         let mut tx = self.pool.begin().await.map_err(WriteError::pg("BEGIN"))?;
         let mut rejected = Vec::new();
         for table in &batch.tables {
+            if let Some(version) = &table.truncate {
+                sql::truncate(&mut tx, &table.table, &version.0).await?;
+            }
             for group in groups(&table.rows) {
                 if !isolate {
                     exec_group(&mut tx, &table.table, &group).await?;

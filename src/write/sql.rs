@@ -48,6 +48,8 @@ pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> Stri
          SELECT {casts}, i.v FROM unnest({params}, ${pv}::bytea[], ${pk}::text[]) AS i({aliases}, v, k) \
          WHERE NOT EXISTS (SELECT 1 FROM redsink.tombstones d \
            WHERE d.table_name = ${pt} AND d.key = i.k AND d.version >= i.v) \
+         AND NOT EXISTS (SELECT 1 FROM redsink.truncations tr \
+           WHERE tr.table_name = ${pt} AND tr.version >= i.v) \
          ON CONFLICT ({conflict}) DO UPDATE SET {sets} \
          WHERE t.{v} IS NULL OR t.{v} < EXCLUDED.{v}",
         table = table.name.quoted(),
@@ -148,6 +150,31 @@ pub async fn write_rows(
             rows.len(),
             table.name
         )))?;
+    Ok(())
+}
+
+/// A truncate at version `$2`: deletes the rows older than it, records it (kept at the
+/// maximum) so older events stay no-ops, and drops the tombstones it makes redundant.
+pub async fn truncate(
+    conn: &mut PgConnection,
+    table: &TableSchema,
+    version: &[u8],
+) -> Result<(), WriteError> {
+    let v = version_col();
+    let sql = format!(
+        "WITH tr AS (INSERT INTO redsink.truncations AS tr (table_name, version) VALUES ($1, $2) \
+           ON CONFLICT (table_name) DO UPDATE SET version = EXCLUDED.version, truncated_at = now() \
+           WHERE tr.version < EXCLUDED.version), \
+         tomb AS (DELETE FROM redsink.tombstones WHERE table_name = $1 AND version < $2) \
+         DELETE FROM {table} WHERE {v} IS NULL OR {v} < $2",
+        table = table.name.quoted(),
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(table.name.to_string())
+        .bind(version)
+        .execute(conn)
+        .await
+        .map_err(WriteError::pg(format!("truncating {}", table.name)))?;
     Ok(())
 }
 

@@ -301,3 +301,71 @@ async fn a_table_without_a_matching_unique_key_is_reported() {
     );
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn a_truncate_removes_older_rows_and_keeps_older_events_out() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let truncate = r#"{"before":null,"after":null,"source":{"connector":"postgresql","schema":"public","table":"items","lsn":50},"op":"t"}"#;
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", &item(1, "old", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 60, "null", &item(2, "newer", P_19_99)),
+    )
+    .await;
+    common::xadd(&mut r, &stream, "default", truncate).await;
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    assert_eq!(
+        items(&db).await,
+        vec![(2, Some("newer".into()), Some("19.99".into()), Some(2))]
+    );
+
+    // An event older than the truncate, arriving later, stays out; a newer one goes in.
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(3),
+        &event("c", 40, "null", &item(3, "late", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(4),
+        &event("c", 70, "null", &item(4, "new", P_19_99)),
+    )
+    .await;
+    common::sync(config, std::slice::from_ref(&stream)).await;
+    let ids: Vec<i32> = items(&db).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, vec![2, 4]);
+
+    // With truncate = "skip" the table is left alone.
+    let skip = format!("{}truncate = \"skip\"\n", items_mapping(&prefix));
+    common::xadd(
+        &mut r,
+        &stream,
+        "default",
+        &truncate.replace("\"lsn\":50", "\"lsn\":90"),
+    )
+    .await;
+    let stats = common::sync(
+        common::config(&db, "c1", &skip),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.skipped, 1);
+    assert_eq!(items(&db).await.len(), 2);
+    common::cleanup_streams(&prefix).await;
+}
