@@ -272,16 +272,9 @@ impl Pipeline {
             // 3. housekeeping
             if last_claim.elapsed() >= claim_every {
                 last_claim = Instant::now();
-                match self.reader.claim_idle(self.config.redis.claim_idle).await {
-                    Ok(entries) => {
-                        self.stats.claimed += entries.len() as u64;
-                        self.process(entries, shutdown).await?;
-                    }
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(error = %e, "claiming idle entries failed")
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                let entries = self.reader.claim_idle(self.config.redis.claim_idle).await;
+                self.stats.claimed += entries.len() as u64;
+                self.process(entries, shutdown).await?;
             }
             if last_discover.elapsed() >= DISCOVER_EVERY {
                 last_discover = Instant::now();

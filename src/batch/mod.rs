@@ -12,7 +12,7 @@
 //! the batch (`BatchRow::entries`) so it is acked, or dead-lettered with the winner if
 //! Postgres rejects the winner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,9 @@ pub struct Batcher {
     row_index: HashMap<(usize, String), usize>,
     dead: Vec<DeadLetter>,
     acks: Vec<(Arc<str>, EntryId)>,
+    /// The entries in the batch: one read twice (our own PEL re-read and XAUTOCLAIM
+    /// can both return it) is taken once.
+    seen: HashSet<(Arc<str>, EntryId)>,
 }
 
 impl Batcher {
@@ -158,6 +161,7 @@ impl Batcher {
             row_index: HashMap::new(),
             dead: Vec::new(),
             acks: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -170,9 +174,14 @@ impl Batcher {
         self.acks.is_empty()
     }
 
-    fn note(&mut self, stream: &Arc<str>, id: EntryId, now: Instant) {
+    /// Records an entry; `false` when it is already in the batch.
+    fn note(&mut self, stream: &Arc<str>, id: EntryId, now: Instant) -> bool {
+        if !self.seen.insert((stream.clone(), id)) {
+            return false;
+        }
         self.first_at.get_or_insert(now);
         self.acks.push((stream.clone(), id));
+        true
     }
 
     /// The position of `table` in the batch, adding it when new.
@@ -198,7 +207,9 @@ impl Batcher {
         id: EntryId,
         now: Instant,
     ) {
-        self.note(stream, id, now);
+        if !self.note(stream, id, now) {
+            return;
+        }
         let t = self.table(&truncate.table);
         let slot = &mut self.tables[t].truncate;
         if slot.as_ref().is_none_or(|v| *v < truncate.version) {
@@ -208,7 +219,9 @@ impl Batcher {
 
     /// Adds a row change; coalesces it with an earlier change of the same row.
     pub fn push_row(&mut self, change: RowChange, entry: StreamEntry, now: Instant) {
-        self.note(&entry.stream, entry.id, now);
+        if !self.note(&entry.stream, entry.id, now) {
+            return;
+        }
         let t = self.table(&change.table);
         let rows = &mut self.tables[t].rows;
         match self.row_index.get(&(t, change.key_text.clone())) {
@@ -238,8 +251,9 @@ impl Batcher {
 
     /// Adds an entry for the dead-letter stream.
     pub fn push_dead(&mut self, entry: StreamEntry, reason: String, now: Instant) {
-        self.note(&entry.stream, entry.id, now);
-        self.dead.push(DeadLetter { entry, reason });
+        if self.note(&entry.stream, entry.id, now) {
+            self.dead.push(DeadLetter { entry, reason });
+        }
     }
 
     /// When the batch must be flushed at the latest (`None` when empty).
@@ -268,6 +282,7 @@ impl Batcher {
             }
         }
         self.first_at = None;
+        self.seen.clear();
         self.table_index.clear();
         self.row_index.clear();
         let mut tables = std::mem::take(&mut self.tables);

@@ -125,8 +125,9 @@ fn flushes_by_size_and_by_age() {
     assert!(b.should_flush(t0 + Duration::from_millis(50)));
     b.push_dead(entry("s", 2), "bad".into(), t0);
     assert!(b.should_flush(t0), "full");
+    b.push_dead(entry("s", 2), "bad".into(), t0);
     let batch = b.take();
-    assert_eq!(batch.dead.len(), 1);
+    assert_eq!(batch.dead.len(), 1, "an entry read twice is taken once");
     assert_eq!(batch.acks.len(), 2);
     assert_eq!(b.deadline(), None);
 }

@@ -46,8 +46,6 @@ pub enum Skip {
     Heartbeat,
     SchemaChange,
     TransactionMetadata,
-    /// Deleted from the stream (XDEL/XTRIM) while pending: only its ID was left.
-    DeletedEntry,
 }
 
 impl Skip {
@@ -59,7 +57,6 @@ impl Skip {
             Skip::Heartbeat => "heartbeat",
             Skip::SchemaChange => "schema_change",
             Skip::TransactionMetadata => "transaction_metadata",
-            Skip::DeletedEntry => "deleted_entry",
         }
     }
 }
@@ -131,7 +128,11 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         reason,
     };
     let Some(fields) = &entry.fields else {
-        return Ok(Decoded::Skip(Skip::DeletedEntry));
+        return Err(fail(
+            "the entry was deleted from the stream (XDEL, XTRIM or MAXLEN) before it was \
+             applied: its content is lost; only its ID is left"
+                .into(),
+        ));
     };
     let (key_text, value_text) = split_fields(fields).map_err(&fail)?;
     let key_text =

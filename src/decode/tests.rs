@@ -286,7 +286,8 @@ fn recognises_what_is_not_a_row_change() {
         id: EntryId::ZERO,
         fields: None,
     };
-    assert_eq!(skip(deleted), Skip::DeletedEntry);
+    let err = decode(&deleted, &config).expect_err("deleted entries are reported");
+    assert!(err.reason.contains("deleted from the stream"), "{err}");
     // A configured placeholder replaces "default".
     let custom = DecodeConfig {
         null_key: "__null__".into(),

@@ -29,6 +29,10 @@ use crate::decode::Logical;
 
 /// The epoch as days from 0001-01-01 (chrono's "days from CE").
 const EPOCH_DAYS_FROM_CE: i64 = 719_163;
+/// The largest numeric scale Postgres accepts: bounds what an event can make us allocate.
+const MAX_SCALE: u32 = 1000;
+/// The longest bit string we build (Postgres allows 83,886,080; events are far smaller).
+const MAX_BITS: usize = 1 << 20;
 /// Debezium's encodings of PostgreSQL `infinity` / `-infinity` timestamps (µs modes).
 const POS_INFINITY_MICROS: i64 = 9_223_372_036_825_200_000;
 const NEG_INFINITY_MICROS: i64 = -9_223_372_036_832_400_000;
@@ -79,7 +83,9 @@ fn scalar(value: &Value, logical: Option<&Logical>, ty: &ColumnType) -> Result<S
         Some(Logical::DurationMicros) => return duration(value),
         Some(Logical::Bytes) if ty.name == "bytea" => return bytes(value),
         Some(Logical::Bits { length }) => return bits(value, length.or(ty.precision)),
-        Some(Logical::Array(_)) => unreachable!("arrays are handled by to_text"),
+        Some(Logical::Array(_)) => {
+            return Err(format!("expected an array, got {}", kind(value)));
+        }
         Some(Logical::Bytes | Logical::Text) | None => {}
     }
     let millis_precision = ty.precision.is_some_and(|p| p <= 3);
@@ -130,6 +136,9 @@ fn bits(value: &Value, length: Option<u32>) -> Result<String, String> {
         out.push_str(&format!("{byte:08b}"));
     }
     let width = length.map_or(out.trim_start_matches('0').len().max(1), |l| l as usize);
+    if width > MAX_BITS {
+        return Err(format!("a bit string of {width} bits is too long"));
+    }
     if out.len() > width {
         let (extra, kept) = out.split_at(out.len() - width);
         if extra.contains('1') {
@@ -272,6 +281,11 @@ fn unscaled_to_text(b64: &str, scale: u32) -> Result<String, String> {
     } else {
         ""
     };
+    if scale > MAX_SCALE {
+        return Err(format!(
+            "scale {scale} is larger than Postgres allows ({MAX_SCALE})"
+        ));
+    }
     let scale = scale as usize;
     if scale == 0 {
         return Ok(format!("{sign}{digits}"));
@@ -422,7 +436,14 @@ fn array_literal(
         }
         match item {
             Value::Null => out.push_str("NULL"),
-            Value::Array(inner) => out.push_str(&array_literal(inner, logical, ty)?),
+            // A nested array: one level down, in the schema too when it says so.
+            Value::Array(inner) => {
+                let inner_logical = match logical {
+                    Some(Logical::Array(l)) => Some(l.as_ref()),
+                    other => other,
+                };
+                out.push_str(&array_literal(inner, inner_logical, ty)?);
+            }
             _ => {
                 let text = scalar(item, logical, ty)?;
                 out.push('"');
@@ -637,5 +658,30 @@ mod tests {
             Some("1010")
         );
         assert!(conv(json!("/w=="), None, &bit4).is_err());
+        // Schema and value disagree about nesting: errors, not panics.
+        let nested = Logical::Array(Box::new(Logical::Array(Box::new(Logical::Date))));
+        let int_arr = Target {
+            ty: &ty("int4", None, None),
+            is_array: true,
+        };
+        assert!(to_text(&json!([1]), Some(&nested), int_arr).is_err());
+        assert_eq!(
+            to_text(&json!([[20468]]), Some(&nested), int_arr)
+                .expect("ok")
+                .as_deref(),
+            Some("{{\"2026-01-15\"}}")
+        );
+        let huge = json!({"scale": 4_000_000_000_u64, "value": "AQ=="});
+        assert!(conv(huge, None, &ty("numeric", None, None)).is_err());
+        assert!(
+            conv(
+                json!("AQ=="),
+                Some(Logical::Bits {
+                    length: Some(u32::MAX)
+                }),
+                &bit4
+            )
+            .is_err()
+        );
     }
 }

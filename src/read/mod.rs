@@ -20,8 +20,9 @@ use redis::{AsyncConnectionConfig, Value};
 pub use entry::{EntryId, StreamEntry};
 pub use pattern::StreamPattern;
 
-/// The most entries one XAUTOCLAIM round takes over.
-const CLAIM_COUNT: usize = 1000;
+/// The most entries one XAUTOCLAIM takes over per stream and round (it scans at most
+/// ten times as many pending entries).
+const CLAIM_COUNT: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -106,6 +107,8 @@ pub struct Reader {
     group: String,
     consumer: String,
     streams: Vec<(Arc<str>, Cursor)>,
+    /// Where each stream's next XAUTOCLAIM scan starts.
+    claim_cursors: std::collections::HashMap<Arc<str>, EntryId>,
 }
 
 impl Reader {
@@ -123,6 +126,7 @@ impl Reader {
             group: group.to_string(),
             consumer: consumer.to_string(),
             streams: Vec::new(),
+            claim_cursors: std::collections::HashMap::new(),
         })
     }
 
@@ -353,35 +357,50 @@ impl Reader {
 
     /// Takes over entries that have been pending on any consumer of the group for
     /// longer than `min_idle` (a consumer that died) and returns them for processing.
-    pub async fn claim_idle(&mut self, min_idle: Duration) -> Result<Vec<StreamEntry>, ReadError> {
+    /// Each stream's scan resumes where the previous round stopped. Entries deleted
+    /// from the stream while pending come back without fields (the decoder reports them).
+    /// A stream whose XAUTOCLAIM fails is logged and retried next round.
+    pub async fn claim_idle(&mut self, min_idle: Duration) -> Vec<StreamEntry> {
         let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for (stream, _) in &self.streams {
-            let reply: Value = redis::cmd("XAUTOCLAIM")
+        let streams: Vec<Arc<str>> = self.streams.iter().map(|(s, _)| s.clone()).collect();
+        for stream in streams {
+            let start = self
+                .claim_cursors
+                .get(&stream)
+                .copied()
+                .unwrap_or(EntryId::ZERO);
+            let reply: Result<Value, _> = redis::cmd("XAUTOCLAIM")
                 .arg(stream.as_ref())
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg(idle_ms)
-                .arg("0-0")
+                .arg(start.to_string())
                 .arg("COUNT")
                 .arg(CLAIM_COUNT)
                 .query_async(&mut self.control)
-                .await
-                .map_err(ReadError::redis(format!("XAUTOCLAIM on {stream}")))?;
-            let claimed = parse_autoclaim_reply(stream, reply)?;
-            if !claimed.is_empty() {
-                tracing::warn!(
-                    stream = %stream,
-                    count = claimed.len(),
-                    "claimed entries left pending by another consumer"
-                );
-            }
-            out.extend(claimed);
-            if out.len() >= CLAIM_COUNT {
-                break;
+                .await;
+            let parsed = reply
+                .map_err(ReadError::redis(format!("XAUTOCLAIM on {stream}")))
+                .and_then(|r| parse_autoclaim_reply(&stream, r));
+            match parsed {
+                Ok((next, claimed)) => {
+                    self.claim_cursors.insert(stream.clone(), next);
+                    if !claimed.is_empty() {
+                        tracing::warn!(
+                            stream = %stream,
+                            count = claimed.len(),
+                            "claimed entries left pending by another consumer"
+                        );
+                    }
+                    out.extend(claimed);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "claiming idle entries failed")
+                }
             }
         }
-        Ok(out)
+        out
     }
 }
 
@@ -484,21 +503,39 @@ fn parse_entries(
     Ok(())
 }
 
-/// `[next-cursor, [[id, fields], …], [deleted-id, …]]`.
-fn parse_autoclaim_reply(stream: &Arc<str>, reply: Value) -> Result<Vec<StreamEntry>, ReadError> {
+/// `[next-cursor, [[id, fields], …], [deleted-id, …]]` → (next cursor, entries). The
+/// deleted IDs (Redis ≥ 7) were removed from the PEL by XAUTOCLAIM itself; they are
+/// returned as entries without fields so that their loss is reported, not silent.
+fn parse_autoclaim_reply(
+    stream: &Arc<str>,
+    reply: Value,
+) -> Result<(EntryId, Vec<StreamEntry>), ReadError> {
     const CMD: &str = "XAUTOCLAIM";
-    let Value::Array(mut parts) = reply else {
+    let Value::Array(parts) = reply else {
         return Err(reply_err(CMD, "reply is not an array"));
     };
-    if parts.len() < 2 {
+    let mut parts = parts.into_iter();
+    let (Some(next), Some(claimed)) = (parts.next(), parts.next()) else {
         return Err(reply_err(CMD, "reply is too short"));
-    }
+    };
+    let next = String::from_utf8(bytes(next, CMD)?)
+        .ok()
+        .and_then(|t| EntryId::parse(&t))
+        .ok_or_else(|| reply_err(CMD, "bad cursor"))?;
     let mut out = Vec::new();
-    let claimed = parts.swap_remove(1);
     parse_entries(stream, claimed, CMD, &mut out)?;
-    // Entries deleted while pending come back in the third element (Redis ≥ 7) and
-    // are removed from the PEL by XAUTOCLAIM itself.
-    Ok(out)
+    if let Some(Value::Array(deleted)) = parts.next() {
+        for id in deleted {
+            let text = String::from_utf8(bytes(id, CMD)?).map_err(|_| reply_err(CMD, "bad ID"))?;
+            let id = EntryId::parse(&text).ok_or_else(|| reply_err(CMD, "bad ID"))?;
+            out.push(StreamEntry {
+                stream: stream.clone(),
+                id,
+                fields: None,
+            });
+        }
+    }
+    Ok((next, out))
 }
 
 #[cfg(test)]
@@ -529,6 +566,24 @@ mod tests {
         assert_eq!(fields[0].0, b"{\"id\":1}");
         assert!(entries[1].fields.is_none());
         assert!(parse_read_reply(Value::Nil).expect("nil").is_empty());
+    }
+
+    #[test]
+    fn parses_autoclaim_with_cursor_and_deleted_ids() {
+        let reply = Value::Array(vec![
+            bulk("7-0"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("5-0"),
+                Value::Array(vec![bulk("k"), bulk("v")]),
+            ])]),
+            Value::Array(vec![bulk("6-0")]),
+        ]);
+        let (next, entries) = parse_autoclaim_reply(&Arc::from("s"), reply).expect("parses");
+        assert_eq!(next, EntryId { ms: 7, seq: 0 });
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].fields.is_some());
+        assert_eq!(entries[1].id, EntryId { ms: 6, seq: 0 });
+        assert!(entries[1].fields.is_none(), "deleted while pending");
     }
 
     #[test]

@@ -11,7 +11,10 @@ pub const VERSION_COLUMN: &str = "_redsink_version";
 
 const COLUMNS_SQL: &str = "
 SELECT a.attname::text,
-       format_type(a.atttypid, -1),
+       -- The type without its modifier; bit without one would mean bit(1), so varbit.
+       CASE WHEN coalesce(et.typname, t.typname) = 'bit'
+            THEN 'bit varying' || CASE WHEN et.oid IS NOT NULL THEN '[]' ELSE '' END
+            ELSE format_type(a.atttypid, -1) END,
        coalesce(et.typname, t.typname)::text,
        et.oid IS NOT NULL,
        a.atttypmod

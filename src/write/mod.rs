@@ -131,7 +131,11 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
                     ErrorClass::Retry
                 }
                 c if c.starts_with("08") || c.starts_with("53") => ErrorClass::Retry,
-                c if c.starts_with("22") || c.starts_with("23") => ErrorClass::Data,
+                // 21000: two keys that differ as text but not as values (char(n)
+                // padding, 1 and 1.0) in one statement; 54000: a value too large to index.
+                c if c.starts_with("22") || c.starts_with("23") || c == "21000" || c == "54000" => {
+                    ErrorClass::Data
+                }
                 _ => ErrorClass::Fatal,
             }
         }
