@@ -174,22 +174,7 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         }
     };
 
-    let key = if key_text == config.null_key {
-        None
-    } else {
-        let key: Value = serde_json::from_str(key_text)
-            .map_err(|e| fail(format!("the key is not JSON: {e}")))?;
-        let (key_schema, key_payload) = split_schema(key);
-        match key_payload {
-            Value::Null => None,
-            Value::Object(map) => Some(row_from(map, key_schema.as_ref().map(struct_fields))),
-            other => {
-                return Err(fail(format!(
-                    "the key is not a JSON object of key columns: {other}"
-                )));
-            }
-        }
-    };
+    let key = parse_key(key_text, config).map_err(&fail)?;
 
     let row_schema = value_schema.as_ref().and_then(|s| envelope_row_schema(s));
     let mut image = |name: &str| -> Result<Option<Row>, String> {
@@ -228,6 +213,23 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         after,
         source,
     }))
+}
+
+/// The message key: `None` for the null-key placeholder or a null payload.
+fn parse_key(key_text: &str, config: &DecodeConfig) -> Result<Option<Row>, String> {
+    if key_text == config.null_key {
+        return Ok(None);
+    }
+    let key: Value =
+        serde_json::from_str(key_text).map_err(|e| format!("the key is not JSON: {e}"))?;
+    let (key_schema, key_payload) = split_schema(key);
+    match key_payload {
+        Value::Null => Ok(None),
+        Value::Object(map) => Ok(Some(row_from(map, key_schema.as_ref().map(struct_fields)))),
+        other => Err(format!(
+            "the key is not a JSON object of key columns: {other}"
+        )),
+    }
 }
 
 fn op_letter(op: Op) -> &'static str {
