@@ -30,18 +30,30 @@ pub struct DeadLetter {
 /// entry of the newest change first).
 #[derive(Debug, Clone)]
 pub struct BatchRow {
+    /// The newest change of the row in the batch.
     pub change: RowChange,
-    /// A delete to apply before `change`: set when the batch deleted the row and then
-    /// upserted it again, so the upsert starts from an absent row, as it did at the source.
-    pub delete_first: Option<RowChange>,
+    /// Older changes of the row to write first, in version order: empty unless they
+    /// can make a difference (see [`BatchRow::fold`]).
+    pub before: Vec<RowChange>,
     pub entries: Vec<StreamEntry>,
-    /// The other changes of the row in arrival order, folded into `change` by `take`.
+    /// The other changes of the row in arrival order, sorted out by `fold`.
     history: Vec<RowChange>,
 }
 
 impl BatchRow {
-    /// Folds the row's changes in version order (stable: ties keep arrival order) into
-    /// one, and puts the entry of the newest change first.
+    /// Reduces the row's changes to the fewest that, written one after another with
+    /// the version guard, leave the row as writing all of them in version order would
+    /// (stable: ties keep arrival order):
+    ///
+    /// | newest change | written |
+    /// |---|---|
+    /// | a delete | the delete |
+    /// | an upsert with every column the upserts since the last delete set | that last delete (if any), then the upsert |
+    /// | an upsert lacking some of those columns (unchanged TOASTed values) | the last delete (if any), the upserts since, then the newest |
+    ///
+    /// A lacking column must keep the value of the newest older upsert *that Postgres
+    /// applies*, which depends on the row's version there: so those upserts are written,
+    /// not merged here.
     fn fold(&mut self) {
         if self.history.is_empty() {
             return;
@@ -53,56 +65,38 @@ impl BatchRow {
             .enumerate()
             .collect();
         changes.sort_by(|a, b| a.1.version.cmp(&b.1.version));
-        let newest = changes.last().map_or(0, |(i, _)| *i);
-        let mut folded: Option<RowChange> = None;
-        let mut delete_first = None;
-        for (_, next) in changes {
-            folded = Some(match (folded, &next.op) {
-                (None, _) => next,
-                (Some(_), RowOp::Delete { .. }) => {
-                    delete_first = None;
-                    next
-                }
-                (Some(prev), RowOp::Upsert { .. }) => match prev.op {
-                    RowOp::Delete { .. } => {
-                        delete_first = Some(prev);
-                        next
+        let Some((newest, change)) = changes.pop() else {
+            return;
+        };
+        self.before = match &change.op {
+            RowOp::Delete { .. } => Vec::new(),
+            RowOp::Upsert { columns, .. } => {
+                let last_delete = changes
+                    .iter()
+                    .rposition(|(_, c)| matches!(c.op, RowOp::Delete { .. }));
+                let since = last_delete.map_or(0, |d| d + 1);
+                let covered = changes[since..].iter().all(|(_, c)| match &c.op {
+                    RowOp::Upsert { columns: older, .. } => {
+                        older.iter().all(|o| columns.contains(o))
                     }
-                    RowOp::Upsert { .. } => merge(prev, next),
-                },
-            });
-        }
-        if let Some(folded) = folded {
-            self.change = folded;
-        }
-        self.delete_first = delete_first;
+                    RowOp::Delete { .. } => true,
+                });
+                match (covered, last_delete) {
+                    (true, None) => Vec::new(),
+                    (true, Some(d)) => vec![changes.swap_remove(d).1],
+                    (false, d) => changes.drain(d.unwrap_or(0)..).map(|(_, c)| c).collect(),
+                }
+            }
+        };
+        self.change = change;
         let winner = self.entries.remove(newest);
         self.entries.insert(0, winner);
     }
-}
 
-/// Upsert `next` applied on top of upsert `prev`: `next` wins, and keeps the columns
-/// it lacks (unchanged TOASTed values) from `prev`.
-fn merge(prev: RowChange, mut next: RowChange) -> RowChange {
-    if let (
-        RowOp::Upsert {
-            columns: pc,
-            values: pv,
-        },
-        RowOp::Upsert { columns, values },
-    ) = (&prev.op, &mut next.op)
-    {
-        let mut pairs: Vec<(usize, Option<String>)> =
-            columns.drain(..).zip(values.drain(..)).collect();
-        for (c, v) in pc.iter().zip(pv) {
-            if !pairs.iter().any(|(n, _)| n == c) {
-                pairs.push((*c, v.clone()));
-            }
-        }
-        pairs.sort_by_key(|(c, _)| *c);
-        (*columns, *values) = pairs.into_iter().unzip();
+    /// `before`, then `change`: what to write, in order.
+    pub fn chain(&self) -> impl Iterator<Item = &RowChange> {
+        self.before.iter().chain(std::iter::once(&self.change))
     }
-    next
 }
 
 #[derive(Debug, Clone)]
@@ -236,7 +230,7 @@ impl Batcher {
                     .insert((t, change.key_text.clone()), rows.len());
                 rows.push(BatchRow {
                     change,
-                    delete_first: None,
+                    before: Vec::new(),
                     entries: vec![entry],
                     history: Vec::new(),
                 });

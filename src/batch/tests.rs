@@ -79,39 +79,44 @@ fn coalesces_to_the_highest_version_whatever_the_arrival_order() {
     assert!(b.is_empty());
 }
 
+fn chain_versions(row: &BatchRow) -> Vec<u8> {
+    row.chain().map(|c| c.version.0[0]).collect()
+}
+
 #[test]
-fn an_upsert_without_a_column_keeps_it_from_an_older_one() {
+fn an_upsert_lacking_a_column_is_written_after_the_older_ones() {
     let now = Instant::now();
     let mut b = Batcher::new(100, Duration::from_secs(1));
     // The snapshot read has `b`; the update's `b` was an unchanged TOASTed value.
     b.push_row(upsert("1", 1, &[(1, "a1"), (2, "big")]), entry("s", 1), now);
     b.push_row(upsert("1", 2, &[(1, "a2")]), entry("s", 2), now);
+    // A full upsert needs nothing before it.
+    b.push_row(upsert("2", 1, &[(1, "x")]), entry("s", 3), now);
+    b.push_row(upsert("2", 2, &[(1, "y"), (2, "z")]), entry("s", 4), now);
     let batch = b.take();
-    let RowOp::Upsert { columns, values } = &batch.tables[0].rows[0].change.op else {
-        panic!("expected an upsert");
-    };
-    assert_eq!(columns, &[0, 1, 2]);
-    assert_eq!(values[1].as_deref(), Some("a2"));
-    assert_eq!(values[2].as_deref(), Some("big"));
+    assert_eq!(chain_versions(&batch.tables[0].rows[0]), vec![1, 2]);
+    assert_eq!(chain_versions(&batch.tables[0].rows[1]), vec![2]);
 }
 
 #[test]
-fn a_delete_in_between_drops_older_columns() {
+fn an_upsert_after_a_delete_is_written_after_the_delete() {
     let now = Instant::now();
     let mut b = Batcher::new(100, Duration::from_secs(1));
-    b.push_row(upsert("1", 3, &[(1, "a3")]), entry("s", 1), now);
+    b.push_row(upsert("1", 3, &[(1, "a3"), (2, "b3")]), entry("s", 1), now);
     b.push_row(upsert("1", 1, &[(1, "a1"), (2, "b1")]), entry("s", 2), now);
     b.push_row(delete("1", 2), entry("s", 3), now);
     let batch = b.take();
-    let RowOp::Upsert { columns, .. } = &batch.tables[0].rows[0].change.op else {
-        panic!("expected an upsert");
-    };
-    assert_eq!(columns, &[0, 1], "b1 was deleted before version 3");
-    let first = batch.tables[0].rows[0]
-        .delete_first
-        .as_ref()
-        .expect("delete first");
-    assert_eq!(first.version, Version(vec![2]));
+    let row = &batch.tables[0].rows[0];
+    assert_eq!(
+        chain_versions(row),
+        vec![2, 3],
+        "the delete, then the newest upsert"
+    );
+    assert!(matches!(row.before[0].op, RowOp::Delete { .. }));
+    assert_eq!(
+        row.entries[0].id.ms, 1,
+        "the newest change's entry comes first"
+    );
 }
 
 #[test]
@@ -132,30 +137,58 @@ fn flushes_by_size_and_by_age() {
     assert_eq!(b.deadline(), None);
 }
 
-/// A row as the model sees it: column → value, or absent.
-type State = Option<BTreeMap<usize, String>>;
-
-fn apply(state: State, change: &RowChange) -> State {
-    match &change.op {
-        RowOp::Delete { .. } => None,
-        RowOp::Upsert { columns, values } => {
-            let mut row = state.unwrap_or_default();
-            for (c, v) in columns.iter().zip(values) {
-                row.insert(*c, v.clone().unwrap_or_default());
-            }
-            Some(row)
-        }
-    }
+/// Postgres as the writer uses it: the row (column → value) with its version, and the
+/// key's tombstone version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Db {
+    row: Option<(BTreeMap<usize, String>, Option<u8>)>,
+    tombstone: Option<u8>,
 }
 
-fn arb_change() -> impl Strategy<Value = RowChange> {
+/// One version-guarded statement, as in `write::sql`.
+fn apply(mut db: Db, change: &RowChange) -> Db {
+    let v = change.version.0[0];
+    let older = |row_version: Option<u8>| row_version.is_none_or(|r| r < v);
+    match &change.op {
+        RowOp::Delete { .. } => {
+            if db.row.as_ref().is_some_and(|(_, rv)| older(*rv)) {
+                db.row = None;
+            }
+            db.tombstone = Some(db.tombstone.map_or(v, |t| t.max(v)));
+        }
+        RowOp::Upsert { columns, values } => {
+            if db.tombstone.is_some_and(|t| t >= v) {
+                return db;
+            }
+            match &mut db.row {
+                Some((_, rv)) if !older(*rv) => {}
+                Some((row, rv)) => {
+                    for (c, val) in columns.iter().zip(values) {
+                        row.insert(*c, val.clone().unwrap_or_default());
+                    }
+                    *rv = Some(v);
+                }
+                None => {
+                    let row = columns
+                        .iter()
+                        .zip(values)
+                        .map(|(c, val)| (*c, val.clone().unwrap_or_default()))
+                        .collect();
+                    db.row = Some((row, Some(v)));
+                }
+            }
+        }
+    }
+    db
+}
+
+fn arb_change(version: u8) -> impl Strategy<Value = RowChange> {
     (
         any::<bool>(),
-        0u8..6,
         proptest::option::of("[a-c]"),
         proptest::option::of("[x-z]"),
     )
-        .prop_map(|(is_delete, version, a, b)| {
+        .prop_map(move |(is_delete, a, b)| {
             if is_delete {
                 return delete("k", version);
             }
@@ -170,15 +203,38 @@ fn arb_change() -> impl Strategy<Value = RowChange> {
         })
 }
 
+/// Up to 7 changes with distinct versions (a source never gives two changes of a row
+/// one version), in any arrival order.
+fn arb_changes() -> impl Strategy<Value = Vec<RowChange>> {
+    proptest::sample::subsequence((1u8..=12).collect::<Vec<_>>(), 1..8)
+        .prop_flat_map(|versions| versions.into_iter().map(arb_change).collect::<Vec<_>>())
+        .prop_shuffle()
+}
+
+fn arb_db() -> impl Strategy<Value = Db> {
+    (
+        proptest::option::of(proptest::option::of(0u8..14)),
+        proptest::option::of(0u8..14),
+    )
+        .prop_map(|(row, tombstone)| Db {
+            row: row.map(|rv| {
+                (
+                    BTreeMap::from([(0, "k".to_string()), (1, "a0".into()), (2, "b0".into())]),
+                    rv,
+                )
+            }),
+            tombstone,
+        })
+}
+
 proptest! {
-    /// Writing the coalesced change once equals applying every change one by one in
-    /// version order (ties in arrival order), from an absent row or an existing one.
+    /// Writing a batch's chain for a row leaves Postgres as writing every change one by
+    /// one in version order would, whatever the row's state there before.
     #[test]
-    fn coalescing_equals_sequential_apply(changes in proptest::collection::vec(arb_change(), 1..8), exists in any::<bool>()) {
-        let start: State = exists.then(|| BTreeMap::from([(0, "k".to_string()), (1, "a0".to_string()), (2, "b0".to_string())]));
+    fn coalescing_equals_sequential_apply(changes in arb_changes(), start in arb_db()) {
         let mut sorted: Vec<&RowChange> = changes.iter().collect();
         sorted.sort_by(|a, b| a.version.cmp(&b.version));
-        let sequential = sorted.iter().fold(start.clone(), |s, c| apply(s, c));
+        let sequential = sorted.iter().fold(start.clone(), |db, c| apply(db, c));
 
         let mut b = Batcher::new(100, Duration::from_secs(1));
         let now = Instant::now();
@@ -189,11 +245,7 @@ proptest! {
         prop_assert_eq!(batch.row_count(), 1);
         let row = &batch.tables[0].rows[0];
         prop_assert_eq!(row.entries.len(), changes.len());
-        let start = match &row.delete_first {
-            Some(d) => apply(start, d),
-            None => start,
-        };
-        let coalesced = apply(start, &row.change);
-        prop_assert_eq!(coalesced, sequential);
+        let chained = row.chain().fold(start, apply);
+        prop_assert_eq!(chained, sequential);
     }
 }

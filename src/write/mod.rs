@@ -242,11 +242,21 @@ impl Writer {
     async fn attempt(&self, batch: &Batch, isolate: bool) -> Result<Vec<DeadLetter>, WriteError> {
         let mut tx = self.pool.begin().await.map_err(WriteError::pg("BEGIN"))?;
         let mut rejected = Vec::new();
+        // Rows by address: they stay put in `batch` for the whole attempt.
+        let mut rejected_rows: std::collections::HashSet<usize> = Default::default();
         for table in &batch.tables {
             if let Some(version) = &table.truncate {
                 sql::truncate(&mut tx, &table.table, &version.0).await?;
             }
             for group in groups(&table.rows) {
+                // A row rejected in an earlier round is not written further.
+                let group: Vec<Item<'_>> = group
+                    .into_iter()
+                    .filter(|(_, row)| !rejected_rows.contains(&std::ptr::from_ref(*row).addr()))
+                    .collect();
+                if group.is_empty() {
+                    continue;
+                }
                 if !isolate {
                     exec_group(&mut tx, &table.table, &group).await?;
                     continue;
@@ -264,6 +274,7 @@ impl Writer {
                                 }
                                 Err(e) if e.class() == ErrorClass::Data => {
                                     savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_row").await?;
+                                    rejected_rows.insert(std::ptr::from_ref(item.1).addr());
                                     rejected.extend(reject(item.1, &table.table.name, &e));
                                 }
                                 Err(e) => return Err(e),
@@ -292,30 +303,29 @@ async fn savepoint(conn: &mut PgConnection, statement: &'static str) -> Result<(
 type Item<'a> = (&'a RowChange, &'a BatchRow);
 
 /// Changes that one statement can write together: same operation, key and column
-/// set. Deletes that must precede an upsert of the same row come first.
+/// set, in rounds: round k holds the k-th change of each row's chain, so a row's
+/// changes are written in order.
 fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
     let mut out: Vec<Vec<Item<'_>>> = Vec::new();
-    let first: Vec<Item<'_>> = rows
-        .iter()
-        .filter_map(|r| r.delete_first.as_ref().map(|d| (d, r)))
-        .collect();
-    if !first.is_empty() {
-        out.push(first);
-    }
-    let mut index: HashMap<(bool, &[usize], &[usize]), usize> = HashMap::new();
-    for row in rows {
-        let change = &row.change;
-        let shape = match &change.op {
-            RowOp::Delete { .. } => (true, change.key_columns.as_slice(), &[][..]),
-            RowOp::Upsert { columns, .. } => {
-                (false, change.key_columns.as_slice(), columns.as_slice())
-            }
-        };
-        match index.get(&shape) {
-            Some(&i) => out[i].push((change, row)),
-            None => {
-                index.insert(shape, out.len());
-                out.push(vec![(change, row)]);
+    let rounds = rows.iter().map(|r| r.before.len() + 1).max().unwrap_or(0);
+    for round in 0..rounds {
+        let mut index: HashMap<(bool, &[usize], &[usize]), usize> = HashMap::new();
+        for row in rows {
+            let Some(change) = row.chain().nth(round) else {
+                continue;
+            };
+            let shape = match &change.op {
+                RowOp::Delete { .. } => (true, change.key_columns.as_slice(), &[][..]),
+                RowOp::Upsert { columns, .. } => {
+                    (false, change.key_columns.as_slice(), columns.as_slice())
+                }
+            };
+            match index.get(&shape) {
+                Some(&i) => out[i].push((change, row)),
+                None => {
+                    index.insert(shape, out.len());
+                    out.push(vec![(change, row)]);
+                }
             }
         }
     }
