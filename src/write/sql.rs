@@ -178,6 +178,19 @@ pub async fn truncate(
     Ok(())
 }
 
+/// Takes transaction-scoped advisory locks in the given (sorted) order.
+pub async fn lock_keys(conn: &mut PgConnection, ids: &[i64]) -> Result<(), WriteError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
+        .bind(ids)
+        .execute(conn)
+        .await
+        .map_err(WriteError::pg("taking the row locks"))?;
+    Ok(())
+}
+
 const CHECKPOINT_SQL: &str = "\
 INSERT INTO redsink.checkpoints AS c (consumer_group, stream, last_id, last_ms, last_seq) \
 SELECT $1, i.s, i.id, i.ms, i.seq FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[]) AS i(s, id, ms, seq) \

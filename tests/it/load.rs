@@ -168,3 +168,41 @@ async fn a_process_killed_mid_sync_resumes_without_loss_after_restart() {
     std::fs::remove_dir_all(&dir).ok();
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn two_groups_applying_the_same_events_at_once_converge() {
+    // Two groups = two independent instances writing every key at the same time, as a
+    // replay running beside the live sync does.
+    let db = TestDb::new().await;
+    db.exec(ORDERS).await;
+    let prefix = common::unique("two");
+    let orders = Orders {
+        keys: 500,
+        delete_every: Some(3),
+    };
+    let n = 20_000;
+    let streams = produce(&prefix, &orders, n).await;
+    let mut a = common::config(&db, "a", &mapping(&prefix));
+    a.batch.max_batch = 100;
+    let mut b = a.clone();
+    b.redis.group = "other".into();
+    b.redis.consumer = Some("b".into());
+    b.batch.max_batch = 37;
+    let (ra, rb) = (common::Running::start(a), common::Running::start(b));
+    let mut r = common::redis().await;
+    let start = Instant::now();
+    while !(common::drained(&mut r, &streams, "redsink").await
+        && common::drained(&mut r, &streams, "other").await)
+    {
+        assert!(
+            !ra.is_finished() && !rb.is_finished(),
+            "a pipeline ended early"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120), "not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ra.stop().await.expect("a stops");
+    rb.stop().await.expect("b stops");
+    assert_eq!(actual(&db).await, expected(&orders, n));
+    common::cleanup_streams(&prefix).await;
+}

@@ -9,6 +9,7 @@ mod fixtures;
 mod load;
 mod outage;
 mod poison;
+mod race;
 mod sync;
 
 /// A Debezium PostgreSQL change event value without schemas.

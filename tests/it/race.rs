@@ -1,0 +1,90 @@
+//! Two instances writing one row at the same instant: the row locks make them take turns.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redsink::batch::{Batch, Batcher};
+use redsink::config::MappingConfig;
+use redsink::decode::{self, Decoded};
+use redsink::map::{self, Mapping, TableName};
+use redsink::read::{EntryId, StreamEntry};
+use redsink::write::{self, Writer};
+
+use crate::common::TestDb;
+use crate::{ITEMS, event, item, items, key};
+
+async fn writer(db: &TestDb) -> Writer {
+    let pool = write::connect(&db.url, 2).await.expect("pg");
+    write::migrate(&pool).await.expect("migrate");
+    Writer::new(pool, "redsink")
+}
+
+/// One batch of (key, value) events for public.items, through decode and map.
+async fn batch(writer: &mut Writer, events: &[(i64, String)]) -> Batch {
+    let config: MappingConfig =
+        toml::from_str("streams = [\"s\"]\ntable = \"public.items\"").expect("toml");
+    let mapping = Mapping::compile(0, &config).expect("mapping");
+    let table = writer
+        .table(&TableName::parse("public.items").expect("name"))
+        .await
+        .expect("table");
+    let mut batcher = Batcher::new(100, Duration::from_secs(60));
+    for (n, (id, value)) in events.iter().enumerate() {
+        let entry = StreamEntry {
+            stream: Arc::from("s"),
+            id: EntryId {
+                ms: n as u64 + 1,
+                seq: 0,
+            },
+            fields: Some(vec![(key(*id).into_bytes(), value.clone().into_bytes())]),
+        };
+        let Ok(Decoded::Change(ev)) = decode::decode(&entry, &Default::default()) else {
+            panic!("decodes");
+        };
+        batcher.push_row(
+            map::map_event(&mapping, &ev, entry.id, &table).expect("maps"),
+            entry,
+            Instant::now(),
+        );
+    }
+    batcher.take()
+}
+
+#[tokio::test]
+async fn a_delete_racing_an_older_insert_of_the_same_row_wins() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    // Inserting the row named "slow" takes a second, inside the inserting transaction.
+    db.exec(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON public.items FOR EACH ROW WHEN (NEW.name = 'slow') EXECUTE FUNCTION slow();",
+    )
+    .await;
+    let (mut a, mut b) = (writer(&db).await, writer(&db).await);
+    let insert = batch(
+        &mut a,
+        &[(1, event("c", 50, "null", &item(1, "slow", "B88=")))],
+    )
+    .await;
+    let delete = batch(
+        &mut b,
+        &[(1, event("d", 60, &item(1, "slow", "B88="), "null"))],
+    )
+    .await;
+
+    // Instance A inserts v50; while its transaction is open, instance B deletes v60.
+    let slow = tokio::spawn(async move { a.write(&insert).await.map(|c| c.rows()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let _ = b.write(&delete).await.expect("delete commits");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "B waited for A's transaction"
+    );
+    slow.await.expect("task").expect("insert commits");
+
+    assert!(
+        items(&db).await.is_empty(),
+        "the delete is newer: no row may be left"
+    );
+}
