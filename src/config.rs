@@ -141,6 +141,22 @@ pub struct MappingConfig {
     /// What a truncate event (`op: t`) does.
     #[serde(default)]
     pub truncate: TruncateMode,
+    /// The source's `decimal.handling.mode`, needed only for events without schemas.
+    #[serde(default)]
+    pub decimal_handling: DecimalHandling,
+}
+
+/// Debezium's `decimal.handling.mode`: how decimals were encoded.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalHandling {
+    /// Base64 of the unscaled value (the default at the source).
+    #[default]
+    Precise,
+    /// Decimal strings such as `"12.34"`.
+    String,
+    /// JSON numbers.
+    Double,
 }
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

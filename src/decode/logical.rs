@@ -33,6 +33,9 @@ pub enum Logical {
     Array(Box<Logical>),
     /// A string that Postgres parses itself (`ZonedTimestamp`, `Json`, `Uuid`, `Enum`, …).
     Text,
+    /// The schema names no logical type: the JSON value is what it says (a decimal
+    /// sent as a string is `decimal.handling.mode=string`, not base64).
+    Plain,
 }
 
 impl Logical {
@@ -80,6 +83,7 @@ impl Logical {
                 .get("items")
                 .and_then(Logical::from_schema)
                 .map(|l| Logical::Array(Box::new(l))),
+            _ if !ty.is_empty() => Some(Logical::Plain),
             _ => None,
         }
     }
@@ -109,7 +113,11 @@ mod tests {
             Logical::from_schema(&json!({"type":"bytes"})),
             Some(Logical::Bytes)
         );
-        assert_eq!(Logical::from_schema(&json!({"type":"int32"})), None);
+        assert_eq!(
+            Logical::from_schema(&json!({"type":"int32"})),
+            Some(Logical::Plain)
+        );
+        assert_eq!(Logical::from_schema(&json!({"field":"x"})), None);
         assert_eq!(
             Logical::from_schema(&json!({"type":"string","name":"io.debezium.data.Json"})),
             Some(Logical::Text)

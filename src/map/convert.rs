@@ -42,6 +42,8 @@ const NEG_INFINITY_MICROS: i64 = -9_223_372_036_832_400_000;
 pub struct Target<'a> {
     pub ty: &'a ColumnType,
     pub is_array: bool,
+    /// Without a schema, whether a decimal string is base64 (`decimal.handling.mode=precise`).
+    pub base64_decimals: bool,
 }
 
 /// Converts one value; `Ok(None)` is SQL NULL. Errors are short phrases that the caller
@@ -60,19 +62,20 @@ pub fn to_text(
     };
     if target.is_array || element_logical.is_some() {
         return match value {
-            Value::Array(items) => array_literal(items, element_logical, target.ty).map(Some),
+            Value::Array(items) => array_literal(items, element_logical, target).map(Some),
             // Already an array literal, e.g. from a string-typed schema.
             Value::String(s) => Ok(Some(check_text(s)?.to_string())),
             other => Err(format!("expected an array, got {}", kind(other))),
         };
     }
-    scalar(value, logical, target.ty).map(Some)
+    scalar(value, logical, target).map(Some)
 }
 
-fn scalar(value: &Value, logical: Option<&Logical>, ty: &ColumnType) -> Result<String, String> {
+fn scalar(value: &Value, logical: Option<&Logical>, target: Target<'_>) -> Result<String, String> {
+    let (ty, base64) = (target.ty, target.base64_decimals);
     match logical {
-        Some(Logical::Decimal { scale }) => return decimal(value, Some(*scale)),
-        Some(Logical::VariableScaleDecimal) => return decimal(value, None),
+        Some(Logical::Decimal { scale }) => return decimal(value, Some(*scale), true),
+        Some(Logical::VariableScaleDecimal) => return decimal(value, None, true),
         Some(Logical::Date) => return date(value),
         Some(Logical::TimeMillis) => return time(value, 1_000),
         Some(Logical::TimeMicros) => return time(value, 1),
@@ -86,13 +89,15 @@ fn scalar(value: &Value, logical: Option<&Logical>, ty: &ColumnType) -> Result<S
         Some(Logical::Array(_)) => {
             return Err(format!("expected an array, got {}", kind(value)));
         }
-        Some(Logical::Bytes | Logical::Text) | None => {}
+        Some(Logical::Bytes | Logical::Text | Logical::Plain) | None => {}
     }
     let millis_precision = ty.precision.is_some_and(|p| p <= 3);
     match ty.name.as_str() {
         "int2" | "int4" | "int8" | "oid" => integer(value, &ty.name),
         "float4" | "float8" => float(value),
-        "numeric" => decimal(value, ty.scale),
+        // With a schema, a plain string is a decimal string; without, it depends on the
+        // source's decimal.handling.mode.
+        "numeric" => decimal(value, ty.scale, logical.is_none() && base64),
         "bool" => boolean(value),
         "date" => match value {
             Value::Number(_) => date(value),
@@ -296,19 +301,26 @@ fn unscaled_to_text(b64: &str, scale: u32) -> Result<String, String> {
 }
 
 /// Kafka Connect / Debezium decimals in all their JSON shapes.
-fn decimal(value: &Value, scale: Option<u32>) -> Result<String, String> {
+fn decimal(value: &Value, scale: Option<u32>, base64: bool) -> Result<String, String> {
     match value {
         Value::Number(n) => Ok(n.to_string()),
-        // With a scale (from the schema or the column's numeric(p,s)) a string is the
-        // base64 of `decimal.handling.mode=precise`; a string that is not base64 but a
-        // decimal literal is `decimal.handling.mode=string`.
+        // A decimal string (`decimal.handling.mode=string`, or a plain string schema).
+        Value::String(s) if !base64 => {
+            if is_decimal_literal(s) {
+                Ok(s.clone())
+            } else {
+                Err(format!("{} is not a decimal number", short(value)))
+            }
+        }
+        // Base64 of the unscaled value (`decimal.handling.mode=precise`), with the scale
+        // from the schema or the column's numeric(p,s).
+        // A string that is not base64 but a decimal literal is unambiguous: taken as is.
+        Value::String(s) if BASE64.decode(s).is_err() && is_decimal_literal(s) => Ok(s.clone()),
         Value::String(s) => match scale {
-            Some(scale) if BASE64.decode(s).is_ok() => unscaled_to_text(s, scale),
-            _ if is_decimal_literal(s) => Ok(s.clone()),
-            Some(_) => Err(format!("{} is neither a decimal nor base64", short(value))),
+            Some(scale) => unscaled_to_text(s, scale),
             None => Err(format!(
-                "{} is base64 but the column has no scale: declare it numeric(p,s) \
-                 or send events with schemas",
+                "{} is base64 but the column has no scale: declare it numeric(p,s), \
+                 send events with schemas, or set the mapping's decimal_handling",
                 short(value)
             )),
         },
@@ -427,7 +439,7 @@ fn bytes(value: &Value) -> Result<String, String> {
 fn array_literal(
     items: &[Value],
     logical: Option<&Logical>,
-    ty: &ColumnType,
+    target: Target<'_>,
 ) -> Result<String, String> {
     let mut out = String::from("{");
     for (i, item) in items.iter().enumerate() {
@@ -442,10 +454,10 @@ fn array_literal(
                     Some(Logical::Array(l)) => Some(l.as_ref()),
                     other => other,
                 };
-                out.push_str(&array_literal(inner, inner_logical, ty)?);
+                out.push_str(&array_literal(inner, inner_logical, target)?);
             }
             _ => {
-                let text = scalar(item, logical, ty)?;
+                let text = scalar(item, logical, target)?;
                 out.push('"');
                 for c in text.chars() {
                     if c == '"' || c == '\\' {
@@ -485,6 +497,7 @@ mod tests {
             Target {
                 ty: t,
                 is_array: false,
+                base64_decimals: true,
             },
         )
     }
@@ -519,6 +532,26 @@ mod tests {
             conv(json!("12.50"), None, &num).expect("ok").as_deref(),
             Some("12.50")
         );
+        // decimal.handling.mode=string: a digit string that happens to be base64 stays
+        // a number, with a schema (Plain) or when the mapping says so.
+        assert_eq!(
+            conv(json!("1000"), Some(Logical::Plain), &num)
+                .expect("ok")
+                .as_deref(),
+            Some("1000")
+        );
+        let as_string = Target {
+            ty: &num,
+            is_array: false,
+            base64_decimals: false,
+        };
+        assert_eq!(
+            to_text(&json!("1000"), None, as_string)
+                .expect("ok")
+                .as_deref(),
+            Some("1000")
+        );
+        assert!(to_text(&json!("B88="), None, as_string).is_err());
         let vsd = json!({"scale": 7, "value": "B1vNFQ=="});
         assert_eq!(
             conv(vsd, None, &ty("numeric", None, None))
@@ -634,6 +667,7 @@ mod tests {
             Target {
                 ty: &text,
                 is_array: true,
+                base64_decimals: true,
             },
         )
         .expect("ok");
@@ -644,6 +678,7 @@ mod tests {
             Target {
                 ty: &ty("date", None, None),
                 is_array: true,
+                base64_decimals: true,
             },
         )
         .expect("ok");
@@ -663,6 +698,7 @@ mod tests {
         let int_arr = Target {
             ty: &ty("int4", None, None),
             is_array: true,
+            base64_decimals: true,
         };
         assert!(to_text(&json!([1]), Some(&nested), int_arr).is_err());
         assert_eq!(

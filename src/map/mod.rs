@@ -13,7 +13,7 @@ mod table;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{MappingConfig, TruncateMode, VersionSource};
+use crate::config::{DecimalHandling, MappingConfig, TruncateMode, VersionSource};
 use crate::decode::{ChangeEvent, Field, Op, Row};
 use crate::read::{EntryId, StreamPattern};
 
@@ -79,6 +79,7 @@ pub struct Mapping {
     pub version: VersionSource,
     pub ignore_unknown_columns: bool,
     pub truncate: TruncateMode,
+    pub decimal_handling: DecimalHandling,
 }
 
 impl Mapping {
@@ -96,6 +97,7 @@ impl Mapping {
             version: config.version,
             ignore_unknown_columns: config.ignore_unknown_columns,
             truncate: config.truncate,
+            decimal_handling: config.decimal_handling,
         })
     }
 
@@ -238,7 +240,7 @@ pub fn map_event(
         Op::Create | Op::Update | Op::Read => {
             upsert_op(mapping, event, table, &key_columns, &key_names)?
         }
-        Op::Delete => delete_op(event, table, &key_columns, &key_names)?,
+        Op::Delete => delete_op(mapping, event, table, &key_columns, &key_names)?,
         Op::Truncate => {
             return Err(MapError::event("a truncate is not a row change"));
         }
@@ -254,6 +256,7 @@ pub fn map_event(
 }
 
 fn convert_field(
+    mapping: &Mapping,
     table: &TableSchema,
     field: &Field,
     col: usize,
@@ -262,6 +265,7 @@ fn convert_field(
     let target = convert::Target {
         ty: &column.ty,
         is_array: column.is_array,
+        base64_decimals: mapping.decimal_handling == DecimalHandling::Precise,
     };
     convert::to_text(&field.value, field.logical.as_ref(), target)
         .map_err(|e| MapError::column(&table.name, &column.name, e))
@@ -296,7 +300,7 @@ fn upsert_op(
             // Unchanged TOASTed value: keep what the row has.
             continue;
         }
-        pairs.push((col, convert_field(table, field, col)?));
+        pairs.push((col, convert_field(mapping, table, field, col)?));
     }
     // Key columns missing from `after` (excluded by the source) come from the key.
     for (&col, name) in key_columns.iter().zip(key_names) {
@@ -308,7 +312,7 @@ fn upsert_op(
                     "the key column has no value in the event",
                 )
             })?;
-            pairs.push((col, convert_field(table, field, col)?));
+            pairs.push((col, convert_field(mapping, table, field, col)?));
         }
     }
     pairs.sort_by_key(|(c, _)| *c);
@@ -327,6 +331,7 @@ fn upsert_op(
 
 /// The key values of a delete: from the message key, else from `before`.
 fn delete_op(
+    mapping: &Mapping,
     event: &ChangeEvent,
     table: &TableSchema,
     key_columns: &[usize],
@@ -344,7 +349,7 @@ fn delete_op(
                      message key nor in `before`)",
                 )
             })?;
-        let value = convert_field(table, field, col)?
+        let value = convert_field(mapping, table, field, col)?
             .ok_or_else(|| MapError::column(&table.name, name, "the key column is null"))?;
         key_values.push(value);
     }
