@@ -377,11 +377,16 @@ impl Pipeline {
             Err(e) => return Err(e.into()),
         };
         let writer = &mut self.writer;
-        let Some(table) = retrying!(shutdown, "reading the catalog", {
+        let table = match retrying!(shutdown, "reading the catalog", {
             writer.table(&table_name)
-        })?
-        else {
-            return Ok(Prepared::Interrupted);
+        }) {
+            Ok(Some(table)) => table,
+            Ok(None) => return Ok(Prepared::Interrupted),
+            // A name from a template comes from the event: only this event is affected.
+            Err(e @ WriteError::TableMissing { .. }) if mapping.table.fixed().is_none() => {
+                return Ok(Prepared::Dead(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
         };
         if event.op == Op::Truncate {
             if mapping.truncate == TruncateMode::Skip {
@@ -393,9 +398,25 @@ impl Pipeline {
                 Err(e) => Err(e.into()),
             };
         }
-        match map::map_event(mapping, &event, entry.id, &table) {
+        let mapped = match map::map_event(mapping, &event, entry.id, &table) {
+            // The column may have been added since the catalog was read: read it again
+            // (at most every few seconds per table) before giving up on the event.
+            Err(MapError::UnknownColumn(_)) => {
+                let writer = &mut self.writer;
+                match retrying!(shutdown, "reading the catalog", {
+                    writer.reload(&table_name)
+                })? {
+                    Some(table) => map::map_event(mapping, &event, entry.id, &table),
+                    None => return Ok(Prepared::Interrupted),
+                }
+            }
+            other => other,
+        };
+        match mapped {
             Ok(change) => Ok(Prepared::Row(change)),
-            Err(MapError::Event(reason)) => Ok(Prepared::Dead(reason)),
+            Err(MapError::Event(reason) | MapError::UnknownColumn(reason)) => {
+                Ok(Prepared::Dead(reason))
+            }
             Err(e) => Err(e.into()),
         }
     }

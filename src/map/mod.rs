@@ -27,6 +27,10 @@ pub enum MapError {
     /// This event cannot be applied; others can.
     #[error("{0}")]
     Event(String),
+    /// The event has a field the table has no column for (maybe not yet: the catalog
+    /// is worth reading again).
+    #[error("{0}")]
+    UnknownColumn(String),
     /// No event for this table can be applied until the table or config is fixed.
     #[error("table {table}: {reason}")]
     Table { table: String, reason: String },
@@ -289,12 +293,11 @@ fn upsert_op(
             if mapping.ignore_unknown_columns {
                 continue;
             }
-            return Err(MapError::column(
-                &table.name,
-                &field.name,
-                "the event has this field but the table has no such column: add the \
-                 column or set mapping.ignore_unknown_columns = true",
-            ));
+            return Err(MapError::UnknownColumn(format!(
+                "table {} column {}: the event has this field but the table has no such \
+                 column: add the column or set mapping.ignore_unknown_columns = true",
+                table.name, field.name
+            )));
         };
         if field.value.as_str() == Some(UNAVAILABLE_VALUE) {
             // Unchanged TOASTed value: keep what the row has.

@@ -192,7 +192,12 @@ pub struct Writer {
     pool: PgPool,
     group: String,
     tables: HashMap<TableName, Arc<TableSchema>>,
+    /// When each table's catalog was last read again by [`Writer::reload`].
+    loaded_at: HashMap<TableName, std::time::Instant>,
 }
+
+/// The least time between two reloads of one table's catalog.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 impl Writer {
     pub fn new(pool: PgPool, group: &str) -> Self {
@@ -200,6 +205,7 @@ impl Writer {
             pool,
             group: group.to_string(),
             tables: HashMap::new(),
+            loaded_at: HashMap::new(),
         }
     }
 
@@ -215,6 +221,21 @@ impl Writer {
         let schema = Arc::new(catalog::load(&self.pool, name).await?);
         self.tables.insert(name.clone(), schema.clone());
         Ok(schema)
+    }
+
+    /// Reads a table's catalog facts again (a column may have been added), unless that
+    /// was done less than [`RELOAD_EVERY`] ago.
+    pub async fn reload(&mut self, name: &TableName) -> Result<Arc<TableSchema>, WriteError> {
+        let now = std::time::Instant::now();
+        if let (Some(t), Some(at)) = (self.tables.get(name), self.loaded_at.get(name))
+            && now.duration_since(*at) < RELOAD_EVERY
+        {
+            return Ok(t.clone());
+        }
+        self.tables.remove(name);
+        let table = self.table(name).await?;
+        self.loaded_at.insert(name.clone(), now);
+        Ok(table)
     }
 
     /// Applies a batch in one transaction with its checkpoints. Safe to call again with

@@ -94,3 +94,68 @@ async fn poison_entries_are_dead_lettered_and_the_next_good_entry_applies() {
     assert_eq!(original["redsink.group"], "redsink");
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn a_column_added_while_running_is_found_and_a_missing_templated_table_is_dead_lettered() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE public.items (id int PRIMARY KEY, name varchar(12), price numeric(10,2))",
+    )
+    .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mapping = format!(
+        "[[mapping]]\nstreams = [\"{prefix}:items\"]\ntable = \"public.${{source.table}}\"\n"
+    );
+    let running = common::Running::start(common::config(&db, "c1", &mapping));
+    let mut r = common::redis().await;
+    // The first event makes redsink read the catalog of public.items (no qty yet).
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", r#"{"id":1,"name":"a"}"#),
+    )
+    .await;
+    common::wait_rows(&db, "public.items", 0).await;
+    db.exec("ALTER TABLE public.items ADD COLUMN qty int").await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 11, "null", &item(2, "b", "B88=")),
+    )
+    .await;
+    let other = event("c", 12, "null", &item(3, "c", "B88="))
+        .replace(r#""table":"items""#, r#""table":"nope""#);
+    let missing = common::xadd(&mut r, &stream, &key(3), &other).await;
+    common::wait_for("drained", std::time::Duration::from_secs(30), || {
+        let stream = stream.clone();
+        async move {
+            let mut r = common::redis().await;
+            common::drained(&mut r, std::slice::from_ref(&stream), "redsink").await
+        }
+    })
+    .await;
+    let stats = running
+        .stop()
+        .await
+        .expect("no fatal error for a missing templated table");
+    assert_eq!(stats.dead_lettered, 1);
+    let ids: Vec<i32> = items(&db).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, vec![1, 2], "the new column was picked up");
+    let dlq: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("{stream}:dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .expect("XRANGE");
+    assert_eq!(dlq[0].1["redsink.entry_id"], missing);
+    assert!(
+        dlq[0].1["redsink.error"].contains("public.nope does not exist"),
+        "{:?}",
+        dlq[0].1
+    );
+    common::cleanup_streams(&prefix).await;
+}
