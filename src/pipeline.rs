@@ -423,7 +423,8 @@ impl Pipeline {
 
     /// Writes the batch (retrying transient errors), then dead-letters and acks it
     /// (retrying likewise). On shutdown during an outage the batch is abandoned
-    /// unacknowledged: its entries stay pending and are read again at the next start.
+    /// unacknowledged: its entries stay pending, to be read again by this consumer when it
+    /// restarts under the same name, or claimed by another after `claim_idle`.
     async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
         if self.batcher.is_empty() {
             return Ok(());
