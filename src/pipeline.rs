@@ -272,7 +272,11 @@ impl Pipeline {
             // 3. housekeeping
             if last_claim.elapsed() >= claim_every {
                 last_claim = Instant::now();
-                let entries = self.reader.claim_idle(self.config.redis.claim_idle).await;
+                let room = self.batcher.room().max(1);
+                let entries = self
+                    .reader
+                    .claim_idle(self.config.redis.claim_idle, room)
+                    .await;
                 self.stats.claimed += entries.len() as u64;
                 self.process(entries, shutdown).await?;
             }
@@ -376,18 +380,11 @@ impl Pipeline {
             Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
             Err(e) => return Err(e.into()),
         };
-        let writer = &mut self.writer;
-        let table = match retrying!(shutdown, "reading the catalog", {
-            writer.table(&table_name)
-        }) {
-            Ok(Some(table)) => table,
-            Ok(None) => return Ok(Prepared::Interrupted),
-            // A name from a template comes from the event: only this event is affected.
-            Err(e @ WriteError::TableMissing { .. }) if mapping.table.fixed().is_none() => {
-                return Ok(Prepared::Dead(e.to_string()));
-            }
-            Err(e) => return Err(e.into()),
+        let table = match self.table(&table_name, mapping.table.fixed().is_none(), false, shutdown).await? {
+            Ok(table) => table,
+            Err(prepared) => return Ok(prepared),
         };
+        let mapping = &self.mappings[index];
         if event.op == Op::Truncate {
             if mapping.truncate == TruncateMode::Skip {
                 return Ok(Prepared::Skip(Skip::Truncate));
@@ -402,12 +399,10 @@ impl Pipeline {
             // The column may have been added since the catalog was read: read it again
             // (at most every few seconds per table) before giving up on the event.
             Err(MapError::UnknownColumn(_)) => {
-                let writer = &mut self.writer;
-                match retrying!(shutdown, "reading the catalog", {
-                    writer.reload(&table_name)
-                })? {
-                    Some(table) => map::map_event(mapping, &event, entry.id, &table),
-                    None => return Ok(Prepared::Interrupted),
+                let templated = mapping.table.fixed().is_none();
+                match self.table(&table_name, templated, true, shutdown).await? {
+                    Ok(table) => map::map_event(&self.mappings[index], &event, entry.id, &table),
+                    Err(prepared) => return Ok(prepared),
                 }
             }
             other => other,
@@ -417,6 +412,35 @@ impl Pipeline {
             Err(MapError::Event(reason) | MapError::UnknownColumn(reason)) => {
                 Ok(Prepared::Dead(reason))
             }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The catalog facts of a table (`reload`: read again). `Err(prepared)`: what to
+    /// do with the entry instead (shutdown came, or a templated table is missing).
+    async fn table(
+        &mut self,
+        name: &map::TableName,
+        templated: bool,
+        reload: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<Arc<map::TableSchema>, Prepared>, PipelineError> {
+        if reload && self.batcher.has_table(name) {
+            // The batch's rows of this table were mapped with the schema about to be
+            // replaced: write them first, so no batch mixes two schemas of a table.
+            self.flush(shutdown).await?;
+        }
+        let writer = &mut self.writer;
+        let result = if reload {
+            retrying!(shutdown, "reading the catalog", { writer.reload(name) })
+        } else {
+            retrying!(shutdown, "reading the catalog", { writer.table(name) })
+        };
+        match result {
+            Ok(Some(table)) => Ok(Ok(table)),
+            Ok(None) => Ok(Err(Prepared::Interrupted)),
+            // A name from a template comes from the event: only this event is affected.
+            Err(e @ WriteError::TableMissing { .. }) if templated => Ok(Err(Prepared::Dead(e.to_string()))),
             Err(e) => Err(e.into()),
         }
     }

@@ -84,7 +84,12 @@ impl BatchRow {
                 match (covered, last_delete) {
                     (true, None) => Vec::new(),
                     (true, Some(d)) => vec![changes.swap_remove(d).1],
-                    (false, d) => changes.drain(d.unwrap_or(0)..).map(|(_, c)| c).collect(),
+                    (false, d) => {
+                        let mut chain: Vec<RowChange> =
+                            changes.drain(d.unwrap_or(0)..).map(|(_, c)| c).collect();
+                        prune_covered(&mut chain, columns);
+                        chain
+                    }
                 }
             }
         };
@@ -97,6 +102,25 @@ impl BatchRow {
     pub fn chain(&self) -> impl Iterator<Item = &RowChange> {
         self.before.iter().chain(std::iter::once(&self.change))
     }
+}
+
+/// Drops from a chain (an optional delete, then upserts; the newest upsert, with
+/// `last_columns`, comes after it) every upsert whose columns are all set again by a
+/// later upsert: it cannot show in the result. Keeps a hot row's chain short.
+fn prune_covered(chain: &mut Vec<RowChange>, last_columns: &[usize]) {
+    let mut later: Vec<usize> = last_columns.to_vec();
+    let mut keep = vec![true; chain.len()];
+    for (i, change) in chain.iter().enumerate().rev() {
+        if let RowOp::Upsert { columns, .. } = &change.op {
+            if columns.iter().all(|c| later.contains(c)) {
+                keep[i] = false;
+            } else {
+                later.extend(columns.iter().copied());
+            }
+        }
+    }
+    let mut flags = keep.into_iter();
+    chain.retain(|_| flags.next().unwrap_or(true));
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +217,11 @@ impl Batcher {
         t
     }
 
+    /// Whether the batch holds changes of `table`.
+    pub fn has_table(&self, table: &TableName) -> bool {
+        self.table_index.contains_key(table)
+    }
+
     /// Adds a truncate; several in a batch keep the newest.
     pub fn push_truncate(
         &mut self,
@@ -287,7 +316,12 @@ impl Batcher {
             tables,
             dead: std::mem::take(&mut self.dead),
             acks,
-            checkpoints: highest,
+            // Sorted: instances of one group update checkpoint rows in the same order,
+            // so their transactions cannot deadlock on them.
+            checkpoints: {
+                highest.sort();
+                highest
+            },
         }
     }
 }

@@ -53,22 +53,32 @@ impl MapError {
 
 /// A per-row version: bytes that compare (as Postgres compares `bytea`) in the order
 /// the source applied the changes. Fixed-width big-endian integers, so byte order is
-/// numeric order.
+/// numeric order, then one byte for the operation.
 ///
 /// | source | bytes |
 /// |---|---|
-/// | PostgreSQL `source.lsn` | lsn as u64 |
-/// | stream entry ID | ms as u64, seq as u64 |
+/// | PostgreSQL `source.lsn` | lsn as u64, op |
+/// | stream entry ID | ms as u64, seq as u64, op |
+///
+/// The op byte (delete or truncate 0, upsert 1) orders a delete and an upsert of one
+/// row at one position (a primary-key change mapped onto another unique key) the way
+/// the source emits them: the delete first.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(pub Vec<u8>);
 
 impl Version {
-    pub fn from_lsn(lsn: u64) -> Self {
-        Self(lsn.to_be_bytes().to_vec())
+    pub const OP_DELETE: u8 = 0;
+    pub const OP_UPSERT: u8 = 1;
+
+    pub fn from_lsn(lsn: u64, op: u8) -> Self {
+        let mut v = lsn.to_be_bytes().to_vec();
+        v.push(op);
+        Self(v)
     }
-    pub fn from_entry_id(id: EntryId) -> Self {
+    pub fn from_entry_id(id: EntryId, op: u8) -> Self {
         let mut v = id.ms.to_be_bytes().to_vec();
         v.extend_from_slice(&id.seq.to_be_bytes());
+        v.push(op);
         Self(v)
     }
 }
@@ -127,21 +137,25 @@ impl Mapping {
         }
     }
 
-    fn version(&self, event: &ChangeEvent, id: EntryId) -> Result<Version, MapError> {
-        let lsn = || {
-            event.source.lsn.map(Version::from_lsn).ok_or_else(|| {
-                MapError::event(
-                    "the event has no source.lsn: set mapping.version = \"entry_id\" \
-                     if this source has no log position",
-                )
-            })
-        };
+    /// Whether this event's version is the stream entry ID (not a source position).
+    fn versions_by_entry_id(&self, event: &ChangeEvent) -> bool {
         match self.version {
-            VersionSource::SourceLsn => lsn(),
-            VersionSource::EntryId => Ok(Version::from_entry_id(id)),
-            VersionSource::Auto if event.source.connector.as_deref() == Some("postgresql") => lsn(),
-            VersionSource::Auto => Ok(Version::from_entry_id(id)),
+            VersionSource::SourceLsn => false,
+            VersionSource::EntryId => true,
+            VersionSource::Auto => event.source.connector.as_deref() != Some("postgresql"),
         }
+    }
+
+    fn version(&self, event: &ChangeEvent, id: EntryId, op: u8) -> Result<Version, MapError> {
+        if self.versions_by_entry_id(event) {
+            return Ok(Version::from_entry_id(id, op));
+        }
+        event.source.lsn.map(|lsn| Version::from_lsn(lsn, op)).ok_or_else(|| {
+            MapError::event(
+                "the event has no source.lsn: set mapping.version = \"entry_id\" \
+                 if this source has no log position",
+            )
+        })
     }
 }
 
@@ -224,9 +238,18 @@ pub fn map_truncate(
     id: EntryId,
     table: &Arc<TableSchema>,
 ) -> Result<Truncate, MapError> {
+    // A truncate compares with every row of the table, and entry IDs of different
+    // streams (shards, sources) are not comparable.
+    if mapping.versions_by_entry_id(event) {
+        return Err(MapError::event(
+            "a truncate needs a source log position as its version (the PostgreSQL \
+             connector's source.lsn); with stream entry IDs it cannot be ordered against \
+             rows from other streams: set mapping.truncate = \"skip\" for this mapping",
+        ));
+    }
     Ok(Truncate {
         table: table.clone(),
-        version: mapping.version(event, id)?,
+        version: mapping.version(event, id, Version::OP_DELETE)?,
     })
 }
 
@@ -239,7 +262,12 @@ pub fn map_event(
 ) -> Result<RowChange, MapError> {
     let key_names = mapping.key_names(event)?;
     let key_columns = table.conflict_key(&key_names)?;
-    let version = mapping.version(event, id)?;
+    let op_byte = if event.op == Op::Delete {
+        Version::OP_DELETE
+    } else {
+        Version::OP_UPSERT
+    };
+    let version = mapping.version(event, id, op_byte)?;
     let op = match event.op {
         Op::Create | Op::Update | Op::Read => {
             upsert_op(mapping, event, table, &key_columns, &key_names)?

@@ -91,7 +91,7 @@ fn maps_an_upsert_to_text_values_and_a_key() {
     let change = map_event(&mapping(""), &ev, ID, &table()).expect("maps");
     assert_eq!(change.key_columns, vec![0]);
     assert_eq!(change.key_text, "[\"1\"]");
-    assert_eq!(change.version, Version::from_lsn(42));
+    assert_eq!(change.version, Version::from_lsn(42, Version::OP_UPSERT));
     assert_eq!(
         change.op,
         RowOp::Upsert {
@@ -194,14 +194,15 @@ fn errors_name_the_table_and_column() {
     assert!(err.contains("entry_id"), "{err}");
     let by_id =
         map_event(&mapping("version = \"entry_id\""), &no_lsn, ID, &table()).expect("entry id");
-    assert_eq!(by_id.version, Version::from_entry_id(ID));
+    assert_eq!(by_id.version, Version::from_entry_id(ID, Version::OP_UPSERT));
 }
 
 #[test]
-fn versions_order_numerically_as_bytes() {
-    assert!(Version::from_lsn(255) < Version::from_lsn(256));
+fn versions_order_numerically_as_bytes_then_delete_before_upsert() {
+    let (d, u) = (Version::OP_DELETE, Version::OP_UPSERT);
+    assert!(Version::from_lsn(255, u) < Version::from_lsn(256, d));
+    assert!(Version::from_lsn(7, d) < Version::from_lsn(7, u));
     assert!(
-        Version::from_entry_id(EntryId { ms: 9, seq: 9 })
-            < Version::from_entry_id(EntryId { ms: 10, seq: 0 })
+        Version::from_entry_id(EntryId { ms: 9, seq: 9 }, u) < Version::from_entry_id(EntryId { ms: 10, seq: 0 }, d)
     );
 }

@@ -360,11 +360,16 @@ impl Reader {
     /// Each stream's scan resumes where the previous round stopped. Entries deleted
     /// from the stream while pending come back without fields (the decoder reports them).
     /// A stream whose XAUTOCLAIM fails is logged and retried next round.
-    pub async fn claim_idle(&mut self, min_idle: Duration) -> Vec<StreamEntry> {
+    /// At most `limit` entries are taken over per round.
+    pub async fn claim_idle(&mut self, min_idle: Duration, limit: usize) -> Vec<StreamEntry> {
         let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
         let mut out = Vec::new();
         let streams: Vec<Arc<str>> = self.streams.iter().map(|(s, _)| s.clone()).collect();
         for stream in streams {
+            let count = CLAIM_COUNT.min(limit.saturating_sub(out.len()));
+            if count == 0 {
+                break;
+            }
             let start = self
                 .claim_cursors
                 .get(&stream)
@@ -377,7 +382,7 @@ impl Reader {
                 .arg(idle_ms)
                 .arg(start.to_string())
                 .arg("COUNT")
-                .arg(CLAIM_COUNT)
+                .arg(count)
                 .query_async(&mut self.control)
                 .await;
             let parsed = reply
