@@ -338,7 +338,7 @@ impl Pipeline {
                 Ok(Prepared::Row(change)) => self.batcher.push_row(change, entry, now),
                 Ok(Prepared::Truncate(t)) => {
                     tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");
-                    self.batcher.push_truncate(t, &entry.stream, entry.id, now);
+                    self.batcher.push_truncate(t, entry, now);
                 }
                 Ok(Prepared::Skip(skip)) => {
                     self.stats.skipped += 1;
@@ -380,7 +380,15 @@ impl Pipeline {
             Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
             Err(e) => return Err(e.into()),
         };
-        let table = match self.table(&table_name, mapping.table.fixed().is_none(), false, shutdown).await? {
+        let table = match self
+            .table(
+                &table_name,
+                mapping.table.fixed().is_none(),
+                false,
+                shutdown,
+            )
+            .await?
+        {
             Ok(table) => table,
             Err(prepared) => return Ok(prepared),
         };
@@ -440,7 +448,9 @@ impl Pipeline {
             Ok(Some(table)) => Ok(Ok(table)),
             Ok(None) => Ok(Err(Prepared::Interrupted)),
             // A name from a template comes from the event: only this event is affected.
-            Err(e @ WriteError::TableMissing { .. }) if templated => Ok(Err(Prepared::Dead(e.to_string()))),
+            Err(e @ WriteError::TableMissing { .. }) if templated => {
+                Ok(Err(Prepared::Dead(e.to_string())))
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -128,6 +128,9 @@ pub struct TableRows {
     pub table: Arc<TableSchema>,
     /// The newest truncate of the table in the batch; written before the rows.
     pub truncate: Option<Version>,
+    /// The entries of the batch's truncates of this table (dead-lettered together if
+    /// Postgres refuses the truncate).
+    pub truncate_entries: Vec<StreamEntry>,
     pub rows: Vec<BatchRow>,
 }
 
@@ -210,6 +213,7 @@ impl Batcher {
         self.tables.push(TableRows {
             table: table.clone(),
             truncate: None,
+            truncate_entries: Vec::new(),
             rows: Vec::new(),
         });
         let t = self.tables.len() - 1;
@@ -223,21 +227,16 @@ impl Batcher {
     }
 
     /// Adds a truncate; several in a batch keep the newest.
-    pub fn push_truncate(
-        &mut self,
-        truncate: Truncate,
-        stream: &Arc<str>,
-        id: EntryId,
-        now: Instant,
-    ) {
-        if !self.note(stream, id, now) {
+    pub fn push_truncate(&mut self, truncate: Truncate, entry: StreamEntry, now: Instant) {
+        if !self.note(&entry.stream, entry.id, now) {
             return;
         }
         let t = self.table(&truncate.table);
-        let slot = &mut self.tables[t].truncate;
-        if slot.as_ref().is_none_or(|v| *v < truncate.version) {
-            *slot = Some(truncate.version);
+        let rows = &mut self.tables[t];
+        if rows.truncate.as_ref().is_none_or(|v| *v < truncate.version) {
+            rows.truncate = Some(truncate.version);
         }
+        rows.truncate_entries.push(entry);
     }
 
     /// Adds a row change; coalesces it with an earlier change of the same row.

@@ -6,7 +6,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Logical {
     /// `org.apache.kafka.connect.data.Decimal`: base64 big-endian unscaled value.
-    Decimal { scale: u32 },
+    Decimal { scale: i32 },
     /// `io.debezium.data.VariableScaleDecimal`: `{"scale":…,"value":base64}`.
     VariableScaleDecimal,
     /// Days since the epoch (`io.debezium.time.Date`, Kafka Connect `Date`).
@@ -50,7 +50,7 @@ impl Logical {
                     .and_then(|p| p.get("scale"))
                     .and_then(|s| match s {
                         Value::String(s) => s.parse().ok(),
-                        other => other.as_u64().and_then(|n| u32::try_from(n).ok()),
+                        other => other.as_i64().and_then(|n| i32::try_from(n).ok()),
                     })
                     .unwrap_or(0);
                 Some(Logical::Decimal { scale })

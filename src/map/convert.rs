@@ -275,7 +275,7 @@ fn is_decimal_literal(s: &str) -> bool {
 }
 
 /// Base64 big-endian two's-complement unscaled value → decimal text.
-fn unscaled_to_text(b64: &str, scale: u32) -> Result<String, String> {
+fn unscaled_to_text(b64: &str, scale: i32) -> Result<String, String> {
     let raw = BASE64
         .decode(b64)
         .map_err(|_| format!("\"{b64}\" is neither a decimal nor base64"))?;
@@ -286,22 +286,28 @@ fn unscaled_to_text(b64: &str, scale: u32) -> Result<String, String> {
     } else {
         ""
     };
-    if scale > MAX_SCALE {
+    if scale.unsigned_abs() > MAX_SCALE {
         return Err(format!(
             "scale {scale} is larger than Postgres allows ({MAX_SCALE})"
         ));
     }
-    let scale = scale as usize;
-    if scale == 0 {
-        return Ok(format!("{sign}{digits}"));
+    if scale <= 0 {
+        // numeric(p,-s): the unscaled value counts tens, hundreds, …
+        let zeros = if digits == "0" {
+            String::new()
+        } else {
+            "0".repeat(scale.unsigned_abs() as usize)
+        };
+        return Ok(format!("{sign}{digits}{zeros}"));
     }
+    let scale = scale.unsigned_abs() as usize;
     let padded = format!("{digits:0>width$}", width = scale + 1);
     let (int, frac) = padded.split_at(padded.len() - scale);
     Ok(format!("{sign}{int}.{frac}"))
 }
 
 /// Kafka Connect / Debezium decimals in all their JSON shapes.
-fn decimal(value: &Value, scale: Option<u32>, base64: bool) -> Result<String, String> {
+fn decimal(value: &Value, scale: Option<i32>, base64: bool) -> Result<String, String> {
     match value {
         Value::Number(n) => Ok(n.to_string()),
         // A decimal string (`decimal.handling.mode=string`, or a plain string schema).
@@ -328,8 +334,8 @@ fn decimal(value: &Value, scale: Option<u32>, base64: bool) -> Result<String, St
             // io.debezium.data.VariableScaleDecimal
             let scale = map
                 .get("scale")
-                .and_then(Value::as_u64)
-                .and_then(|s| u32::try_from(s).ok())
+                .and_then(Value::as_i64)
+                .and_then(|s| i32::try_from(s).ok())
                 .ok_or_else(|| format!("{} has no whole-number `scale`", short(value)))?;
             let Some(Value::String(b64)) = map.get("value") else {
                 return Err(format!("{} has no base64 `value`", short(value)));
@@ -478,7 +484,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ty(name: &str, scale: Option<u32>, precision: Option<u32>) -> ColumnType {
+    fn ty(name: &str, scale: Option<i32>, precision: Option<u32>) -> ColumnType {
         ColumnType {
             name: name.into(),
             scale,
@@ -552,6 +558,13 @@ mod tests {
             Some("1000")
         );
         assert!(to_text(&json!("B88="), None, as_string).is_err());
+        // numeric(5,-3): 12 thousands.
+        assert_eq!(
+            conv(json!("DA=="), None, &ty("numeric", Some(-3), None))
+                .expect("ok")
+                .as_deref(),
+            Some("12000")
+        );
         let vsd = json!({"scale": 7, "value": "B1vNFQ=="});
         assert_eq!(
             conv(vsd, None, &ty("numeric", None, None))

@@ -150,12 +150,16 @@ impl Mapping {
         if self.versions_by_entry_id(event) {
             return Ok(Version::from_entry_id(id, op));
         }
-        event.source.lsn.map(|lsn| Version::from_lsn(lsn, op)).ok_or_else(|| {
-            MapError::event(
-                "the event has no source.lsn: set mapping.version = \"entry_id\" \
+        event
+            .source
+            .lsn
+            .map(|lsn| Version::from_lsn(lsn, op))
+            .ok_or_else(|| {
+                MapError::event(
+                    "the event has no source.lsn: set mapping.version = \"entry_id\" \
                  if this source has no log position",
-            )
-        })
+                )
+            })
     }
 }
 

@@ -148,7 +148,8 @@ pub struct ColumnType {
     /// `pg_type.typname`: `int4`, `numeric`, `timestamptz`, …
     pub name: String,
     /// `numeric(p,s)`: `s`.
-    pub scale: Option<u32>,
+    /// Negative for `numeric(p,-s)` (Postgres 15+): rounded to tens, hundreds, …
+    pub scale: Option<i32>,
     /// Fractional second digits of `time`/`timestamp(p)`.
     pub precision: Option<u32>,
 }

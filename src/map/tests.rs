@@ -194,7 +194,10 @@ fn errors_name_the_table_and_column() {
     assert!(err.contains("entry_id"), "{err}");
     let by_id =
         map_event(&mapping("version = \"entry_id\""), &no_lsn, ID, &table()).expect("entry id");
-    assert_eq!(by_id.version, Version::from_entry_id(ID, Version::OP_UPSERT));
+    assert_eq!(
+        by_id.version,
+        Version::from_entry_id(ID, Version::OP_UPSERT)
+    );
 }
 
 #[test]
@@ -203,6 +206,7 @@ fn versions_order_numerically_as_bytes_then_delete_before_upsert() {
     assert!(Version::from_lsn(255, u) < Version::from_lsn(256, d));
     assert!(Version::from_lsn(7, d) < Version::from_lsn(7, u));
     assert!(
-        Version::from_entry_id(EntryId { ms: 9, seq: 9 }, u) < Version::from_entry_id(EntryId { ms: 10, seq: 0 }, d)
+        Version::from_entry_id(EntryId { ms: 9, seq: 9 }, u)
+            < Version::from_entry_id(EntryId { ms: 10, seq: 0 }, d)
     );
 }

@@ -107,14 +107,18 @@ async fn add_version_column(pool: &PgPool, name: &TableName) -> Result<(), Write
     Ok(())
 }
 
-/// `numeric(p,s)` → scale; `time(p)`/`timestamp(p)` → fractional digits.
-fn modifiers(type_name: &str, typmod: i32) -> (Option<u32>, Option<u32>) {
+/// `numeric(p,s)` → scale (signed); `time(p)`/`timestamp(p)` → fractional digits.
+fn modifiers(type_name: &str, typmod: i32) -> (Option<i32>, Option<u32>) {
     if typmod < 0 {
         return (None, None);
     }
     let typmod = u32::try_from(typmod).unwrap_or(0);
     match type_name {
-        "numeric" => (Some(typmod.saturating_sub(4) & 0xffff), None),
+        // The scale is an 11-bit signed field (negative scales since Postgres 15).
+        "numeric" => {
+            let raw = i32::try_from(typmod.saturating_sub(4) & 0x7ff).unwrap_or(0);
+            (Some(if raw & 0x400 != 0 { raw - 0x800 } else { raw }), None)
+        }
         "time" | "timetz" | "timestamp" | "timestamptz" | "bit" | "varbit" => (None, Some(typmod)),
         _ => (None, None),
     }
@@ -129,6 +133,11 @@ mod tests {
         // numeric(10,2): ((10 << 16) | 2) + 4
         assert_eq!(modifiers("numeric", (10 << 16 | 2) + 4), (Some(2), None));
         assert_eq!(modifiers("numeric", -1), (None, None));
+        // numeric(5,-3): scale 0x7fd in the low 11 bits.
+        assert_eq!(
+            modifiers("numeric", (5 << 16 | 0x7fd) + 4),
+            (Some(-3), None)
+        );
         assert_eq!(modifiers("timestamp", 3), (None, Some(3)));
         assert_eq!(modifiers("int4", -1), (None, None));
     }

@@ -268,7 +268,29 @@ impl Writer {
         let mut rejected_rows: std::collections::HashSet<usize> = Default::default();
         for table in &batch.tables {
             if let Some(version) = &table.truncate {
-                sql::truncate(&mut tx, &table.table, &version.0).await?;
+                if !isolate {
+                    sql::truncate(&mut tx, &table.table, &version.0).await?;
+                } else {
+                    savepoint(&mut tx, "SAVEPOINT redsink_truncate").await?;
+                    match sql::truncate(&mut tx, &table.table, &version.0).await {
+                        Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT redsink_truncate").await?,
+                        // A foreign key from another table, for example.
+                        Err(e) if e.class() == ErrorClass::Data => {
+                            savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_truncate").await?;
+                            let cause = postgres_message(&e);
+                            rejected.extend(table.truncate_entries.iter().map(|entry| {
+                                DeadLetter {
+                                    entry: entry.clone(),
+                                    reason: format!(
+                                        "table {}: postgres refused the truncate: {cause}",
+                                        table.table.name
+                                    ),
+                                }
+                            }));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             for group in groups(&table.rows) {
                 // A row rejected in an earlier round is not written further.
@@ -321,35 +343,53 @@ async fn savepoint(conn: &mut PgConnection, statement: &'static str) -> Result<(
         .map_err(WriteError::pg(statement))
 }
 
-/// Advisory-lock buckets per table. Instances writing the same keys at once take the
-/// same buckets and so run one after the other; more buckets, less false contention,
-/// more locks per transaction.
-const LOCK_BUCKETS: u64 = 64;
+/// Advisory-lock buckets per table: instances writing keys of the same bucket at once
+/// take turns. Fixed, because every instance must map a key to the same lock.
+const LOCK_BUCKETS: u64 = 16;
+/// Above this many bucket locks a batch locks whole tables instead, so a batch over
+/// many tables cannot exhaust Postgres' shared lock table.
+const MAX_BUCKET_LOCKS: usize = 256;
 
-/// The advisory locks a batch takes, sorted (so two batches cannot deadlock): one per
-/// (table, key bucket) it touches, every bucket of a table it truncates.
+/// The advisory locks a batch takes, sorted by ID (so two batches cannot deadlock), as
+/// (ID, shared). Per table either its table lock exclusively (a truncate, or a batch
+/// over many tables), or its table lock shared plus one exclusive lock per key bucket
+/// it touches. Exclusive and shared table locks exclude each other, so both kinds of
+/// batches are safe against each other.
 ///
 /// Why: the version guard compares with what the statement sees. Without the locks,
 /// instance A inserting v5 of an absent row and instance B deleting it at v6 at the
 /// same time both see no conflict, and the row comes back at v5 after its delete.
-fn lock_ids(batch: &Batch) -> Vec<i64> {
-    let id = |table: &TableName, bucket: u64| {
-        let h = crate::produce::fnv1a64(format!("redsink\0{table}\0{bucket}").as_bytes());
+fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
+    let id = |text: String| {
+        let h = crate::produce::fnv1a64(text.as_bytes());
         i64::from_ne_bytes(h.to_ne_bytes())
     };
-    let mut ids = Vec::new();
+    let table_lock = |t: &TableName| id(format!("redsink\0{t}"));
+    let mut buckets: Vec<(i64, bool)> = Vec::new();
+    let mut tables: Vec<(i64, bool)> = Vec::new();
     for t in &batch.tables {
         if t.truncate.is_some() {
-            ids.extend((0..LOCK_BUCKETS).map(|b| id(&t.table.name, b)));
+            tables.push((table_lock(&t.table.name), false));
             continue;
         }
+        tables.push((table_lock(&t.table.name), true));
         for row in &t.rows {
             let bucket = crate::produce::fnv1a64(row.change.key_text.as_bytes()) % LOCK_BUCKETS;
-            ids.push(id(&t.table.name, bucket));
+            buckets.push((id(format!("redsink\0{}\0{bucket}", t.table.name)), false));
         }
     }
+    buckets.sort_unstable();
+    buckets.dedup();
+    if buckets.len() > MAX_BUCKET_LOCKS {
+        buckets.clear();
+        for lock in &mut tables {
+            lock.1 = false;
+        }
+    }
+    let mut ids = tables;
+    ids.extend(buckets);
     ids.sort_unstable();
-    ids.dedup();
+    ids.dedup_by_key(|(id, _)| *id);
     ids
 }
 
@@ -395,16 +435,21 @@ async fn exec_group(
     sql::write_rows(conn, table, &changes).await
 }
 
-/// The winner and every entry coalesced into it go to the dead-letter stream together:
-/// acknowledging the older ones alone would lose them.
-fn reject(row: &BatchRow, table: &TableName, error: &WriteError) -> Vec<DeadLetter> {
-    let cause = match error {
+/// Postgres' own message for an error, without our context.
+fn postgres_message(error: &WriteError) -> String {
+    match error {
         WriteError::Postgres { source, .. } => source
             .as_database_error()
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| source.to_string()),
         other => other.to_string(),
-    };
+    }
+}
+
+/// The winner and every entry coalesced into it go to the dead-letter stream together:
+/// acknowledging the older ones alone would lose them.
+fn reject(row: &BatchRow, table: &TableName, error: &WriteError) -> Vec<DeadLetter> {
+    let cause = postgres_message(error);
     let winner = row.entries.first().map(|e| e.id);
     row.entries
         .iter()

@@ -178,16 +178,22 @@ pub async fn truncate(
     Ok(())
 }
 
-/// Takes transaction-scoped advisory locks in the given (sorted) order.
-pub async fn lock_keys(conn: &mut PgConnection, ids: &[i64]) -> Result<(), WriteError> {
-    if ids.is_empty() {
+/// Takes transaction-scoped advisory locks, (ID, shared), in the given (sorted) order.
+pub async fn lock_keys(conn: &mut PgConnection, locks: &[(i64, bool)]) -> Result<(), WriteError> {
+    if locks.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
-        .bind(ids)
-        .execute(conn)
-        .await
-        .map_err(WriteError::pg("taking the row locks"))?;
+    let ids: Vec<i64> = locks.iter().map(|(id, _)| *id).collect();
+    let shared: Vec<bool> = locks.iter().map(|(_, s)| *s).collect();
+    sqlx::query(
+        "SELECT CASE WHEN s THEN pg_advisory_xact_lock_shared(k) ELSE pg_advisory_xact_lock(k) END \
+         FROM unnest($1::int8[], $2::bool[]) AS u(k, s)",
+    )
+    .bind(ids)
+    .bind(shared)
+    .execute(conn)
+    .await
+    .map_err(WriteError::pg("taking the row locks"))?;
     Ok(())
 }
 

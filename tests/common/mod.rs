@@ -130,12 +130,13 @@ pub async fn xadd(
 
 /// Number of entries pending in `group` on `stream`.
 pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> u64 {
+    // No group yet counts as nothing pending.
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
         .query_async(conn)
         .await
-        .expect("XPENDING");
+        .unwrap_or(redis::Value::Nil);
     match reply {
         redis::Value::Array(items) => match items.first() {
             Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),

@@ -159,3 +159,112 @@ async fn a_column_added_while_running_is_found_and_a_missing_templated_table_is_
     );
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn a_column_added_while_a_batch_holds_rows_of_the_table_is_handled() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE public.items (id int PRIMARY KEY, name varchar(12), price numeric(10,2))",
+    )
+    .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut config = common::config(&db, "c1", &crate::items_mapping(&prefix));
+    config.batch.max_delay = std::time::Duration::from_secs(3);
+    let running = common::Running::start(config);
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", r#"{"id":1,"name":"a"}"#),
+    )
+    .await;
+    // Row 1 is read and waits in the batch (3 s) when the column appears.
+    common::wait_for("row 1 read", std::time::Duration::from_secs(10), || {
+        let stream = stream.clone();
+        async move { common::pending(&mut common::redis().await, &stream, "redsink").await == 1 }
+    })
+    .await;
+    db.exec("ALTER TABLE public.items ADD COLUMN qty int").await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 11, "null", &item(2, "b", "B88=")),
+    )
+    .await;
+    common::wait_for("drained", std::time::Duration::from_secs(30), || {
+        let stream = stream.clone();
+        async move {
+            common::drained(
+                &mut common::redis().await,
+                std::slice::from_ref(&stream),
+                "redsink",
+            )
+            .await
+        }
+    })
+    .await;
+    let stats = running.stop().await.expect("no panic, no fatal error");
+    assert_eq!(stats.dead_lettered, 0);
+    let rows: Vec<(i32, Option<i32>)> =
+        sqlx::query_as("SELECT id, qty FROM public.items ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows");
+    assert_eq!(rows, vec![(1, None), (2, Some(2))]);
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_truncate_postgres_refuses_is_dead_lettered() {
+    let db = TestDb::new().await;
+    db.exec(crate::ITEMS).await;
+    db.exec("CREATE TABLE public.child (item_id int REFERENCES public.items (id))")
+        .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", &item(1, "a", "B88=")),
+    )
+    .await;
+    let config = common::config(&db, "c1", &crate::items_mapping(&prefix));
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    db.exec("INSERT INTO public.child VALUES (1)").await;
+    let truncate = r#"{"before":null,"after":null,"source":{"connector":"postgresql","schema":"public","table":"items","lsn":50},"op":"t"}"#;
+    let refused = common::xadd(&mut r, &stream, "default", truncate).await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 60, "null", &item(2, "b", "B88=")),
+    )
+    .await;
+    let stats = common::sync(config, std::slice::from_ref(&stream)).await;
+    assert_eq!(stats.dead_lettered, 1);
+    let ids: Vec<i32> = items(&db).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(
+        ids,
+        vec![1, 2],
+        "the refused truncate deleted nothing; the next row applied"
+    );
+    let dlq: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("{stream}:dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .expect("XRANGE");
+    assert_eq!(dlq[0].1["redsink.entry_id"], refused);
+    assert!(
+        dlq[0].1["redsink.error"].contains("refused the truncate"),
+        "{:?}",
+        dlq[0].1
+    );
+    common::cleanup_streams(&prefix).await;
+}

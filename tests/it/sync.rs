@@ -369,3 +369,45 @@ async fn a_truncate_removes_older_rows_and_keeps_older_events_out() {
     assert_eq!(items(&db).await.len(), 2);
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn a_key_change_onto_another_unique_key_keeps_the_new_row_in_any_arrival_order() {
+    // The source changes a primary key (d old id + c new id, at one LSN) while the
+    // replica's key is the unique name: both events are the same replica row.
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE public.items (id int, name varchar(12) UNIQUE, price numeric(10,2), qty int)",
+    )
+    .await;
+    let prefix = common::unique("s");
+    let mapping = format!(
+        "[[mapping]]\nstreams = [\"{prefix}:items:*\"]\ntable = \"public.items\"\nkey = [\"name\"]\n"
+    );
+    let config = common::config(&db, "c1", &mapping);
+    let mut r = common::redis().await;
+    for (name, order) in [("first", ["d", "c"]), ("later", ["c", "d"])] {
+        let stream = format!("{prefix}:items:{name}");
+        common::xadd(
+            &mut r,
+            &stream,
+            &key(1),
+            &event("c", 10, "null", &item(1, name, P_19_99)),
+        )
+        .await;
+        for op in order {
+            let value = match op {
+                "d" => event("d", 20, &item(1, name, P_19_99), "null"),
+                _ => event("c", 20, "null", &item(2, name, P_24_50)),
+            };
+            common::xadd(&mut r, &stream, &key(if op == "d" { 1 } else { 2 }), &value).await;
+        }
+        common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    }
+    let rows: Vec<(i32, String)> =
+        sqlx::query_as("SELECT id, name FROM public.items ORDER BY name")
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows");
+    assert_eq!(rows, vec![(2, "first".into()), (2, "later".into())]);
+    common::cleanup_streams(&prefix).await;
+}
