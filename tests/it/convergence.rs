@@ -2,7 +2,6 @@
 //! duplication and batching of per-key histories ends in the in-order final state.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -10,13 +9,11 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
 use redsink::batch::Batcher;
 use redsink::config::MappingConfig;
-use redsink::decode::{self, Decoded};
-use redsink::map::{self, Mapping, TableName};
-use redsink::read::{EntryId, StreamEntry};
+use redsink::map::{Mapping, TableName};
 use redsink::write::{self, Writer};
 
 use crate::common::TestDb;
-use crate::{ITEMS, event, key};
+use crate::{ITEMS, compact_entry, event, to_change};
 
 /// One source change of one key: `None` = delete, else (name, qty).
 type Change = Option<(String, i32)>;
@@ -120,19 +117,8 @@ fn any_delivery_order_duplication_and_batching_converges() {
             let mut sizes = chunks.iter().cycle();
             let mut left = *sizes.next().unwrap_or(&1);
             for (n, (id, _, value)) in all.iter().enumerate() {
-                let entry = StreamEntry {
-                    stream: Arc::from("s"),
-                    id: EntryId {
-                        ms: n as u64 + 1,
-                        seq: 0,
-                    },
-                    fields: Some(vec![(key(*id).into_bytes(), value.clone().into_bytes())]),
-                };
-                let Ok(Decoded::Change(ev)) = decode::decode(&entry, &Default::default()) else {
-                    panic!("decodes");
-                };
-                let change = map::map_event(&mapping, &ev, entry.id, &table).expect("maps");
-                batcher.push_row(change, entry, Instant::now());
+                let entry = compact_entry(n as u64 + 1, *id, value);
+                batcher.push_row(to_change(&mapping, &table, &entry), entry, Instant::now());
                 left -= 1;
                 if left == 0 {
                     let _ = writer.write(&batcher.take()).await.expect("write");

@@ -3,13 +3,12 @@
 use std::time::{Duration, Instant};
 
 use redsink::batch::Batcher;
-use redsink::decode::{self, Decoded};
-use redsink::map::{self, Mapping, TableName};
+use redsink::map::{Mapping, TableName};
 use redsink::read::{self, Reader, StreamEntry};
 use redsink::write::{self, Writer};
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, add_items, fingerprint, items, items_mapping};
+use crate::{ITEMS, add_items, fingerprint, items, items_mapping, to_change};
 
 /// Reads entries as consumer `consumer` (they enter its PEL) without acking them.
 async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
@@ -59,11 +58,7 @@ async fn a_crash_between_commit_and_xack_redelivers_as_a_no_op() {
         .expect("table");
     let mut batcher = Batcher::new(100, Duration::from_secs(1));
     for entry in entries {
-        let Ok(Decoded::Change(ev)) = decode::decode(&entry, &config.decode) else {
-            panic!("decodes");
-        };
-        let change = map::map_event(&mapping, &ev, entry.id, &table).expect("maps");
-        batcher.push_row(change, entry, Instant::now());
+        batcher.push_row(to_change(&mapping, &table, &entry), entry, Instant::now());
     }
     let committed = writer.write(&batcher.take()).await.expect("commit");
     assert_eq!(committed.acks().len(), 3);

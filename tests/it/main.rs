@@ -66,3 +66,26 @@ pub async fn add_items(stream: &str, n: i64) {
         .await;
     }
 }
+
+/// The `n`-th entry (ID `n-0`) of stream `s` in compact format for item `id`.
+pub fn compact_entry(n: u64, id: i64, value: &str) -> redsink::read::StreamEntry {
+    redsink::read::StreamEntry {
+        stream: std::sync::Arc::from("s"),
+        id: redsink::read::EntryId { ms: n, seq: 0 },
+        fields: Some(vec![(key(id).into_bytes(), value.as_bytes().to_vec())]),
+    }
+}
+
+/// An entry through the real decode and map steps, as the pipeline does it.
+pub fn to_change(
+    mapping: &redsink::map::Mapping,
+    table: &std::sync::Arc<redsink::map::TableSchema>,
+    entry: &redsink::read::StreamEntry,
+) -> redsink::map::RowChange {
+    let Ok(redsink::decode::Decoded::Change(ev)) =
+        redsink::decode::decode(entry, &Default::default())
+    else {
+        panic!("entry {} decodes to a change", entry.id);
+    };
+    redsink::map::map_event(mapping, &ev, entry.id, table).expect("maps")
+}

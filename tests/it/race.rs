@@ -1,17 +1,14 @@
 //! Two instances writing one row at the same instant: the row locks make them take turns.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redsink::batch::{Batch, Batcher};
 use redsink::config::MappingConfig;
-use redsink::decode::{self, Decoded};
-use redsink::map::{self, Mapping, TableName};
-use redsink::read::{EntryId, StreamEntry};
+use redsink::map::{Mapping, TableName};
 use redsink::write::{self, Writer};
 
 use crate::common::TestDb;
-use crate::{ITEMS, event, item, items, key};
+use crate::{ITEMS, compact_entry, event, item, items, to_change};
 
 async fn writer(db: &TestDb) -> Writer {
     let pool = write::connect(&db.url, 2).await.expect("pg");
@@ -30,22 +27,8 @@ async fn batch(writer: &mut Writer, events: &[(i64, String)]) -> Batch {
         .expect("table");
     let mut batcher = Batcher::new(100, Duration::from_secs(60));
     for (n, (id, value)) in events.iter().enumerate() {
-        let entry = StreamEntry {
-            stream: Arc::from("s"),
-            id: EntryId {
-                ms: n as u64 + 1,
-                seq: 0,
-            },
-            fields: Some(vec![(key(*id).into_bytes(), value.clone().into_bytes())]),
-        };
-        let Ok(Decoded::Change(ev)) = decode::decode(&entry, &Default::default()) else {
-            panic!("decodes");
-        };
-        batcher.push_row(
-            map::map_event(&mapping, &ev, entry.id, &table).expect("maps"),
-            entry,
-            Instant::now(),
-        );
+        let entry = compact_entry(n as u64 + 1, *id, value);
+        batcher.push_row(to_change(&mapping, &table, &entry), entry, Instant::now());
     }
     batcher.take()
 }
