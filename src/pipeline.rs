@@ -2,7 +2,8 @@
 //! place that retries. No SQL and no Redis commands here.
 //!
 //! The loop, in priority order:
-//! 1. shutdown requested → flush, commit, ack, return;
+//! 1. shutdown requested → flush, commit, ack, leave the group (when nothing of ours is
+//!    pending), return;
 //! 2. the batch is full or its oldest entry has waited `max_delay` → flush;
 //! 3. periodically: claim entries idle on dead consumers, re-discover glob streams;
 //! 4. read (blocking at most until the flush deadline) and feed each entry through
@@ -262,7 +263,9 @@ impl Pipeline {
         loop {
             // 1. shutdown
             if shutdown.is_cancelled() {
-                self.flush(shutdown).await?;
+                if self.flush(shutdown).await? {
+                    self.reader.leave_group().await;
+                }
                 return Ok(());
             }
             // 2. flush deadline or full batch
@@ -459,9 +462,11 @@ impl Pipeline {
     /// (retrying likewise). On shutdown during an outage the batch is abandoned
     /// unacknowledged: its entries stay pending, to be read again by this consumer when it
     /// restarts under the same name, or claimed by another after `claim_idle`.
-    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
+    ///
+    /// `true` when everything read so far is acknowledged.
+    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<bool, PipelineError> {
         if self.batcher.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let batch = self.batcher.take();
         let writer = &self.writer;
@@ -471,14 +476,14 @@ impl Pipeline {
                 entries = batch.acks.len(),
                 "shutdown during a postgres outage: entries stay pending"
             );
-            return Ok(());
+            return Ok(false);
         };
         let acker = &mut self.acker;
         if retrying!(shutdown, "acknowledging", { acker.ack(&committed) })?.is_none() {
             tracing::warn!(
                 "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
             );
-            return Ok(());
+            return Ok(false);
         }
         self.stats.batches += 1;
         self.stats.rows_written += committed.rows() as u64;
@@ -489,7 +494,7 @@ impl Pipeline {
             acked = committed.acks().len(),
             "batch committed"
         );
-        Ok(())
+        Ok(true)
     }
 }
 

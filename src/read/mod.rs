@@ -355,6 +355,44 @@ impl Reader {
         outcome
     }
 
+    /// Removes this consumer from the group on every stream where it has nothing
+    /// pending (XGROUP DELCONSUMER would drop pending entries), so `XINFO CONSUMERS`
+    /// lists live instances only. Errors are logged: the next start cleans up anyway.
+    pub async fn leave_group(&mut self) {
+        let mut left = 0;
+        for (stream, _) in &self.streams {
+            let pending: redis::RedisResult<Vec<Value>> = redis::cmd("XPENDING")
+                .arg(stream.as_ref())
+                .arg(&self.group)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&self.consumer)
+                .query_async(&mut self.control)
+                .await;
+            let result = match pending {
+                Ok(p) if p.is_empty() => redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(stream.as_ref())
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .query_async::<i64>(&mut self.control)
+                    .await
+                    .map(|_| true),
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(true) => left += 1,
+                Ok(false) => {
+                    tracing::info!(stream = %stream, "entries still pending: staying in the group")
+                }
+                Err(e) => tracing::warn!(stream = %stream, error = %e, "leaving the group failed"),
+            }
+        }
+        tracing::info!(consumer = %self.consumer, streams = left, "left the consumer group");
+    }
+
     /// Takes over entries that have been pending on any consumer of the group for
     /// longer than `min_idle` (a consumer that died) and returns them for processing.
     /// Each stream's scan resumes where the previous round stopped. Entries deleted

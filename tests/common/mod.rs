@@ -374,3 +374,20 @@ pub async fn wait_rows(db: &TestDb, table: &str, rows: i64) {
     )
     .await;
 }
+
+/// Consumer names of `group` on `stream`.
+pub async fn consumers(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Vec<String> {
+    let list: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    list.iter()
+        .filter_map(|c| match c.get("name") {
+            Some(redis::Value::BulkString(n)) => Some(String::from_utf8_lossy(n).into_owned()),
+            _ => None,
+        })
+        .collect()
+}

@@ -165,6 +165,12 @@ async fn a_process_killed_mid_sync_resumes_without_loss_after_restart() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "SIGTERM exits 0, got {status}");
     assert_eq!(actual(&db).await, expected(&orders, n));
+    for s in &streams {
+        assert!(
+            common::consumers(&mut r, s, "redsink").await.is_empty(),
+            "k1 left the group on {s}"
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
     common::cleanup_streams(&prefix).await;
 }

@@ -75,6 +75,12 @@ async fn applies_reads_creates_updates_and_deletes_then_acks() {
     assert_eq!(stats.skipped, 1, "the tombstone");
     assert_eq!(stats.dead_lettered, 0);
     assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
+    assert!(
+        common::consumers(&mut r, &stream, "redsink")
+            .await
+            .is_empty(),
+        "a clean shutdown leaves the group"
+    );
     let checkpoint: String = sqlx::query_scalar(
         "SELECT last_id FROM redsink.checkpoints WHERE consumer_group = 'redsink' AND stream = $1",
     )
