@@ -9,6 +9,9 @@
 //! 4. read (blocking at most until the flush deadline) and feed each entry through
 //!    decode → map → batch.
 //!
+//! A flush hands the batch to a task that writes and acknowledges it while the loop
+//! fills the next one; at most one batch is in flight, so batches commit in order.
+//!
 //! Reads are never cancelled (a cancelled XREADGROUP can strand entries in the PEL);
 //! shutdown is noticed between reads, so it takes at most `redis.block`.
 
@@ -159,6 +162,8 @@ struct Pipeline {
     acker: Acker,
     batcher: Batcher,
     stats: Stats,
+    /// The batch being written and acknowledged while the next one fills.
+    in_flight: Option<tokio::task::JoinHandle<Result<Option<Done>, PipelineError>>>,
 }
 
 impl Pipeline {
@@ -222,6 +227,7 @@ impl Pipeline {
             acker,
             batcher,
             stats: Stats::default(),
+            in_flight: None,
         };
         if retrying!(shutdown, "discovering streams", { pipeline.discover() })?.is_none() {
             return Ok(None);
@@ -263,7 +269,7 @@ impl Pipeline {
         loop {
             // 1. shutdown
             if shutdown.is_cancelled() {
-                if self.flush(shutdown).await? {
+                if self.drain(shutdown).await? {
                     self.reader.leave_group().await;
                 }
                 return Ok(());
@@ -272,7 +278,10 @@ impl Pipeline {
             if self.batcher.should_flush(Instant::now()) {
                 self.flush(shutdown).await?;
             }
-            // 3. housekeeping
+            // 3. housekeeping: collect the batch in flight once done (stats, errors)
+            if self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
+                self.wait_in_flight().await?;
+            }
             if last_claim.elapsed() >= claim_every {
                 last_claim = Instant::now();
                 let room = self.batcher.room().max(1);
@@ -312,7 +321,7 @@ impl Pipeline {
                     tracing::warn!(error = %e, cause = %source_chain(&e), "reading from redis failed, retrying");
                     // What was read is still applied and acked; then the PEL is re-read,
                     // because the failed read may have delivered entries we never saw.
-                    self.flush(shutdown).await?;
+                    self.drain(shutdown).await?;
                     let retry = read_retry.get_or_insert_with(Retry::new);
                     if !retry.wait(shutdown).await {
                         continue;
@@ -458,44 +467,91 @@ impl Pipeline {
         }
     }
 
-    /// Writes the batch (retrying transient errors), then dead-letters and acks it
-    /// (retrying likewise). On shutdown during an outage the batch is abandoned
-    /// unacknowledged: its entries stay pending, to be read again by this consumer when it
-    /// restarts under the same name, or claimed by another after `claim_idle`.
-    ///
-    /// `true` when everything read so far is acknowledged.
-    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<bool, PipelineError> {
+    /// Hands the batch to a task that writes it (retrying transient errors), then
+    /// dead-letters and acknowledges it (retrying likewise), while this loop reads and
+    /// decodes the next one. At most one batch is in flight: this first waits for the
+    /// previous one, so batches commit in order.
+    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
+        self.wait_in_flight().await?;
         if self.batcher.is_empty() {
-            return Ok(true);
+            return Ok(());
         }
         let batch = self.batcher.take();
-        let writer = &self.writer;
-        let Some(committed) = retrying!(shutdown, "writing to postgres", { writer.write(&batch) })?
-        else {
-            tracing::warn!(
-                entries = batch.acks.len(),
-                "shutdown during a postgres outage: entries stay pending"
-            );
-            return Ok(false);
-        };
-        let acker = &mut self.acker;
-        if retrying!(shutdown, "acknowledging", { acker.ack(&committed) })?.is_none() {
-            tracing::warn!(
-                "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
-            );
-            return Ok(false);
-        }
-        self.stats.batches += 1;
-        self.stats.rows_written += committed.rows() as u64;
-        self.stats.dead_lettered += committed.dead().len() as u64;
-        self.stats.acked += committed.acks().len() as u64;
-        tracing::debug!(
-            rows = committed.rows(),
-            acked = committed.acks().len(),
-            "batch committed"
-        );
-        Ok(true)
+        let writer = self.writer.for_writes();
+        let acker = self.acker.clone();
+        let shutdown = shutdown.clone();
+        self.in_flight = Some(tokio::spawn(write_and_ack(writer, acker, batch, shutdown)));
+        Ok(())
     }
+
+    /// Flushes and waits: `true` when everything read so far is acknowledged.
+    async fn drain(&mut self, shutdown: &CancellationToken) -> Result<bool, PipelineError> {
+        self.flush(shutdown).await?;
+        self.wait_in_flight().await
+    }
+
+    /// Waits for the batch in flight, if any: `true` when it was acknowledged.
+    async fn wait_in_flight(&mut self) -> Result<bool, PipelineError> {
+        let Some(handle) = self.in_flight.take() else {
+            return Ok(true);
+        };
+        let outcome = match handle.await {
+            Ok(outcome) => outcome?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(PipelineError::Config(format!("the writer task ended: {e}"))),
+        };
+        if let Some(done) = &outcome {
+            self.stats.batches += 1;
+            self.stats.rows_written += done.rows;
+            self.stats.dead_lettered += done.dead;
+            self.stats.acked += done.acked;
+        }
+        Ok(outcome.is_some())
+    }
+}
+
+/// What a written and acknowledged batch amounted to.
+struct Done {
+    rows: u64,
+    dead: u64,
+    acked: u64,
+}
+
+/// Writes one batch, then dead-letters and acknowledges it. `None`: shutdown came during
+/// an outage and the batch was abandoned unacknowledged: its entries stay pending, to be
+/// read again by this consumer when it restarts under the same name, or claimed by
+/// another after `claim_idle`.
+async fn write_and_ack(
+    writer: Writer,
+    mut acker: Acker,
+    batch: crate::batch::Batch,
+    shutdown: CancellationToken,
+) -> Result<Option<Done>, PipelineError> {
+    let shutdown = &shutdown;
+    let Some(committed) = retrying!(shutdown, "writing to postgres", { writer.write(&batch) })?
+    else {
+        tracing::warn!(
+            entries = batch.acks.len(),
+            "shutdown during a postgres outage: entries stay pending"
+        );
+        return Ok(None);
+    };
+    if retrying!(shutdown, "acknowledging", { acker.ack(&committed) })?.is_none() {
+        tracing::warn!(
+            "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
+        );
+        return Ok(None);
+    }
+    tracing::debug!(
+        rows = committed.rows(),
+        acked = committed.acks().len(),
+        "batch committed"
+    );
+    Ok(Some(Done {
+        rows: committed.rows() as u64,
+        dead: committed.dead().len() as u64,
+        acked: committed.acks().len() as u64,
+    }))
 }
 
 enum Prepared {

@@ -35,6 +35,7 @@ impl AckError {
 }
 
 /// Acknowledges committed batches and writes dead letters.
+#[derive(Clone)]
 pub struct Acker {
     conn: ConnectionManager,
     group: String,

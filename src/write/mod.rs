@@ -213,6 +213,12 @@ impl Writer {
         &self.pool
     }
 
+    /// A writer on the same pool for writing batches elsewhere (another task); its
+    /// catalog cache starts empty.
+    pub fn for_writes(&self) -> Writer {
+        Writer::new(self.pool.clone(), &self.group)
+    }
+
     /// The catalog facts of a table, read once and cached.
     pub async fn table(&mut self, name: &TableName) -> Result<Arc<TableSchema>, WriteError> {
         if let Some(t) = self.tables.get(name) {
