@@ -67,6 +67,9 @@ pub struct RedisConfig {
     /// Entries pending longer than this on any consumer are claimed (XAUTOCLAIM).
     #[serde(default = "default_claim_idle", deserialize_with = "de_duration")]
     pub claim_idle: Duration,
+    /// Other consumers idle this long with nothing pending are removed from the group.
+    #[serde(default = "default_prune_idle", deserialize_with = "de_duration")]
+    pub prune_idle: Duration,
     /// Suffix of the dead-letter stream: `<stream><dlq_suffix>`.
     #[serde(default = "default_dlq_suffix")]
     pub dlq_suffix: String,
@@ -191,6 +194,9 @@ fn default_start() -> String {
 }
 fn default_block() -> Duration {
     Duration::from_secs(1)
+}
+fn default_prune_idle() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_claim_idle() -> Duration {
     Duration::from_secs(30)
@@ -434,6 +440,7 @@ impl fmt::Debug for RedisConfig {
             .field("start", &self.start)
             .field("block", &self.block)
             .field("claim_idle", &self.claim_idle)
+            .field("prune_idle", &self.prune_idle)
             .field("dlq_suffix", &self.dlq_suffix)
             .finish()
     }

@@ -291,6 +291,9 @@ impl Pipeline {
                     .await;
                 self.stats.claimed += entries.len() as u64;
                 self.process(entries, shutdown).await?;
+                self.reader
+                    .prune_consumers(self.config.redis.prune_idle)
+                    .await;
             }
             if last_discover.elapsed() >= DISCOVER_EVERY {
                 last_discover = Instant::now();

@@ -393,6 +393,61 @@ impl Reader {
         tracing::info!(consumer = %self.consumer, streams = left, "left the consumer group");
     }
 
+    /// Removes from the group the other consumers that have been idle for `min_idle`
+    /// with nothing pending (instances that were killed), so `XINFO CONSUMERS` lists
+    /// live instances. A live instance is never idle for long (it reads every `block`),
+    /// and one removed by mistake is re-created by its next read.
+    pub async fn prune_consumers(&mut self, min_idle: Duration) -> usize {
+        let idle_ms = i64::try_from(min_idle.as_millis()).unwrap_or(i64::MAX);
+        let mut pruned = 0;
+        for (stream, _) in &self.streams {
+            let consumers: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(stream.as_ref())
+                    .arg(&self.group)
+                    .query_async(&mut self.control)
+                    .await;
+            let consumers = match consumers {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "listing consumers failed");
+                    continue;
+                }
+            };
+            for c in consumers {
+                let int = |k: &str| match c.get(k) {
+                    Some(Value::Int(n)) => *n,
+                    _ => -1,
+                };
+                let name = match c.get("name") {
+                    Some(Value::BulkString(n)) => String::from_utf8_lossy(n).into_owned(),
+                    _ => continue,
+                };
+                if name == self.consumer || int("pending") != 0 || int("idle") < idle_ms {
+                    continue;
+                }
+                let removed: redis::RedisResult<i64> = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(stream.as_ref())
+                    .arg(&self.group)
+                    .arg(&name)
+                    .query_async(&mut self.control)
+                    .await;
+                match removed {
+                    Ok(_) => {
+                        pruned += 1;
+                        tracing::info!(stream = %stream, consumer = %name, "removed an idle consumer with nothing pending");
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = %stream, consumer = %name, error = %e, "removing an idle consumer failed")
+                    }
+                }
+            }
+        }
+        pruned
+    }
+
     /// Takes over entries that have been pending on any consumer of the group for
     /// longer than `min_idle` (a consumer that died) and returns them for processing.
     /// Each stream's scan resumes where the previous round stopped. Entries deleted

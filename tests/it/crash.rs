@@ -94,8 +94,15 @@ async fn a_crash_before_commit_redelivers_and_applies_even_to_another_consumer()
     // A different consumer claims the dead one's entries once idle and applies them.
     let mut config = common::config(&db, "alive", &items_mapping(&prefix));
     config.redis.claim_idle = Duration::from_millis(500);
+    config.redis.prune_idle = Duration::from_millis(500);
     let stats = common::sync(config, std::slice::from_ref(&stream)).await;
     assert_eq!(stats.claimed, 3);
+    assert!(
+        common::consumers(&mut r, &stream, "redsink")
+            .await
+            .is_empty(),
+        "the dead consumer was pruned once it had nothing pending, the live one left on shutdown"
+    );
     assert_eq!(items(&db).await.len(), 3);
     assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
     common::cleanup_streams(&prefix).await;
