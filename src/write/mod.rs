@@ -209,10 +209,6 @@ impl Writer {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// A writer on the same pool for writing batches elsewhere (another task); its
     /// catalog cache starts empty.
     pub fn for_writes(&self) -> Writer {
