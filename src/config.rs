@@ -67,6 +67,10 @@ pub struct RedisConfig {
     /// Entries pending longer than this on any consumer are claimed (XAUTOCLAIM).
     #[serde(default = "default_claim_idle", deserialize_with = "de_duration")]
     pub claim_idle: Duration,
+    /// An entry delivered more often than this without being acknowledged (it keeps
+    /// crashing or stalling an instance) goes to the dead-letter stream; 0 = no limit.
+    #[serde(default = "default_max_deliveries", deserialize_with = "de_u64")]
+    pub max_deliveries: u64,
     /// Other consumers idle this long with nothing pending are removed from the group.
     #[serde(default = "default_prune_idle", deserialize_with = "de_duration")]
     pub prune_idle: Duration,
@@ -194,6 +198,9 @@ fn default_start() -> String {
 }
 fn default_block() -> Duration {
     Duration::from_secs(1)
+}
+fn default_max_deliveries() -> u64 {
+    10
 }
 fn default_prune_idle() -> Duration {
     Duration::from_secs(3600)
@@ -441,6 +448,7 @@ impl fmt::Debug for RedisConfig {
             .field("block", &self.block)
             .field("claim_idle", &self.claim_idle)
             .field("prune_idle", &self.prune_idle)
+            .field("max_deliveries", &self.max_deliveries)
             .field("dlq_suffix", &self.dlq_suffix)
             .finish()
     }

@@ -347,7 +347,17 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let now = Instant::now();
         self.stats.read += entries.len() as u64;
+        let max = self.config.redis.max_deliveries;
         for entry in entries {
+            if max > 0 && entry.deliveries > max {
+                let reason = format!(
+                    "delivered {} times without being acknowledged (max_deliveries = {max}): \
+                     it may crash or stall redsink",
+                    entry.deliveries
+                );
+                self.batcher.push_dead(entry, reason, now);
+                continue;
+            }
             match self.prepare(&entry, shutdown).await {
                 Ok(Prepared::Interrupted) => return Ok(()),
                 Ok(Prepared::Row(change)) => self.batcher.push_row(change, entry, now),

@@ -27,6 +27,7 @@ fn table() -> Arc<TableSchema> {
 
 fn entry(stream: &str, ms: u64) -> StreamEntry {
     StreamEntry {
+        deliveries: 0,
         stream: Arc::from(stream),
         id: EntryId { ms, seq: 0 },
         fields: Some(vec![]),

@@ -14,6 +14,7 @@ fn fixture(name: &str) -> String {
 
 fn compact(stream: &str, key: &str, value: &str) -> StreamEntry {
     StreamEntry {
+        deliveries: 0,
         stream: Arc::from(stream),
         id: EntryId { ms: 1, seq: 0 },
         fields: Some(vec![(key.as_bytes().to_vec(), value.as_bytes().to_vec())]),
@@ -39,6 +40,7 @@ fn capture(name: &str) -> Vec<StreamEntry> {
                 })
                 .collect();
             StreamEntry {
+                deliveries: 0,
                 stream: Arc::from(v["stream"].as_str().expect("stream")),
                 id: EntryId {
                     ms: i as u64 + 1,
@@ -227,6 +229,7 @@ fn bad_entries_are_errors_that_say_what_and_where() {
         ),
         (
             StreamEntry {
+                deliveries: 0,
                 stream: Arc::from("s"),
                 id: EntryId { ms: 7, seq: 1 },
                 fields: Some(vec![
@@ -243,6 +246,7 @@ fn bad_entries_are_errors_that_say_what_and_where() {
         assert!(err.to_string().starts_with("stream s entry "), "{err}");
     }
     let bad_utf8 = StreamEntry {
+        deliveries: 0,
         stream: Arc::from("s"),
         id: EntryId { ms: 1, seq: 0 },
         fields: Some(vec![(b"{}".to_vec(), vec![0xff, 0xfe])]),
@@ -285,6 +289,7 @@ fn recognises_what_is_not_a_row_change() {
         Skip::Message
     );
     let deleted = StreamEntry {
+        deliveries: 0,
         stream: Arc::from("s"),
         id: EntryId::ZERO,
         fields: None,
@@ -306,6 +311,7 @@ fn recognises_what_is_not_a_row_change() {
 fn extended_format_is_read_by_field_name() {
     let config = DecodeConfig::default();
     let entry = StreamEntry {
+        deliveries: 0,
         stream: Arc::from("s"),
         id: EntryId { ms: 1, seq: 0 },
         fields: Some(vec![
@@ -330,7 +336,7 @@ proptest! {
     /// Arbitrary bytes never panic the decoder: every failure is a typed error.
     #[test]
     fn never_panics_on_arbitrary_fields(fields in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..40), proptest::collection::vec(any::<u8>(), 0..80)), 0..4)) {
-        let entry = StreamEntry { stream: Arc::from("s"), id: EntryId::ZERO, fields: Some(fields) };
+        let entry = StreamEntry { stream: Arc::from("s"), id: EntryId::ZERO, fields: Some(fields), deliveries: 0 };
         let _ = decode(&entry, &DecodeConfig::default());
     }
 

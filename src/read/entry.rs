@@ -39,6 +39,9 @@ pub struct StreamEntry {
     pub stream: Arc<str>,
     pub id: EntryId,
     pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// How often the group delivered it (XPENDING), when read again from a PEL or
+    /// claimed; 0 for a first delivery, where it is 1 and not asked for.
+    pub deliveries: u64,
 }
 
 #[cfg(test)]

@@ -300,7 +300,11 @@ impl Reader {
             cmd.arg(id.to_string());
         }
         let reply = self.query_blocking(&cmd, Duration::ZERO).await?;
-        let entries = parse_read_reply(reply)?;
+        let mut entries = parse_read_reply(reply)?;
+        // These were delivered before: ask how often (for max_deliveries).
+        for (stream, _) in pending {
+            self.fill_deliveries(stream, &mut entries).await?;
+        }
         // Advance each stream's cursor past what came back; a stream with nothing left
         // pending switches to new entries.
         for (stream, _) in pending {
@@ -353,6 +357,43 @@ impl Reader {
             self.blocking = Some(conn);
         }
         outcome
+    }
+
+    /// Sets `deliveries` of this consumer's pending entries of `stream` among `entries`,
+    /// from XPENDING over their ID range (one round trip).
+    async fn fill_deliveries(
+        &mut self,
+        stream: &Arc<str>,
+        entries: &mut [StreamEntry],
+    ) -> Result<(), ReadError> {
+        let ids: Vec<EntryId> = entries
+            .iter()
+            .filter(|e| e.stream == *stream && e.fields.is_some())
+            .map(|e| e.id)
+            .collect();
+        let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(());
+        };
+        let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(stream.as_ref())
+            .arg(&self.group)
+            .arg(first.to_string())
+            .arg(last.to_string())
+            .arg(ids.len())
+            .arg(&self.consumer)
+            .query_async(&mut self.control)
+            .await
+            .map_err(ReadError::redis(format!("XPENDING on {stream}")))?;
+        let counts: std::collections::HashMap<EntryId, u64> = reply
+            .into_iter()
+            .filter_map(|(id, _, _, n)| EntryId::parse(&id).map(|id| (id, n)))
+            .collect();
+        for e in entries.iter_mut().filter(|e| e.stream == *stream) {
+            if let Some(n) = counts.get(&e.id) {
+                e.deliveries = *n;
+            }
+        }
+        Ok(())
     }
 
     /// Removes this consumer from the group on every stream where it has nothing
@@ -482,8 +523,11 @@ impl Reader {
                 .map_err(ReadError::redis(format!("XAUTOCLAIM on {stream}")))
                 .and_then(|r| parse_autoclaim_reply(&stream, r));
             match parsed {
-                Ok((next, claimed)) => {
+                Ok((next, mut claimed)) => {
                     self.claim_cursors.insert(stream.clone(), next);
+                    if let Err(e) = self.fill_deliveries(&stream, &mut claimed).await {
+                        tracing::warn!(stream = %stream, error = %e, "reading delivery counts failed");
+                    }
                     if !claimed.is_empty() {
                         tracing::warn!(
                             stream = %stream,
@@ -593,6 +637,7 @@ fn parse_entries(
             other => return Err(reply_err(command, format!("bad fields {other:?}"))),
         };
         out.push(StreamEntry {
+            deliveries: 0,
             stream: stream.clone(),
             id,
             fields,
@@ -627,6 +672,7 @@ fn parse_autoclaim_reply(
             let text = String::from_utf8(bytes(id, CMD)?).map_err(|_| reply_err(CMD, "bad ID"))?;
             let id = EntryId::parse(&text).ok_or_else(|| reply_err(CMD, "bad ID"))?;
             out.push(StreamEntry {
+                deliveries: 0,
                 stream: stream.clone(),
                 id,
                 fields: None,

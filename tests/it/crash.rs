@@ -107,3 +107,52 @@ async fn a_crash_before_commit_redelivers_and_applies_even_to_another_consumer()
     assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn an_entry_delivered_too_often_is_dead_lettered() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    add_items(&stream, 2).await;
+    // Consumer c1 got the entries 4 times without acknowledging them (it kept crashing).
+    let mut r = common::redis().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("redsink")
+        .arg("0")
+        .query_async(&mut r)
+        .await
+        .expect("group");
+    for id in [">", "0", "0", "0"] {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("redsink")
+            .arg("c1")
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(id)
+            .query_async(&mut r)
+            .await
+            .expect("XREADGROUP");
+    }
+    let mut config = common::config(&db, "c1", &items_mapping(&prefix));
+    config.redis.max_deliveries = 4;
+    let stats = common::sync(config, std::slice::from_ref(&stream)).await;
+    assert_eq!(stats.dead_lettered, 2, "the 5th delivery is one too many");
+    assert!(items(&db).await.is_empty());
+    let dlq: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("{stream}:dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .expect("XRANGE");
+    assert!(
+        dlq[0].1["redsink.error"].contains("delivered 5 times"),
+        "{:?}",
+        dlq[0].1
+    );
+    common::cleanup_streams(&prefix).await;
+}

@@ -70,6 +70,7 @@ pub async fn add_items(stream: &str, n: i64) {
 /// The `n`-th entry (ID `n-0`) of stream `s` in compact format for item `id`.
 pub fn compact_entry(n: u64, id: i64, value: &str) -> redsink::read::StreamEntry {
     redsink::read::StreamEntry {
+        deliveries: 0,
         stream: std::sync::Arc::from("s"),
         id: redsink::read::EntryId { ms: n, seq: 0 },
         fields: Some(vec![(key(id).into_bytes(), value.as_bytes().to_vec())]),
