@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::config::TruncateMode;
 use crate::decode::{self, Decoded, Op, Skip};
 use crate::map::{self, MapError, Mapping};
-use crate::read::{self, ReadError, Reader, StreamEntry, StreamPattern};
+use crate::read::{self, ReadError, Reader, StreamEntry};
 use crate::write::{self, ErrorClass, WriteError, Writer};
 
 /// How often glob patterns are re-scanned for new streams.
@@ -244,8 +244,7 @@ impl Pipeline {
     /// Finds the streams of every mapping and starts reading the new ones.
     async fn discover(&mut self) -> Result<(), ReadError> {
         for m in &self.mappings {
-            let patterns: Vec<StreamPattern> = m.streams.clone();
-            let names = self.reader.discover(&patterns).await?;
+            let names = self.reader.discover(&m.streams).await?;
             let names: Vec<String> = names
                 .into_iter()
                 .filter(|n| !n.ends_with(&self.config.redis.dlq_suffix))
@@ -400,20 +399,13 @@ impl Pipeline {
             )));
         };
         let mapping = &self.mappings[index];
+        let templated = mapping.table.is_templated();
         let table_name = match mapping.table.resolve(&event, &entry.stream) {
             Ok(t) => t,
             Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
             Err(e) => return Err(e.into()),
         };
-        let table = match self
-            .table(
-                &table_name,
-                mapping.table.fixed().is_none(),
-                false,
-                shutdown,
-            )
-            .await?
-        {
+        let table = match self.table(&table_name, templated, false, shutdown).await? {
             Ok(table) => table,
             Err(prepared) => return Ok(prepared),
         };
@@ -432,7 +424,6 @@ impl Pipeline {
             // The column may have been added since the catalog was read: read it again
             // (at most every few seconds per table) before giving up on the event.
             Err(MapError::UnknownColumn(_)) => {
-                let templated = mapping.table.fixed().is_none();
                 match self.table(&table_name, templated, true, shutdown).await? {
                     Ok(table) => map::map_event(&self.mappings[index], &event, entry.id, &table),
                     Err(prepared) => return Ok(prepared),

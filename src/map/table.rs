@@ -98,6 +98,11 @@ impl TableTemplate {
         Ok(template)
     }
 
+    /// Whether the name comes from the event (the template has placeholders).
+    pub fn is_templated(&self) -> bool {
+        self.parts.iter().any(|p| !matches!(p, Part::Literal(_)))
+    }
+
     /// The table, when the template has no placeholders.
     pub fn fixed(&self) -> Option<Result<TableName, String>> {
         match self.parts.as_slice() {
@@ -233,6 +238,12 @@ mod tests {
         assert_eq!(
             t.resolve(&event, "s").expect("resolves").to_string(),
             "replica.orders"
+        );
+        assert!(t.is_templated());
+        assert!(
+            !TableTemplate::parse("public.orders")
+                .expect("valid")
+                .is_templated()
         );
         let t = TableTemplate::parse("${source.schema}.x").expect("valid");
         assert!(t.resolve(&event, "s").is_err());

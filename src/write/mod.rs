@@ -375,8 +375,13 @@ fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
             continue;
         }
         tables.push((table_lock(&t.table.name), true));
+        // Which buckets the rows touch first, then one lock ID per bucket (not per row).
+        let mut used = [false; LOCK_BUCKETS as usize];
         for row in &t.rows {
             let bucket = crate::produce::fnv1a64(row.change.key_text.as_bytes()) % LOCK_BUCKETS;
+            used[bucket as usize] = true;
+        }
+        for (bucket, _) in used.iter().enumerate().filter(|(_, u)| **u) {
             buckets.push((id(format!("redsink\0{}\0{bucket}", t.table.name)), false));
         }
     }
