@@ -242,27 +242,43 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Waits until `group` has read and acknowledged everything on `streams`; panics
+    /// with the pipeline's error if it ends first, or after 120 s.
+    pub async fn until_drained(self, streams: &[String], group: &str) -> Self {
+        self.until_drained_at(&redis_url(), streams, group).await
+    }
+
+    /// [`Running::until_drained`] on the Redis at `url`.
+    pub async fn until_drained_at(self, url: &str, streams: &[String], group: &str) -> Self {
+        let mut conn = redis::Client::open(url)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        let start = Instant::now();
+        while !drained(&mut conn, streams, group).await {
+            if self.is_finished() {
+                panic!("pipeline ended early: {:?}", self.stop().await);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "not drained after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self
+    }
+}
+
 /// Runs a pipeline until `streams` are drained, then stops it.
 pub async fn sync(config: Config, streams: &[String]) -> Stats {
-    let running = Running::start(config);
-    let mut conn = redis().await;
-    let group = "redsink";
-    let start = Instant::now();
-    loop {
-        if running.is_finished() {
-            let err = running.stop().await;
-            panic!("pipeline ended early: {err:?}");
-        }
-        if drained(&mut conn, streams, group).await {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "not drained after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    running.stop().await.expect("pipeline stops cleanly")
+    Running::start(config)
+        .until_drained(streams, "redsink")
+        .await
+        .stop()
+        .await
+        .expect("pipeline stops cleanly")
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -195,18 +195,8 @@ async fn two_groups_applying_the_same_events_at_once_converge() {
     b.redis.consumer = Some("b".into());
     b.batch.max_batch = 37;
     let (ra, rb) = (common::Running::start(a), common::Running::start(b));
-    let mut r = common::redis().await;
-    let start = Instant::now();
-    while !(common::drained(&mut r, &streams, "redsink").await
-        && common::drained(&mut r, &streams, "other").await)
-    {
-        assert!(
-            !ra.is_finished() && !rb.is_finished(),
-            "a pipeline ended early"
-        );
-        assert!(start.elapsed() < Duration::from_secs(120), "not drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ra = ra.until_drained(&streams, "redsink").await;
+    let rb = rb.until_drained(&streams, "other").await;
     ra.stop().await.expect("a stops");
     rb.stop().await.expect("b stops");
     assert_eq!(actual(&db).await, expected(&orders, n));

@@ -129,14 +129,9 @@ async fn a_column_added_while_running_is_found_and_a_missing_templated_table_is_
     let other = event("c", 12, "null", &item(3, "c", "B88="))
         .replace(r#""table":"items""#, r#""table":"nope""#);
     let missing = common::xadd(&mut r, &stream, &key(3), &other).await;
-    common::wait_for("drained", std::time::Duration::from_secs(30), || {
-        let stream = stream.clone();
-        async move {
-            let mut r = common::redis().await;
-            common::drained(&mut r, std::slice::from_ref(&stream), "redsink").await
-        }
-    })
-    .await;
+    let running = running
+        .until_drained(std::slice::from_ref(&stream), "redsink")
+        .await;
     let stats = running
         .stop()
         .await
@@ -194,18 +189,9 @@ async fn a_column_added_while_a_batch_holds_rows_of_the_table_is_handled() {
         &event("c", 11, "null", &item(2, "b", "B88=")),
     )
     .await;
-    common::wait_for("drained", std::time::Duration::from_secs(30), || {
-        let stream = stream.clone();
-        async move {
-            common::drained(
-                &mut common::redis().await,
-                std::slice::from_ref(&stream),
-                "redsink",
-            )
-            .await
-        }
-    })
-    .await;
+    let running = running
+        .until_drained(std::slice::from_ref(&stream), "redsink")
+        .await;
     let stats = running.stop().await.expect("no panic, no fatal error");
     assert_eq!(stats.dead_lettered, 0);
     let rows: Vec<(i32, Option<i32>)> =
