@@ -166,6 +166,21 @@ struct RunResult {
     seconds: f64,
     rss_mib: f64,
     cpu_s: f64,
+    /// From redsink's final stats line: (batches, postgres statements, redis commands).
+    trips: (u64, u64, u64),
+}
+
+/// `name: N` from redsink's `Stats { … }` debug output.
+fn stat(line: &str, name: &str) -> u64 {
+    let key = format!("{name}: ");
+    line.find(&key)
+        .and_then(|i| {
+            line[i + key.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The redsink binary, running with a config for the bench streams.
@@ -194,7 +209,8 @@ impl Redsink {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_redsink"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("REDSINK_LOG", "warn")
+            .env("REDSINK_LOG", "warn,redsink::pipeline=info")
+            .stderr(std::process::Stdio::piped())
             .spawn()?;
         Ok(Self {
             child,
@@ -226,12 +242,20 @@ impl Redsink {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        self.child.wait()?;
+        let output = self.child.wait_with_output()?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        let stopped = log.lines().rfind(|l| l.contains("stopped")).unwrap_or("");
+        let trips = (
+            stat(stopped, "batches"),
+            stat(stopped, "pg_round_trips"),
+            stat(stopped, "redis_round_trips"),
+        );
         std::fs::remove_dir_all(&self.dir).ok();
         Ok(RunResult {
             seconds,
             rss_mib: self.usage.0,
             cpu_s: self.usage.1,
+            trips,
         })
     }
 }
@@ -421,8 +445,10 @@ async fn throughput(o: &Options, workload: &str) -> Res<()> {
     let naive_eps = run_naive(&mut redis, &pool, &streams, o.naive_events).await?;
     let pg_eps = run_pg_alone(&orders, o.events).await?;
 
+    let (batches, pg, rd) = r.trips;
+    let per = |n: u64| n as f64 / batches.max(1) as f64;
     println!(
-        "| {workload} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1}× | {:.2}× | {:.0} | {:.1} | {:.1} |",
+        "| {workload} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1}× | {:.2}× | {:.0} | {:.1} | {:.1} | {batches} | {:.2} | {:.2} |",
         o.events,
         rows,
         redsink_eps,
@@ -432,7 +458,9 @@ async fn throughput(o: &Options, workload: &str) -> Res<()> {
         redsink_eps / pg_eps,
         r.rss_mib,
         r.cpu_s,
-        produce_s
+        produce_s,
+        per(pg),
+        per(rd),
     );
     std::io::stdout().flush()?;
     Ok(())
@@ -519,10 +547,10 @@ async fn main() -> Res<()> {
         return latency(&o, rate).await;
     }
     println!(
-        "| workload | events | rows | redsink ev/s | naive ev/s ({} events) | postgres alone ev/s | vs naive | vs postgres alone | redsink peak RSS MiB | redsink CPU s | produce s |",
+        "| workload | events | rows | redsink ev/s | naive ev/s ({} events) | postgres alone ev/s | vs naive | vs postgres alone | redsink peak RSS MiB | redsink CPU s | produce s | batches | postgres round trips per batch | redis round trips per batch |",
         o.naive_events
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for w in &o.workloads {
         throughput(&o, w).await?;
     }

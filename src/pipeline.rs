@@ -6,8 +6,8 @@
 //!    pending), return;
 //! 2. the batch is full or its oldest entry has waited `max_delay` → flush;
 //! 3. periodically: claim entries idle on dead consumers, re-discover glob streams;
-//! 4. read (blocking at most until the flush deadline) and feed each entry through
-//!    decode → map → batch.
+//! 4. read the next entries (blocking at most until the flush deadline) while the
+//!    previous read's go through decode → map → batch.
 //!
 //! A flush hands the batch to a task that writes and acknowledges it while the loop
 //! fills the next one; at most one batch is in flight, so batches commit in order.
@@ -67,6 +67,10 @@ pub struct Stats {
     pub acked: u64,
     pub batches: u64,
     pub claimed: u64,
+    /// Statements sent to Postgres to write batches (a transaction's opening is one).
+    pub pg_round_trips: u64,
+    /// Commands and pipelines sent to Redis to read entries and to acknowledge them.
+    pub redis_round_trips: u64,
 }
 
 /// Backoff with jitter between attempts; waiting gives up when shutdown is requested.
@@ -149,15 +153,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
         return Ok(Stats::default());
     };
     let result = pipeline.run_loop(&shutdown).await;
-    tracing::info!(stats = ?pipeline.stats, "stopped");
-    result.map(|()| pipeline.stats)
+    let stats = pipeline.stats();
+    tracing::info!(stats = ?stats, "stopped");
+    result.map(|()| stats)
 }
 
 struct Pipeline {
+    reader: Reader,
+    /// Entries read while the previous read's were being decoded: processed next.
+    prefetched: Vec<StreamEntry>,
+    core: Core,
+}
+
+/// Everything but the reader, so a read can run while entries are decoded.
+struct Core {
     config: Config,
     mappings: Vec<Mapping>,
     routes: HashMap<Arc<str>, usize>,
-    reader: Reader,
     writer: Writer,
     acker: Acker,
     batcher: Batcher,
@@ -219,48 +231,62 @@ impl Pipeline {
         }
         let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
         let mut pipeline = Self {
-            config,
-            mappings,
-            routes: HashMap::new(),
             reader,
-            writer,
-            acker,
-            batcher,
-            stats: Stats::default(),
-            in_flight: None,
+            prefetched: Vec::new(),
+            core: Core {
+                config,
+                mappings,
+                routes: HashMap::new(),
+                writer,
+                acker,
+                batcher,
+                stats: Stats::default(),
+                in_flight: None,
+            },
         };
         if retrying!(shutdown, "discovering streams", { pipeline.discover() })?.is_none() {
             return Ok(None);
         }
         tracing::info!(
-            consumer = pipeline.config.consumer(),
-            group = %pipeline.config.redis.group,
-            streams = pipeline.routes.len(),
+            consumer = pipeline.core.config.consumer(),
+            group = %pipeline.core.config.redis.group,
+            streams = pipeline.core.routes.len(),
             "started"
         );
         Ok(Some(pipeline))
     }
 
+    fn stats(&self) -> Stats {
+        Stats {
+            pg_round_trips: self.core.writer.round_trips(),
+            redis_round_trips: self.reader.round_trips() + self.core.acker.round_trips(),
+            ..self.core.stats.clone()
+        }
+    }
+
     /// Finds the streams of every mapping and starts reading the new ones.
     async fn discover(&mut self) -> Result<(), ReadError> {
-        for m in &self.mappings {
+        for m in &self.core.mappings {
             let names = self.reader.discover(&m.streams).await?;
             let names: Vec<String> = names
                 .into_iter()
-                .filter(|n| !n.ends_with(&self.config.redis.dlq_suffix))
+                .filter(|n| !n.ends_with(&self.core.config.redis.dlq_suffix))
                 .collect();
             self.reader
-                .add_streams(&names, &self.config.redis.start)
+                .add_streams(&names, &self.core.config.redis.start)
                 .await?;
             for n in names {
-                self.routes.entry(Arc::from(n.as_str())).or_insert(m.index);
+                self.core
+                    .routes
+                    .entry(Arc::from(n.as_str()))
+                    .or_insert(m.index);
             }
         }
         Ok(())
     }
 
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
-        let claim_every = (self.config.redis.claim_idle / 2).max(Duration::from_secs(1));
+        let claim_every = (self.core.config.redis.claim_idle / 2).max(Duration::from_secs(1));
         let mut last_claim = Instant::now();
         let mut last_discover = Instant::now();
         let mut last_progress = Instant::now();
@@ -268,30 +294,37 @@ impl Pipeline {
         loop {
             // 1. shutdown
             if shutdown.is_cancelled() {
-                if self.drain(shutdown).await? {
+                let read = std::mem::take(&mut self.prefetched);
+                self.core.process(read, shutdown).await?;
+                if self.core.drain(shutdown).await? {
                     self.reader.leave_group().await;
                 }
                 return Ok(());
             }
             // 2. flush deadline or full batch
-            if self.batcher.should_flush(Instant::now()) {
-                self.flush(shutdown).await?;
+            if self.core.batcher.should_flush(Instant::now()) {
+                self.core.flush(shutdown).await?;
             }
             // 3. housekeeping: collect the batch in flight once done (stats, errors)
-            if self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
-                self.wait_in_flight().await?;
+            if self
+                .core
+                .in_flight
+                .as_ref()
+                .is_some_and(|h| h.is_finished())
+            {
+                self.core.wait_in_flight().await?;
             }
             if last_claim.elapsed() >= claim_every {
                 last_claim = Instant::now();
-                let room = self.batcher.room().max(1);
+                let room = self.core.batcher.room().max(1);
                 let entries = self
                     .reader
-                    .claim_idle(self.config.redis.claim_idle, room)
+                    .claim_idle(self.core.config.redis.claim_idle, room)
                     .await;
-                self.stats.claimed += entries.len() as u64;
-                self.process(entries, shutdown).await?;
+                self.core.stats.claimed += entries.len() as u64;
+                self.core.process(entries, shutdown).await?;
                 self.reader
-                    .prune_consumers(self.config.redis.prune_idle)
+                    .prune_consumers(self.core.config.redis.prune_idle)
                     .await;
             }
             if last_discover.elapsed() >= DISCOVER_EVERY {
@@ -302,41 +335,66 @@ impl Pipeline {
             }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
-                tracing::info!(stats = ?self.stats, "progress");
+                tracing::info!(stats = ?self.stats(), "progress");
             }
             // 4. intake
-            let now = Instant::now();
-            let block = match self.batcher.deadline() {
-                Some(deadline) => deadline
-                    .saturating_duration_since(now)
-                    .max(Duration::from_millis(1)),
-                None => self.config.redis.block,
-            };
-            // COUNT applies per stream: share the room left in the batch between them.
-            let count = (self.batcher.room() / self.routes.len().max(1)).max(1);
-            match self.reader.read(block, count).await {
-                Ok(entries) => {
-                    read_retry = None;
-                    self.process(entries, shutdown).await?;
-                }
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, cause = %source_chain(&e), "reading from redis failed, retrying");
-                    // What was read is still applied and acked; then the PEL is re-read,
-                    // because the failed read may have delivered entries we never saw.
-                    self.drain(shutdown).await?;
-                    let retry = read_retry.get_or_insert_with(Retry::new);
-                    if !retry.wait(shutdown).await {
-                        continue;
-                    }
-                    if let Err(e) = self.reader.rewind().await {
-                        tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+            self.intake(shutdown, &mut read_retry).await?;
         }
     }
 
+    /// Reads the next entries while the previous read's go through decode → map →
+    /// batch, so reading from Redis overlaps decoding (and the write in flight).
+    async fn intake(
+        &mut self,
+        shutdown: &CancellationToken,
+        read_retry: &mut Option<Retry>,
+    ) -> Result<(), PipelineError> {
+        let entries = std::mem::take(&mut self.prefetched);
+        let core = &mut self.core;
+        let mut block = match core.batcher.deadline() {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+            None => core.config.redis.block,
+        };
+        if !entries.is_empty() {
+            // They start a batch (or join one) whose deadline is at most max_delay away.
+            block = block.min(core.config.batch.max_delay.max(Duration::from_millis(1)));
+        }
+        // COUNT applies per stream: a batch's worth shared between them. Unacknowledged
+        // entries stay bounded: this read, the entries being decoded, the batch and
+        // the one in flight, each at most about `max_batch`.
+        let count = (core.config.batch.max_batch / core.routes.len().max(1)).max(1);
+        let (read, processed) = tokio::join!(
+            self.reader.read(block, count),
+            core.process(entries, shutdown)
+        );
+        processed?;
+        match read {
+            Ok(entries) => {
+                *read_retry = None;
+                self.prefetched = entries;
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, cause = %source_chain(&e), "reading from redis failed, retrying");
+                // What was read is still applied and acked; then the PEL is re-read,
+                // because the failed read may have delivered entries we never saw.
+                self.core.drain(shutdown).await?;
+                let retry = read_retry.get_or_insert_with(Retry::new);
+                if !retry.wait(shutdown).await {
+                    return Ok(());
+                }
+                if let Err(e) = self.reader.rewind().await {
+                    tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+impl Core {
     /// decode → map → batch for each entry.
     /// Stops early (leaving the rest pending) when shutdown is requested during an outage.
     async fn process(
@@ -348,6 +406,9 @@ impl Pipeline {
         self.stats.read += entries.len() as u64;
         let max = self.config.redis.max_deliveries;
         for entry in entries {
+            if self.batcher.room() == 0 {
+                self.flush(shutdown).await?;
+            }
             if max > 0 && entry.deliveries > max {
                 let reason = format!(
                     "delivered {} times without being acknowledged (max_deliveries = {max}): \

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::aio::ConnectionManager;
 
@@ -40,6 +41,8 @@ pub struct Acker {
     conn: ConnectionManager,
     group: String,
     dlq_suffix: String,
+    /// Pipelines sent to Redis, shared by the clones.
+    round_trips: Arc<AtomicU64>,
 }
 
 impl Acker {
@@ -48,7 +51,13 @@ impl Acker {
             conn,
             group: group.to_string(),
             dlq_suffix: dlq_suffix.to_string(),
+            round_trips: Arc::default(),
         }
+    }
+
+    /// Pipelines sent to Redis so far (by this acker and its clones).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// The dead-letter stream of `stream`.
@@ -91,6 +100,7 @@ impl Acker {
                 "dead-lettered entry"
             );
         }
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         pipe.query_async::<()>(&mut self.conn)
             .await
             .map_err(|source| AckError::Redis {
@@ -115,6 +125,7 @@ impl Acker {
                 .arg(ids)
                 .ignore();
         }
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         pipe.query_async::<()>(&mut self.conn)
             .await
             .map_err(|source| AckError::Redis {

@@ -109,6 +109,8 @@ pub struct Reader {
     streams: Vec<(Arc<str>, Cursor)>,
     /// Where each stream's next XAUTOCLAIM scan starts.
     claim_cursors: std::collections::HashMap<Arc<str>, EntryId>,
+    /// Commands sent to read entries (XREADGROUP, and XPENDING for delivery counts).
+    round_trips: u64,
 }
 
 impl Reader {
@@ -127,6 +129,7 @@ impl Reader {
             consumer: consumer.to_string(),
             streams: Vec::new(),
             claim_cursors: std::collections::HashMap::new(),
+            round_trips: 0,
         })
     }
 
@@ -241,6 +244,11 @@ impl Reader {
     ///
     /// Cancel safety: not cancel safe. A cancelled read can leave entries in our PEL that
     /// were never returned; they are read again after [`Reader::rewind`] or a restart.
+    /// Commands sent to read entries so far.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
+    }
+
     pub async fn read(
         &mut self,
         block: Duration,
@@ -343,6 +351,7 @@ impl Reader {
                     .map_err(ReadError::redis("connecting the reader to redis"))?
             }
         };
+        self.round_trips += 1;
         let timeout = block + Duration::from_secs(10);
         let result = tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await;
         let outcome = match result {
@@ -374,6 +383,7 @@ impl Reader {
         let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
             return Ok(());
         };
+        self.round_trips += 1;
         let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(stream.as_ref())
             .arg(&self.group)

@@ -29,6 +29,7 @@ mod sql;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -194,6 +195,9 @@ pub struct Writer {
     tables: HashMap<TableName, Arc<TableSchema>>,
     /// When each table's catalog was last read again by [`Writer::reload`].
     loaded_at: HashMap<TableName, std::time::Instant>,
+    /// Statements sent to write batches (one simple query opens a transaction), shared
+    /// by the writers of one pool.
+    round_trips: Arc<AtomicU64>,
 }
 
 /// The least time between two reloads of one table's catalog.
@@ -206,13 +210,25 @@ impl Writer {
             group: group.to_string(),
             tables: HashMap::new(),
             loaded_at: HashMap::new(),
+            round_trips: Arc::default(),
         }
+    }
+
+    /// Statements sent to write batches so far (by this writer and those of `for_writes`).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// A writer on the same pool for writing batches elsewhere (another task); its
     /// catalog cache starts empty.
     pub fn for_writes(&self) -> Writer {
-        Writer::new(self.pool.clone(), &self.group)
+        let mut writer = Writer::new(self.pool.clone(), &self.group);
+        writer.round_trips = self.round_trips.clone();
+        writer
+    }
+
+    fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The catalog facts of a table, read once and cached.
@@ -263,22 +279,34 @@ impl Writer {
     /// statement that hits a data error is retried row by row; the rows Postgres
     /// rejects are returned as dead letters (with every entry coalesced into them).
     async fn attempt(&self, batch: &Batch, isolate: bool) -> Result<Vec<DeadLetter>, WriteError> {
-        let mut tx = self.pool.begin().await.map_err(WriteError::pg("BEGIN"))?;
-        sql::lock_keys(&mut tx, &lock_ids(batch)).await?;
+        self.trip();
+        let begin = sql::begin_sql(&self.group, &lock_ids(batch), &batch.checkpoints);
+        let mut tx = self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(begin))
+            .await
+            .map_err(WriteError::pg(
+                "BEGIN, taking the row locks and moving the checkpoints",
+            ))?;
         let mut rejected = Vec::new();
         // Rows by address: they stay put in `batch` for the whole attempt.
         let mut rejected_rows: std::collections::HashSet<usize> = Default::default();
         for table in &batch.tables {
             if let Some(version) = &table.truncate {
                 if !isolate {
-                    sql::truncate(&mut tx, &table.table, &version.0).await?;
+                    self.truncate(&mut tx, &table.table, &version.0).await?;
                 } else {
-                    savepoint(&mut tx, "SAVEPOINT redsink_truncate").await?;
-                    match sql::truncate(&mut tx, &table.table, &version.0).await {
-                        Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT redsink_truncate").await?,
+                    self.savepoint(&mut tx, "SAVEPOINT redsink_truncate")
+                        .await?;
+                    match self.truncate(&mut tx, &table.table, &version.0).await {
+                        Ok(()) => {
+                            self.savepoint(&mut tx, "RELEASE SAVEPOINT redsink_truncate")
+                                .await?
+                        }
                         // A foreign key from another table, for example.
                         Err(e) if e.class() == ErrorClass::Data => {
-                            savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_truncate").await?;
+                            self.savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_truncate")
+                                .await?;
                             let cause = postgres_message(&e);
                             rejected.extend(table.truncate_entries.iter().map(|entry| {
                                 DeadLetter {
@@ -304,22 +332,28 @@ impl Writer {
                     continue;
                 }
                 if !isolate {
-                    exec_group(&mut tx, &table.table, &group).await?;
+                    self.exec_group(&mut tx, &table.table, &group).await?;
                     continue;
                 }
-                savepoint(&mut tx, "SAVEPOINT redsink_group").await?;
-                match exec_group(&mut tx, &table.table, &group).await {
-                    Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT redsink_group").await?,
+                self.savepoint(&mut tx, "SAVEPOINT redsink_group").await?;
+                match self.exec_group(&mut tx, &table.table, &group).await {
+                    Ok(()) => {
+                        self.savepoint(&mut tx, "RELEASE SAVEPOINT redsink_group")
+                            .await?
+                    }
                     Err(e) if e.class() == ErrorClass::Data => {
-                        savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_group").await?;
+                        self.savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_group")
+                            .await?;
                         for item in &group {
-                            savepoint(&mut tx, "SAVEPOINT redsink_row").await?;
-                            match exec_group(&mut tx, &table.table, &[*item]).await {
+                            self.savepoint(&mut tx, "SAVEPOINT redsink_row").await?;
+                            match self.exec_group(&mut tx, &table.table, &[*item]).await {
                                 Ok(()) => {
-                                    savepoint(&mut tx, "RELEASE SAVEPOINT redsink_row").await?
+                                    self.savepoint(&mut tx, "RELEASE SAVEPOINT redsink_row")
+                                        .await?
                                 }
                                 Err(e) if e.class() == ErrorClass::Data => {
-                                    savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_row").await?;
+                                    self.savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_row")
+                                        .await?;
                                     rejected_rows.insert(std::ptr::from_ref(item.1).addr());
                                     rejected.extend(reject(item.1, &table.table.name, &e));
                                 }
@@ -331,9 +365,41 @@ impl Writer {
                 }
             }
         }
-        sql::write_checkpoints(&mut tx, &self.group, &batch.checkpoints).await?;
+        self.trip();
         tx.commit().await.map_err(WriteError::pg("COMMIT"))?;
         Ok(rejected)
+    }
+}
+
+impl Writer {
+    async fn savepoint(
+        &self,
+        conn: &mut PgConnection,
+        statement: &'static str,
+    ) -> Result<(), WriteError> {
+        self.trip();
+        savepoint(conn, statement).await
+    }
+
+    async fn exec_group(
+        &self,
+        conn: &mut PgConnection,
+        table: &TableSchema,
+        items: &[Item<'_>],
+    ) -> Result<(), WriteError> {
+        self.trip();
+        let changes: Vec<&RowChange> = items.iter().map(|(c, _)| *c).collect();
+        sql::write_rows(conn, table, &changes).await
+    }
+
+    async fn truncate(
+        &self,
+        conn: &mut PgConnection,
+        table: &TableSchema,
+        version: &[u8],
+    ) -> Result<(), WriteError> {
+        self.trip();
+        sql::truncate(conn, table, version).await
     }
 }
 
@@ -431,15 +497,6 @@ fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
         }
     }
     out
-}
-
-async fn exec_group(
-    conn: &mut PgConnection,
-    table: &TableSchema,
-    items: &[Item<'_>],
-) -> Result<(), WriteError> {
-    let changes: Vec<&RowChange> = items.iter().map(|(c, _)| *c).collect();
-    sql::write_rows(conn, table, &changes).await
 }
 
 /// Postgres' own message for an error, without our context.

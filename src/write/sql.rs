@@ -48,8 +48,8 @@ pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> Stri
          SELECT {casts}, i.v FROM unnest({params}, ${pv}::bytea[], ${pk}::text[]) AS i({aliases}, v, k) \
          WHERE NOT EXISTS (SELECT 1 FROM redsink.tombstones d \
            WHERE d.table_name = ${pt} AND d.key = i.k AND d.version >= i.v) \
-         AND NOT EXISTS (SELECT 1 FROM redsink.truncations tr \
-           WHERE tr.table_name = ${pt} AND tr.version >= i.v) \
+         AND i.v > coalesce((SELECT tr.version FROM redsink.truncations tr \
+           WHERE tr.table_name = ${pt}), ''::bytea) \
          ON CONFLICT ({conflict}) DO UPDATE SET {sets} \
          WHERE t.{v} IS NULL OR t.{v} < EXCLUDED.{v}",
         table = table.name.quoted(),
@@ -178,60 +178,96 @@ pub async fn truncate(
     Ok(())
 }
 
-/// Takes transaction-scoped advisory locks, (ID, shared), in the given (sorted) order.
-pub async fn lock_keys(conn: &mut PgConnection, locks: &[(i64, bool)]) -> Result<(), WriteError> {
-    if locks.is_empty() {
-        return Ok(());
+/// A string literal Postgres reads back as `text` whatever `standard_conforming_strings`
+/// says (the rule of Postgres' own `quote_literal`): quotes doubled, and with an
+/// `E` prefix and backslashes doubled when there are backslashes.
+pub fn quote_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 3);
+    if text.contains('\\') {
+        out.push('E');
     }
-    let ids: Vec<i64> = locks.iter().map(|(id, _)| *id).collect();
-    let shared: Vec<bool> = locks.iter().map(|(_, s)| *s).collect();
-    sqlx::query(
-        "SELECT CASE WHEN s THEN pg_advisory_xact_lock_shared(k) ELSE pg_advisory_xact_lock(k) END \
-         FROM unnest($1::int8[], $2::bool[]) AS u(k, s)",
-    )
-    .bind(ids)
-    .bind(shared)
-    .execute(conn)
-    .await
-    .map_err(WriteError::pg("taking the row locks"))?;
-    Ok(())
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
-const CHECKPOINT_SQL: &str = "\
-INSERT INTO redsink.checkpoints AS c (consumer_group, stream, last_id, last_ms, last_seq) \
-SELECT $1, i.s, i.id, i.ms, i.seq FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[]) AS i(s, id, ms, seq) \
-ON CONFLICT (consumer_group, stream) DO UPDATE SET last_id = EXCLUDED.last_id, \
-  last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq, updated_at = now() \
-WHERE (c.last_ms, c.last_seq) < (EXCLUDED.last_ms, EXCLUDED.last_seq)";
-
-/// Moves each stream's checkpoint forward (never back) in the batch's transaction.
-pub async fn write_checkpoints(
-    conn: &mut PgConnection,
+/// The statements that open a batch's transaction, sent as one simple query (one round
+/// trip): `BEGIN`, the advisory locks, in the given (sorted) order, as (ID, shared), and
+/// each stream's checkpoint moved forward (never back). Only integers and quoted
+/// literals are interpolated.
+pub fn begin_sql(
     group: &str,
+    locks: &[(i64, bool)],
     checkpoints: &[(Arc<str>, EntryId)],
-) -> Result<(), WriteError> {
-    if checkpoints.is_empty() {
-        return Ok(());
+) -> String {
+    let mut sql = String::from("BEGIN");
+    if !locks.is_empty() {
+        // Target-list expressions are evaluated left to right: the order is kept.
+        sql.push_str("; SELECT ");
+        for (i, (id, shared)) in locks.iter().enumerate() {
+            let function = if *shared {
+                "pg_advisory_xact_lock_shared"
+            } else {
+                "pg_advisory_xact_lock"
+            };
+            let comma = if i == 0 { "" } else { ", " };
+            let _ = write!(sql, "{comma}{function}({id})");
+        }
     }
-    let streams: Vec<&str> = checkpoints.iter().map(|(s, _)| s.as_ref()).collect();
-    let ids: Vec<String> = checkpoints.iter().map(|(_, id)| id.to_string()).collect();
-    // Entry IDs beyond i64 do not occur in practice (ms since 1970); saturate rather than wrap.
-    let ms: Vec<i64> = checkpoints
-        .iter()
-        .map(|(_, id)| i64::try_from(id.ms).unwrap_or(i64::MAX))
-        .collect();
-    let seq: Vec<i64> = checkpoints
-        .iter()
-        .map(|(_, id)| i64::try_from(id.seq).unwrap_or(i64::MAX))
-        .collect();
-    sqlx::query(CHECKPOINT_SQL)
-        .bind(group)
-        .bind(streams)
-        .bind(ids)
-        .bind(ms)
-        .bind(seq)
-        .execute(conn)
-        .await
-        .map_err(WriteError::pg("writing checkpoints"))?;
-    Ok(())
+    if !checkpoints.is_empty() {
+        let group = quote_literal(group);
+        sql.push_str(
+            "; INSERT INTO redsink.checkpoints AS c (consumer_group, stream, last_id, last_ms, last_seq) VALUES ",
+        );
+        for (i, (stream, id)) in checkpoints.iter().enumerate() {
+            // Entry IDs beyond i64 do not occur in practice (ms since 1970); saturate.
+            let ms = i64::try_from(id.ms).unwrap_or(i64::MAX);
+            let seq = i64::try_from(id.seq).unwrap_or(i64::MAX);
+            let comma = if i == 0 { "" } else { ", " };
+            let _ = write!(
+                sql,
+                "{comma}({group}, {}, '{id}', {ms}, {seq})",
+                quote_literal(stream)
+            );
+        }
+        sql.push_str(
+            " ON CONFLICT (consumer_group, stream) DO UPDATE SET last_id = EXCLUDED.last_id, \
+             last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq, updated_at = now() \
+             WHERE (c.last_ms, c.last_seq) < (EXCLUDED.last_ms, EXCLUDED.last_seq)",
+        );
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_survive_quotes_and_backslashes() {
+        assert_eq!(quote_literal("orders:1"), "'orders:1'");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\'b"), r"E'a\\''b'");
+    }
+
+    #[test]
+    fn begin_keeps_lock_order_and_quotes_streams() {
+        let sql = begin_sql(
+            "g'1",
+            &[(-5, true), (7, false)],
+            &[(Arc::from("s'0"), EntryId { ms: 1, seq: 2 })],
+        );
+        assert!(sql.starts_with(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared(-5), pg_advisory_xact_lock(7); INSERT"
+        ));
+        assert!(sql.contains("('g''1', 's''0', '1-2', 1, 2)"), "{sql}");
+        assert_eq!(begin_sql("g", &[], &[]), "BEGIN");
+    }
 }

@@ -417,3 +417,56 @@ async fn a_key_change_onto_another_unique_key_keeps_the_new_row_in_any_arrival_o
     assert_eq!(rows, vec![(2, "first".into()), (2, "later".into())]);
     common::cleanup_streams(&prefix).await;
 }
+
+/// Stream names are interpolated as literals into the statement that opens each
+/// transaction: quotes and backslashes must come back exactly.
+#[tokio::test]
+async fn checkpoints_keep_stream_names_with_quotes_and_backslashes() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!(r"{prefix}:it's\items");
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", &item(1, "a", P_19_99)),
+    )
+    .await;
+    let last = common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 11, "null", &item(2, "b", P_19_99)),
+    )
+    .await;
+    let mapping = format!(
+        "[[mapping]]\nstreams = [{}]\ntable = \"public.items\"\n",
+        toml_string(&stream)
+    );
+    let stats = common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.rows_written, 2);
+    assert_eq!(
+        stats.pg_round_trips,
+        3 * stats.batches,
+        "BEGIN+locks+checkpoints, one statement, COMMIT"
+    );
+    let checkpoint: String = sqlx::query_scalar(
+        "SELECT last_id FROM redsink.checkpoints WHERE consumer_group = 'redsink' AND stream = $1",
+    )
+    .bind(&stream)
+    .fetch_one(&db.pool)
+    .await
+    .expect("a checkpoint row under the exact stream name");
+    assert_eq!(checkpoint, last);
+    common::cleanup_streams(&prefix).await;
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
