@@ -15,6 +15,10 @@
 //! Reads are never cancelled (a cancelled XREADGROUP can strand entries in the PEL);
 //! shutdown is noticed between reads, so it takes at most `redis.block`.
 
+mod replay;
+
+pub use replay::{ReplayOptions, ReplayProgress, replay};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,64 +189,13 @@ impl Pipeline {
         config: Config,
         shutdown: &CancellationToken,
     ) -> Result<Option<Self>, PipelineError> {
-        let mappings = config
-            .mappings
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                Mapping::compile(i, m)
-                    .map_err(|e| PipelineError::Config(format!("mapping[{i}]: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let url = config.postgres.url.clone();
-        let pool_size = config.postgres.pool_size;
-        let Some(pool) = retrying!(shutdown, "connecting to postgres", {
-            write::connect(&url, pool_size)
-        })?
-        else {
+        let Some((core, reader)) = Core::open(config, shutdown, None).await? else {
             return Ok(None);
         };
-        if retrying!(shutdown, "migrating", write::migrate(&pool))?.is_none() {
-            return Ok(None);
-        }
-        let url = config.redis.url.clone();
-        let Some(control) = retrying!(shutdown, "connecting to redis", {
-            read::connect_control(&url)
-        })?
-        else {
-            return Ok(None);
-        };
-        let reader = Reader::new(
-            &config.redis.url,
-            control.clone(),
-            &config.redis.group,
-            config.consumer(),
-        )?;
-        let acker = Acker::new(control, &config.redis.group, &config.redis.dlq_suffix);
-        let mut writer = Writer::new(pool, &config.redis.group);
-        for m in &mappings {
-            if let Some(fixed) = m.table.fixed() {
-                let name = fixed.map_err(PipelineError::Config)?;
-                if retrying!(shutdown, "reading the catalog", { writer.table(&name) })?.is_none() {
-                    return Ok(None);
-                }
-            }
-        }
-        let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
         let mut pipeline = Self {
             reader,
             prefetched: Vec::new(),
-            core: Core {
-                config,
-                mappings,
-                routes: HashMap::new(),
-                writer,
-                acker,
-                batcher,
-                stats: Stats::default(),
-                in_flight: None,
-            },
+            core,
         };
         if retrying!(shutdown, "discovering streams", { pipeline.discover() })?.is_none() {
             return Ok(None);
@@ -395,6 +348,71 @@ impl Pipeline {
 }
 
 impl Core {
+    /// Connects both sides (retrying while they are unreachable), migrates and checks
+    /// every fixed target table. With `replay_as`, checkpoints and dead letters are
+    /// recorded under that name and nothing is acknowledged. `None` if shutdown came first.
+    async fn open(
+        config: Config,
+        shutdown: &CancellationToken,
+        replay_as: Option<&str>,
+    ) -> Result<Option<(Self, Reader)>, PipelineError> {
+        let mappings = config
+            .mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                Mapping::compile(i, m)
+                    .map_err(|e| PipelineError::Config(format!("mapping[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let url = config.postgres.url.clone();
+        let pool_size = config.postgres.pool_size;
+        let Some(pool) = retrying!(shutdown, "connecting to postgres", {
+            write::connect(&url, pool_size)
+        })?
+        else {
+            return Ok(None);
+        };
+        if retrying!(shutdown, "migrating", write::migrate(&pool))?.is_none() {
+            return Ok(None);
+        }
+        let url = config.redis.url.clone();
+        let Some(control) = retrying!(shutdown, "connecting to redis", {
+            read::connect_control(&url)
+        })?
+        else {
+            return Ok(None);
+        };
+        let group = replay_as.unwrap_or(&config.redis.group);
+        let reader = Reader::new(&config.redis.url, control.clone(), group, config.consumer())?;
+        let mut acker = Acker::new(control, group, &config.redis.dlq_suffix);
+        if replay_as.is_some() {
+            acker = acker.dead_letters_only();
+        }
+        let mut writer = Writer::new(pool, group);
+        for m in &mappings {
+            if let Some(fixed) = m.table.fixed() {
+                let name = fixed.map_err(PipelineError::Config)?;
+                if retrying!(shutdown, "reading the catalog", { writer.table(&name) })?.is_none() {
+                    return Ok(None);
+                }
+            }
+        }
+        let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
+        let core = Core {
+            config,
+            mappings,
+            routes: HashMap::new(),
+            writer,
+            acker,
+            batcher,
+            stats: Stats::default(),
+            in_flight: None,
+        };
+        Ok(Some((core, reader)))
+    }
+
     /// decode → map → batch for each entry.
     /// Stops early (leaving the rest pending) when shutdown is requested during an outage.
     async fn process(

@@ -43,6 +43,8 @@ pub struct Acker {
     dlq_suffix: String,
     /// Pipelines sent to Redis, shared by the clones.
     round_trips: Arc<AtomicU64>,
+    /// `false` for a replay: its entries were read with XRANGE, outside the group.
+    xack: bool,
 }
 
 impl Acker {
@@ -52,7 +54,15 @@ impl Acker {
             group: group.to_string(),
             dlq_suffix: dlq_suffix.to_string(),
             round_trips: Arc::default(),
+            xack: true,
         }
+    }
+
+    /// An acker that writes dead letters but never XACKs (for replays, which read
+    /// outside the consumer group).
+    pub fn dead_letters_only(mut self) -> Self {
+        self.xack = false;
+        self
     }
 
     /// Pipelines sent to Redis so far (by this acker and its clones).
@@ -110,7 +120,7 @@ impl Acker {
     }
 
     async fn xack(&mut self, acks: &[(Arc<str>, EntryId)]) -> Result<(), AckError> {
-        if acks.is_empty() {
+        if acks.is_empty() || !self.xack {
             return Ok(());
         }
         let mut by_stream: BTreeMap<&str, Vec<String>> = BTreeMap::new();

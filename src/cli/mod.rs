@@ -2,6 +2,7 @@
 
 mod migrate;
 mod produce;
+mod replay;
 mod run;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub enum Command {
     },
     /// XADD Debezium events to Redis the way Debezium Server's Redis sink does.
     Produce(produce::ProduceArgs),
+    /// Re-apply a range of stream history (XRANGE, outside the group) for a backfill
+    /// or a repair; safe while the sync runs.
+    Replay(replay::ReplayArgs),
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -66,6 +70,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => run::run(&config, shutdown_on_signal()).await,
         Command::Migrate { config } => migrate::migrate(&config).await,
         Command::Produce(args) => produce::produce(args).await,
+        Command::Replay(args) => replay::replay(args, shutdown_on_signal()).await,
     }
 }
 

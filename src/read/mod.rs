@@ -223,6 +223,45 @@ impl Reader {
         self.streams.iter().map(|(s, _)| s)
     }
 
+    /// Up to `count` entries of `stream` from `start` to `end` (XRANGE syntax: an ID,
+    /// `(ID` for after it, `-`, `+`), outside the consumer group.
+    pub async fn range(
+        &mut self,
+        stream: &Arc<str>,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, ReadError> {
+        const CMD: &str = "XRANGE";
+        self.round_trips += 1;
+        let reply: Value = redis::cmd(CMD)
+            .arg(stream.as_ref())
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.control)
+            .await
+            .map_err(ReadError::redis(format!("XRANGE {stream} {start} {end}")))?;
+        let mut out = Vec::new();
+        parse_entries(stream, reply, CMD, &mut out)?;
+        Ok(out)
+    }
+
+    /// The ID of the newest entry of `stream`, if it has any.
+    pub async fn last_entry(&mut self, stream: &str) -> Result<Option<EntryId>, ReadError> {
+        let reply: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.control)
+            .await
+            .map_err(ReadError::redis(format!("XREVRANGE {stream}")))?;
+        Ok(reply.first().and_then(|(id, _)| EntryId::parse(id)))
+    }
+
     /// After an error the reply to a read may have been lost, leaving entries in our
     /// PEL that we never saw: read the PEL again from the start. Call only when every
     /// entry read so far has been acked or is about to be (else it would be read twice).

@@ -10,6 +10,7 @@ mod load;
 mod outage;
 mod poison;
 mod race;
+mod replay;
 mod sync;
 
 /// A Debezium PostgreSQL change event value without schemas.
