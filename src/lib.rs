@@ -36,4 +36,5 @@ pub mod map;
 pub mod pipeline;
 pub mod produce;
 pub mod read;
+pub mod status;
 pub mod write;

@@ -4,6 +4,7 @@ mod migrate;
 mod produce;
 mod replay;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,9 @@ pub enum Command {
     /// Re-apply a range of stream history (XRANGE, outside the group) for a backfill
     /// or a repair; safe while the sync runs.
     Replay(replay::ReplayArgs),
+    /// Show streams, groups, lag, pending entries, consumers, checkpoints and
+    /// dead-letter streams (`--json` for machines).
+    Status(status::StatusArgs),
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -71,6 +75,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Migrate { config } => migrate::migrate(&config).await,
         Command::Produce(args) => produce::produce(args).await,
         Command::Replay(args) => replay::replay(args, shutdown_on_signal()).await,
+        Command::Status(args) => status::status(args).await,
     }
 }
 

@@ -8,6 +8,7 @@
 //! sent on it, because a `BLOCK` stalls every other command on its connection.
 
 mod entry;
+pub mod inspect;
 mod pattern;
 
 use std::collections::HashSet;

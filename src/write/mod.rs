@@ -183,6 +183,37 @@ pub async fn connect(url: &str, pool_size: u32) -> Result<PgPool, WriteError> {
         .map_err(WriteError::pg("connecting to postgres"))
 }
 
+/// A stream's checkpoint: the newest entry a group has applied (moved in the batch's
+/// transaction, only ever forward).
+#[derive(Debug, Clone, serde::Serialize, PartialEq, sqlx::FromRow)]
+pub struct Checkpoint {
+    pub consumer_group: String,
+    pub stream: String,
+    pub last_id: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+}
+
+/// Every checkpoint (empty before the first migration).
+pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>, WriteError> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT to_regclass('redsink.checkpoints')::oid::int8")
+            .fetch_one(pool)
+            .await
+            .map_err(WriteError::pg("looking for redsink.checkpoints"))?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT consumer_group, stream, last_id, \
+           to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS updated_at \
+         FROM redsink.checkpoints ORDER BY stream, consumer_group",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(WriteError::pg("reading redsink.checkpoints"))
+}
+
 /// Applies `migrations/` (advisory-locked, so concurrent instances are safe).
 pub async fn migrate(pool: &PgPool) -> Result<(), WriteError> {
     MIGRATOR.run(pool).await.map_err(WriteError::Migrate)

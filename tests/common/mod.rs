@@ -199,7 +199,13 @@ where
 
 /// A config for one test: its database, group and mappings (TOML `[[mapping]]` blocks).
 pub fn config(db: &TestDb, consumer: &str, extra: &str) -> Config {
-    let text = format!(
+    let text = config_text(db, consumer, extra);
+    Config::from_toml(&text, "test config", std::iter::empty()).expect("test config is valid")
+}
+
+/// The TOML text of [`config`].
+pub fn config_text(db: &TestDb, consumer: &str, extra: &str) -> String {
+    format!(
         r#"
 [redis]
 url = "{redis}"
@@ -215,8 +221,29 @@ max_delay = "20ms"
 "#,
         redis = redis_url(),
         pg = db.url,
-    );
-    Config::from_toml(&text, "test config", std::iter::empty()).expect("test config is valid")
+    )
+}
+
+/// Runs the `redsink` binary with `args` and `config` (TOML text, written to a temporary
+/// file passed as `--config`): (exit code, stdout, stderr).
+pub fn redsink_cli(config: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(unique("redsink-cli"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("redsink.toml");
+    std::fs::write(&path, config).expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_redsink"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .env("REDSINK_LOG", "warn")
+        .output()
+        .expect("run redsink");
+    std::fs::remove_dir_all(&dir).ok();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A running pipeline; `stop` cancels it and returns how it ended.

@@ -7,6 +7,7 @@ mod convergence;
 mod crash;
 mod fixtures;
 mod load;
+mod ops;
 mod outage;
 mod poison;
 mod race;

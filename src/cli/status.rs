@@ -1,0 +1,104 @@
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use redsink::config::Config;
+use redsink::status::{self, Status};
+
+/// Show each mapped stream: length, newest entry, dead-letter stream length, and per
+/// consumer group its lag, pending entries (and how long the oldest has waited),
+/// consumers with their idle time, and the newest entry it applied (checkpoint).
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Path to the TOML config.
+    #[arg(
+        long,
+        short,
+        env = "REDSINK_CONFIG",
+        default_value = "config/redsink.toml"
+    )]
+    config: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)
+        .with_context(|| format!("loading config {}", args.config.display()))?;
+    let report = status::status(&config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+/// The text form: a line per stream, indented lines per group and consumer.
+pub fn render(report: &Status) -> String {
+    let mut out = String::new();
+    for s in &report.streams {
+        let r = &s.redis;
+        let _ = writeln!(
+            out,
+            "{}  (mapping {} → {})  length {}, newest {}, dead letters {}",
+            r.stream,
+            s.mapping,
+            s.table,
+            r.length,
+            r.last_entry.as_deref().unwrap_or("-"),
+            r.dlq_length
+        );
+        for g in &r.groups {
+            let lag = g.lag.map_or_else(|| "?".into(), |l| l.to_string());
+            let oldest = g
+                .oldest_pending_idle_ms
+                .map(|ms| format!(" (oldest waiting {})", seconds(ms)))
+                .unwrap_or_default();
+            let applied = s
+                .checkpoints
+                .iter()
+                .find(|c| c.consumer_group == g.group)
+                .map(|c| format!("{} at {}", c.last_id, c.updated_at))
+                .unwrap_or_else(|| "nothing yet".into());
+            let _ = writeln!(
+                out,
+                "  group {}: lag {lag}, pending {}{oldest}, last delivered {}, applied {applied}",
+                g.group, g.pending, g.last_delivered
+            );
+            for c in &g.consumers {
+                let _ = writeln!(
+                    out,
+                    "    consumer {}: pending {}, idle {}",
+                    c.name,
+                    c.pending,
+                    seconds(c.idle_ms)
+                );
+            }
+        }
+        for c in s
+            .checkpoints
+            .iter()
+            .filter(|c| !r.groups.iter().any(|g| g.group == c.consumer_group))
+        {
+            let _ = writeln!(
+                out,
+                "  applied by {} (no such group now): {} at {}",
+                c.consumer_group, c.last_id, c.updated_at
+            );
+        }
+    }
+    for m in &report.missing {
+        let _ = writeln!(out, "{m}  (does not exist yet)");
+    }
+    if report.streams.is_empty() && report.missing.is_empty() {
+        out.push_str("no stream matches the mappings yet\n");
+    }
+    out
+}

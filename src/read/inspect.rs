@@ -1,0 +1,154 @@
+//! What Redis says about a stream and its groups, for `redsink status` and the metrics.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+use super::{EntryId, ReadError};
+
+/// A stream, its groups and its dead-letter stream.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamStatus {
+    pub stream: String,
+    pub length: u64,
+    pub last_entry: Option<String>,
+    pub groups: Vec<GroupStatus>,
+    pub dlq_length: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupStatus {
+    pub group: String,
+    /// Entries not yet delivered to the group (Redis ≥ 7; `None` when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Delivered, not yet acknowledged.
+    pub pending: u64,
+    pub last_delivered: String,
+    /// How long the oldest pending entry has waited since it was last delivered.
+    pub oldest_pending_idle_ms: Option<u64>,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub pending: u64,
+    /// Since its last read or claim attempt.
+    pub idle_ms: u64,
+}
+
+/// XLEN, XINFO GROUPS, XINFO CONSUMERS and XPENDING of `stream`; `None` if it does not
+/// exist.
+pub async fn stream_status(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    dlq: &str,
+) -> Result<Option<StreamStatus>, ReadError> {
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!("EXISTS {stream}")))?;
+    if !exists {
+        return Ok(None);
+    }
+    let length: u64 = query(conn, redis::cmd("XLEN").arg(stream), "XLEN", stream).await?;
+    let last: Vec<(String, Value)> = query(
+        conn,
+        redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1),
+        "XREVRANGE",
+        stream,
+    )
+    .await?;
+    let dlq_length: u64 = query(conn, redis::cmd("XLEN").arg(dlq), "XLEN", dlq).await?;
+    let infos: Vec<HashMap<String, Value>> = query(
+        conn,
+        redis::cmd("XINFO").arg("GROUPS").arg(stream),
+        "XINFO GROUPS",
+        stream,
+    )
+    .await?;
+    let mut groups = Vec::new();
+    for info in infos {
+        let group = text(info.get("name"));
+        let consumers: Vec<HashMap<String, Value>> = query(
+            conn,
+            redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group),
+            "XINFO CONSUMERS",
+            stream,
+        )
+        .await?;
+        let oldest: Vec<(String, String, u64, u64)> = query(
+            conn,
+            redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(&group)
+                .arg("-")
+                .arg("+")
+                .arg(1),
+            "XPENDING",
+            stream,
+        )
+        .await?;
+        groups.push(GroupStatus {
+            lag: number(info.get("lag")),
+            pending: number(info.get("pending")).unwrap_or(0),
+            last_delivered: text(info.get("last-delivered-id")),
+            oldest_pending_idle_ms: oldest.first().map(|(_, _, idle, _)| *idle),
+            consumers: consumers
+                .iter()
+                .map(|c| ConsumerStatus {
+                    name: text(c.get("name")),
+                    pending: number(c.get("pending")).unwrap_or(0),
+                    idle_ms: number(c.get("idle")).unwrap_or(0),
+                })
+                .collect(),
+            group,
+        });
+    }
+    Ok(Some(StreamStatus {
+        stream: stream.to_string(),
+        length,
+        last_entry: last
+            .first()
+            .and_then(|(id, _)| EntryId::parse(id))
+            .map(|id| id.to_string()),
+        groups,
+        dlq_length,
+    }))
+}
+
+async fn query<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    cmd: &redis::Cmd,
+    name: &str,
+    stream: &str,
+) -> Result<T, ReadError> {
+    cmd.query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!("{name} {stream}")))
+}
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        Some(Value::Int(i)) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn number(v: Option<&Value>) -> Option<u64> {
+    match v {
+        Some(Value::Int(i)) => u64::try_from(*i).ok(),
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}

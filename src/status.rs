@@ -1,0 +1,83 @@
+//! `redsink status`: what each mapped stream, its groups, consumers, dead-letter stream
+//! and checkpoints look like right now. Read-only; never prints a URL or secret.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::map::Mapping;
+use crate::read::inspect::{self, StreamStatus};
+use crate::read::{self, ReadError, Reader};
+use crate::write::{self, Checkpoint, WriteError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// One mapped stream.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamReport {
+    /// Index of the `[[mapping]]` that covers it, and its table (or table template).
+    pub mapping: usize,
+    pub table: String,
+    #[serde(flatten)]
+    pub redis: StreamStatus,
+    /// The newest entry each group has applied, from `redsink.checkpoints`.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// Every stream of every mapping, in config order; streams that do not exist yet are
+/// left out (`missing` lists them).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    pub streams: Vec<StreamReport>,
+    pub missing: Vec<String>,
+}
+
+pub async fn status(config: &Config) -> Result<Status, StatusError> {
+    let mut control = read::connect_control(&config.redis.url).await?;
+    let pool = write::connect(&config.postgres.url, 1).await?;
+    let checkpoints = write::checkpoints(&pool).await?;
+    pool.close().await;
+    let mut reader = Reader::new(
+        &config.redis.url,
+        control.clone(),
+        &config.redis.group,
+        config.consumer(),
+    )?;
+    let mut report = Status {
+        streams: Vec::new(),
+        missing: Vec::new(),
+    };
+    for (i, m) in config.mappings.iter().enumerate() {
+        let mapping = Mapping::compile(i, m)
+            .map_err(|e| StatusError::Config(format!("mapping[{i}]: {e}")))?;
+        for name in reader.discover(&mapping.streams).await? {
+            if name.ends_with(&config.redis.dlq_suffix)
+                || report.streams.iter().any(|s| s.redis.stream == name)
+            {
+                continue;
+            }
+            let dlq = format!("{name}{}", config.redis.dlq_suffix);
+            match inspect::stream_status(&mut control, &name, &dlq).await? {
+                Some(redis) => report.streams.push(StreamReport {
+                    mapping: i,
+                    table: m.table.clone(),
+                    checkpoints: checkpoints
+                        .iter()
+                        .filter(|c| c.stream == name)
+                        .cloned()
+                        .collect(),
+                    redis,
+                }),
+                None => report.missing.push(name),
+            }
+        }
+    }
+    Ok(report)
+}
