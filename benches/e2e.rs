@@ -210,7 +210,7 @@ impl Redsink {
             .args(["run", "--config"])
             .arg(&config)
             .env("REDSINK_LOG", "warn,redsink::pipeline=info")
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("redsink.log"))?)
             .spawn()?;
         Ok(Self {
             child,
@@ -242,8 +242,8 @@ impl Redsink {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let output = self.child.wait_with_output()?;
-        let log = String::from_utf8_lossy(&output.stderr);
+        self.child.wait()?;
+        let log = std::fs::read_to_string(self.dir.join("redsink.log")).unwrap_or_default();
         let stopped = log.lines().rfind(|l| l.contains("stopped")).unwrap_or("");
         let trips = (
             stat(stopped, "batches"),

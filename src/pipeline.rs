@@ -180,6 +180,9 @@ struct Core {
     stats: Stats,
     /// The batch being written and acknowledged while the next one fills.
     in_flight: Option<tokio::task::JoinHandle<Result<Option<Done>, PipelineError>>>,
+    /// Shutdown came while an entry waited for an outage to end: entries after it were
+    /// left pending, so entries read later are not processed either.
+    interrupted: bool,
 }
 
 impl Pipeline {
@@ -248,7 +251,9 @@ impl Pipeline {
             // 1. shutdown
             if shutdown.is_cancelled() {
                 let read = std::mem::take(&mut self.prefetched);
-                self.core.process(read, shutdown).await?;
+                if !self.core.interrupted {
+                    self.core.process(read, shutdown).await?;
+                }
                 if self.core.drain(shutdown).await? {
                     self.reader.leave_group().await;
                 }
@@ -409,6 +414,7 @@ impl Core {
             batcher,
             stats: Stats::default(),
             in_flight: None,
+            interrupted: false,
         };
         Ok(Some((core, reader)))
     }
@@ -437,7 +443,10 @@ impl Core {
                 continue;
             }
             match self.prepare(&entry, shutdown).await {
-                Ok(Prepared::Interrupted) => return Ok(()),
+                Ok(Prepared::Interrupted) => {
+                    self.interrupted = true;
+                    return Ok(());
+                }
                 Ok(Prepared::Row(change)) => self.batcher.push_row(change, entry, now),
                 Ok(Prepared::Truncate(t)) => {
                     tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");

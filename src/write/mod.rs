@@ -68,6 +68,11 @@ pub enum WriteError {
     },
     #[error("applying migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error(
+        "stream name {stream:?} contains a NUL byte, which Postgres cannot store in \
+         redsink.checkpoints: rename the stream or narrow the mapping's streams"
+    )]
+    NulInName { stream: String },
 }
 
 /// What to do about an error.
@@ -97,9 +102,10 @@ impl WriteError {
                 ErrorClass::Retry => ErrorClass::Retry,
                 _ => ErrorClass::Fatal,
             },
-            Self::TableMissing { .. } | Self::VersionColumn { .. } | Self::Migrate(_) => {
-                ErrorClass::Fatal
-            }
+            Self::TableMissing { .. }
+            | Self::VersionColumn { .. }
+            | Self::Migrate(_)
+            | Self::NulInName { .. } => ErrorClass::Fatal,
         }
     }
 
@@ -306,37 +312,56 @@ impl Writer {
         })
     }
 
-    /// One transaction. With `isolate`, each statement runs under a savepoint and a
-    /// statement that hits a data error is retried row by row; the rows Postgres
-    /// rejects are returned as dead letters (with every entry coalesced into them).
+    /// One transaction on a connection of its own; a connection whose transaction
+    /// failed is closed rather than returned to the pool (it may still be inside the
+    /// failed transaction).
     async fn attempt(&self, batch: &Batch, isolate: bool) -> Result<Vec<DeadLetter>, WriteError> {
-        self.trip();
-        let begin = sql::begin_sql(&self.group, &lock_ids(batch), &batch.checkpoints);
-        let mut tx = self
+        let mut conn = self
             .pool
-            .begin_with(sqlx::AssertSqlSafe(begin))
+            .acquire()
             .await
-            .map_err(WriteError::pg(
-                "BEGIN, taking the row locks and moving the checkpoints",
-            ))?;
+            .map_err(WriteError::pg("acquiring a connection"))?;
+        let outcome = self.transaction(&mut conn, batch, isolate).await;
+        if outcome.is_err() {
+            conn.close_on_drop();
+        }
+        outcome
+    }
+
+    /// The transaction, in 3 round trips when nothing is rejected: `BEGIN` + the advisory
+    /// locks, one statement per table and row shape, the checkpoints + `COMMIT`. With
+    /// `isolate`, each statement runs under a savepoint and a statement that hits a data
+    /// error is retried row by row; the rows Postgres rejects are returned as dead
+    /// letters (with every entry coalesced into them).
+    async fn transaction(
+        &self,
+        tx: &mut PgConnection,
+        batch: &Batch,
+        isolate: bool,
+    ) -> Result<Vec<DeadLetter>, WriteError> {
+        self.trip();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql::begin_sql(&lock_ids(batch))))
+            .execute(&mut *tx)
+            .await
+            .map_err(WriteError::pg("BEGIN and taking the row locks"))?;
         let mut rejected = Vec::new();
         // Rows by address: they stay put in `batch` for the whole attempt.
         let mut rejected_rows: std::collections::HashSet<usize> = Default::default();
         for table in &batch.tables {
             if let Some(version) = &table.truncate {
                 if !isolate {
-                    self.truncate(&mut tx, &table.table, &version.0).await?;
+                    self.truncate(&mut *tx, &table.table, &version.0).await?;
                 } else {
-                    self.savepoint(&mut tx, "SAVEPOINT redsink_truncate")
+                    self.savepoint(&mut *tx, "SAVEPOINT redsink_truncate")
                         .await?;
-                    match self.truncate(&mut tx, &table.table, &version.0).await {
+                    match self.truncate(&mut *tx, &table.table, &version.0).await {
                         Ok(()) => {
-                            self.savepoint(&mut tx, "RELEASE SAVEPOINT redsink_truncate")
+                            self.savepoint(&mut *tx, "RELEASE SAVEPOINT redsink_truncate")
                                 .await?
                         }
                         // A foreign key from another table, for example.
                         Err(e) if e.class() == ErrorClass::Data => {
-                            self.savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_truncate")
+                            self.savepoint(&mut *tx, "ROLLBACK TO SAVEPOINT redsink_truncate")
                                 .await?;
                             let cause = postgres_message(&e);
                             rejected.extend(table.truncate_entries.iter().map(|entry| {
@@ -363,27 +388,27 @@ impl Writer {
                     continue;
                 }
                 if !isolate {
-                    self.exec_group(&mut tx, &table.table, &group).await?;
+                    self.exec_group(&mut *tx, &table.table, &group).await?;
                     continue;
                 }
-                self.savepoint(&mut tx, "SAVEPOINT redsink_group").await?;
-                match self.exec_group(&mut tx, &table.table, &group).await {
+                self.savepoint(&mut *tx, "SAVEPOINT redsink_group").await?;
+                match self.exec_group(&mut *tx, &table.table, &group).await {
                     Ok(()) => {
-                        self.savepoint(&mut tx, "RELEASE SAVEPOINT redsink_group")
+                        self.savepoint(&mut *tx, "RELEASE SAVEPOINT redsink_group")
                             .await?
                     }
                     Err(e) if e.class() == ErrorClass::Data => {
-                        self.savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_group")
+                        self.savepoint(&mut *tx, "ROLLBACK TO SAVEPOINT redsink_group")
                             .await?;
                         for item in &group {
-                            self.savepoint(&mut tx, "SAVEPOINT redsink_row").await?;
-                            match self.exec_group(&mut tx, &table.table, &[*item]).await {
+                            self.savepoint(&mut *tx, "SAVEPOINT redsink_row").await?;
+                            match self.exec_group(&mut *tx, &table.table, &[*item]).await {
                                 Ok(()) => {
-                                    self.savepoint(&mut tx, "RELEASE SAVEPOINT redsink_row")
+                                    self.savepoint(&mut *tx, "RELEASE SAVEPOINT redsink_row")
                                         .await?
                                 }
                                 Err(e) if e.class() == ErrorClass::Data => {
-                                    self.savepoint(&mut tx, "ROLLBACK TO SAVEPOINT redsink_row")
+                                    self.savepoint(&mut *tx, "ROLLBACK TO SAVEPOINT redsink_row")
                                         .await?;
                                     rejected_rows.insert(std::ptr::from_ref(item.1).addr());
                                     rejected.extend(reject(item.1, &table.table.name, &e));
@@ -397,7 +422,11 @@ impl Writer {
             }
         }
         self.trip();
-        tx.commit().await.map_err(WriteError::pg("COMMIT"))?;
+        let commit = sql::commit_sql(&self.group, &batch.checkpoints)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(commit))
+            .execute(&mut *tx)
+            .await
+            .map_err(WriteError::pg("moving the checkpoints and COMMIT"))?;
         Ok(rejected)
     }
 }

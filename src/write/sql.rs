@@ -180,8 +180,14 @@ pub async fn truncate(
 
 /// A string literal Postgres reads back as `text` whatever `standard_conforming_strings`
 /// says (the rule of Postgres' own `quote_literal`): quotes doubled, and with an
-/// `E` prefix and backslashes doubled when there are backslashes.
-pub fn quote_literal(text: &str) -> String {
+/// `E` prefix and backslashes doubled when there are backslashes. Postgres text cannot
+/// hold NUL (and the protocol ends a query at one): refused.
+pub fn quote_literal(text: &str) -> Result<String, WriteError> {
+    if text.contains('\0') {
+        return Err(WriteError::NulInName {
+            stream: text.replace('\0', "\\0"),
+        });
+    }
     let mut out = String::with_capacity(text.len() + 3);
     if text.contains('\\') {
         out.push('E');
@@ -195,79 +201,98 @@ pub fn quote_literal(text: &str) -> String {
         }
     }
     out.push('\'');
-    out
+    Ok(out)
 }
 
-/// The statements that open a batch's transaction, sent as one simple query (one round
-/// trip): `BEGIN`, the advisory locks, in the given (sorted) order, as (ID, shared), and
-/// each stream's checkpoint moved forward (never back). Only integers and quoted
-/// literals are interpolated.
-pub fn begin_sql(
-    group: &str,
-    locks: &[(i64, bool)],
-    checkpoints: &[(Arc<str>, EntryId)],
-) -> String {
-    let mut sql = String::from("BEGIN");
-    if !locks.is_empty() {
-        // Target-list expressions are evaluated left to right: the order is kept.
-        sql.push_str("; SELECT ");
-        for (i, (id, shared)) in locks.iter().enumerate() {
-            let function = if *shared {
-                "pg_advisory_xact_lock_shared"
-            } else {
-                "pg_advisory_xact_lock"
-            };
-            let comma = if i == 0 { "" } else { ", " };
-            let _ = write!(sql, "{comma}{function}({id})");
-        }
+/// The simple query that opens a batch's transaction (one round trip): `BEGIN` at READ
+/// COMMITTED (each statement then sees what committed before it started: the version
+/// guard relies on it) and the advisory locks, in the given (sorted) order, as (ID,
+/// shared). Only integers are interpolated.
+pub fn begin_sql(locks: &[(i64, bool)]) -> String {
+    let mut sql = String::from("BEGIN ISOLATION LEVEL READ COMMITTED");
+    if locks.is_empty() {
+        return sql;
     }
-    if !checkpoints.is_empty() {
-        let group = quote_literal(group);
-        sql.push_str(
-            "; INSERT INTO redsink.checkpoints AS c (consumer_group, stream, last_id, last_ms, last_seq) VALUES ",
-        );
-        for (i, (stream, id)) in checkpoints.iter().enumerate() {
-            // Entry IDs beyond i64 do not occur in practice (ms since 1970); saturate.
-            let ms = i64::try_from(id.ms).unwrap_or(i64::MAX);
-            let seq = i64::try_from(id.seq).unwrap_or(i64::MAX);
-            let comma = if i == 0 { "" } else { ", " };
-            let _ = write!(
-                sql,
-                "{comma}({group}, {}, '{id}', {ms}, {seq})",
-                quote_literal(stream)
-            );
-        }
-        sql.push_str(
-            " ON CONFLICT (consumer_group, stream) DO UPDATE SET last_id = EXCLUDED.last_id, \
-             last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq, updated_at = now() \
-             WHERE (c.last_ms, c.last_seq) < (EXCLUDED.last_ms, EXCLUDED.last_seq)",
-        );
+    // One row per lock, in array order: no limit on the number of locks.
+    let (mut ids, mut shared) = (String::new(), String::new());
+    for (i, (id, s)) in locks.iter().enumerate() {
+        let comma = if i == 0 { "" } else { "," };
+        let _ = write!(ids, "{comma}{id}");
+        let _ = write!(shared, "{comma}{s}");
     }
+    let _ = write!(
+        sql,
+        "; SELECT CASE WHEN s THEN pg_advisory_xact_lock_shared(k) ELSE pg_advisory_xact_lock(k) END \
+         FROM unnest(ARRAY[{ids}]::int8[], ARRAY[{shared}]::bool[]) AS u(k, s)"
+    );
     sql
+}
+
+/// The simple query that ends a batch's transaction (one round trip): each stream's
+/// checkpoint moved forward (never back), then `COMMIT`. Only integers and quoted
+/// literals are interpolated. The checkpoint rows are locked only from here to the
+/// commit, so instances of one group do not queue on them for a whole transaction.
+pub fn commit_sql(group: &str, checkpoints: &[(Arc<str>, EntryId)]) -> Result<String, WriteError> {
+    if checkpoints.is_empty() {
+        return Ok("COMMIT".into());
+    }
+    let mut sql = String::from(
+        "INSERT INTO redsink.checkpoints AS c (consumer_group, stream, last_id, last_ms, last_seq) VALUES ",
+    );
+    let group = quote_literal(group)?;
+    for (i, (stream, id)) in checkpoints.iter().enumerate() {
+        // Entry IDs beyond i64 do not occur in practice (ms since 1970); saturate.
+        let ms = i64::try_from(id.ms).unwrap_or(i64::MAX);
+        let seq = i64::try_from(id.seq).unwrap_or(i64::MAX);
+        let comma = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{comma}({group}, {}, '{id}', {ms}, {seq})",
+            quote_literal(stream)?
+        );
+    }
+    sql.push_str(
+        " ON CONFLICT (consumer_group, stream) DO UPDATE SET last_id = EXCLUDED.last_id, \
+         last_ms = EXCLUDED.last_ms, last_seq = EXCLUDED.last_seq, updated_at = now() \
+         WHERE (c.last_ms, c.last_seq) < (EXCLUDED.last_ms, EXCLUDED.last_seq); COMMIT",
+    );
+    Ok(sql)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn literals_survive_quotes_and_backslashes() {
-        assert_eq!(quote_literal("orders:1"), "'orders:1'");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal(r"a\'b"), r"E'a\\''b'");
+    fn quoted(text: &str) -> String {
+        quote_literal(text).unwrap_or_else(|e| e.to_string())
     }
 
     #[test]
-    fn begin_keeps_lock_order_and_quotes_streams() {
-        let sql = begin_sql(
-            "g'1",
-            &[(-5, true), (7, false)],
-            &[(Arc::from("s'0"), EntryId { ms: 1, seq: 2 })],
+    fn literals_survive_quotes_and_backslashes_and_refuse_nul() {
+        assert_eq!(quoted("orders:1"), "'orders:1'");
+        assert_eq!(quoted("it's"), "'it''s'");
+        assert_eq!(quoted(r"a\'b"), r"E'a\\''b'");
+        assert!(quoted("a\0b").contains("NUL byte"));
+    }
+
+    #[test]
+    fn begin_keeps_lock_order_at_read_committed() {
+        let sql = begin_sql(&[(-5, true), (7, false)]);
+        assert!(sql.starts_with("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT CASE"));
+        assert!(
+            sql.contains("unnest(ARRAY[-5,7]::int8[], ARRAY[true,false]::bool[])"),
+            "{sql}"
         );
-        assert!(sql.starts_with(
-            "BEGIN; SELECT pg_advisory_xact_lock_shared(-5), pg_advisory_xact_lock(7); INSERT"
-        ));
+        assert_eq!(begin_sql(&[]), "BEGIN ISOLATION LEVEL READ COMMITTED");
+    }
+
+    #[test]
+    fn commit_moves_checkpoints_with_quoted_names() {
+        let sql =
+            commit_sql("g'1", &[(Arc::from("s'0"), EntryId { ms: 1, seq: 2 })]).unwrap_or_default();
         assert!(sql.contains("('g''1', 's''0', '1-2', 1, 2)"), "{sql}");
-        assert_eq!(begin_sql("g", &[], &[]), "BEGIN");
+        assert!(sql.ends_with("; COMMIT"));
+        assert_eq!(commit_sql("g", &[]).unwrap_or_default(), "COMMIT");
+        assert!(commit_sql("g", &[(Arc::from("a\0"), EntryId::ZERO)]).is_err());
     }
 }

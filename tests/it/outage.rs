@@ -92,3 +92,68 @@ async fn postgres_connections_cut_mid_sync_lose_nothing() {
     assert_eq!(actual(&db).await, expected(&orders, n));
     common::cleanup_streams(&prefix).await;
 }
+
+/// A lock timeout while a transaction opens (taking the advisory locks) or ends (the
+/// checkpoint rows) leaves that connection inside a failed transaction: it must be
+/// dropped, not reused, and the batch retried until it commits.
+#[tokio::test]
+async fn lock_timeouts_while_opening_or_committing_are_retried() {
+    let db = TestDb::new().await;
+    db.exec(crate::ITEMS).await;
+    db.exec(&format!(
+        "ALTER DATABASE {} SET lock_timeout = '100ms'",
+        db.name
+    ))
+    .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let add = |id: i64| crate::event("c", 10 + id as u64, "null", &crate::item(id, "a", "B88="));
+    common::xadd(&mut r, &stream, &crate::key(1), &add(1)).await;
+    // Somebody holds the table's advisory lock: the lock statement times out.
+    let table_lock =
+        i64::from_ne_bytes(redsink::produce::fnv1a64(b"redsink\0public.items").to_ne_bytes());
+    let mut holder = db.pool.acquire().await.expect("conn");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(table_lock)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let running = common::Running::start(common::config(&db, "c1", &crate::items_mapping(&prefix)));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        crate::items(&db).await.len(),
+        0,
+        "blocked while the lock is held"
+    );
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(table_lock)
+        .execute(&mut *holder)
+        .await
+        .expect("unlock");
+    common::wait_rows(&db, "public.items", 0).await;
+
+    // Now the checkpoint table is locked: the statement that commits times out.
+    let mut tx = sqlx::Connection::begin(&mut *holder).await.expect("begin");
+    sqlx::query("LOCK TABLE redsink.checkpoints IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .expect("lock table");
+    common::xadd(&mut r, &stream, &crate::key(2), &add(2)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        crate::items(&db).await.len(),
+        1,
+        "not committed while the table is locked"
+    );
+    tx.rollback().await.expect("rollback");
+    common::wait_rows(&db, "public.items", 1).await;
+    assert!(!running.is_finished(), "the pipeline kept going");
+    let stats = running.stop().await.expect("a clean stop");
+    assert!(
+        stats.pg_round_trips > 3 * stats.batches,
+        "the failed attempts were made: {stats:?}"
+    );
+    assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
+    common::cleanup_streams(&prefix).await;
+}
