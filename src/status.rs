@@ -6,7 +6,9 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::map::Mapping;
 use crate::read::inspect::{self, StreamStatus};
-use crate::read::{self, ReadError, Reader};
+use redis::aio::ConnectionManager;
+
+use crate::read::{self, ReadError, Reader, StreamPattern};
 use crate::write::{self, Checkpoint, WriteError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,44 +41,75 @@ pub struct Status {
     pub missing: Vec<String>,
 }
 
-pub async fn status(config: &Config) -> Result<Status, StatusError> {
-    let mut control = read::connect_control(&config.redis.url).await?;
-    let pool = write::connect(&config.postgres.url, 1).await?;
-    let checkpoints = write::checkpoints(&pool).await?;
-    pool.close().await;
+/// The existing streams of every mapping (dead-letter streams left out), with the index
+/// of the first mapping that covers each; with `only` (names or patterns), just those.
+pub async fn mapped_streams(
+    config: &Config,
+    control: &ConnectionManager,
+    only: &[String],
+) -> Result<Vec<(String, usize)>, StatusError> {
     let mut reader = Reader::new(
         &config.redis.url,
         control.clone(),
         &config.redis.group,
         config.consumer(),
     )?;
-    let mut report = Status {
-        streams: Vec::new(),
-        missing: Vec::new(),
+    let mut filter = Vec::new();
+    for s in only {
+        filter.extend(
+            StreamPattern::parse(s).map_err(|e| StatusError::Config(format!("--stream: {e}")))?,
+        );
+    }
+    let wanted = if filter.is_empty() {
+        None
+    } else {
+        Some(reader.discover(&filter).await?)
     };
+    let mut out: Vec<(String, usize)> = Vec::new();
     for (i, m) in config.mappings.iter().enumerate() {
         let mapping = Mapping::compile(i, m)
             .map_err(|e| StatusError::Config(format!("mapping[{i}]: {e}")))?;
         for name in reader.discover(&mapping.streams).await? {
-            if name.ends_with(&config.redis.dlq_suffix)
-                || report.streams.iter().any(|s| s.redis.stream == name)
-            {
-                continue;
+            let skip = name.ends_with(&config.redis.dlq_suffix)
+                || out.iter().any(|(s, _)| *s == name)
+                || wanted.as_ref().is_some_and(|w| !w.contains(&name));
+            if !skip {
+                out.push((name, i));
             }
-            let dlq = format!("{name}{}", config.redis.dlq_suffix);
-            match inspect::stream_status(&mut control, &name, &dlq).await? {
-                Some(redis) => report.streams.push(StreamReport {
-                    mapping: i,
-                    table: m.table.clone(),
-                    checkpoints: checkpoints
-                        .iter()
-                        .filter(|c| c.stream == name)
-                        .cloned()
-                        .collect(),
-                    redis,
-                }),
-                None => report.missing.push(name),
-            }
+        }
+    }
+    if out.is_empty() && !only.is_empty() {
+        return Err(StatusError::Config(format!(
+            "no mapped stream matches {}",
+            only.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+pub async fn status(config: &Config) -> Result<Status, StatusError> {
+    let mut control = read::connect_control(&config.redis.url).await?;
+    let pool = write::connect(&config.postgres.url, 1).await?;
+    let checkpoints = write::checkpoints(&pool).await?;
+    pool.close().await;
+    let mut report = Status {
+        streams: Vec::new(),
+        missing: Vec::new(),
+    };
+    for (name, i) in mapped_streams(config, &control, &[]).await? {
+        let dlq = format!("{name}{}", config.redis.dlq_suffix);
+        match inspect::stream_status(&mut control, &name, &dlq).await? {
+            Some(redis) => report.streams.push(StreamReport {
+                mapping: i,
+                table: config.mappings[i].table.clone(),
+                checkpoints: checkpoints
+                    .iter()
+                    .filter(|c| c.stream == name)
+                    .cloned()
+                    .collect(),
+                redis,
+            }),
+            None => report.missing.push(name),
         }
     }
     Ok(report)

@@ -1,5 +1,6 @@
 //! Commands of the `redsink` binary, one file each.
 
+mod admin;
 mod migrate;
 mod produce;
 mod replay;
@@ -67,6 +68,15 @@ pub enum Command {
     /// Show streams, groups, lag, pending entries, consumers, checkpoints and
     /// dead-letter streams (`--json` for machines).
     Status(status::StatusArgs),
+    /// Consumer-group administration.
+    #[command(subcommand)]
+    Group(admin::GroupCommand),
+    /// Consumer administration.
+    #[command(subcommand)]
+    Consumers(admin::ConsumersCommand),
+    /// Dead letters: list, show, retry (back through the normal path), purge.
+    #[command(subcommand)]
+    Dlq(admin::DlqCommand),
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -76,6 +86,9 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Produce(args) => produce::produce(args).await,
         Command::Replay(args) => replay::replay(args, shutdown_on_signal()).await,
         Command::Status(args) => status::status(args).await,
+        Command::Group(command) => admin::group(command).await,
+        Command::Consumers(command) => admin::consumers(command).await,
+        Command::Dlq(command) => admin::dlq(command).await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! cut every `BLOCK` short) and an outer `tokio::time::timeout` instead; nothing else is
 //! sent on it, because a `BLOCK` stalls every other command on its connection.
 
+pub mod admin;
 mod entry;
 pub mod inspect;
 mod pattern;
@@ -40,6 +41,9 @@ pub enum ReadError {
         command: &'static str,
         detail: String,
     },
+    /// A request that cannot be carried out as asked (operator commands).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ReadError {
@@ -53,7 +57,7 @@ impl ReadError {
         match self {
             Self::Timeout { .. } => true,
             Self::Redis { source, .. } => redis_retryable(source),
-            Self::Reply { .. } => false,
+            Self::Reply { .. } | Self::Invalid(_) => false,
         }
     }
 }
@@ -279,16 +283,16 @@ impl Reader {
         Ok(())
     }
 
-    /// Reads up to `count` entries per stream: our own pending entries while there are
-    /// any (no blocking), then new ones, blocking up to `block`.
-    ///
-    /// Cancel safety: not cancel safe. A cancelled read can leave entries in our PEL that
-    /// were never returned; they are read again after [`Reader::rewind`] or a restart.
     /// Commands sent to read entries so far.
     pub fn round_trips(&self) -> u64 {
         self.round_trips
     }
 
+    /// Reads up to `count` entries per stream: our own pending entries while there are
+    /// any (no blocking), then new ones, blocking up to `block`.
+    ///
+    /// Cancel safety: not cancel safe. A cancelled read can leave entries in our PEL that
+    /// were never returned; they are read again after [`Reader::rewind`] or a restart.
     pub async fn read(
         &mut self,
         block: Duration,
@@ -489,50 +493,20 @@ impl Reader {
     /// live instances. A live instance is never idle for long (it reads every `block`),
     /// and one removed by mistake is re-created by its next read.
     pub async fn prune_consumers(&mut self, min_idle: Duration) -> usize {
-        let idle_ms = i64::try_from(min_idle.as_millis()).unwrap_or(i64::MAX);
         let mut pruned = 0;
         for (stream, _) in &self.streams {
-            let consumers: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
-                redis::cmd("XINFO")
-                    .arg("CONSUMERS")
-                    .arg(stream.as_ref())
-                    .arg(&self.group)
-                    .query_async(&mut self.control)
-                    .await;
-            let consumers = match consumers {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(stream = %stream, error = %e, "listing consumers failed");
-                    continue;
-                }
-            };
-            for c in consumers {
-                let int = |k: &str| match c.get(k) {
-                    Some(Value::Int(n)) => *n,
-                    _ => -1,
-                };
-                let name = match c.get("name") {
-                    Some(Value::BulkString(n)) => String::from_utf8_lossy(n).into_owned(),
-                    _ => continue,
-                };
-                if name == self.consumer || int("pending") != 0 || int("idle") < idle_ms {
-                    continue;
-                }
-                let removed: redis::RedisResult<i64> = redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(stream.as_ref())
-                    .arg(&self.group)
-                    .arg(&name)
-                    .query_async(&mut self.control)
-                    .await;
-                match removed {
-                    Ok(_) => {
-                        pruned += 1;
+            let keep = Some(self.consumer.as_str());
+            match admin::prune_consumers(&mut self.control, stream, &self.group, keep, min_idle)
+                .await
+            {
+                Ok(names) => {
+                    for name in &names {
                         tracing::info!(stream = %stream, consumer = %name, "removed an idle consumer with nothing pending");
                     }
-                    Err(e) => {
-                        tracing::warn!(stream = %stream, consumer = %name, error = %e, "removing an idle consumer failed")
-                    }
+                    pruned += names.len();
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "pruning idle consumers failed")
                 }
             }
         }

@@ -100,3 +100,178 @@ async fn status_shows_lag_pending_consumers_checkpoints_and_dead_letters() {
     );
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_shown_retried_and_purged() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let dlq = format!("{stream}:dlq");
+    let mut r = common::redis().await;
+    // Two events for a column that does not exist yet, and one that is not JSON.
+    let wide =
+        |id: i64| format!(r#"{{"id":{id},"name":"w","price":"B88=","qty":1,"colour":"red"}}"#);
+    let first = common::xadd(&mut r, &stream, &key(1), &event("c", 10, "null", &wide(1))).await;
+    common::xadd(&mut r, &stream, &key(2), &event("c", 11, "null", &wide(2))).await;
+    common::xadd(&mut r, &stream, "{}", "{not json").await;
+    let mapping = items_mapping(&prefix);
+    common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(common::xlen(&mut r, &dlq).await, 3);
+    let text = common::config_text(&db, "c1", &mapping);
+
+    let (code, out, err) = common::redsink_cli(&text, &["dlq", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["entry_id"], first.as_str());
+    assert_eq!(list[0]["stream"], stream.as_str());
+    assert!(
+        list[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("colour")),
+        "{out}"
+    );
+    let ids: Vec<String> = list
+        .iter()
+        .map(|l| l["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+
+    let (code, out, err) = common::redsink_cli(&text, &["dlq", "show", &ids[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("from:  {stream} entry {first}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"colour\":\"red\""),
+        "the original fields: {out}"
+    );
+
+    // The column is added; the two retried events now apply through the normal path.
+    db.exec("ALTER TABLE public.items ADD COLUMN colour text")
+        .await;
+    let (code, out, err) = common::redsink_cli(&text, &["dlq", "retry", &ids[0], &ids[1]]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(common::xlen(&mut r, &dlq).await, 1);
+    common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    let colours: Vec<(i32, Option<String>)> =
+        sqlx::query_as("SELECT id, colour FROM public.items ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows");
+    assert_eq!(
+        colours,
+        vec![(1, Some("red".into())), (2, Some("red".into()))]
+    );
+
+    let (code, out, _) = common::redsink_cli(&text, &["dlq", "purge", "--all"]);
+    assert_ne!(code, 0, "purge without --yes changes nothing: {out}");
+    assert_eq!(common::xlen(&mut r, &dlq).await, 1);
+    let (code, _, err) = common::redsink_cli(&text, &["dlq", "purge", "--all", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(common::xlen(&mut r, &dlq).await, 0);
+    let (code, _, err) = common::redsink_cli(&text, &["dlq", "show", "1-1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no dead letter 1-1"), "{err}");
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn group_reset_redelivers_and_consumers_prune_removes_idle_ones() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let first = common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", &item(1, "a", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        &event("c", 11, "null", &item(2, "b", P_19_99)),
+    )
+    .await;
+    let mapping = items_mapping(&prefix);
+    common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    let text = common::config_text(&db, "c1", &mapping);
+
+    let (code, out, _) = common::redsink_cli(&text, &["group", "reset", "--to", "0"]);
+    assert_ne!(code, 0, "without --yes nothing changes");
+    assert!(out.contains("would move group redsink to 0"), "{out}");
+    let (code, _, err) = common::redsink_cli(&text, &["group", "reset", "--to", &first, "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut r)
+        .await
+        .expect("XINFO");
+    assert_eq!(
+        groups[0].get("last-delivered-id"),
+        Some(&redis::Value::BulkString(first.clone().into_bytes()))
+    );
+
+    // A consumer that read an entry and left.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("redsink")
+        .arg("gone")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut r)
+        .await
+        .expect("XREADGROUP");
+    // "gone" holds the entry it read: it is not pruned while that is pending.
+    let (code, out, err) = common::redsink_cli(&text, &["consumers", "prune", "--idle", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed 0 consumers"), "{out}");
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("redsink")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut r)
+        .await
+        .expect("XPENDING");
+    let ids: Vec<&String> = pending.iter().map(|p| &p.0).collect();
+    let _: i64 = redis::cmd("XACK")
+        .arg(&stream)
+        .arg("redsink")
+        .arg(ids)
+        .query_async(&mut r)
+        .await
+        .expect("XACK");
+    let (code, out, err) = common::redsink_cli(&text, &["consumers", "prune", "--idle", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed consumer gone"), "{out}");
+    assert!(
+        common::consumers(&mut r, &stream, "redsink")
+            .await
+            .is_empty()
+    );
+    common::cleanup_streams(&prefix).await;
+}

@@ -1,0 +1,306 @@
+//! `group reset`, `consumers prune` and `dlq list|show|retry|purge`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use redis::aio::ConnectionManager;
+
+use redsink::config::Config;
+use redsink::read::{self, admin};
+use redsink::status;
+
+/// What every admin command needs: the config and which mapped streams to act on.
+#[derive(Args, Debug)]
+pub struct Target {
+    /// Path to the TOML config.
+    #[arg(
+        long,
+        short,
+        env = "REDSINK_CONFIG",
+        default_value = "config/redsink.toml"
+    )]
+    config: PathBuf,
+    /// Only this stream (a name or a pattern as in a mapping); repeatable. Default:
+    /// every stream of every mapping.
+    #[arg(long = "stream")]
+    streams: Vec<String>,
+}
+
+impl Target {
+    async fn open(&self) -> anyhow::Result<(Config, ConnectionManager, Vec<String>)> {
+        let config = Config::load(&self.config)
+            .with_context(|| format!("loading config {}", self.config.display()))?;
+        let control = read::connect_control(&config.redis.url).await?;
+        let streams = status::mapped_streams(&config, &control, &self.streams)
+            .await?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        Ok((config, control, streams))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Move the consumer group's position (XGROUP SETID) on each stream: entries after
+    /// `--to` are delivered again (already-applied versions are no-ops). Entries pending
+    /// now stay pending. Without `--yes`, only says what it would do.
+    Reset {
+        #[command(flatten)]
+        target: Target,
+        /// The entry ID to move to: `0` re-delivers everything, `$` skips to the end.
+        #[arg(long)]
+        to: String,
+        /// The group (default: the config's `redis.group`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Do it.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsumersCommand {
+    /// Remove consumers with nothing pending that have been idle for at least `--idle`
+    /// (a live instance reads every `redis.block`, so it is never that idle).
+    Prune {
+        #[command(flatten)]
+        target: Target,
+        /// Default: the config's `redis.prune_idle`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        idle: Option<Duration>,
+        /// The group (default: the config's `redis.group`).
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead letters: ID, source stream and entry, and the error.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// At most this many per dead-letter stream.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter whole: its error and its original fields.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Its ID in the dead-letter stream.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back on their source stream (new entries, applied through the
+    /// normal path) and remove them from the dead-letter stream.
+    Retry {
+        #[command(flatten)]
+        target: Target,
+        /// Dead-letter IDs; or `--all`.
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[command(flatten)]
+        target: Target,
+        /// Dead-letter IDs; or `--all`.
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        /// Do it (without, only says what it would delete).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn group(command: GroupCommand) -> anyhow::Result<()> {
+    let GroupCommand::Reset {
+        target,
+        to,
+        group,
+        yes,
+    } = command;
+    let (config, mut control, streams) = target.open().await?;
+    let group = group.unwrap_or_else(|| config.redis.group.clone());
+    for stream in &streams {
+        if yes {
+            admin::set_group_id(&mut control, stream, &group, &to).await?;
+            println!("{stream}: group {group} now at {to}");
+        } else {
+            println!("{stream}: would move group {group} to {to}");
+        }
+    }
+    if !yes {
+        bail!("nothing changed: add --yes to move the group on these streams");
+    }
+    Ok(())
+}
+
+pub async fn consumers(command: ConsumersCommand) -> anyhow::Result<()> {
+    let ConsumersCommand::Prune {
+        target,
+        idle,
+        group,
+    } = command;
+    let (config, mut control, streams) = target.open().await?;
+    let group = group.unwrap_or_else(|| config.redis.group.clone());
+    let idle = idle.unwrap_or(config.redis.prune_idle);
+    let mut total = 0;
+    for stream in &streams {
+        for name in admin::prune_consumers(&mut control, stream, &group, None, idle).await? {
+            println!("{stream}: removed consumer {name}");
+            total += 1;
+        }
+    }
+    println!(
+        "removed {total} consumers idle for at least {} with nothing pending",
+        humantime::format_duration(idle)
+    );
+    Ok(())
+}
+
+/// Every dead letter of the selected streams (up to `count` per stream), with its
+/// dead-letter stream's name.
+async fn letters(
+    config: &Config,
+    control: &mut ConnectionManager,
+    streams: &[String],
+    count: usize,
+) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
+    let mut out = Vec::new();
+    for stream in streams {
+        let dlq = format!("{stream}{}", config.redis.dlq_suffix);
+        for letter in admin::dead_letters(control, &dlq, "-", "+", count).await? {
+            out.push((dlq.clone(), letter));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List {
+            target,
+            count,
+            json,
+        } => {
+            let (config, mut control, streams) = target.open().await?;
+            let all = letters(&config, &mut control, &streams, count).await?;
+            if json {
+                let list: Vec<_> = all.iter().map(|(_, l)| l).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for (dlq, l) in &all {
+                    println!(
+                        "{dlq} {}  from {} {}: {}",
+                        l.id, l.stream, l.entry_id, l.error
+                    );
+                }
+                println!("{} dead letters", all.len());
+            }
+        }
+        DlqCommand::Show { target, id, json } => {
+            let (config, mut control, streams) = target.open().await?;
+            let found = find(&config, &mut control, &streams, &id).await?;
+            let Some((dlq, l)) = found.into_iter().next() else {
+                bail!("no dead letter {id} in the dead-letter streams of the mapped streams");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+            } else {
+                println!("dead letter {} of {dlq}", l.id);
+                println!(
+                    "from:  {} entry {} (group {})",
+                    l.stream, l.entry_id, l.group
+                );
+                println!("error: {}", l.error);
+                for (f, v) in &l.fields {
+                    println!("{f}: {v}");
+                }
+            }
+        }
+        DlqCommand::Retry { target, ids, all } => {
+            let (config, mut control, streams) = target.open().await?;
+            for (dlq, l) in chosen(&config, &mut control, &streams, &ids, all).await? {
+                let new_id = admin::retry_dead_letter(&mut control, &dlq, &l).await?;
+                println!("{dlq} {} → {} {new_id}", l.id, l.stream);
+            }
+        }
+        DlqCommand::Purge {
+            target,
+            ids,
+            all,
+            yes,
+        } => {
+            let (config, mut control, streams) = target.open().await?;
+            let chosen = chosen(&config, &mut control, &streams, &ids, all).await?;
+            for (dlq, l) in &chosen {
+                if yes {
+                    admin::purge_dead_letters(&mut control, dlq, std::slice::from_ref(&l.id))
+                        .await?;
+                    println!("{dlq} {}: deleted", l.id);
+                } else {
+                    println!("{dlq} {}: would delete ({})", l.id, l.error);
+                }
+            }
+            if !yes && !chosen.is_empty() {
+                bail!("nothing deleted: add --yes to delete these dead letters");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dead letters with ID `id` (one per dead-letter stream at most).
+async fn find(
+    config: &Config,
+    control: &mut ConnectionManager,
+    streams: &[String],
+    id: &str,
+) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
+    let mut out = Vec::new();
+    for stream in streams {
+        let dlq = format!("{stream}{}", config.redis.dlq_suffix);
+        for letter in admin::dead_letters(control, &dlq, id, id, 1).await? {
+            out.push((dlq.clone(), letter));
+        }
+    }
+    Ok(out)
+}
+
+/// `ids` (each must exist) or, with `all`, every dead letter of the selected streams.
+async fn chosen(
+    config: &Config,
+    control: &mut ConnectionManager,
+    streams: &[String],
+    ids: &[String],
+    all: bool,
+) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
+    match (all, ids.is_empty()) {
+        (true, true) => letters(config, control, streams, usize::MAX).await,
+        (false, false) => {
+            let mut out = Vec::new();
+            for id in ids {
+                let found = find(config, control, streams, id).await?;
+                if found.is_empty() {
+                    bail!("no dead letter {id} in the dead-letter streams of the mapped streams");
+                }
+                out.extend(found);
+            }
+            Ok(out)
+        }
+        (true, false) => bail!("give dead-letter IDs or --all, not both"),
+        (false, true) => bail!("which dead letters? give their IDs or --all"),
+    }
+}

@@ -1,0 +1,209 @@
+//! Group and dead-letter administration for the operator commands (`group reset`,
+//! `consumers prune`, `dlq …`) and for the pipeline's own consumer pruning.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+use super::ReadError;
+
+/// Fields redsink adds to a dead letter; everything else is the original entry.
+pub const DLQ_FIELDS: [&str; 4] = [
+    "redsink.error",
+    "redsink.stream",
+    "redsink.entry_id",
+    "redsink.group",
+];
+
+/// Removes the consumers of `group` on `stream` that have nothing pending and have been
+/// idle for at least `min_idle`, except `keep`; returns their names.
+pub async fn prune_consumers(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    keep: Option<&str>,
+    min_idle: Duration,
+) -> Result<Vec<String>, ReadError> {
+    let idle_ms = i64::try_from(min_idle.as_millis()).unwrap_or(i64::MAX);
+    let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!(
+            "XINFO CONSUMERS {stream} {group}"
+        )))?;
+    let mut removed = Vec::new();
+    for c in consumers {
+        let int = |k: &str| match c.get(k) {
+            Some(Value::Int(n)) => *n,
+            _ => -1,
+        };
+        let name = match c.get("name") {
+            Some(Value::BulkString(n)) => String::from_utf8_lossy(n).into_owned(),
+            _ => continue,
+        };
+        if Some(name.as_str()) == keep || int("pending") != 0 || int("idle") < idle_ms {
+            continue;
+        }
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(stream)
+            .arg(group)
+            .arg(&name)
+            .query_async(conn)
+            .await
+            .map_err(ReadError::redis(format!(
+                "XGROUP DELCONSUMER {stream} {group} {name}"
+            )))?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
+/// Moves the group's last-delivered ID (XGROUP SETID): entries after `id` will be
+/// delivered (again). Entries already pending stay pending.
+pub async fn set_group_id(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    id: &str,
+) -> Result<(), ReadError> {
+    redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(stream)
+        .arg(group)
+        .arg(id)
+        .query_async::<()>(conn)
+        .await
+        .map_err(ReadError::redis(format!(
+            "XGROUP SETID {stream} {group} {id}"
+        )))
+}
+
+/// A field and its value, as bytes.
+type Pair = (Vec<u8>, Vec<u8>);
+
+/// One entry of a dead-letter stream.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetterEntry {
+    /// Its ID in the dead-letter stream.
+    pub id: String,
+    pub error: String,
+    /// Where it came from.
+    pub stream: String,
+    pub entry_id: String,
+    pub group: String,
+    /// The original fields (shown as text, lossily for binary values).
+    pub fields: Vec<(String, String)>,
+    #[serde(skip)]
+    raw: Vec<Pair>,
+}
+
+/// Up to `count` dead letters of `dlq` from `start` (an ID, `(ID` for after it, or `-`).
+pub async fn dead_letters(
+    conn: &mut ConnectionManager,
+    dlq: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> Result<Vec<DeadLetterEntry>, ReadError> {
+    let entries: Vec<(String, Vec<Pair>)> = redis::cmd("XRANGE")
+        .arg(dlq)
+        .arg(start)
+        .arg(end)
+        .arg("COUNT")
+        .arg(i64::try_from(count).unwrap_or(i64::MAX))
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!("XRANGE {dlq}")))?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, pairs)| {
+            let get = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(f, _)| f == name.as_bytes())
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let raw: Vec<Pair> = pairs
+                .iter()
+                .filter(|(f, _)| !DLQ_FIELDS.iter().any(|d| f == d.as_bytes()))
+                .cloned()
+                .collect();
+            DeadLetterEntry {
+                error: get("redsink.error"),
+                stream: get("redsink.stream"),
+                entry_id: get("redsink.entry_id"),
+                group: get("redsink.group"),
+                fields: raw
+                    .iter()
+                    .map(|(f, v)| {
+                        (
+                            String::from_utf8_lossy(f).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        )
+                    })
+                    .collect(),
+                raw,
+                id,
+            }
+        })
+        .collect())
+}
+
+/// Puts a dead letter's original fields back on its source stream (a new entry, read
+/// by the group like any other) and deletes it from `dlq`, in one MULTI/EXEC.
+/// Returns the new entry's ID.
+pub async fn retry_dead_letter(
+    conn: &mut ConnectionManager,
+    dlq: &str,
+    letter: &DeadLetterEntry,
+) -> Result<String, ReadError> {
+    if letter.stream.is_empty() || letter.raw.is_empty() {
+        return Err(ReadError::Invalid(format!(
+            "dead letter {} of {dlq} has no source stream or no original fields: nothing to retry",
+            letter.id
+        )));
+    }
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(&letter.stream).arg("*");
+    for (f, v) in &letter.raw {
+        xadd.arg(f.as_slice()).arg(v.as_slice());
+    }
+    let (new_id, _): (String, i64) = redis::pipe()
+        .atomic()
+        .add_command(xadd)
+        .cmd("XDEL")
+        .arg(dlq)
+        .arg(&letter.id)
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!(
+            "moving dead letter {} of {dlq} back to {}",
+            letter.id, letter.stream
+        )))?;
+    Ok(new_id)
+}
+
+/// Deletes dead letters by ID; returns how many existed.
+pub async fn purge_dead_letters(
+    conn: &mut ConnectionManager,
+    dlq: &str,
+    ids: &[String],
+) -> Result<u64, ReadError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    redis::cmd("XDEL")
+        .arg(dlq)
+        .arg(ids)
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!("XDEL {dlq}")))
+}
