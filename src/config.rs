@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// Sections whose scalar keys can be overridden by `REDSINK_<SECTION>_<KEY>`.
-const ENV_SECTIONS: [&str; 4] = ["redis", "postgres", "batch", "decode"];
+const ENV_SECTIONS: [&str; 5] = ["redis", "postgres", "batch", "decode", "http"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -45,6 +45,8 @@ pub struct Config {
     pub batch: BatchConfig,
     #[serde(default)]
     pub decode: DecodeConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     #[serde(rename = "mapping", default)]
     pub mappings: Vec<MappingConfig>,
 }
@@ -106,6 +108,14 @@ impl Default for BatchConfig {
             max_delay: default_max_delay(),
         }
     }
+}
+
+/// The HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on, e.g. `"0.0.0.0:9187"`; no listener when unset.
+    pub address: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -470,6 +480,7 @@ impl fmt::Debug for Config {
             .field("postgres", &self.postgres)
             .field("batch", &self.batch)
             .field("decode", &self.decode)
+            .field("http", &self.http)
             .field("mappings", &self.mappings)
             .finish()
     }

@@ -33,6 +33,7 @@ pub mod batch;
 pub mod config;
 pub mod decode;
 pub mod map;
+pub mod metrics;
 pub mod pipeline;
 pub mod produce;
 pub mod read;

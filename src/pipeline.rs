@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::config::TruncateMode;
 use crate::decode::{self, Decoded, Op, Skip};
 use crate::map::{self, MapError, Mapping};
+use crate::metrics::{Counter, GroupGauges, Metrics};
 use crate::read::{self, ReadError, Reader, StreamEntry};
 use crate::write::{self, ErrorClass, WriteError, Writer};
 
@@ -39,6 +40,62 @@ use crate::write::{self, ErrorClass, WriteError, Writer};
 const DISCOVER_EVERY: Duration = Duration::from_secs(30);
 /// How often a progress line is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// The operation name of reads in the retry metrics and `/readyz`.
+const READING: &str = "reading from redis";
+/// How often the groups' lag and pending counts are read for the metrics.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
+const STALL_AFTER: Duration = Duration::from_secs(60);
+
+/// When each periodic chore last ran.
+struct Timers {
+    claim: Instant,
+    discover: Instant,
+    gauges: Option<Instant>,
+    progress: Instant,
+}
+
+impl Timers {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            claim: now,
+            discover: now,
+            gauges: None,
+            progress: now,
+        }
+    }
+
+    /// `true` (and restarts the timer) when `every` has passed since `last`.
+    fn due(last: &mut impl TimerSlot, every: Duration) -> bool {
+        last.due(every)
+    }
+}
+
+trait TimerSlot {
+    fn due(&mut self, every: Duration) -> bool;
+}
+
+impl TimerSlot for Instant {
+    fn due(&mut self, every: Duration) -> bool {
+        if self.elapsed() >= every {
+            *self = Instant::now();
+            return true;
+        }
+        false
+    }
+}
+
+/// Never run yet counts as due.
+impl TimerSlot for Option<Instant> {
+    fn due(&mut self, every: Duration) -> bool {
+        if self.is_none_or(|t| t.elapsed() >= every) {
+            *self = Some(Instant::now());
+            return true;
+        }
+        false
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -133,12 +190,16 @@ impl Transient for AckError {
 /// `Ok(None)` when shutdown was requested while waiting. A macro rather than a
 /// function taking an async closure, so the pipeline's future stays `Send`.
 macro_rules! retrying {
-    ($shutdown:expr, $what:expr, $op:expr) => {{
+    ($metrics:expr, $shutdown:expr, $what:expr, $op:expr) => {{
         let mut retry = Retry::new();
         loop {
             match $op.await {
-                Ok(value) => break Ok(Some(value)),
+                Ok(value) => {
+                    $metrics.recovered($what);
+                    break Ok(Some(value));
+                }
                 Err(e) if Transient::is_transient(&e) => {
+                    $metrics.retrying($what);
                     tracing::warn!(error = %e, cause = %source_chain(&e), "{} failed, retrying", $what);
                     if !retry.wait($shutdown).await {
                         break Ok(None);
@@ -153,13 +214,41 @@ macro_rules! retrying {
 /// Runs the sync until `shutdown` is cancelled (then flushes and returns) or a fatal
 /// error occurs.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, PipelineError> {
-    let Some(mut pipeline) = Pipeline::start(config, &shutdown).await? else {
-        return Ok(Stats::default());
+    let metrics = Arc::new(Metrics::new());
+    let stop_http = CancellationToken::new();
+    let http = match &config.http.address {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+                PipelineError::Config(format!(
+                    "http.address {address}: cannot listen: {e} (is the port taken?)"
+                ))
+            })?;
+            tracing::info!(address, "serving /metrics, /healthz and /readyz");
+            let stall_after = config.redis.block + STALL_AFTER;
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                stall_after,
+                stop_http.clone(),
+            )))
+        }
+        None => None,
     };
-    let result = pipeline.run_loop(&shutdown).await;
-    let stats = pipeline.stats();
-    tracing::info!(stats = ?stats, "stopped");
-    result.map(|()| stats)
+    let result = match Pipeline::start(config, &shutdown, metrics).await {
+        Ok(Some(mut pipeline)) => {
+            let result = pipeline.run_loop(&shutdown).await;
+            let stats = pipeline.stats();
+            tracing::info!(stats = ?stats, "stopped");
+            result.map(|()| stats)
+        }
+        Ok(None) => Ok(Stats::default()),
+        Err(e) => Err(e),
+    };
+    stop_http.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    result
 }
 
 struct Pipeline {
@@ -183,6 +272,7 @@ struct Core {
     /// Shutdown came while an entry waited for an outage to end: entries after it were
     /// left pending, so entries read later are not processed either.
     interrupted: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -191,8 +281,10 @@ impl Pipeline {
     async fn start(
         config: Config,
         shutdown: &CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, PipelineError> {
-        let Some((core, reader)) = Core::open(config, shutdown, None).await? else {
+        let Some((core, reader)) = Core::open(config, shutdown, None, metrics.clone()).await?
+        else {
             return Ok(None);
         };
         let mut pipeline = Self {
@@ -200,7 +292,11 @@ impl Pipeline {
             prefetched: Vec::new(),
             core,
         };
-        if retrying!(shutdown, "discovering streams", { pipeline.discover() })?.is_none() {
+        if retrying!(metrics, shutdown, "discovering streams", {
+            pipeline.discover()
+        })?
+        .is_none()
+        {
             return Ok(None);
         }
         tracing::info!(
@@ -242,12 +338,11 @@ impl Pipeline {
     }
 
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
-        let claim_every = (self.core.config.redis.claim_idle / 2).max(Duration::from_secs(1));
-        let mut last_claim = Instant::now();
-        let mut last_discover = Instant::now();
-        let mut last_progress = Instant::now();
+        let mut timers = Timers::new();
         let mut read_retry: Option<Retry> = None;
+        self.core.metrics.set_started();
         loop {
+            self.core.metrics.tick();
             // 1. shutdown
             if shutdown.is_cancelled() {
                 let read = std::mem::take(&mut self.prefetched);
@@ -263,40 +358,81 @@ impl Pipeline {
             if self.core.batcher.should_flush(Instant::now()) {
                 self.core.flush(shutdown).await?;
             }
-            // 3. housekeeping: collect the batch in flight once done (stats, errors)
-            if self
-                .core
-                .in_flight
-                .as_ref()
-                .is_some_and(|h| h.is_finished())
-            {
-                self.core.wait_in_flight().await?;
-            }
-            if last_claim.elapsed() >= claim_every {
-                last_claim = Instant::now();
-                let room = self.core.batcher.room().max(1);
-                let entries = self
-                    .reader
-                    .claim_idle(self.core.config.redis.claim_idle, room)
-                    .await;
-                self.core.stats.claimed += entries.len() as u64;
-                self.core.process(entries, shutdown).await?;
-                self.reader
-                    .prune_consumers(self.core.config.redis.prune_idle)
-                    .await;
-            }
-            if last_discover.elapsed() >= DISCOVER_EVERY {
-                last_discover = Instant::now();
-                if let Err(e) = self.discover().await {
-                    tracing::warn!(error = %e, "re-discovering streams failed");
-                }
-            }
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                last_progress = Instant::now();
-                tracing::info!(stats = ?self.stats(), "progress");
-            }
+            // 3. housekeeping
+            self.housekeeping(shutdown, &mut timers).await?;
             // 4. intake
             self.intake(shutdown, &mut read_retry).await?;
+        }
+    }
+
+    /// Collects the batch in flight once done (stats, errors); now and then claims
+    /// entries of dead consumers, prunes idle consumers, re-discovers streams, polls the
+    /// groups' state for the metrics and logs progress.
+    async fn housekeeping(
+        &mut self,
+        shutdown: &CancellationToken,
+        timers: &mut Timers,
+    ) -> Result<(), PipelineError> {
+        if self
+            .core
+            .in_flight
+            .as_ref()
+            .is_some_and(|h| h.is_finished())
+        {
+            self.core.wait_in_flight().await?;
+        }
+        let claim_every = (self.core.config.redis.claim_idle / 2).max(Duration::from_secs(1));
+        if Timers::due(&mut timers.claim, claim_every) {
+            let room = self.core.batcher.room().max(1);
+            let entries = self
+                .reader
+                .claim_idle(self.core.config.redis.claim_idle, room)
+                .await;
+            self.core.stats.claimed += entries.len() as u64;
+            for e in &entries {
+                self.core.metrics.add(Counter::Claimed, &e.stream, 1);
+            }
+            self.core.process(entries, shutdown).await?;
+            self.reader
+                .prune_consumers(self.core.config.redis.prune_idle)
+                .await;
+        }
+        if Timers::due(&mut timers.discover, DISCOVER_EVERY)
+            && let Err(e) = self.discover().await
+        {
+            tracing::warn!(error = %e, "re-discovering streams failed");
+        }
+        if Timers::due(&mut timers.gauges, GAUGES_EVERY) {
+            self.poll_gauges().await;
+        }
+        if Timers::due(&mut timers.progress, PROGRESS_EVERY) {
+            tracing::info!(stats = ?self.stats(), "progress");
+        }
+        Ok(())
+    }
+
+    /// Lag, pending and consumers of every group, and dead-letter lengths, per stream.
+    async fn poll_gauges(&mut self) {
+        let streams: Vec<Arc<str>> = self.core.routes.keys().cloned().collect();
+        for stream in streams {
+            let dlq = format!("{stream}{}", self.core.config.redis.dlq_suffix);
+            match self.reader.stream_status(&stream, &dlq).await {
+                Ok(Some(status)) => {
+                    for g in &status.groups {
+                        let gauges = GroupGauges {
+                            lag: g.lag,
+                            pending: g.pending,
+                            consumers: g.consumers.len() as u64,
+                        };
+                        self.core.metrics.set_group(&stream, &g.group, gauges);
+                    }
+                    self.core.metrics.set_dlq_length(&stream, status.dlq_length);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(stream = %stream, error = %e, "polling the group state failed")
+                }
+            }
         }
     }
 
@@ -331,9 +467,11 @@ impl Pipeline {
         match read {
             Ok(entries) => {
                 *read_retry = None;
+                self.core.metrics.recovered(READING);
                 self.prefetched = entries;
             }
             Err(e) if e.is_retryable() => {
+                self.core.metrics.retrying(READING);
                 tracing::warn!(error = %e, cause = %source_chain(&e), "reading from redis failed, retrying");
                 // What was read is still applied and acked; then the PEL is re-read,
                 // because the failed read may have delivered entries we never saw.
@@ -360,6 +498,7 @@ impl Core {
         config: Config,
         shutdown: &CancellationToken,
         replay_as: Option<&str>,
+        metrics: Arc<Metrics>,
     ) -> Result<Option<(Self, Reader)>, PipelineError> {
         let mappings = config
             .mappings
@@ -373,17 +512,17 @@ impl Core {
 
         let url = config.postgres.url.clone();
         let pool_size = config.postgres.pool_size;
-        let Some(pool) = retrying!(shutdown, "connecting to postgres", {
+        let Some(pool) = retrying!(metrics, shutdown, "connecting to postgres", {
             write::connect(&url, pool_size)
         })?
         else {
             return Ok(None);
         };
-        if retrying!(shutdown, "migrating", write::migrate(&pool))?.is_none() {
+        if retrying!(metrics, shutdown, "migrating", write::migrate(&pool))?.is_none() {
             return Ok(None);
         }
         let url = config.redis.url.clone();
-        let Some(control) = retrying!(shutdown, "connecting to redis", {
+        let Some(control) = retrying!(metrics, shutdown, "connecting to redis", {
             read::connect_control(&url)
         })?
         else {
@@ -399,7 +538,11 @@ impl Core {
         for m in &mappings {
             if let Some(fixed) = m.table.fixed() {
                 let name = fixed.map_err(PipelineError::Config)?;
-                if retrying!(shutdown, "reading the catalog", { writer.table(&name) })?.is_none() {
+                if retrying!(metrics, shutdown, "reading the catalog", {
+                    writer.table(&name)
+                })?
+                .is_none()
+                {
                     return Ok(None);
                 }
             }
@@ -415,6 +558,7 @@ impl Core {
             stats: Stats::default(),
             in_flight: None,
             interrupted: false,
+            metrics,
         };
         Ok(Some((core, reader)))
     }
@@ -428,6 +572,16 @@ impl Core {
     ) -> Result<(), PipelineError> {
         let now = Instant::now();
         self.stats.read += entries.len() as u64;
+        let mut per_stream: Vec<(&Arc<str>, u64)> = Vec::new();
+        for e in &entries {
+            match per_stream.iter_mut().find(|(s, _)| *s == &e.stream) {
+                Some((_, n)) => *n += 1,
+                None => per_stream.push((&e.stream, 1)),
+            }
+        }
+        for (stream, n) in per_stream {
+            self.metrics.add(Counter::Read, stream, n);
+        }
         let max = self.config.redis.max_deliveries;
         for entry in entries {
             if self.batcher.room() == 0 {
@@ -447,13 +601,17 @@ impl Core {
                     self.interrupted = true;
                     return Ok(());
                 }
-                Ok(Prepared::Row(change)) => self.batcher.push_row(change, entry, now),
+                Ok(Prepared::Row(change, source_ts_ms)) => {
+                    self.batcher.note_source_ts(source_ts_ms);
+                    self.batcher.push_row(change, entry, now);
+                }
                 Ok(Prepared::Truncate(t)) => {
                     tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");
                     self.batcher.push_truncate(t, entry, now);
                 }
                 Ok(Prepared::Skip(skip)) => {
                     self.stats.skipped += 1;
+                    self.metrics.add(Counter::Skipped, &entry.stream, 1);
                     tracing::debug!(stream = %entry.stream, entry = %entry.id, kind = skip.as_str(), "skipped");
                     self.batcher.push_skip(&entry.stream, entry.id, now);
                 }
@@ -520,7 +678,7 @@ impl Core {
             other => other,
         };
         match mapped {
-            Ok(change) => Ok(Prepared::Row(change)),
+            Ok(change) => Ok(Prepared::Row(change, event.source.ts_ms)),
             Err(MapError::Event(reason) | MapError::UnknownColumn(reason)) => {
                 Ok(Prepared::Dead(reason))
             }
@@ -543,10 +701,15 @@ impl Core {
             self.flush(shutdown).await?;
         }
         let writer = &mut self.writer;
+        let metrics = &self.metrics;
         let result = if reload {
-            retrying!(shutdown, "reading the catalog", { writer.reload(name) })
+            retrying!(metrics, shutdown, "reading the catalog", {
+                writer.reload(name)
+            })
         } else {
-            retrying!(shutdown, "reading the catalog", { writer.table(name) })
+            retrying!(metrics, shutdown, "reading the catalog", {
+                writer.table(name)
+            })
         };
         match result {
             Ok(Some(table)) => Ok(Ok(table)),
@@ -572,7 +735,10 @@ impl Core {
         let writer = self.writer.for_writes();
         let acker = self.acker.clone();
         let shutdown = shutdown.clone();
-        self.in_flight = Some(tokio::spawn(write_and_ack(writer, acker, batch, shutdown)));
+        let metrics = self.metrics.clone();
+        self.in_flight = Some(tokio::spawn(write_and_ack(
+            writer, acker, batch, shutdown, metrics,
+        )));
         Ok(())
     }
 
@@ -618,9 +784,13 @@ async fn write_and_ack(
     mut acker: Acker,
     batch: crate::batch::Batch,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> Result<Option<Done>, PipelineError> {
     let shutdown = &shutdown;
-    let Some(committed) = retrying!(shutdown, "writing to postgres", { writer.write(&batch) })?
+    let started = Instant::now();
+    let Some(committed) = retrying!(metrics, shutdown, "writing to postgres", {
+        writer.write(&batch)
+    })?
     else {
         tracing::warn!(
             entries = batch.acks.len(),
@@ -628,12 +798,18 @@ async fn write_and_ack(
         );
         return Ok(None);
     };
-    if retrying!(shutdown, "acknowledging", { acker.ack(&committed) })?.is_none() {
+    let took = started.elapsed();
+    if retrying!(metrics, shutdown, "acknowledging", {
+        acker.ack(&committed)
+    })?
+    .is_none()
+    {
         tracing::warn!(
             "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
         );
         return Ok(None);
     }
+    record(&metrics, &batch, &committed, took);
     tracing::debug!(
         rows = committed.rows(),
         acked = committed.acks().len(),
@@ -646,8 +822,40 @@ async fn write_and_ack(
     }))
 }
 
+/// A committed and acknowledged batch in the metrics.
+fn record(
+    metrics: &Metrics,
+    batch: &crate::batch::Batch,
+    committed: &write::Committed,
+    took: Duration,
+) {
+    metrics.committed(batch.acks.len(), took, &batch.source_ts_ms);
+    for t in &batch.tables {
+        metrics.add(
+            Counter::RowsWritten,
+            &t.table.name.to_string(),
+            t.rows.len() as u64,
+        );
+    }
+    let mut acked: HashMap<&str, u64> = HashMap::new();
+    for (stream, _) in committed.acks() {
+        *acked.entry(stream).or_default() += 1;
+    }
+    for (stream, n) in acked {
+        metrics.add(Counter::Acked, stream, n);
+    }
+    let mut dead: HashMap<&str, u64> = HashMap::new();
+    for d in committed.dead() {
+        *dead.entry(&d.entry.stream).or_default() += 1;
+    }
+    for (stream, n) in dead {
+        metrics.add(Counter::DeadLettered, stream, n);
+    }
+}
+
 enum Prepared {
-    Row(map::RowChange),
+    /// A row change and its event's `source.ts_ms`.
+    Row(map::RowChange, Option<i64>),
     Truncate(map::Truncate),
     Skip(Skip),
     Dead(String),

@@ -143,6 +143,8 @@ pub struct Batch {
     pub acks: Vec<(Arc<str>, EntryId)>,
     /// The highest entry ID per stream: the checkpoint written with the rows.
     pub checkpoints: Vec<(Arc<str>, EntryId)>,
+    /// The source timestamps (`source.ts_ms`) of the row events, for the latency metric.
+    pub source_ts_ms: Vec<i64>,
 }
 
 impl Batch {
@@ -169,6 +171,7 @@ pub struct Batcher {
     /// The entries in the batch: one read twice (our own PEL re-read and XAUTOCLAIM
     /// can both return it) is taken once.
     seen: HashSet<(Arc<str>, EntryId)>,
+    source_ts_ms: Vec<i64>,
 }
 
 impl Batcher {
@@ -177,6 +180,7 @@ impl Batcher {
             max_batch,
             max_delay,
             first_at: None,
+            source_ts_ms: Vec::new(),
             tables: Vec::new(),
             table_index: HashMap::new(),
             row_index: HashMap::new(),
@@ -240,6 +244,13 @@ impl Batcher {
     }
 
     /// Adds a row change; coalesces it with an earlier change of the same row.
+    /// Notes a row event's source timestamp (for the end-to-end latency metric).
+    pub fn note_source_ts(&mut self, ts_ms: Option<i64>) {
+        if let Some(ts) = ts_ms {
+            self.source_ts_ms.push(ts);
+        }
+    }
+
     pub fn push_row(&mut self, change: RowChange, entry: StreamEntry, now: Instant) {
         if !self.note(&entry.stream, entry.id, now) {
             return;
@@ -313,6 +324,7 @@ impl Batcher {
         }
         Batch {
             tables,
+            source_ts_ms: std::mem::take(&mut self.source_ts_ms),
             dead: std::mem::take(&mut self.dead),
             acks,
             // Sorted: instances of one group update checkpoint rows in the same order,

@@ -64,7 +64,10 @@ pub async fn replay(
         .map(|t| parse_bound(t, "--to", true))
         .transpose()?;
     let replay_as = format!("{}:replay", config.redis.group);
-    let Some((mut core, mut reader)) = Core::open(config, shutdown, Some(&replay_as)).await? else {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let Some((mut core, mut reader)) =
+        Core::open(config, shutdown, Some(&replay_as), metrics).await?
+    else {
         return Ok(Stats::default());
     };
     for &m in &options.mappings {
@@ -75,42 +78,7 @@ pub async fn replay(
             )));
         }
     }
-    let filter = options
-        .streams
-        .iter()
-        .map(|s| StreamPattern::parse(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PipelineError::Config(format!("--stream: {e}")))?
-        .concat();
-    let wanted = if filter.is_empty() {
-        None
-    } else {
-        Some(reader.discover(&filter).await?)
-    };
-    let mut lanes = Vec::new();
-    for m in &core.mappings {
-        if !options.mappings.is_empty() && !options.mappings.contains(&m.index) {
-            continue;
-        }
-        for name in reader.discover(&m.streams).await? {
-            let is_dlq = name.ends_with(&core.config.redis.dlq_suffix);
-            let is_wanted = wanted.as_ref().is_none_or(|w| w.contains(&name));
-            if is_dlq || !is_wanted || core.routes.contains_key(name.as_str()) {
-                continue;
-            }
-            let Some(newest) = reader.last_entry(&name).await? else {
-                continue;
-            };
-            let end = to.map_or(newest, |t| t.min(newest));
-            let stream: Arc<str> = Arc::from(name.as_str());
-            core.routes.insert(stream.clone(), m.index);
-            lanes.push(Lane {
-                stream,
-                start_ms: from.ms,
-                end,
-            });
-        }
-    }
+    let lanes = lanes(&mut core, &mut reader, options, from, to).await?;
     if lanes.is_empty() {
         return Err(PipelineError::Config(
             "nothing to replay: no stream of the selected mappings matches".into(),
@@ -157,6 +125,53 @@ pub async fn replay(
     Ok(stats)
 }
 
+/// The streams to replay and the ID range of each; routes them in `core`.
+async fn lanes(
+    core: &mut Core,
+    reader: &mut crate::read::Reader,
+    options: &ReplayOptions,
+    from: EntryId,
+    to: Option<EntryId>,
+) -> Result<Vec<Lane>, PipelineError> {
+    let filter = options
+        .streams
+        .iter()
+        .map(|s| StreamPattern::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PipelineError::Config(format!("--stream: {e}")))?
+        .concat();
+    let wanted = if filter.is_empty() {
+        None
+    } else {
+        Some(reader.discover(&filter).await?)
+    };
+    let mut lanes = Vec::new();
+    for m in &core.mappings {
+        if !options.mappings.is_empty() && !options.mappings.contains(&m.index) {
+            continue;
+        }
+        for name in reader.discover(&m.streams).await? {
+            let is_dlq = name.ends_with(&core.config.redis.dlq_suffix);
+            let is_wanted = wanted.as_ref().is_none_or(|w| w.contains(&name));
+            if is_dlq || !is_wanted || core.routes.contains_key(name.as_str()) {
+                continue;
+            }
+            let Some(newest) = reader.last_entry(&name).await? else {
+                continue;
+            };
+            let end = to.map_or(newest, |t| t.min(newest));
+            let stream: Arc<str> = Arc::from(name.as_str());
+            core.routes.insert(stream.clone(), m.index);
+            lanes.push(Lane {
+                stream,
+                start_ms: from.ms,
+                end,
+            });
+        }
+    }
+    Ok(lanes)
+}
+
 fn fraction(done: u64, total: u64) -> f64 {
     if total == 0 {
         return 1.0;
@@ -171,7 +186,9 @@ fn parse_bound(text: &str, what: &str, end: bool) -> Result<EntryId, PipelineErr
     if text == "-" || text.is_empty() {
         return Ok(EntryId::ZERO);
     }
-    if let Some(id) = EntryId::parse(text) {
+    if text.contains('-')
+        && let Some(id) = EntryId::parse(text)
+    {
         return Ok(id);
     }
     text.parse::<u64>()

@@ -283,6 +283,15 @@ impl Reader {
         Ok(())
     }
 
+    /// The stream's and its groups' state (for the metrics).
+    pub async fn stream_status(
+        &mut self,
+        stream: &str,
+        dlq: &str,
+    ) -> Result<Option<inspect::StreamStatus>, ReadError> {
+        inspect::stream_status(&mut self.control, stream, dlq).await
+    }
+
     /// Commands sent to read entries so far.
     pub fn round_trips(&self) -> u64 {
         self.round_trips

@@ -1,0 +1,552 @@
+//! Prometheus metrics and the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! A small registry of our own (counters by one label, gauges, fixed-bucket histograms)
+//! rendered in the Prometheus text format 0.0.4; the listener is a minimal HTTP/1.1
+//! server on tokio (GET only, one request per connection).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Counters, each with one label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counter {
+    Read,
+    Skipped,
+    DeadLettered,
+    Acked,
+    Claimed,
+    RowsWritten,
+    Retries,
+}
+
+impl Counter {
+    const ALL: [Counter; 7] = [
+        Counter::Read,
+        Counter::Skipped,
+        Counter::DeadLettered,
+        Counter::Acked,
+        Counter::Claimed,
+        Counter::RowsWritten,
+        Counter::Retries,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Counter::Read => "redsink_entries_read_total",
+            Counter::Skipped => "redsink_entries_skipped_total",
+            Counter::DeadLettered => "redsink_entries_dead_lettered_total",
+            Counter::Acked => "redsink_entries_acked_total",
+            Counter::Claimed => "redsink_entries_claimed_total",
+            Counter::RowsWritten => "redsink_rows_written_total",
+            Counter::Retries => "redsink_retries_total",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Counter::RowsWritten => "table",
+            Counter::Retries => "operation",
+            _ => "stream",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Counter::Read => "Entries read from the stream (new, re-read or claimed).",
+            Counter::Skipped => {
+                "Entries recognised and skipped (tombstones, heartbeats, schema changes, messages)."
+            }
+            Counter::DeadLettered => {
+                "Entries written to the dead-letter stream, then acknowledged."
+            }
+            Counter::Acked => "Entries acknowledged after their batch committed.",
+            Counter::Claimed => "Entries taken over from idle consumers (XAUTOCLAIM).",
+            Counter::RowsWritten => {
+                "Row changes written (after coalescing; version-guarded no-ops included)."
+            }
+            Counter::Retries => "Failed attempts that are retried with backoff, by operation.",
+        }
+    }
+}
+
+/// A histogram with fixed buckets.
+struct Histogram {
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64],
+    state: Mutex<HistogramState>,
+}
+
+#[derive(Default)]
+struct HistogramState {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(name: &'static str, help: &'static str, bounds: &'static [f64]) -> Self {
+        Self {
+            name,
+            help,
+            bounds,
+            state: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len()],
+                ..HistogramState::default()
+            }),
+        }
+    }
+
+    fn observe_all(&self, values: impl IntoIterator<Item = f64>) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for v in values {
+            if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+                s.counts[i] += 1;
+            }
+            s.sum += v;
+            s.count += 1;
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} histogram", self.name);
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&s.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{}_bucket{{le=\"{bound}\"}} {cumulative}", self.name);
+        }
+        let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {}", self.name, s.count);
+        let _ = writeln!(out, "{}_sum {}", self.name, s.sum);
+        let _ = writeln!(out, "{}_count {}", self.name, s.count);
+    }
+}
+
+const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+const ENTRIES: &[f64] = &[
+    1.0, 8.0, 32.0, 128.0, 512.0, 1024.0, 2048.0, 4096.0, 16384.0,
+];
+
+/// A consumer group's state on one stream, polled from Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupGauges {
+    pub lag: Option<u64>,
+    pub pending: u64,
+    pub consumers: u64,
+}
+
+/// One pipeline's metrics.
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(Counter, String), u64>>,
+    groups: Mutex<BTreeMap<(String, String), GroupGauges>>,
+    dlq: Mutex<BTreeMap<String, u64>>,
+    batch_entries: Histogram,
+    commit_seconds: Histogram,
+    latency_seconds: Histogram,
+    started: AtomicBool,
+    /// Operations failing right now (retrying), by name.
+    failing: Mutex<BTreeMap<String, u64>>,
+    /// When the pipeline loop last went round (ms since the epoch).
+    last_loop_ms: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            counters: Mutex::default(),
+            groups: Mutex::default(),
+            dlq: Mutex::default(),
+            batch_entries: Histogram::new(
+                "redsink_batch_entries",
+                "Entries per committed batch.",
+                ENTRIES,
+            ),
+            commit_seconds: Histogram::new(
+                "redsink_commit_duration_seconds",
+                "Time to write and commit a batch (retries included).",
+                SECONDS,
+            ),
+            latency_seconds: Histogram::new(
+                "redsink_end_to_end_latency_seconds",
+                "From the event's source timestamp (source.ts_ms) to the commit that applied it.",
+                SECONDS,
+            ),
+            started: AtomicBool::new(false),
+            failing: Mutex::default(),
+            last_loop_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, counter: Counter, label: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut c = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *c.entry((counter, label.to_string())).or_default() += n;
+    }
+
+    /// A counter's value (for tests and logs).
+    pub fn get(&self, counter: Counter, label: &str) -> u64 {
+        let c = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.get(&(counter, label.to_string())).copied().unwrap_or(0)
+    }
+
+    /// A committed batch: its size, how long writing took, and the source timestamps of
+    /// its events (ms since the epoch).
+    pub fn committed(&self, entries: usize, took: Duration, source_ts_ms: &[i64]) {
+        self.batch_entries.observe_all([entries as f64]);
+        self.commit_seconds.observe_all([took.as_secs_f64()]);
+        let now = now_ms() as f64;
+        self.latency_seconds.observe_all(
+            source_ts_ms
+                .iter()
+                .filter(|ts| **ts > 0)
+                .map(|ts| ((now - *ts as f64) / 1000.0).max(0.0)),
+        );
+    }
+
+    pub fn set_group(&self, stream: &str, group: &str, gauges: GroupGauges) {
+        let mut g = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.insert((stream.to_string(), group.to_string()), gauges);
+    }
+
+    pub fn set_dlq_length(&self, stream: &str, length: u64) {
+        let mut d = self
+            .dlq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.insert(stream.to_string(), length);
+    }
+
+    /// Connected to both sides and reading.
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+        self.tick();
+    }
+
+    /// The loop went round.
+    pub fn tick(&self) {
+        self.last_loop_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// `operation` failed and will be retried.
+    pub fn retrying(&self, operation: &str) {
+        self.add(Counter::Retries, operation, 1);
+        let mut f = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *f.entry(operation.to_string()).or_default() += 1;
+    }
+
+    /// `operation` succeeded (after failures or not).
+    pub fn recovered(&self, operation: &str) {
+        let mut f = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.remove(operation);
+    }
+
+    /// `Ok` when connected to both sides and not stalled; else why not.
+    pub fn readiness(&self, stall_after: Duration) -> Result<(), String> {
+        if !self.started.load(Ordering::Relaxed) {
+            return Err("starting: not yet connected to redis and postgres".into());
+        }
+        let f = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((op, n)) = f.iter().next() {
+            return Err(format!("{op} is failing ({n} attempts so far)"));
+        }
+        let idle = now_ms().saturating_sub(self.last_loop_ms.load(Ordering::Relaxed));
+        let limit = u64::try_from(stall_after.as_millis()).unwrap_or(u64::MAX);
+        if idle > limit {
+            return Err(format!(
+                "stalled: the loop has not gone round for {idle} ms"
+            ));
+        }
+        Ok(())
+    }
+
+    fn render_groups(&self, out: &mut String) {
+        let g = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        type Pick = fn(&GroupGauges) -> Option<u64>;
+        let gauges: [(&str, &str, Pick); 3] = [
+            (
+                "redsink_group_lag",
+                "Entries not yet delivered to the consumer group.",
+                |g| g.lag,
+            ),
+            (
+                "redsink_group_pending",
+                "Entries delivered and not yet acknowledged.",
+                |g| Some(g.pending),
+            ),
+            (
+                "redsink_group_consumers",
+                "Consumers registered in the group.",
+                |g| Some(g.consumers),
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for ((stream, group), v) in g.iter() {
+                if let Some(v) = pick(v) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{stream=\"{}\",group=\"{}\"}} {v}",
+                        escape(stream),
+                        escape(group)
+                    );
+                }
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, stall_after: Duration) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP redsink_build_info The running redsink's version."
+        );
+        let _ = writeln!(out, "# TYPE redsink_build_info gauge");
+        let _ = writeln!(
+            out,
+            "redsink_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let ready = u8::from(self.readiness(stall_after).is_ok());
+        let _ = writeln!(
+            out,
+            "# HELP redsink_ready 1 when connected to Redis and Postgres and not stalled."
+        );
+        let _ = writeln!(out, "# TYPE redsink_ready gauge");
+        let _ = writeln!(out, "redsink_ready {ready}");
+        {
+            let c = self
+                .counters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for counter in Counter::ALL {
+                let _ = writeln!(out, "# HELP {} {}", counter.name(), counter.help());
+                let _ = writeln!(out, "# TYPE {} counter", counter.name());
+                for ((_, label), n) in c
+                    .range((counter, String::new())..)
+                    .take_while(|((k, _), _)| *k == counter)
+                {
+                    let _ = writeln!(
+                        out,
+                        "{}{{{}=\"{}\"}} {n}",
+                        counter.name(),
+                        counter.label(),
+                        escape(label)
+                    );
+                }
+            }
+        }
+        for h in [
+            &self.batch_entries,
+            &self.commit_seconds,
+            &self.latency_seconds,
+        ] {
+            h.render(&mut out);
+        }
+        self.render_groups(&mut out);
+        let d = self
+            .dlq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = writeln!(
+            out,
+            "# HELP redsink_dlq_length Entries in the stream's dead-letter stream."
+        );
+        let _ = writeln!(out, "# TYPE redsink_dlq_length gauge");
+        for (stream, n) in d.iter() {
+            let _ = writeln!(
+                out,
+                "redsink_dlq_length{{stream=\"{}\"}} {n}",
+                escape(stream)
+            );
+        }
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    stall_after: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut socket, _)) = accepted else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // Read the request head (bounded), then answer and close.
+            while len < buf.len() {
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf[len..]))
+                        .await;
+                match read {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => len += n,
+                }
+                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let mut parts = head.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let path = path.split('?').next().unwrap_or("");
+            let (status, content_type, body) = match (method, path) {
+                ("GET", "/metrics") => (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics.render(stall_after),
+                ),
+                ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+                ("GET", "/readyz") => match metrics.readiness(stall_after) {
+                    Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+                },
+                ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_string(),
+                ),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        let m = Metrics::new();
+        m.add(Counter::Read, "orders:0", 3);
+        m.add(Counter::Read, "orders:\"1\"", 2);
+        m.add(Counter::RowsWritten, "public.orders", 5);
+        m.committed(5, Duration::from_millis(20), &[1]);
+        m.set_group(
+            "orders:0",
+            "redsink",
+            GroupGauges {
+                lag: Some(7),
+                pending: 2,
+                consumers: 1,
+            },
+        );
+        m.set_dlq_length("orders:0", 4);
+        let text = m.render(Duration::from_secs(60));
+        for line in [
+            "redsink_entries_read_total{stream=\"orders:0\"} 3",
+            "redsink_entries_read_total{stream=\"orders:\\\"1\\\"\"} 2",
+            "redsink_rows_written_total{table=\"public.orders\"} 5",
+            "redsink_batch_entries_bucket{le=\"8\"} 1",
+            "redsink_batch_entries_count 1",
+            "redsink_commit_duration_seconds_bucket{le=\"0.025\"} 1",
+            "redsink_end_to_end_latency_seconds_count 1",
+            "redsink_group_lag{stream=\"orders:0\",group=\"redsink\"} 7",
+            "redsink_group_pending{stream=\"orders:0\",group=\"redsink\"} 2",
+            "redsink_dlq_length{stream=\"orders:0\"} 4",
+            "redsink_ready 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn readiness_follows_start_failures_and_stalls() {
+        let m = Metrics::new();
+        assert!(m.readiness(Duration::from_secs(60)).is_err());
+        m.set_started();
+        assert!(m.readiness(Duration::from_secs(60)).is_ok());
+        m.retrying("writing to postgres");
+        let why = m
+            .readiness(Duration::from_secs(60))
+            .err()
+            .unwrap_or_default();
+        assert!(why.contains("writing to postgres is failing"), "{why}");
+        m.recovered("writing to postgres");
+        assert!(m.readiness(Duration::from_secs(60)).is_ok());
+        m.last_loop_ms.store(0, Ordering::Relaxed);
+        assert!(
+            m.readiness(Duration::from_secs(60))
+                .is_err_and(|e| e.contains("stalled"))
+        );
+    }
+}
