@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+# Cargo.toml declares the benchmark target: its file must be there for any build.
+COPY benches ./benches
 RUN cargo build --release --locked --bin redsink
 
 FROM debian:bookworm-slim
