@@ -288,6 +288,7 @@ impl Config {
             message: e.to_string(),
         })?;
         apply_env(&mut doc, env);
+        read_url_files(&mut doc)?;
         let mut config: Config =
             Config::deserialize(toml::Value::Table(doc)).map_err(|e| ConfigError::Parse {
                 path: origin.to_string(),
@@ -384,6 +385,33 @@ impl Config {
     }
 }
 
+/// `url_file` in `[redis]` or `[postgres]` (or `REDSINK_REDIS_URL_FILE`, …): the URL, with
+/// its secrets, is read from that file (a mounted secret), trimmed.
+fn read_url_files(doc: &mut toml::Table) -> Result<(), ConfigError> {
+    for section in ["redis", "postgres"] {
+        let Some(toml::Value::Table(t)) = doc.get_mut(section) else {
+            continue;
+        };
+        let Some(path) = t.remove("url_file") else {
+            continue;
+        };
+        let key = format!("{section}.url_file");
+        let toml::Value::String(path) = path else {
+            return Err(invalid(key, "must be a file path"));
+        };
+        if t.contains_key("url") {
+            return Err(invalid(
+                key,
+                format!("set {section}.url or {section}.url_file, not both"),
+            ));
+        }
+        let url = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(&key, format!("cannot read {path}: {e}")))?;
+        t.insert("url".into(), toml::Value::String(url.trim().to_string()));
+    }
+    Ok(())
+}
+
 fn apply_env(doc: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
     let mut database_url = None;
     for (name, value) in env {
@@ -412,7 +440,9 @@ fn apply_env(doc: &mut toml::Table, env: impl IntoIterator<Item = (String, Strin
         let pg = doc
             .entry("postgres".to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let toml::Value::Table(t) = pg {
+        if let toml::Value::Table(t) = pg
+            && !t.contains_key("url_file")
+        {
             t.entry("url".to_string())
                 .or_insert(toml::Value::String(url));
         }
@@ -489,6 +519,42 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_come_from_files_and_never_show_their_password() {
+        let dir = std::env::temp_dir().join(format!("redsink-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let secret = dir.join("pg_url");
+        std::fs::write(&secret, "postgres://app:s3cret@db:5432/replica\n").ok();
+        let text = format!(
+            "[redis]\nurl = \"redis://r\"\n[postgres]\nurl_file = \"{}\"\n[[mapping]]\nstreams = [\"s\"]\ntable = \"public.t\"\n",
+            secret.display()
+        );
+        let config = Config::from_toml(&text, "test", std::iter::empty());
+        let config = config.map_err(|e| e.to_string());
+        assert_eq!(
+            config.as_ref().map(|c| c.postgres.url.as_str()),
+            Ok("postgres://app:s3cret@db:5432/replica")
+        );
+        let shown = format!("{:?}", config.as_ref().ok());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let both = text.replace("[postgres]\n", "[postgres]\nurl = \"postgres://x\"\n");
+        let err = Config::from_toml(&both, "test", std::iter::empty())
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("not both")));
+        let env = [(
+            "REDSINK_POSTGRES_URL_FILE".to_string(),
+            secret.display().to_string(),
+        )];
+        let from_env = text.replace(&format!("url_file = \"{}\"\n", secret.display()), "");
+        let config = Config::from_toml(&from_env, "test", env).map_err(|e| e.to_string());
+        assert_eq!(
+            config.map(|c| c.postgres.url),
+            Ok("postgres://app:s3cret@db:5432/replica".to_string())
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     const BASE: &str = r#"
 [redis]

@@ -30,6 +30,7 @@
 
 pub mod ack;
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod decode;
 pub mod map;

@@ -1,6 +1,7 @@
 //! Commands of the `redsink` binary, one file each.
 
 mod admin;
+mod check;
 mod migrate;
 mod produce;
 mod replay;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Re-apply a range of stream history (XRANGE, outside the group) for a backfill
     /// or a repair; safe while the sync runs.
     Replay(replay::ReplayArgs),
+    /// Validate the config against Redis and Postgres and print the least privileges it
+    /// needs (a Redis ACL rule, Postgres GRANTs).
+    Check(check::CheckArgs),
     /// Show streams, groups, lag, pending entries, consumers, checkpoints and
     /// dead-letter streams (`--json` for machines).
     Status(status::StatusArgs),
@@ -86,6 +90,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Produce(args) => produce::produce(args).await,
         Command::Replay(args) => replay::replay(args, shutdown_on_signal()).await,
         Command::Status(args) => status::status(args).await,
+        Command::Check(args) => check::check(args).await,
         Command::Group(command) => admin::group(command).await,
         Command::Consumers(command) => admin::consumers(command).await,
         Command::Dlq(command) => admin::dlq(command).await,

@@ -35,6 +35,16 @@ ORDER BY i.indisprimary DESC, i.indexrelid";
 
 /// Reads a table's columns and unique keys, adding the version column when it is missing.
 pub async fn load(pool: &PgPool, name: &TableName) -> Result<TableSchema, WriteError> {
+    load_with(pool, name, true).await.map(|(schema, _)| schema)
+}
+
+/// [`load`], adding the version column only with `add_version`; also says whether the
+/// table had it.
+pub async fn load_with(
+    pool: &PgPool,
+    name: &TableName,
+    add_version: bool,
+) -> Result<(TableSchema, bool), WriteError> {
     let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
         .bind(name.quoted())
         .fetch_one(pool)
@@ -50,7 +60,8 @@ pub async fn load(pool: &PgPool, name: &TableName) -> Result<TableSchema, WriteE
         .fetch_all(pool)
         .await
         .map_err(WriteError::pg(format!("reading the columns of {name}")))?;
-    if !rows.iter().any(|r| r.0 == VERSION_COLUMN) {
+    let had_version = rows.iter().any(|r| r.0 == VERSION_COLUMN);
+    if !had_version && add_version {
         add_version_column(pool, name).await?;
     }
     rows.retain(|r| r.0 != VERSION_COLUMN);
@@ -84,11 +95,14 @@ pub async fn load(pool: &PgPool, name: &TableName) -> Result<TableSchema, WriteE
                 .collect::<Option<Vec<usize>>>()
         })
         .collect();
-    Ok(TableSchema {
-        name: name.clone(),
-        columns,
-        unique_keys,
-    })
+    Ok((
+        TableSchema {
+            name: name.clone(),
+            columns,
+            unique_keys,
+        },
+        had_version,
+    ))
 }
 
 async fn add_version_column(pool: &PgPool, name: &TableName) -> Result<(), WriteError> {

@@ -220,9 +220,63 @@ pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>, WriteError> {
     .map_err(WriteError::pg("reading redsink.checkpoints"))
 }
 
-/// Applies `migrations/` (advisory-locked, so concurrent instances are safe).
+/// A table's catalog facts as `redsink check` sees them, without changing anything:
+/// the schema (minus the version column) and whether the version column is there.
+pub async fn inspect_table(
+    pool: &PgPool,
+    name: &TableName,
+) -> Result<(TableSchema, bool), WriteError> {
+    catalog::load_with(pool, name, false).await
+}
+
+/// redsink's own tables, which a role without `CREATE` needs the owner to migrate.
+pub const INTERNAL_TABLES: [&str; 3] = [
+    "redsink.checkpoints",
+    "redsink.tombstones",
+    "redsink.truncations",
+];
+
+/// Applies `migrations/` (advisory-locked, so concurrent instances are safe). A role
+/// that may not create tables (least privilege) goes on when the owner has already
+/// created redsink's tables (`redsink migrate` as the owner), with a warning.
 pub async fn migrate(pool: &PgPool) -> Result<(), WriteError> {
-    MIGRATOR.run(pool).await.map_err(WriteError::Migrate)
+    let error = match MIGRATOR.run(pool).await {
+        Ok(()) => return Ok(()),
+        Err(e) => WriteError::Migrate(e),
+    };
+    let denied = match &error {
+        WriteError::Migrate(
+            sqlx::migrate::MigrateError::Execute(e)
+            | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+        ) => e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "42501"),
+        _ => false,
+    };
+    if !denied || !internal_tables_present(pool).await? {
+        return Err(error);
+    }
+    tracing::warn!(
+        "this role may not run migrations; redsink's tables exist, so going on \
+         (run `redsink migrate` as their owner after upgrading redsink)"
+    );
+    Ok(())
+}
+
+/// Whether every table of [`INTERNAL_TABLES`] exists.
+pub async fn internal_tables_present(pool: &PgPool) -> Result<bool, WriteError> {
+    for table in INTERNAL_TABLES {
+        let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
+            .bind(table)
+            .fetch_one(pool)
+            .await
+            .map_err(WriteError::pg(format!("looking for {table}")))?;
+        if oid.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Writes batches; caches the catalog of each target table.

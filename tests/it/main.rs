@@ -10,6 +10,7 @@ mod load;
 mod ops;
 mod outage;
 mod poison;
+mod privilege;
 mod race;
 mod replay;
 mod sync;

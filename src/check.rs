@@ -1,0 +1,485 @@
+//! `redsink check`: validates a config against the real Redis and Postgres without
+//! changing anything, and derives the least privileges it needs (a Redis ACL rule and
+//! Postgres GRANTs).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::decode::{self, Decoded};
+use crate::map::{self, Mapping, RowOp, TableName, quote_ident};
+use crate::read::{self, Reader, StreamPattern};
+use crate::write::{self, INTERNAL_TABLES, VERSION_COLUMN};
+
+/// What redsink sends to Redis (subcommands as ACL spells them).
+pub const REDIS_COMMANDS: [&str; 19] = [
+    "ping",
+    "exists",
+    "scan",
+    "xreadgroup",
+    "xack",
+    "xautoclaim",
+    "xpending",
+    "xgroup|create",
+    "xgroup|delconsumer",
+    "xgroup|setid",
+    "xinfo|groups",
+    "xinfo|consumers",
+    "xrange",
+    "xrevrange",
+    "xlen",
+    "xadd",
+    "xdel",
+    "multi",
+    "exec",
+];
+
+/// One finding: fine, or a problem with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub ok: bool,
+    pub text: String,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    /// `ACL SETUSER <user> …` with `<user>` and `<password>` to fill in.
+    pub redis_acl: String,
+    /// SQL, `<role>` to fill in.
+    pub postgres_grants: Vec<String>,
+}
+
+impl Report {
+    fn ok(&mut self, text: impl Into<String>) {
+        self.findings.push(Finding {
+            ok: true,
+            text: text.into(),
+        });
+    }
+    fn problem(&mut self, text: impl Into<String>) {
+        self.findings.push(Finding {
+            ok: false,
+            text: text.into(),
+        });
+    }
+    pub fn problems(&self) -> usize {
+        self.findings.iter().filter(|f| !f.ok).count()
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs every check; never fails as a whole (each failure is a finding).
+pub async fn check(config: &Config) -> Report {
+    let mut report = Report::default();
+    let mut mappings = Vec::new();
+    for (i, m) in config.mappings.iter().enumerate() {
+        match Mapping::compile(i, m) {
+            Ok(m) => mappings.push(m),
+            Err(e) => report.problem(format!("mapping[{i}]: {e}")),
+        }
+    }
+    report.redis_acl = acl_rule(config, &mappings);
+    report.postgres_grants = grants(config);
+    let redis = match tokio::time::timeout(TIMEOUT, read::connect_control(&config.redis.url)).await
+    {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            report.problem(format!("redis: {e}: {}", crate::pipeline::source_chain(&e)));
+            None
+        }
+        Err(_) => {
+            report.problem("redis: no answer within 10 s: check redis.url");
+            None
+        }
+    };
+    let pool = match tokio::time::timeout(TIMEOUT, write::connect(&config.postgres.url, 1)).await {
+        Ok(Ok(pool)) => Some(pool),
+        Ok(Err(e)) => {
+            report.problem(format!(
+                "postgres: {e}: {}",
+                crate::pipeline::source_chain(&e)
+            ));
+            None
+        }
+        Err(_) => {
+            report.problem("postgres: no answer within 10 s: check postgres.url");
+            None
+        }
+    };
+    if let Some(conn) = &redis {
+        check_redis(config, conn.clone(), &mut report).await;
+    }
+    if let Some(pool) = &pool {
+        check_postgres(config, &mappings, pool, &mut report).await;
+        if let Some(conn) = &redis {
+            check_samples(config, &mappings, conn.clone(), pool, &mut report).await;
+        }
+        pool.close().await;
+    }
+    report
+}
+
+/// `~pattern` key patterns of the mapped streams and their dead-letter streams.
+fn key_patterns(config: &Config, mappings: &[Mapping]) -> Vec<String> {
+    let escape = |s: &str| {
+        s.chars()
+            .flat_map(|c| {
+                let special = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                special.then_some('\\').into_iter().chain([c])
+            })
+            .collect::<String>()
+    };
+    let mut out: Vec<String> = Vec::new();
+    for m in mappings {
+        for p in &m.streams {
+            let base = match p {
+                StreamPattern::Exact(name) => escape(name),
+                StreamPattern::Glob(glob) => glob.clone(),
+            };
+            for key in [
+                base.clone(),
+                format!("{base}{}", escape(&config.redis.dlq_suffix)),
+            ] {
+                if !out.contains(&key) {
+                    out.push(key);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn acl_rule(config: &Config, mappings: &[Mapping]) -> String {
+    let keys: Vec<String> = key_patterns(config, mappings)
+        .iter()
+        .map(|k| format!("~{k}"))
+        .collect();
+    let commands: Vec<String> = REDIS_COMMANDS.iter().map(|c| format!("+{c}")).collect();
+    format!(
+        "ACL SETUSER <user> on ><password> resetkeys {} resetchannels -@all {}",
+        keys.join(" "),
+        commands.join(" ")
+    )
+}
+
+/// `schema` of a table template, when it is fixed.
+fn fixed_schema(table: &str) -> Option<String> {
+    let schema = table.split_once('.').map_or("public", |(s, _)| s);
+    (!schema.contains("${")).then(|| schema.to_string())
+}
+
+fn grants(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut schemas: Vec<String> = Vec::new();
+    for m in &config.mappings {
+        match fixed_schema(&m.table) {
+            Some(schema) => {
+                if !schemas.contains(&schema) {
+                    out.push(format!("GRANT USAGE ON SCHEMA {} TO <role>;", quote_ident(&schema)));
+                    schemas.push(schema.clone());
+                }
+                if m.table.contains("${") {
+                    out.push(format!(
+                        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO <role>;",
+                        quote_ident(&schema)
+                    ));
+                } else if let Ok(name) = TableName::parse(&m.table) {
+                    out.push(format!(
+                        "GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO <role>;",
+                        name.quoted()
+                    ));
+                }
+            }
+            None => out.push(format!(
+                "-- {}: grant USAGE and SELECT, INSERT, UPDATE, DELETE on the tables this template names",
+                m.table
+            )),
+        }
+    }
+    out.push("GRANT USAGE ON SCHEMA redsink TO <role>;".into());
+    out.push(format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO <role>;",
+        INTERNAL_TABLES.join(", ")
+    ));
+    out
+}
+
+async fn check_redis(config: &Config, mut conn: ConnectionManager, report: &mut Report) {
+    let user: Result<String, _> = redis::cmd("ACL").arg("WHOAMI").query_async(&mut conn).await;
+    let user = match user {
+        Ok(user) => {
+            report.ok(format!("redis: connected as user {user}"));
+            user
+        }
+        Err(e) => {
+            report.ok(format!(
+                "redis: connected; cannot tell the user ({e}): permissions not verified, compare with the rule below"
+            ));
+            return;
+        }
+    };
+    let sample = config
+        .mappings
+        .first()
+        .and_then(|m| m.streams.first())
+        .map(|s| s.replace('*', "x"))
+        .unwrap_or_else(|| "stream".into());
+    let mut denied = Vec::new();
+    for command in REDIS_COMMANDS {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("DRYRUN").arg(&user);
+        for word in command.split('|') {
+            cmd.arg(word);
+        }
+        if command.starts_with('x') {
+            cmd.arg(&sample);
+        }
+        let answer: Result<String, _> = cmd.query_async(&mut conn).await;
+        match answer {
+            Ok(a) if a == "OK" => {}
+            Ok(a) => denied.push(format!("{command} ({a})")),
+            Err(e) => {
+                report.ok(format!(
+                    "redis: cannot verify permissions ({e}): compare the user's rule with the one below"
+                ));
+                return;
+            }
+        }
+    }
+    if denied.is_empty() {
+        report.ok(format!(
+            "redis: user {user} may run every command redsink needs on {sample}"
+        ));
+    } else {
+        report.problem(format!(
+            "redis: user {user} may not run: {} — apply the rule below",
+            denied.join(", ")
+        ));
+    }
+}
+
+async fn check_postgres(config: &Config, mappings: &[Mapping], pool: &PgPool, report: &mut Report) {
+    let who: Result<String, _> = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(pool)
+        .await;
+    match who {
+        Ok(role) => report.ok(format!("postgres: connected as role {role}")),
+        Err(e) => {
+            report.problem(format!("postgres: {e}"));
+            return;
+        }
+    }
+    match write::internal_tables_present(pool).await {
+        Ok(true) => {
+            for t in INTERNAL_TABLES {
+                privileges(pool, t, report).await;
+            }
+        }
+        Ok(false) => report.problem(
+            "postgres: redsink's schema is missing: `redsink run` creates it if this role may \
+             CREATE in the database; else run `redsink migrate` once as an owner",
+        ),
+        Err(e) => report.problem(format!("postgres: {e}")),
+    }
+    for m in mappings {
+        let Some(fixed) = m.table.fixed() else {
+            report.ok(format!(
+                "mapping[{}]: table {} depends on the events: checked on the newest entries below",
+                m.index, config.mappings[m.index].table
+            ));
+            continue;
+        };
+        let name = match fixed {
+            Ok(name) => name,
+            Err(e) => {
+                report.problem(format!("mapping[{}]: {e}", m.index));
+                continue;
+            }
+        };
+        table(pool, &name, m, report).await;
+    }
+}
+
+async fn privileges(pool: &PgPool, table: &str, report: &mut Report) {
+    let mut missing = Vec::new();
+    for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
+        let held: Result<bool, _> = sqlx::query_scalar("SELECT has_table_privilege($1, $2)")
+            .bind(table)
+            .bind(privilege)
+            .fetch_one(pool)
+            .await;
+        if !held.unwrap_or(false) {
+            missing.push(privilege);
+        }
+    }
+    if missing.is_empty() {
+        report.ok(format!(
+            "postgres: {table}: SELECT, INSERT, UPDATE, DELETE granted"
+        ));
+    } else {
+        report.problem(format!(
+            "postgres: {table}: missing {} — see the GRANTs below",
+            missing.join(", ")
+        ));
+    }
+}
+
+async fn table(pool: &PgPool, name: &TableName, m: &Mapping, report: &mut Report) {
+    let (schema, has_version) = match write::inspect_table(pool, name).await {
+        Ok(found) => found,
+        Err(e) => {
+            report.problem(format!("mapping[{}]: {e}", m.index));
+            return;
+        }
+    };
+    privileges(pool, &name.quoted(), report).await;
+    if let Some(key) = &m.key {
+        let found = key
+            .iter()
+            .all(|k| schema.columns.iter().any(|c| &c.name == k));
+        if !found {
+            report.problem(format!(
+                "mapping[{}]: table {name} has no column for every key field {key:?}",
+                m.index
+            ));
+        }
+    }
+    if schema.unique_keys.is_empty() {
+        report.problem(format!(
+            "mapping[{}]: table {name} has no primary key or unique index: add one on the Debezium key columns",
+            m.index
+        ));
+    }
+    if has_version {
+        report.ok(format!(
+            "table {name}: {} columns, version column present",
+            schema.columns.len()
+        ));
+    } else {
+        let owner: bool = sqlx::query_scalar(
+            "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = to_regclass($1)",
+        )
+        .bind(name.quoted())
+        .fetch_one(pool)
+        .await
+        .unwrap_or(false);
+        if owner {
+            report.ok(format!(
+                "table {name}: redsink will add {VERSION_COLUMN} bytea at start"
+            ));
+        } else {
+            report.problem(format!(
+                "table {name}: no {VERSION_COLUMN} column and this role does not own the table: \
+                 run ALTER TABLE {} ADD COLUMN {VERSION_COLUMN} bytea as its owner",
+                name.quoted()
+            ));
+        }
+    }
+}
+
+/// Decodes and maps the newest entry of each mapped stream against its table and asks
+/// Postgres to cast every value to its column's type.
+async fn check_samples(
+    config: &Config,
+    mappings: &[Mapping],
+    control: ConnectionManager,
+    pool: &PgPool,
+    report: &mut Report,
+) {
+    let mut reader = match Reader::new(&config.redis.url, control, &config.redis.group, "check") {
+        Ok(r) => r,
+        Err(e) => return report.problem(format!("redis: {e}")),
+    };
+    for m in mappings {
+        let names = match reader.discover(&m.streams).await {
+            Ok(n) => n,
+            Err(e) => return report.problem(format!("redis: {e}")),
+        };
+        for name in names
+            .iter()
+            .filter(|n| !n.ends_with(&config.redis.dlq_suffix))
+        {
+            let stream: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
+            sample(config, m, &mut reader, &stream, pool, report).await;
+        }
+    }
+}
+
+async fn sample(
+    config: &Config,
+    m: &Mapping,
+    reader: &mut Reader,
+    stream: &std::sync::Arc<str>,
+    pool: &PgPool,
+    report: &mut Report,
+) {
+    let Ok(Some(last)) = reader.last_entry(stream).await else {
+        return;
+    };
+    let id = last.to_string();
+    let Ok(entries) = reader.range(stream, &id, &id, 1).await else {
+        return;
+    };
+    let Some(entry) = entries.into_iter().next() else {
+        return;
+    };
+    let at = format!("stream {stream} entry {id}");
+    let event = match decode::decode(&entry, &config.decode) {
+        Ok(Decoded::Change(event)) => event,
+        Ok(Decoded::Skip(_)) => return,
+        Err(e) => return report.problem(format!("{at}: would be dead-lettered: {}", e.reason)),
+    };
+    let name = match m.table.resolve(&event, stream) {
+        Ok(n) => n,
+        Err(e) => return report.problem(format!("{at}: {e}")),
+    };
+    let (schema, _) = match write::inspect_table(pool, &name).await {
+        Ok(found) => found,
+        Err(e) => return report.problem(format!("{at}: {e}")),
+    };
+    if event.op == decode::Op::Truncate {
+        return;
+    }
+    let change = match map::map_event(m, &event, entry.id, &std::sync::Arc::new(schema)) {
+        Ok(c) => c,
+        Err(e) => return report.problem(format!("{at}: would be dead-lettered: {e}")),
+    };
+    let RowOp::Upsert { columns, values } = &change.op else {
+        return report.ok(format!("{at}: a delete of {name}: maps"));
+    };
+    let casts: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("${}::{}", i + 1, change.table.columns[c].sql_type))
+        .collect();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", casts.join(", "))));
+    for v in values {
+        query = query.bind(v.as_deref());
+    }
+    match query.execute(pool).await {
+        Ok(_) => report.ok(format!(
+            "{at}: maps onto {name} and every value fits its column"
+        )),
+        Err(e) => report.problem(format!("{at}: a value does not fit {name}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_of_templates() {
+        assert_eq!(
+            fixed_schema("inventory.${source.table}").as_deref(),
+            Some("inventory")
+        );
+        assert_eq!(fixed_schema("${source.schema}.t"), None);
+        assert_eq!(fixed_schema("orders").as_deref(), Some("public"));
+    }
+}

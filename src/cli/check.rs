@@ -1,0 +1,46 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+use redsink::check;
+use redsink::config::Config;
+
+/// Validate the config against the real Redis and Postgres without changing anything:
+/// connections, permissions, every mapped table (exists, key, version column,
+/// privileges), and the newest entry of every mapped stream (decodes, maps, every value
+/// fits its column). Prints one line per finding, then the minimal Redis ACL rule and
+/// Postgres GRANTs the config needs. Exits 1 when there is a problem.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Path to the TOML config.
+    #[arg(
+        long,
+        short,
+        env = "REDSINK_CONFIG",
+        default_value = "config/redsink.toml"
+    )]
+    config: PathBuf,
+}
+
+pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)
+        .with_context(|| format!("loading config {}", args.config.display()))?;
+    let report = check::check(&config).await;
+    println!("# checks");
+    for f in &report.findings {
+        println!("{}: {}", if f.ok { "ok" } else { "problem" }, f.text);
+    }
+    println!();
+    println!("# redis acl");
+    println!("{}", report.redis_acl);
+    println!();
+    println!("# postgres grants");
+    for g in &report.postgres_grants {
+        println!("{g}");
+    }
+    let problems = report.problems();
+    if problems > 0 {
+        bail!("{problems} problems (see above)");
+    }
+    Ok(())
+}
