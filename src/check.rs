@@ -14,7 +14,7 @@ use crate::read::{self, Reader, StreamPattern};
 use crate::write::{self, INTERNAL_TABLES, VERSION_COLUMN};
 
 /// What redsink sends to Redis (subcommands as ACL spells them).
-pub const REDIS_COMMANDS: [&str; 19] = [
+pub const REDIS_COMMANDS: [&str; 20] = [
     "ping",
     "exists",
     "scan",
@@ -32,6 +32,7 @@ pub const REDIS_COMMANDS: [&str; 19] = [
     "xlen",
     "xadd",
     "xdel",
+    "xtrim",
     "multi",
     "exec",
 ];

@@ -161,6 +161,27 @@ pub struct MappingConfig {
     /// The source's `decimal.handling.mode`, needed only for events without schemas.
     #[serde(default)]
     pub decimal_handling: DecimalHandling,
+    /// Trim the mapped streams: `"off"` (default) or `"acked"` (entries every group has
+    /// acknowledged).
+    #[serde(default)]
+    pub trim: TrimMode,
+    /// With trimming, also drop entries older than this even if unacknowledged (a
+    /// ceiling; counted in `redsink_trim_dropped_unacked_total`).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub trim_max_age: Option<Duration>,
+    /// With trimming, also keep at most this many entries (a ceiling, likewise).
+    #[serde(default)]
+    pub trim_max_len: Option<u64>,
+}
+
+/// What trimming a mapping's streams may remove.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TrimMode {
+    #[default]
+    Off,
+    /// Entries that every consumer group on the stream has read and acknowledged.
+    Acked,
 }
 
 /// Debezium's `decimal.handling.mode`: how decimals were encoded.
@@ -232,6 +253,10 @@ fn default_max_delay() -> Duration {
 }
 fn default_placeholder() -> String {
     "default".into()
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

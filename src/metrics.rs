@@ -24,10 +24,12 @@ pub enum Counter {
     Claimed,
     RowsWritten,
     Retries,
+    Trimmed,
+    TrimDroppedUnacked,
 }
 
 impl Counter {
-    const ALL: [Counter; 7] = [
+    const ALL: [Counter; 9] = [
         Counter::Read,
         Counter::Skipped,
         Counter::DeadLettered,
@@ -35,6 +37,8 @@ impl Counter {
         Counter::Claimed,
         Counter::RowsWritten,
         Counter::Retries,
+        Counter::Trimmed,
+        Counter::TrimDroppedUnacked,
     ];
 
     fn name(self) -> &'static str {
@@ -46,6 +50,8 @@ impl Counter {
             Counter::Claimed => "redsink_entries_claimed_total",
             Counter::RowsWritten => "redsink_rows_written_total",
             Counter::Retries => "redsink_retries_total",
+            Counter::Trimmed => "redsink_entries_trimmed_total",
+            Counter::TrimDroppedUnacked => "redsink_trim_dropped_unacked_total",
         }
     }
 
@@ -72,6 +78,12 @@ impl Counter {
                 "Row changes written (after coalescing; version-guarded no-ops included)."
             }
             Counter::Retries => "Failed attempts that are retried with backoff, by operation.",
+            Counter::Trimmed => {
+                "Entries trimmed from the stream after every group acknowledged them."
+            }
+            Counter::TrimDroppedUnacked => {
+                "Entries not yet acknowledged by some group that a trim_max_age/trim_max_len ceiling dropped."
+            }
         }
     }
 }

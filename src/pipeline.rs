@@ -33,7 +33,7 @@ use crate::config::TruncateMode;
 use crate::decode::{self, Decoded, Op, Skip};
 use crate::map::{self, MapError, Mapping};
 use crate::metrics::{Counter, GroupGauges, Metrics};
-use crate::read::{self, ReadError, Reader, StreamEntry};
+use crate::read::{self, ReadError, Reader, StreamEntry, admin};
 use crate::write::{self, ErrorClass, WriteError, Writer};
 
 /// How often glob patterns are re-scanned for new streams.
@@ -44,6 +44,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 const READING: &str = "reading from redis";
 /// How often the groups' lag and pending counts are read for the metrics.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// How often streams with `trim = "acked"` are trimmed.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
 const STALL_AFTER: Duration = Duration::from_secs(60);
 
@@ -52,6 +54,7 @@ struct Timers {
     claim: Instant,
     discover: Instant,
     gauges: Option<Instant>,
+    trim: Instant,
     progress: Instant,
 }
 
@@ -62,6 +65,7 @@ impl Timers {
             claim: now,
             discover: now,
             gauges: None,
+            trim: now,
             progress: now,
         }
     }
@@ -405,10 +409,78 @@ impl Pipeline {
         if Timers::due(&mut timers.gauges, GAUGES_EVERY) {
             self.poll_gauges().await;
         }
+        if Timers::due(&mut timers.trim, TRIM_EVERY) {
+            self.trim().await;
+        }
         if Timers::due(&mut timers.progress, PROGRESS_EVERY) {
             tracing::info!(stats = ?self.stats(), "progress");
         }
         Ok(())
+    }
+
+    /// Trims the streams of mappings with `trim = "acked"`: first what every group has
+    /// acknowledged, then (counted as dropped) what a `trim_max_age`/`trim_max_len`
+    /// ceiling cuts beyond that.
+    async fn trim(&mut self) {
+        let streams: Vec<(Arc<str>, usize)> = self
+            .core
+            .routes
+            .iter()
+            .map(|(s, i)| (s.clone(), *i))
+            .collect();
+        for (stream, index) in streams {
+            let m = &self.core.config.mappings[index];
+            if m.trim != crate::config::TrimMode::Acked {
+                continue;
+            }
+            let (max_age, max_len) = (m.trim_max_age, m.trim_max_len);
+            let conn = self.reader.control();
+            let acked = match admin::oldest_needed(conn, &stream).await {
+                Ok(Some(min)) => admin::trim_below(conn, &stream, min).await,
+                Ok(None) => Ok(0),
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(n) => self.core.metrics.add(Counter::Trimmed, &stream, n),
+                Err(e) => tracing::warn!(stream = %stream, error = %e, "trimming failed"),
+            }
+            let mut dropped = 0;
+            if let Some(age) = max_age {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let cut = now.saturating_sub(age).as_millis();
+                let cut = read::EntryId {
+                    ms: u64::try_from(cut).unwrap_or(0),
+                    seq: 0,
+                };
+                match admin::trim_below(conn, &stream, cut).await {
+                    Ok(n) => dropped += n,
+                    Err(e) => {
+                        tracing::warn!(stream = %stream, error = %e, "trimming by age failed")
+                    }
+                }
+            }
+            if let Some(len) = max_len {
+                match admin::trim_to_len(conn, &stream, len).await {
+                    Ok(n) => dropped += n,
+                    Err(e) => {
+                        tracing::warn!(stream = %stream, error = %e, "trimming by length failed")
+                    }
+                }
+            }
+            if dropped > 0 {
+                self.core
+                    .metrics
+                    .add(Counter::TrimDroppedUnacked, &stream, dropped);
+                tracing::warn!(
+                    stream = %stream,
+                    dropped,
+                    "a trim ceiling dropped entries some group had not acknowledged: they are \
+                     dead-lettered as deleted if they were pending, and never seen if not yet read"
+                );
+            }
+        }
     }
 
     /// Lag, pending and consumers of every group, and dead-letter lengths, per stream.

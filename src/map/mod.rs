@@ -99,6 +99,14 @@ pub struct Mapping {
 impl Mapping {
     /// Compiles a validated [`MappingConfig`].
     pub fn compile(index: usize, config: &MappingConfig) -> Result<Self, String> {
+        if config.trim == crate::config::TrimMode::Off
+            && (config.trim_max_age.is_some() || config.trim_max_len.is_some())
+        {
+            return Err(
+                "trim_max_age and trim_max_len are ceilings of trimming: set trim = \"acked\" too"
+                    .into(),
+            );
+        }
         let mut streams = Vec::new();
         for s in &config.streams {
             streams.extend(StreamPattern::parse(s)?);

@@ -8,7 +8,7 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use super::ReadError;
+use super::{EntryId, ReadError};
 
 /// Fields redsink adds to a dead letter; everything else is the original entry.
 pub const DLQ_FIELDS: [&str; 4] = [
@@ -63,6 +63,92 @@ pub async fn prune_consumers(
         removed.push(name);
     }
     Ok(removed)
+}
+
+/// The oldest entry some consumer group on `stream` still needs (pending, or not yet
+/// delivered): everything before it is acknowledged by every group. `None` when the
+/// stream has no group (nothing may be trimmed then).
+pub async fn oldest_needed(
+    conn: &mut ConnectionManager,
+    stream: &str,
+) -> Result<Option<EntryId>, ReadError> {
+    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!("XINFO GROUPS {stream}")))?;
+    let mut oldest: Option<EntryId> = None;
+    for g in groups {
+        let name = match g.get("name") {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => continue,
+        };
+        let last = match g.get("last-delivered-id") {
+            Some(Value::BulkString(b)) => EntryId::parse(&String::from_utf8_lossy(b)),
+            _ => None,
+        }
+        .unwrap_or(EntryId::ZERO);
+        // The first entry after the last delivered one has not been read yet.
+        let mut needed = if last.seq == u64::MAX {
+            EntryId {
+                ms: last.ms + 1,
+                seq: 0,
+            }
+        } else {
+            EntryId {
+                ms: last.ms,
+                seq: last.seq + 1,
+            }
+        };
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&name)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .query_async(conn)
+            .await
+            .map_err(ReadError::redis(format!("XPENDING {stream} {name}")))?;
+        if let Some(first) = pending.first().and_then(|p| EntryId::parse(&p.0)) {
+            needed = needed.min(first);
+        }
+        oldest = Some(oldest.map_or(needed, |o| o.min(needed)));
+    }
+    Ok(oldest)
+}
+
+/// Trims `stream` below `min_id` (`XTRIM … MINID = …`, exact); returns how many went.
+pub async fn trim_below(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    min_id: EntryId,
+) -> Result<u64, ReadError> {
+    redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg("=")
+        .arg(min_id.to_string())
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!("XTRIM {stream} MINID {min_id}")))
+}
+
+/// Trims `stream` to its newest `max_len` entries (`XTRIM … MAXLEN = …`); returns how
+/// many went.
+pub async fn trim_to_len(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    max_len: u64,
+) -> Result<u64, ReadError> {
+    redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("=")
+        .arg(max_len)
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!("XTRIM {stream} MAXLEN {max_len}")))
 }
 
 /// Moves the group's last-delivered ID (XGROUP SETID): entries after `id` will be

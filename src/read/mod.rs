@@ -283,6 +283,11 @@ impl Reader {
         Ok(())
     }
 
+    /// The control connection, for the administrative commands of [`admin`].
+    pub fn control(&mut self) -> &mut ConnectionManager {
+        &mut self.control
+    }
+
     /// The stream's and its groups' state (for the metrics).
     pub async fn stream_status(
         &mut self,

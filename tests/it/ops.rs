@@ -456,3 +456,86 @@ async fn readyz_fails_while_postgres_is_unreachable() {
     );
     running.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn trimming_keeps_what_any_group_still_needs_and_counts_what_a_ceiling_drops() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    for id in 1..=10 {
+        common::xadd(
+            &mut r,
+            &stream,
+            &key(id),
+            &event("c", 10 + id as u64, "null", &item(id, "a", P_19_99)),
+        )
+        .await;
+    }
+    // Another group on the stream: it read two entries and acknowledged only the first.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("slow")
+        .arg("0")
+        .query_async(&mut r)
+        .await
+        .expect("XGROUP CREATE");
+    type Entries = Vec<(String, Vec<(String, String)>)>;
+    let read: Vec<(String, Entries)> = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("slow")
+        .arg("s1")
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut r)
+        .await
+        .expect("XREADGROUP");
+    let first = read[0].1[0].0.clone();
+    let _: i64 = redis::cmd("XACK")
+        .arg(&stream)
+        .arg("slow")
+        .arg(&first)
+        .query_async(&mut r)
+        .await
+        .expect("XACK");
+
+    let address = format!("127.0.0.1:{}", common::free_port());
+    let extra = format!(
+        "[http]\naddress = \"{address}\"\n{}trim = \"acked\"\ntrim_max_len = 5\n",
+        items_mapping(&prefix)
+    );
+    let running = common::Running::start(common::config(&db, "c1", &extra));
+    let trimmed = format!("redsink_entries_trimmed_total{{stream=\"{stream}\"}}");
+    let dropped = format!("redsink_trim_dropped_unacked_total{{stream=\"{stream}\"}}");
+    let started = std::time::Instant::now();
+    let scrape = loop {
+        if tokio::net::TcpStream::connect(&address).await.is_ok() {
+            let scrape = http_get(&address, "/metrics").await.1;
+            if sample(&scrape, &dropped).is_some() {
+                break scrape;
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "no trim"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // redsink had applied and acknowledged all ten; "slow" still needs the second entry
+    // on: only the first went as acknowledged, then the ceiling of 5 dropped 4 more.
+    assert_eq!(sample(&scrape, &trimmed), Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, &dropped), Some(4.0), "{scrape}");
+    assert_eq!(common::xlen(&mut r, &stream).await, 5);
+    assert_eq!(
+        crate::items(&db).await.len(),
+        10,
+        "the replica has every row"
+    );
+    running.stop().await.expect("stop");
+    common::cleanup_streams(&prefix).await;
+}
