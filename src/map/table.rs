@@ -128,11 +128,28 @@ impl TableTemplate {
                     "the table template needs a `source` field the event does not have ({part:?})"
                 )));
             };
+            // A value from the event cannot move the name into another schema.
+            if !matches!(part, Part::Literal(_)) && value.contains(['.', '\0']) {
+                return Err(MapError::event(format!(
+                    "the table template's {part:?} is {value:?}: a '.' (or NUL) from an event \
+                     could name a table outside the mapping"
+                )));
+            }
             out.push_str(value);
         }
-        TableName::parse(&out).map_err(MapError::event)
+        let name = TableName::parse(&out).map_err(MapError::event)?;
+        if self.parts.len() > 1 && RESERVED_SCHEMAS.contains(&name.schema.as_str()) {
+            return Err(MapError::event(format!(
+                "the table template resolves to {name}: redsink never writes to the schema {}",
+                name.schema
+            )));
+        }
+        Ok(name)
     }
 }
+
+/// Schemas a templated table name may never resolve into.
+const RESERVED_SCHEMAS: [&str; 4] = ["pg_catalog", "information_schema", "pg_toast", "redsink"];
 
 /// One column of a target table, as the catalog describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,5 +267,32 @@ mod tests {
         assert!(TableTemplate::parse("a.${nope}").is_err());
         assert!(TableTemplate::parse("a.${source.table").is_err());
         assert!(TableTemplate::parse("").is_err());
+    }
+
+    #[test]
+    fn events_cannot_steer_a_template_out_of_its_mapping() {
+        let event = |schema: &str, table: &str| ChangeEvent {
+            op: Op::Create,
+            key: None,
+            before: None,
+            after: None,
+            source: Source {
+                schema: Some(schema.into()),
+                table: Some(table.into()),
+                ..Source::default()
+            },
+        };
+        let t = TableTemplate::parse("${source.table}").expect("valid");
+        let err = t.resolve(&event("public", "pg_catalog.pg_authid"), "s");
+        assert!(err.is_err_and(|e| e.to_string().contains("outside the mapping")));
+        let t = TableTemplate::parse("${source.schema}.${source.table}").expect("valid");
+        for schema in ["pg_catalog", "redsink", "information_schema"] {
+            let err = t.resolve(&event(schema, "t"), "s");
+            assert!(
+                err.is_err_and(|e| e.to_string().contains("never writes")),
+                "{schema}"
+            );
+        }
+        assert!(t.resolve(&event("inventory", "t"), "s").is_ok());
     }
 }

@@ -539,3 +539,18 @@ async fn trimming_keeps_what_any_group_still_needs_and_counts_what_a_ceiling_dro
     running.stop().await.expect("stop");
     common::cleanup_streams(&prefix).await;
 }
+
+#[tokio::test]
+async fn migrate_creates_redsinks_schema_and_is_idempotent() {
+    let db = TestDb::new().await;
+    let text = common::config_text(&db, "c1", &items_mapping(&common::unique("s")));
+    for _ in 0..2 {
+        let (code, out, err) = common::redsink_cli(&text, &["migrate"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    assert!(
+        redsink::write::internal_tables_present(&db.pool)
+            .await
+            .expect("query")
+    );
+}
