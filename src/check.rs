@@ -113,7 +113,7 @@ pub async fn check(config: &Config) -> Report {
         }
     };
     if let Some(conn) = &redis {
-        check_redis(config, conn.clone(), &mut report).await;
+        check_redis(config, &mappings, conn.clone(), &mut report).await;
     }
     if let Some(pool) = &pool {
         check_postgres(config, &mappings, pool, &mut report).await;
@@ -210,55 +210,132 @@ fn grants(config: &Config) -> Vec<String> {
     out
 }
 
-async fn check_redis(config: &Config, mut conn: ConnectionManager, report: &mut Report) {
+/// A group name no one uses: probes that name it fail with NOGROUP, after the ACL check.
+const PROBE_GROUP: &str = "redsink-check-probe";
+
+/// One harmless call per command redsink sends, on `key` (or its dead-letter stream
+/// `dlq`): each fails after Redis' ACL check or changes nothing, so NOPERM means the
+/// user lacks that command or key.
+fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
+    let g = PROBE_GROUP;
+    let table: [(&'static str, Vec<&str>); 18] = [
+        ("ping", vec!["PING"]),
+        ("exists", vec!["EXISTS", key]),
+        ("scan", vec!["SCAN", "0", "MATCH", key, "COUNT", "1"]),
+        (
+            "xreadgroup",
+            vec![
+                "XREADGROUP",
+                "GROUP",
+                g,
+                "c",
+                "COUNT",
+                "1",
+                "STREAMS",
+                key,
+                "0",
+            ],
+        ),
+        ("xack", vec!["XACK", key, g, "0-0"]),
+        (
+            "xautoclaim",
+            vec!["XAUTOCLAIM", key, g, "c", "0", "0-0", "COUNT", "1"],
+        ),
+        ("xpending", vec!["XPENDING", key, g]),
+        // An invalid ID: refused after the ACL check, nothing is created.
+        (
+            "xgroup|create",
+            vec!["XGROUP", "CREATE", key, g, "not-an-id"],
+        ),
+        (
+            "xgroup|delconsumer",
+            vec!["XGROUP", "DELCONSUMER", key, g, "c"],
+        ),
+        ("xgroup|setid", vec!["XGROUP", "SETID", key, g, "$"]),
+        ("xinfo|groups", vec!["XINFO", "GROUPS", key]),
+        ("xinfo|consumers", vec!["XINFO", "CONSUMERS", key, g]),
+        ("xrange", vec!["XRANGE", key, "+", "-"]),
+        ("xrevrange", vec!["XREVRANGE", key, "-", "+"]),
+        ("xlen", vec!["XLEN", key]),
+        // ID 0-0 is refused after the ACL check: nothing is added.
+        ("xadd", vec!["XADD", dlq, "0-0", "f", "v"]),
+        ("xdel", vec!["XDEL", dlq, "0-0"]),
+        ("xtrim", vec!["XTRIM", key, "MINID", "0"]),
+    ];
+    let mut out: Vec<(&'static str, redis::Pipeline)> = table
+        .into_iter()
+        .map(|(name, args)| {
+            let mut cmd = redis::cmd(args[0]);
+            for a in &args[1..] {
+                cmd.arg(*a);
+            }
+            let mut p = redis::pipe();
+            p.add_command(cmd);
+            (name, p)
+        })
+        .collect();
+    let mut multi = redis::pipe();
+    multi.atomic().cmd("PING");
+    out.push(("multi", multi.clone()));
+    out.push(("exec", multi));
+    out
+}
+
+async fn check_redis(
+    config: &Config,
+    mappings: &[Mapping],
+    mut conn: ConnectionManager,
+    report: &mut Report,
+) {
     let user: Result<String, _> = redis::cmd("ACL").arg("WHOAMI").query_async(&mut conn).await;
-    let user = match user {
-        Ok(user) => {
-            report.ok(format!("redis: connected as user {user}"));
-            user
+    let who = user.map_or_else(
+        |_| "the configured user".to_string(),
+        |u| format!("user {u}"),
+    );
+    report.ok(format!("redis: connected as {who}"));
+    // One key per stream pattern: an existing stream if there is one, else a name the
+    // pattern matches.
+    let mut keys: Vec<String> = Vec::new();
+    if let Ok(mut reader) = Reader::new(
+        &config.redis.url,
+        conn.clone(),
+        &config.redis.group,
+        "check",
+    ) {
+        for m in mappings {
+            for p in &m.streams {
+                let found = reader.discover(std::slice::from_ref(p)).await.ok();
+                let name = match (found.and_then(|f| f.into_iter().next()), p) {
+                    (Some(name), _) => name,
+                    (None, StreamPattern::Exact(name)) => name.clone(),
+                    (None, StreamPattern::Glob(glob)) => glob.replace(['*', '?'], "x"),
+                };
+                if !keys.contains(&name) {
+                    keys.push(name);
+                }
+            }
         }
-        Err(e) => {
-            report.ok(format!(
-                "redis: connected; cannot tell the user ({e}): permissions not verified, compare with the rule below"
-            ));
-            return;
-        }
-    };
-    let sample = config
-        .mappings
-        .first()
-        .and_then(|m| m.streams.first())
-        .map(|s| s.replace('*', "x"))
-        .unwrap_or_else(|| "stream".into());
-    let mut denied = Vec::new();
-    for command in REDIS_COMMANDS {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("DRYRUN").arg(&user);
-        for word in command.split('|') {
-            cmd.arg(word);
-        }
-        if command.starts_with('x') {
-            cmd.arg(&sample);
-        }
-        let answer: Result<String, _> = cmd.query_async(&mut conn).await;
-        match answer {
-            Ok(a) if a == "OK" => {}
-            Ok(a) => denied.push(format!("{command} ({a})")),
-            Err(e) => {
-                report.ok(format!(
-                    "redis: cannot verify permissions ({e}): compare the user's rule with the one below"
-                ));
-                return;
+    }
+    let mut denied: Vec<String> = Vec::new();
+    for key in &keys {
+        let dlq = format!("{key}{}", config.redis.dlq_suffix);
+        for (command, probe) in probes(key, &dlq) {
+            let result: redis::RedisResult<redis::Value> = probe.query_async(&mut conn).await;
+            if let Err(e) = result
+                && e.code() == Some("NOPERM")
+            {
+                denied.push(format!("{command} on {key}"));
             }
         }
     }
     if denied.is_empty() {
         report.ok(format!(
-            "redis: user {user} may run every command redsink needs on {sample}"
+            "redis: {who} may run every command redsink needs on {}",
+            keys.join(", ")
         ));
     } else {
         report.problem(format!(
-            "redis: user {user} may not run: {} — apply the rule below",
+            "redis: {who} may not run: {} — apply the rule below",
             denied.join(", ")
         ));
     }

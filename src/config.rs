@@ -458,6 +458,17 @@ fn apply_env(doc: &mut toml::Table, env: impl IntoIterator<Item = (String, Strin
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let toml::Value::Table(t) = table {
+            // The environment wins over the file: a URL from one replaces a URL file
+            // from the other, and the other way round.
+            match key {
+                "url" => {
+                    t.remove("url_file");
+                }
+                "url_file" => {
+                    t.remove("url");
+                }
+                _ => {}
+            }
             t.insert(key.to_string(), toml::Value::String(value));
         }
     }
@@ -574,6 +585,20 @@ mod tests {
         )];
         let from_env = text.replace(&format!("url_file = \"{}\"\n", secret.display()), "");
         let config = Config::from_toml(&from_env, "test", env).map_err(|e| e.to_string());
+        assert_eq!(
+            config.map(|c| c.postgres.url),
+            Ok("postgres://app:s3cret@db:5432/replica".to_string())
+        );
+        // A URL file from the environment replaces the file's URL.
+        let with_url = text.replace(
+            &format!("url_file = \"{}\"\n", secret.display()),
+            "url = \"postgres://baked@x/y\"\n",
+        );
+        let env = [(
+            "REDSINK_POSTGRES_URL_FILE".to_string(),
+            secret.display().to_string(),
+        )];
+        let config = Config::from_toml(&with_url, "test", env).map_err(|e| e.to_string());
         assert_eq!(
             config.map(|c| c.postgres.url),
             Ok("postgres://app:s3cret@db:5432/replica".to_string())

@@ -43,7 +43,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// The operation name of reads in the retry metrics and `/readyz`.
 const READING: &str = "reading from redis";
 /// How often the groups' lag and pending counts are read for the metrics.
-const GAUGES_EVERY: Duration = Duration::from_secs(5);
+const GAUGES_EVERY: Duration = Duration::from_secs(15);
 /// How often streams with `trim = "acked"` are trimmed.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
@@ -209,7 +209,11 @@ macro_rules! retrying {
                         break Ok(None);
                     }
                 }
-                Err(e) => break Err(e),
+                Err(e) => {
+                    // Not retried: whatever comes of it, this operation is not failing on.
+                    $metrics.recovered($what);
+                    break Err(e);
+                }
             }
         }
     }};

@@ -232,9 +232,30 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
         }
         DlqCommand::Retry { target, ids, all } => {
             let (config, mut control, streams) = target.open().await?;
+            let mut failed = 0;
             for (dlq, l) in chosen(&config, &mut control, &streams, &ids, all).await? {
-                let new_id = admin::retry_dead_letter(&mut control, &dlq, &l).await?;
-                println!("{dlq} {} → {} {new_id}", l.id, l.stream);
+                // Only back onto the stream this dead-letter stream belongs to.
+                let owner = dlq.strip_suffix(&config.redis.dlq_suffix).unwrap_or(&dlq);
+                let outcome = if l.stream == owner {
+                    admin::retry_dead_letter(&mut control, &dlq, &l)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    Err(format!(
+                        "it names stream {:?}, not {owner}: left in place",
+                        l.stream
+                    ))
+                };
+                match outcome {
+                    Ok(new_id) => println!("{dlq} {} → {} {new_id}", l.id, l.stream),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{dlq} {}: not retried: {e}", l.id);
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} dead letters could not be retried (see above)");
             }
         }
         DlqCommand::Purge {
@@ -293,10 +314,21 @@ async fn chosen(
             let mut out = Vec::new();
             for id in ids {
                 let found = find(config, control, streams, id).await?;
-                if found.is_empty() {
-                    bail!("no dead letter {id} in the dead-letter streams of the mapped streams");
+                match found.len() {
+                    0 => bail!(
+                        "no dead letter {id} in the dead-letter streams of the mapped streams"
+                    ),
+                    1 => out.extend(found),
+                    _ => bail!(
+                        "dead letter {id} is in {} dead-letter streams ({}): say which with --stream",
+                        found.len(),
+                        found
+                            .iter()
+                            .map(|(d, _)| d.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 }
-                out.extend(found);
             }
             Ok(out)
         }

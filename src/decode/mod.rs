@@ -158,7 +158,15 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
     let op = match payload.get("op") {
         Some(Value::String(op)) => op.clone(),
         Some(other) => return Err(fail(format!("`op` is not a string: {other}"))),
-        None => return classify_without_op(&payload).map_err(fail),
+        None => {
+            return match classify_without_op(&payload) {
+                Some(skip) => Ok(Decoded::Skip(skip)),
+                None => {
+                    let key = parse_key(key_text, config).map_err(&fail)?;
+                    flattened(payload, value_schema.as_ref(), key).map_err(fail)
+                }
+            };
+        }
     };
     let op = match op.as_str() {
         "c" => Op::Create,
@@ -273,22 +281,106 @@ fn split_schema(value: Value) -> (Option<Value>, Value) {
     }
 }
 
-/// Debezium events without an `op`: heartbeats, schema changes, transaction markers.
-fn classify_without_op(payload: &Map<String, Value>) -> Result<Decoded, String> {
+/// Debezium events without an `op`: heartbeats, schema changes, transaction markers;
+/// `None` for anything else (a flattened row).
+fn classify_without_op(payload: &Map<String, Value>) -> Option<Skip> {
     if payload.contains_key("ddl") || payload.contains_key("tableChanges") {
-        return Ok(Decoded::Skip(Skip::SchemaChange));
+        return Some(Skip::SchemaChange);
     }
     if payload.contains_key("status") && payload.contains_key("id") {
-        return Ok(Decoded::Skip(Skip::TransactionMetadata));
+        return Some(Skip::TransactionMetadata);
     }
     if payload.keys().all(|k| k == "ts_ms") && !payload.is_empty() {
-        return Ok(Decoded::Skip(Skip::Heartbeat));
+        return Some(Skip::Heartbeat);
     }
-    Err(
-        "the value has no `op` field: it is not a Debezium change event \
-         (flattened events from ExtractNewRecordState are not supported yet)"
-            .into(),
-    )
+    None
+}
+
+/// The prefix `ExtractNewRecordState` gives the metadata it adds (`add.fields`,
+/// `delete.handling.mode=rewrite`): `__op`, `__deleted`, `__lsn`, `__source_ts_ms`, ….
+const FLATTENED_PREFIX: &str = "__";
+
+/// An event flattened by Debezium's `ExtractNewRecordState`: the row's fields, plus
+/// metadata fields with the `__` prefix (not written to the table). `__deleted` true
+/// (rewrite mode) is a delete whose fields are the `before` image; `__op` gives the
+/// operation (default: an upsert); `__lsn`/`__source_lsn`, `__table`/`__source_table`,
+/// `__schema`, `__db`, `__source_ts_ms`/`__ts_ms` and `__connector` fill `source`.
+fn flattened(
+    payload: Map<String, Value>,
+    schema: Option<&Value>,
+    key: Option<Row>,
+) -> Result<Decoded, String> {
+    if ["before", "after", "source"]
+        .iter()
+        .any(|k| payload.contains_key(*k))
+    {
+        return Err(
+            "the value has `before`/`after`/`source` but no `op` field: a malformed Debezium \
+             envelope (a flattened ExtractNewRecordState event has none of them)"
+                .into(),
+        );
+    }
+    let mut meta = Map::new();
+    let mut fields = Map::new();
+    for (name, value) in payload {
+        match name.strip_prefix(FLATTENED_PREFIX) {
+            Some(meta_name) => {
+                meta.insert(meta_name.to_string(), value);
+            }
+            None => {
+                fields.insert(name, value);
+            }
+        }
+    }
+    if fields.is_empty() {
+        return Err(
+            "the value has no `op` field and no row fields: it is neither a Debezium change \
+             event nor one flattened by ExtractNewRecordState"
+                .into(),
+        );
+    }
+    let text = |names: &[&str]| {
+        names.iter().find_map(|n| match meta.get(*n) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let deleted = matches!(meta.get("deleted"), Some(Value::Bool(true)))
+        || text(&["deleted"]).as_deref() == Some("true");
+    let op = match text(&["op"]).as_deref() {
+        _ if deleted => Op::Delete,
+        None | Some("c") => Op::Create,
+        Some("u") => Op::Update,
+        Some("r") => Op::Read,
+        Some("d") => Op::Delete,
+        Some(other) => {
+            return Err(format!(
+                "flattened event with unknown __op `{other}` (expected c, u, r or d)"
+            ));
+        }
+    };
+    let source = Source {
+        connector: text(&["connector", "source_connector"]),
+        db: text(&["db", "source_db"]),
+        schema: text(&["schema", "source_schema"]),
+        table: text(&["table", "source_table"]),
+        lsn: text(&["lsn", "source_lsn"]).and_then(|l| l.parse().ok()),
+        ts_ms: text(&["source_ts_ms", "ts_ms"]).and_then(|t| t.parse().ok()),
+    };
+    let row = row_from(fields, schema.map(struct_fields));
+    let (before, after) = if op == Op::Delete {
+        (Some(row), None)
+    } else {
+        (None, Some(row))
+    };
+    Ok(Decoded::Change(ChangeEvent {
+        op,
+        key,
+        before,
+        after,
+        source,
+    }))
 }
 
 /// The `fields` of a struct schema.

@@ -347,3 +347,82 @@ proptest! {
         let _ = decode(&compact("s", &key, &value), &DecodeConfig::default());
     }
 }
+
+fn change(decoded: Result<Decoded, DecodeError>) -> ChangeEvent {
+    match decoded {
+        Ok(Decoded::Change(e)) => e,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+#[test]
+fn flattened_events_from_extract_new_record_state() {
+    let config = DecodeConfig::default();
+    // add.fields=op,lsn,table,source.ts_ms
+    let e = change(decode(
+        &compact(
+            "s",
+            r#"{"id":1}"#,
+            r#"{"id":1,"name":"a","__op":"u","__lsn":42,"__table":"items","__source_ts_ms":1700000000000}"#,
+        ),
+        &config,
+    ));
+    assert_eq!(e.op, Op::Update);
+    assert_eq!(e.source.lsn, Some(42));
+    assert_eq!(e.source.table.as_deref(), Some("items"));
+    assert_eq!(e.source.ts_ms, Some(1_700_000_000_000));
+    let after = e.after.expect("after");
+    assert_eq!(
+        after.0.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["id", "name"]
+    );
+    // delete.handling.mode=rewrite: the before image with __deleted "true" (or true).
+    for deleted in [r#""true""#, "true"] {
+        let e = change(decode(
+            &compact(
+                "s",
+                r#"{"id":1}"#,
+                &format!(r#"{{"id":1,"name":"a","__deleted":{deleted}}}"#),
+            ),
+            &config,
+        ));
+        assert_eq!(e.op, Op::Delete);
+        assert!(e.after.is_none());
+        assert!(
+            e.before
+                .is_some_and(|b| b.get("id").is_some() && b.get("__deleted").is_none())
+        );
+    }
+    let e = change(decode(
+        &compact(
+            "s",
+            r#"{"id":2}"#,
+            r#"{"id":2,"name":"b","__deleted":"false"}"#,
+        ),
+        &config,
+    ));
+    assert_eq!(e.op, Op::Create, "no __op: an upsert");
+    // With the JSON converter's schemas: the schema is the row struct itself.
+    let e = change(decode(
+        &compact(
+            "s",
+            r#"{"id":3}"#,
+            r#"{"schema":{"type":"struct","fields":[{"field":"id","type":"int32"},{"field":"d","type":"int32","name":"io.debezium.time.Date"}]},"payload":{"id":3,"d":19000}}"#,
+        ),
+        &config,
+    ));
+    let after = e.after.expect("after");
+    assert!(
+        after.get("d").is_some_and(|f| f.logical.is_some()),
+        "{after:?}"
+    );
+    // Only metadata: not a row.
+    assert!(decode(&compact("s", r#"{"id":1}"#, r#"{"__op":"c"}"#), &config).is_err());
+    assert!(
+        decode(
+            &compact("s", r#"{"id":1}"#, r#"{"id":1,"__op":"x"}"#),
+            &config
+        )
+        .is_err()
+    );
+}

@@ -150,7 +150,12 @@ impl Mapping {
         match self.version {
             VersionSource::SourceLsn => false,
             VersionSource::EntryId => true,
-            VersionSource::Auto => event.source.connector.as_deref() != Some("postgresql"),
+            // A flattened event (ExtractNewRecordState) names no connector: its __lsn,
+            // when present, is the PostgreSQL connector's.
+            VersionSource::Auto => match event.source.connector.as_deref() {
+                Some(connector) => connector != "postgresql",
+                None => event.source.lsn.is_none(),
+            },
         }
     }
 

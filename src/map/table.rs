@@ -129,7 +129,7 @@ impl TableTemplate {
                 )));
             };
             // A value from the event cannot move the name into another schema.
-            if !matches!(part, Part::Literal(_)) && value.contains(['.', '\0']) {
+            if !matches!(part, Part::Literal(_) | Part::Stream) && value.contains(['.', '\0']) {
                 return Err(MapError::event(format!(
                     "the table template's {part:?} is {value:?}: a '.' (or NUL) from an event \
                      could name a table outside the mapping"

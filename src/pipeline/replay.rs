@@ -161,10 +161,13 @@ async fn lanes(
             };
             let end = to.map_or(newest, |t| t.min(newest));
             let stream: Arc<str> = Arc::from(name.as_str());
+            // Progress counts from the first entry there is, not from `-` (1970).
+            let oldest = reader.range(&stream, "-", "+", 1).await?;
+            let start_ms = oldest.first().map_or(from.ms, |e| e.id.ms.max(from.ms));
             core.routes.insert(stream.clone(), m.index);
             lanes.push(Lane {
                 stream,
-                start_ms: from.ms,
+                start_ms,
                 end,
             });
         }

@@ -50,7 +50,7 @@ pub async fn prune_consumers(
         if Some(name.as_str()) == keep || int("pending") != 0 || int("idle") < idle_ms {
             continue;
         }
-        let _: i64 = redis::cmd("XGROUP")
+        let dropped: i64 = redis::cmd("XGROUP")
             .arg("DELCONSUMER")
             .arg(stream)
             .arg(group)
@@ -60,6 +60,18 @@ pub async fn prune_consumers(
             .map_err(ReadError::redis(format!(
                 "XGROUP DELCONSUMER {stream} {group} {name}"
             )))?;
+        if dropped > 0 {
+            // It read between our XINFO and the DELCONSUMER: those entries are no longer
+            // pending anywhere. Say so loudly; `redsink replay` can re-apply them.
+            tracing::error!(
+                stream,
+                group,
+                consumer = %name,
+                dropped,
+                "a pruned consumer had just read entries: they will not be delivered again; \
+                 re-apply them with redsink replay"
+            );
+        }
         removed.push(name);
     }
     Ok(removed)
@@ -92,7 +104,7 @@ pub async fn oldest_needed(
         // The first entry after the last delivered one has not been read yet.
         let mut needed = if last.seq == u64::MAX {
             EntryId {
-                ms: last.ms + 1,
+                ms: last.ms.saturating_add(1),
                 seq: 0,
             }
         } else {

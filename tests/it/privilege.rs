@@ -35,12 +35,7 @@ async fn syncs_with_a_restricted_redis_user_and_postgres_role() {
     db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
     db.exec(&grants).await;
     let mut r = common::redis().await;
-    let mut setuser = redis::cmd("ACL");
-    setuser.arg("SETUSER");
-    for word in acl.split_whitespace().skip(2) {
-        setuser.arg(word);
-    }
-    let _: () = setuser.query_async(&mut r).await.expect("ACL SETUSER");
+    acl_setuser(&mut r, &acl).await;
 
     // A malformed entry (dead-lettered), then a good one (the newest: `check` samples it).
     common::xadd(&mut r, &stream, "{}", "{not json").await;
@@ -79,6 +74,26 @@ async fn syncs_with_a_restricted_redis_user_and_postgres_role() {
         .await
         .expect("count");
     assert_eq!(rows, 1);
+
+    // A user without XACK: `check` names exactly what is missing.
+    let lesser = common::unique("u");
+    acl_setuser(&mut r, &acl.replace(&user, &lesser).replace(" +xack ", " ")).await;
+    let lesser_url = common::redis_url().replacen("redis://", &format!("redis://{lesser}:pw@"), 1);
+    let (code, out, _) =
+        common::redsink_cli(&restricted.replace(&redis_url, &lesser_url), &["check"]);
+    assert_ne!(code, 0, "{out}");
+    let problem = out
+        .lines()
+        .find(|l| l.starts_with("problem: redis"))
+        .unwrap_or_default();
+    assert!(problem.contains(&format!("xack on {stream}")), "{out}");
+    assert!(!problem.contains("xlen"), "{out}");
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&lesser)
+        .query_async(&mut r)
+        .await
+        .expect("DELUSER");
 
     let _: i64 = redis::cmd("ACL")
         .arg("DELUSER")
@@ -148,6 +163,16 @@ async fn check_names_each_problem_and_exits_non_zero() {
         "{out}"
     );
     common::cleanup_streams(&prefix).await;
+}
+
+/// Runs `ACL SETUSER …` as `check` prints it.
+async fn acl_setuser(r: &mut redis::aio::MultiplexedConnection, rule: &str) {
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER");
+    for word in rule.split_whitespace().skip(2) {
+        setuser.arg(word);
+    }
+    let _: () = setuser.query_async(r).await.expect("ACL SETUSER");
 }
 
 /// The lines after `# <title>` up to the next `#` heading or the end.

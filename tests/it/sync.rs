@@ -470,3 +470,40 @@ async fn checkpoints_keep_stream_names_with_quotes_and_backslashes() {
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+/// Events flattened by ExtractNewRecordState (add.fields=op,lsn,
+/// delete.handling.mode=rewrite), out of order: the replica still ends at the newest.
+#[tokio::test]
+async fn flattened_events_apply_and_converge() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let flat = |id: i64, name: &str, op: &str, lsn: u64, deleted: bool| {
+        format!(
+            r#"{{"id":{id},"name":"{name}","price":"{P_19_99}","qty":{id},"__op":"{op}","__lsn":{lsn},"__deleted":"{deleted}"}}"#
+        )
+    };
+    for (id, value) in [
+        (1, flat(1, "new", "u", 30, false)),
+        (1, flat(1, "old", "c", 10, false)),
+        (2, flat(2, "b", "c", 11, false)),
+        (2, flat(2, "b", "d", 20, true)),
+        (2, flat(2, "stale", "u", 15, false)),
+    ] {
+        common::xadd(&mut r, &stream, &key(id), &value).await;
+    }
+    let stats = common::sync(
+        common::config(&db, "c1", &items_mapping(&prefix)),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!(
+        items(&db).await,
+        vec![(1, Some("new".into()), Some("19.99".into()), Some(1))],
+        "the newest version of 1; 2 deleted at lsn 20 and not brought back by lsn 15"
+    );
+    common::cleanup_streams(&prefix).await;
+}
