@@ -107,7 +107,10 @@ pub async fn replay(
             core.process(read, shutdown).await?;
             progress(&ReplayProgress {
                 entries,
-                fraction: fraction(done_ms + last.ms.saturating_sub(lane.start_ms), total_ms),
+                fraction: fraction(
+                    done_ms + last.ms.saturating_sub(lane.start_ms) + 1,
+                    total_ms,
+                ),
                 stream: lane.stream.clone(),
                 last: Some(last),
             });

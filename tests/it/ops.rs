@@ -382,10 +382,10 @@ async fn metrics_move_during_a_sync_and_health_endpoints_answer() {
     );
     assert_eq!(sample(&scrape, "redsink_ready"), Some(1.0));
     assert!(scrape.contains("redsink_build_info{version=\""));
-    // The group gauges are polled every few seconds.
+    // The group gauges are polled every 15 s.
     let lag = format!("redsink_group_lag{{stream=\"{stream}\",group=\"redsink\"}}");
     let dlq = format!("redsink_dlq_length{{stream=\"{stream}\"}}");
-    for _ in 0..200 {
+    for _ in 0..600 {
         scrape = http_get(&address, "/metrics").await.1;
         if sample(&scrape, &dlq) == Some(1.0) {
             break;
