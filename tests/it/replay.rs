@@ -166,3 +166,35 @@ async fn replay_says_what_is_wrong_with_its_options() {
     .await;
     assert!(nothing.contains("nothing to replay"), "{nothing}");
 }
+
+#[tokio::test]
+async fn the_replay_command_prints_progress_and_a_summary() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    for id in 1..=3 {
+        common::xadd(
+            &mut r,
+            &stream,
+            &key(id),
+            &event("c", 10 + id as u64, "null", &item(id, "a", P_19_99)),
+        )
+        .await;
+    }
+    let text = common::config_text(&db, "c1", &items_mapping(&prefix));
+    let (code, out, err) = common::redsink_cli(&text, &["replay", "--from", "-"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replayed 3 entries"), "{out}");
+    assert!(out.contains("3 rows written"), "{out}");
+    assert!(
+        err.contains("replay: 100.0% 3 entries"),
+        "plain progress lines off a terminal: {err}"
+    );
+    assert_eq!(items(&db).await.len(), 3);
+    let (code, _, err) = common::redsink_cli(&text, &["replay", "--from", "soon"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--from \"soon\""), "{err}");
+    common::cleanup_streams(&prefix).await;
+}
