@@ -520,7 +520,9 @@ async fn sample(
         Ok(found) => found,
         Err(e) => return report.problem(format!("{at}: {e}")),
     };
-    if event.op == decode::Op::Truncate {
+    if event.op == decode::Op::Truncate
+        || (event.op == decode::Op::Delete && m.delete == crate::config::DeleteMode::Ignore)
+    {
         return;
     }
     let change = match map::map_event(m, &event, entry.id, &std::sync::Arc::new(schema)) {

@@ -172,6 +172,51 @@ pub struct MappingConfig {
     /// With trimming, also keep at most this many entries (a ceiling, likewise).
     #[serde(default)]
     pub trim_max_len: Option<u64>,
+    /// What a delete does: `"hard"` (default), `"soft"` or `"ignore"`.
+    #[serde(default)]
+    pub delete: DeleteMode,
+    /// With `delete = "soft"`: the column a delete sets (a timestamp from the event's
+    /// source time, or `true` for a boolean column); upserts set it back to null.
+    #[serde(default)]
+    pub soft_delete_column: Option<String>,
+    /// Which event fields go to which columns.
+    #[serde(default)]
+    pub columns: ColumnsConfig,
+}
+
+/// What a delete event does to the row.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Delete the row and keep a tombstone, so older events cannot bring it back.
+    #[default]
+    Hard,
+    /// Keep the row, set `soft_delete_column`.
+    Soft,
+    /// Acknowledge and do nothing.
+    Ignore,
+}
+
+/// Column mapping of a mapping: event fields to columns.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnsConfig {
+    /// Only these event fields are written (default: all).
+    #[serde(default)]
+    pub include: Option<Vec<String>>,
+    /// These event fields are never written.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Event field → column name.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Column → a constant (as Postgres text), written by every upsert.
+    #[serde(default)]
+    pub fixed: std::collections::BTreeMap<String, String>,
+    /// Column → an event attribute, written by every upsert: `source.ts_ms`,
+    /// `source.lsn`, `source.db`, `source.schema`, `source.table`, `op`, `entry_id`.
+    #[serde(default)]
+    pub from_event: std::collections::BTreeMap<String, String>,
 }
 
 /// What trimming a mapping's streams may remove.

@@ -732,6 +732,9 @@ impl Core {
             Err(prepared) => return Ok(prepared),
         };
         let mapping = &self.mappings[index];
+        if event.op == Op::Delete && mapping.delete == crate::config::DeleteMode::Ignore {
+            return Ok(Prepared::Skip(Skip::Delete));
+        }
         if event.op == Op::Truncate {
             if mapping.truncate == TruncateMode::Skip {
                 return Ok(Prepared::Skip(Skip::Truncate));

@@ -41,6 +41,8 @@ pub enum Skip {
     Tombstone,
     /// `op: t` on a mapping with `truncate = "skip"`.
     Truncate,
+    /// `op: d` on a mapping with `delete = "ignore"`.
+    Delete,
     /// `op: m`, a logical decoding message.
     Message,
     Heartbeat,
@@ -53,6 +55,7 @@ impl Skip {
         match self {
             Skip::Tombstone => "tombstone",
             Skip::Truncate => "truncate",
+            Skip::Delete => "delete",
             Skip::Message => "message",
             Skip::Heartbeat => "heartbeat",
             Skip::SchemaChange => "schema_change",

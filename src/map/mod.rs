@@ -7,16 +7,18 @@
 //!
 //! The version decides which change of a row wins (see [`Version`]).
 
+mod columns;
 pub mod convert;
 mod table;
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{DecimalHandling, MappingConfig, TruncateMode, VersionSource};
+use crate::config::{DecimalHandling, DeleteMode, MappingConfig, TruncateMode, VersionSource};
 use crate::decode::{ChangeEvent, Field, Op, Row};
 use crate::read::{EntryId, StreamPattern};
 
+pub use columns::Columns;
 pub use table::{Column, ColumnType, TableName, TableSchema, TableTemplate, quote_ident};
 
 /// Debezium's placeholder for an unchanged TOASTed column (`unavailable.value.placeholder`).
@@ -94,6 +96,9 @@ pub struct Mapping {
     pub ignore_unknown_columns: bool,
     pub truncate: TruncateMode,
     pub decimal_handling: DecimalHandling,
+    pub delete: DeleteMode,
+    pub soft_delete_column: Option<String>,
+    pub columns: Columns,
 }
 
 impl Mapping {
@@ -120,6 +125,16 @@ impl Mapping {
             ignore_unknown_columns: config.ignore_unknown_columns,
             truncate: config.truncate,
             decimal_handling: config.decimal_handling,
+            delete: config.delete,
+            soft_delete_column: match (config.delete, &config.soft_delete_column) {
+                (DeleteMode::Soft, None) => {
+                    return Err(
+                        "delete = \"soft\" needs soft_delete_column (e.g. \"deleted_at\")".into(),
+                    );
+                }
+                (_, column) => column.clone(),
+            },
+            columns: Columns::compile(&config.columns)?,
         })
     }
 
@@ -137,7 +152,11 @@ impl Mapping {
             return Ok(key.iter().map(String::as_str).collect());
         }
         match &event.key {
-            Some(key) if !key.0.is_empty() => Ok(key.0.iter().map(|f| f.name.as_str()).collect()),
+            Some(key) if !key.0.is_empty() => Ok(key
+                .0
+                .iter()
+                .map(|f| self.columns.renamed(&f.name))
+                .collect()),
             _ => Err(MapError::event(
                 "the event has a null message key (a source table without a primary key): \
                  set mapping.key to the columns that identify a row",
@@ -285,12 +304,56 @@ pub fn map_event(
         Version::OP_UPSERT
     };
     let version = mapping.version(event, id, op_byte)?;
-    let op = match event.op {
-        Op::Create | Op::Update | Op::Read => {
-            upsert_op(mapping, event, table, &key_columns, &key_names)?
+    let op = match (event.op, mapping.delete) {
+        (Op::Create | Op::Update | Op::Read, _) => {
+            let mut pairs = row_pairs(
+                mapping,
+                event,
+                id,
+                table,
+                &key_columns,
+                &key_names,
+                event.after.as_ref(),
+            )?;
+            if let Some(col) = soft_column(mapping, table)? {
+                // A row created (again) is not deleted: clear the flag.
+                if !pairs.iter().any(|(c, _)| *c == col) {
+                    pairs.push((col, None));
+                }
+            }
+            pairs_op(table, &key_columns, pairs)?
         }
-        Op::Delete => delete_op(mapping, event, table, &key_columns, &key_names)?,
-        Op::Truncate => {
+        (Op::Delete, DeleteMode::Hard) => {
+            delete_op(mapping, event, table, &key_columns, &key_names)?
+        }
+        (Op::Delete, DeleteMode::Soft) => {
+            let mut pairs = row_pairs(
+                mapping,
+                event,
+                id,
+                table,
+                &key_columns,
+                &key_names,
+                event.before.as_ref(),
+            )?;
+            if let Some(col) = soft_column(mapping, table)? {
+                let ms = event
+                    .source
+                    .ts_ms
+                    .unwrap_or_else(|| i64::try_from(id.ms).unwrap_or(i64::MAX));
+                let text = columns::time_text(ms, &table.columns[col].ty.name)
+                    .map_err(|e| MapError::table(&table.name, e))?;
+                pairs.retain(|(c, _)| *c != col);
+                pairs.push((col, Some(text)));
+            }
+            pairs_op(table, &key_columns, pairs)?
+        }
+        (Op::Delete, DeleteMode::Ignore) => {
+            return Err(MapError::event(
+                "deletes are ignored by this mapping (delete = \"ignore\")",
+            ));
+        }
+        (Op::Truncate, _) => {
             return Err(MapError::event("a truncate is not a row change"));
         }
     };
@@ -320,28 +383,52 @@ fn convert_field(
         .map_err(|e| MapError::column(&table.name, &column.name, e))
 }
 
-/// The columns of `after` (less unchanged TOASTed ones), plus key columns from the key.
-fn upsert_op(
+/// The soft-delete column's index, with `delete = "soft"`.
+fn soft_column(mapping: &Mapping, table: &TableSchema) -> Result<Option<usize>, MapError> {
+    if mapping.delete != DeleteMode::Soft {
+        return Ok(None);
+    }
+    let Some(name) = &mapping.soft_delete_column else {
+        return Ok(None);
+    };
+    table.column(name).map(Some).ok_or_else(|| {
+        MapError::table(
+            &table.name,
+            format!("soft_delete_column `{name}` does not exist in the table: add it"),
+        )
+    })
+}
+
+/// The columns of a row image (less unchanged TOASTed ones and fields the column
+/// mapping leaves out), plus key columns from the key, plus the `fixed` and
+/// `from_event` columns, as (column, text).
+fn row_pairs(
     mapping: &Mapping,
     event: &ChangeEvent,
+    id: EntryId,
     table: &TableSchema,
     key_columns: &[usize],
     key_names: &[&str],
-) -> Result<RowOp, MapError> {
-    let after = event
-        .after
-        .as_ref()
-        .ok_or_else(|| MapError::event("no `after` image"))?;
-    let mut pairs: Vec<(usize, Option<String>)> = Vec::with_capacity(after.0.len());
-    for field in &after.0 {
-        let Some(col) = table.column(&field.name) else {
+    image: Option<&Row>,
+) -> Result<Vec<(usize, Option<String>)>, MapError> {
+    let fields = image.map_or(&[][..], |r| r.0.as_slice());
+    let mut pairs: Vec<(usize, Option<String>)> = Vec::with_capacity(fields.len() + 2);
+    for field in fields {
+        let Some(name) = mapping.columns.column_of(&field.name) else {
+            continue;
+        };
+        if mapping.columns.is_extra(name) {
+            continue;
+        }
+        let Some(col) = table.column(name) else {
             if mapping.ignore_unknown_columns {
                 continue;
             }
             return Err(MapError::UnknownColumn(format!(
-                "table {} column {}: the event has this field but the table has no such \
-                 column: add the column or set mapping.ignore_unknown_columns = true",
-                table.name, field.name
+                "table {} column {name}: the event has this field but the table has no such \
+                 column: add the column, map the field elsewhere (columns.rename) or leave it \
+                 out (columns.exclude, or ignore_unknown_columns = true)",
+                table.name
             )));
         };
         if field.value.as_str() == Some(UNAVAILABLE_VALUE) {
@@ -350,20 +437,35 @@ fn upsert_op(
         }
         pairs.push((col, convert_field(mapping, table, field, col)?));
     }
-    // Key columns missing from `after` (excluded by the source) come from the key.
+    // Key columns missing from the image (excluded by the source) come from the key.
     for (&col, name) in key_columns.iter().zip(key_names) {
         if !pairs.iter().any(|(c, _)| *c == col) {
-            let field = key_field(event.key.as_ref(), name).ok_or_else(|| {
-                MapError::column(
-                    &table.name,
-                    name,
-                    "the key column has no value in the event",
-                )
-            })?;
+            let field = mapping
+                .columns
+                .field_for(event.key.as_ref(), name)
+                .or_else(|| mapping.columns.field_for(image, name))
+                .ok_or_else(|| {
+                    MapError::column(
+                        &table.name,
+                        name,
+                        "the key column has no value in the event",
+                    )
+                })?;
             pairs.push((col, convert_field(mapping, table, field, col)?));
         }
     }
+    pairs.extend(mapping.columns.extra(event, id, table)?);
+    Ok(pairs)
+}
+
+/// An upsert of these (column, text) pairs; every key column must have a value.
+fn pairs_op(
+    table: &TableSchema,
+    key_columns: &[usize],
+    mut pairs: Vec<(usize, Option<String>)>,
+) -> Result<RowOp, MapError> {
     pairs.sort_by_key(|(c, _)| *c);
+    pairs.dedup_by_key(|(c, _)| *c);
     for &k in key_columns {
         if !pairs.iter().any(|(c, v)| *c == k && v.is_some()) {
             return Err(MapError::column(
@@ -387,8 +489,10 @@ fn delete_op(
 ) -> Result<RowOp, MapError> {
     let mut key_values = Vec::with_capacity(key_columns.len());
     for (&col, name) in key_columns.iter().zip(key_names) {
-        let field = key_field(event.key.as_ref(), name)
-            .or_else(|| key_field(event.before.as_ref(), name))
+        let field = mapping
+            .columns
+            .field_for(event.key.as_ref(), name)
+            .or_else(|| mapping.columns.field_for(event.before.as_ref(), name))
             .ok_or_else(|| {
                 MapError::column(
                     &table.name,
@@ -420,10 +524,6 @@ fn key_text(op: &RowOp, key_columns: &[usize]) -> Result<String, MapError> {
         RowOp::Delete { key_values } => key_values.iter().map(|v| Some(v.as_str())).collect(),
     };
     serde_json::to_string(&values).map_err(|e| MapError::event(e.to_string()))
-}
-
-fn key_field<'a>(row: Option<&'a Row>, name: &str) -> Option<&'a Field> {
-    row.and_then(|r| r.get(name)).filter(|f| !f.value.is_null())
 }
 
 #[cfg(test)]

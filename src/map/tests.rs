@@ -210,3 +210,121 @@ fn versions_order_numerically_as_bytes_then_delete_before_upsert() {
             < Version::from_entry_id(EntryId { ms: 10, seq: 0 }, d)
     );
 }
+
+fn wide_table() -> Arc<TableSchema> {
+    let col = |n: &str, ty: &str| Column {
+        name: n.into(),
+        sql_type: ty.into(),
+        ty: ColumnType {
+            name: ty.into(),
+            scale: None,
+            precision: None,
+        },
+        is_array: false,
+    };
+    Arc::new(TableSchema {
+        name: TableName::parse("public.items").expect("valid"),
+        columns: vec![
+            col("item_id", "int4"),
+            col("title", "text"),
+            col("region", "text"),
+            col("synced_at", "timestamptz"),
+            col("deleted_at", "timestamptz"),
+        ],
+        unique_keys: vec![vec![0]],
+    })
+}
+
+fn upsert(change: &RowChange) -> Vec<(String, Option<String>)> {
+    let RowOp::Upsert { columns, values } = &change.op else {
+        panic!("expected an upsert: {change:?}");
+    };
+    columns
+        .iter()
+        .zip(values)
+        .map(|(c, v)| (change.table.columns[*c].name.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn columns_are_renamed_filtered_and_filled_from_the_event() {
+    let m = mapping(
+        "[columns]\nexclude = [\"secret\"]\nrename = { id = \"item_id\", name = \"title\" }\n\
+         fixed = { region = \"eu\" }\nfrom_event = { synced_at = \"source.ts_ms\" }\n",
+    );
+    let mut e = event(
+        Op::Create,
+        Some(json!({"id": 1})),
+        None,
+        Some(json!({"id": 1, "name": "a", "secret": "x"})),
+    );
+    e.source.ts_ms = Some(1_700_000_000_123);
+    e.source.connector = Some("postgresql".into());
+    e.source.lsn = Some(5);
+    let change = map_event(&m, &e, EntryId { ms: 1, seq: 0 }, &wide_table()).expect("maps");
+    assert_eq!(
+        upsert(&change),
+        vec![
+            ("item_id".into(), Some("1".into())),
+            ("title".into(), Some("a".into())),
+            ("region".into(), Some("eu".into())),
+            ("synced_at".into(), Some("2023-11-14T22:13:20.123Z".into())),
+        ]
+    );
+    assert_eq!(
+        change.key_text, r#"["1"]"#,
+        "the key is found under its new name"
+    );
+    // include: only these fields.
+    let m = mapping("[columns]\ninclude = [\"id\"]\nrename = { id = \"item_id\" }\n");
+    let change = map_event(&m, &e, EntryId { ms: 1, seq: 0 }, &wide_table()).expect("maps");
+    assert_eq!(upsert(&change), vec![("item_id".into(), Some("1".into()))]);
+    // An unknown attribute is a config error.
+    let config: MappingConfig = toml::from_str(
+        "streams = [\"s\"]\ntable = \"t\"\n[columns]\nfrom_event = { x = \"source.nope\" }\n",
+    )
+    .expect("toml");
+    assert!(Mapping::compile(0, &config).is_err_and(|e| e.contains("source.nope")));
+}
+
+#[test]
+fn soft_deletes_set_the_column_and_creates_clear_it() {
+    let m = mapping(
+        "delete = \"soft\"\nsoft_delete_column = \"deleted_at\"\n[columns]\nrename = { id = \"item_id\", name = \"title\" }\n",
+    );
+    let mut d = event(
+        Op::Delete,
+        Some(json!({"id": 1})),
+        Some(json!({"id": 1, "name": "a"})),
+        None,
+    );
+    d.source.ts_ms = Some(1_700_000_000_000);
+    d.source.connector = Some("postgresql".into());
+    d.source.lsn = Some(9);
+    let change = map_event(&m, &d, EntryId { ms: 1, seq: 0 }, &wide_table()).expect("maps");
+    assert_eq!(
+        upsert(&change),
+        vec![
+            ("item_id".into(), Some("1".into())),
+            ("title".into(), Some("a".into())),
+            ("deleted_at".into(), Some("2023-11-14T22:13:20.000Z".into())),
+        ]
+    );
+    assert_eq!(change.version, Version::from_lsn(9, Version::OP_DELETE));
+    let mut c = event(
+        Op::Create,
+        Some(json!({"id": 1})),
+        None,
+        Some(json!({"id": 1, "name": "b"})),
+    );
+    c.source.connector = Some("postgresql".into());
+    c.source.lsn = Some(10);
+    let change = map_event(&m, &c, EntryId { ms: 1, seq: 0 }, &wide_table()).expect("maps");
+    assert!(upsert(&change).contains(&("deleted_at".into(), None)));
+    // soft needs its column; ignore refuses to map a delete.
+    let config: MappingConfig =
+        toml::from_str("streams = [\"s\"]\ntable = \"t\"\ndelete = \"soft\"\n").expect("toml");
+    assert!(Mapping::compile(0, &config).is_err_and(|e| e.contains("soft_delete_column")));
+    let m = mapping("delete = \"ignore\"\n");
+    assert!(map_event(&m, &d, EntryId { ms: 1, seq: 0 }, &table()).is_err());
+}

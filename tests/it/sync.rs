@@ -507,3 +507,92 @@ async fn flattened_events_apply_and_converge() {
     );
     common::cleanup_streams(&prefix).await;
 }
+
+/// A read model whose columns differ from the source: renamed, filtered, a constant and
+/// the source time, with soft deletes — converging under reordering.
+#[tokio::test]
+async fn soft_deletes_and_column_mapping_feed_a_different_read_model() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE public.articles (item_id int PRIMARY KEY, title text, region text, \
+         synced_at timestamptz, deleted_at timestamptz)",
+    )
+    .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let at = |id: i64, name: &str| item(id, name, P_19_99);
+    for (id, e) in [
+        (1, event("c", 10, "null", &at(1, "a"))),
+        (1, event("d", 20, &at(1, "a"), "null")),
+        (1, event("u", 15, "null", &at(1, "stale"))),
+        (2, event("c", 11, "null", &at(2, "b"))),
+        (2, event("d", 30, &at(2, "b"), "null")),
+        (2, event("c", 40, "null", &at(2, "again"))),
+    ] {
+        common::xadd(&mut r, &stream, &key(id), &e).await;
+    }
+    let mapping = format!(
+        "[[mapping]]\nstreams = [\"{prefix}:items\"]\ntable = \"public.articles\"\n\
+         delete = \"soft\"\nsoft_delete_column = \"deleted_at\"\n\
+         [mapping.columns]\ninclude = [\"id\", \"name\"]\n\
+         rename = {{ id = \"item_id\", name = \"title\" }}\n\
+         fixed = {{ region = \"eu\" }}\nfrom_event = {{ synced_at = \"source.ts_ms\" }}\n"
+    );
+    let stats = common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.dead_lettered, 0);
+    type Article = (i32, Option<String>, Option<String>, bool, bool);
+    let rows: Vec<Article> = sqlx::query_as(
+        "SELECT item_id, title, region, synced_at IS NOT NULL, deleted_at IS NOT NULL \
+         FROM public.articles ORDER BY item_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        vec![
+            (1, Some("a".into()), Some("eu".into()), true, true),
+            (2, Some("again".into()), Some("eu".into()), true, false),
+        ],
+        "1 soft-deleted (the older update does not undo it), 2 deleted then created again"
+    );
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn ignored_deletes_keep_the_row_and_are_acknowledged() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("c", 10, "null", &item(1, "a", P_19_99)),
+    )
+    .await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(1),
+        &event("d", 11, &item(1, "a", P_19_99), "null"),
+    )
+    .await;
+    let mapping = format!("{}delete = \"ignore\"\n", items_mapping(&prefix));
+    let stats = common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.skipped, 1);
+    assert_eq!(items(&db).await.len(), 1);
+    assert_eq!(common::pending(&mut r, &stream, "redsink").await, 0);
+    common::cleanup_streams(&prefix).await;
+}
