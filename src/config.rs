@@ -264,6 +264,21 @@ pub enum VersionSource {
     /// The Redis stream entry ID (only correct when one stream carries all changes of a row, in order).
     #[serde(rename = "entry_id")]
     EntryId,
+    /// Debezium PostgreSQL `source.sequence`: (last commit LSN, LSN).
+    #[serde(rename = "source.sequence")]
+    SourceSequence,
+    /// MySQL/MariaDB binlog coordinates: (file number, `pos`, `row`), within one server.
+    #[serde(rename = "mysql.binlog")]
+    MysqlBinlog,
+    /// SQL Server: (`commit_lsn`, `change_lsn`, `event_serial_no`).
+    #[serde(rename = "sqlserver.lsn")]
+    SqlServerLsn,
+    /// Oracle: (`commit_scn` or `scn`, `scn`).
+    #[serde(rename = "oracle.scn")]
+    OracleScn,
+    /// MongoDB: (`ts_ms`, `ord`): the oplog timestamp and the order within its second.
+    #[serde(rename = "mongodb.ord")]
+    MongodbOrd,
 }
 
 fn default_group() -> String {

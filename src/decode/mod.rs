@@ -95,7 +95,35 @@ pub struct Source {
     pub table: Option<String>,
     pub lsn: Option<u64>,
     pub ts_ms: Option<i64>,
+    /// The connector-specific position fields, as text (numbers as their digits):
+    /// `sequence`, `file`, `pos`, `row`, `change_lsn`, `commit_lsn`, `event_serial_no`,
+    /// `scn`, `commit_scn`, `ord`.
+    pub position: Vec<(&'static str, String)>,
 }
+
+impl Source {
+    /// A position field (see [`Source::position`]).
+    pub fn position(&self, name: &str) -> Option<&str> {
+        self.position
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `source` fields that make up connectors' log positions.
+const POSITION_FIELDS: [&str; 10] = [
+    "sequence",
+    "file",
+    "pos",
+    "row",
+    "change_lsn",
+    "commit_lsn",
+    "event_serial_no",
+    "scn",
+    "commit_scn",
+    "ord",
+];
 
 /// Fields of a row image or key, in event order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -370,6 +398,10 @@ fn flattened(
         table: text(&["table", "source_table"]),
         lsn: text(&["lsn", "source_lsn"]).and_then(|l| l.parse().ok()),
         ts_ms: text(&["source_ts_ms", "ts_ms"]).and_then(|t| t.parse().ok()),
+        position: POSITION_FIELDS
+            .iter()
+            .filter_map(|name| text(&[&format!("source_{name}"), name]).map(|v| (*name, v)))
+            .collect(),
     };
     let row = row_from(fields, schema.map(struct_fields));
     let (before, after) = if op == Op::Delete {
@@ -433,6 +465,17 @@ fn source_from(s: &Map<String, Value>) -> Source {
         table: text("table"),
         lsn: s.get("lsn").and_then(Value::as_u64),
         ts_ms: s.get("ts_ms").and_then(Value::as_i64),
+        position: POSITION_FIELDS
+            .iter()
+            .filter_map(|name| {
+                let text = match s.get(*name)? {
+                    Value::String(t) => t.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                Some((*name, text))
+            })
+            .collect(),
     }
 }
 

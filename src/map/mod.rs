@@ -73,7 +73,14 @@ impl Version {
     pub const OP_UPSERT: u8 = 1;
 
     pub fn from_lsn(lsn: u64, op: u8) -> Self {
-        let mut v = lsn.to_be_bytes().to_vec();
+        Self::from_parts(&[lsn], op)
+    }
+    /// Big-endian numbers, then the op byte: byte order is the numbers' order.
+    pub fn from_parts(parts: &[u64], op: u8) -> Self {
+        let mut v = Vec::with_capacity(parts.len() * 8 + 1);
+        for p in parts {
+            v.extend_from_slice(&p.to_be_bytes());
+        }
         v.push(op);
         Self(v)
     }
@@ -164,35 +171,116 @@ impl Mapping {
         }
     }
 
-    /// Whether this event's version is the stream entry ID (not a source position).
-    fn versions_by_entry_id(&self, event: &ChangeEvent) -> bool {
+    /// The version scheme of this event: the configured one, or with `"auto"` the
+    /// connector's own log position.
+    fn scheme(&self, event: &ChangeEvent) -> VersionSource {
         match self.version {
-            VersionSource::SourceLsn => false,
-            VersionSource::EntryId => true,
-            // A flattened event (ExtractNewRecordState) names no connector: its __lsn,
-            // when present, is the PostgreSQL connector's.
             VersionSource::Auto => match event.source.connector.as_deref() {
-                Some(connector) => connector != "postgresql",
-                None => event.source.lsn.is_none(),
+                Some("postgresql") => VersionSource::SourceLsn,
+                Some("mysql" | "mariadb") => VersionSource::MysqlBinlog,
+                Some("sqlserver") => VersionSource::SqlServerLsn,
+                Some("oracle") => VersionSource::OracleScn,
+                Some("mongodb") => VersionSource::MongodbOrd,
+                Some(_) => VersionSource::EntryId,
+                // A flattened event (ExtractNewRecordState) names no connector: its
+                // __lsn, when present, is the PostgreSQL connector's.
+                None if event.source.lsn.is_some() => VersionSource::SourceLsn,
+                None => VersionSource::EntryId,
             },
+            other => other,
         }
     }
 
+    /// Whether this event's version is the stream entry ID (not a source position).
+    fn versions_by_entry_id(&self, event: &ChangeEvent) -> bool {
+        self.scheme(event) == VersionSource::EntryId
+    }
+
     fn version(&self, event: &ChangeEvent, id: EntryId, op: u8) -> Result<Version, MapError> {
-        if self.versions_by_entry_id(event) {
+        let scheme = self.scheme(event);
+        if scheme == VersionSource::EntryId {
             return Ok(Version::from_entry_id(id, op));
         }
-        event
-            .source
-            .lsn
-            .map(|lsn| Version::from_lsn(lsn, op))
-            .ok_or_else(|| {
-                MapError::event(
-                    "the event has no source.lsn: set mapping.version = \"entry_id\" \
-                 if this source has no log position",
-                )
+        position_parts(scheme, &event.source)
+            .map(|parts| Version::from_parts(&parts, op))
+            .map_err(|missing| {
+                MapError::event(format!(
+                    "the event has no usable source.{missing} for mapping.version {scheme:?}: \
+                     set mapping.version to the connector's position (see docs/TYPES.md) or \
+                     \"entry_id\" if this source has none"
+                ))
             })
     }
+}
+
+/// The numbers whose order is the order of changes, for each position scheme; `Err`
+/// names the missing or malformed `source` field.
+fn position_parts(
+    scheme: VersionSource,
+    s: &crate::decode::Source,
+) -> Result<Vec<u64>, &'static str> {
+    let num = |name: &'static str| -> Result<u64, &'static str> {
+        s.position(name).and_then(|v| v.parse().ok()).ok_or(name)
+    };
+    // SQL Server LSNs: "0000003a:00002f50:0002" (hex) → two numbers that order like it.
+    let mssql = |name: &'static str| -> Result<[u64; 2], &'static str> {
+        let text = s.position(name).ok_or(name)?;
+        let parts: Vec<u64> = text
+            .split(':')
+            .map(|p| u64::from_str_radix(p, 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| name)?;
+        match parts.as_slice() {
+            [a, b, c] => Ok([(a << 32) | b, *c]),
+            _ => Err(name),
+        }
+    };
+    Ok(match scheme {
+        VersionSource::SourceLsn | VersionSource::Auto | VersionSource::EntryId => {
+            vec![s.lsn.ok_or("lsn")?]
+        }
+        VersionSource::SourceSequence => {
+            // `["<last commit lsn>","<lsn>"]`, either may be null (lowest).
+            let text = s.position("sequence").ok_or("sequence")?;
+            let parsed: Vec<Option<String>> = serde_json::from_str(text).map_err(|_| "sequence")?;
+            let n = |i: usize| {
+                parsed
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.parse().ok())
+            };
+            vec![n(0).unwrap_or(0), n(1).or(s.lsn).unwrap_or(0)]
+        }
+        VersionSource::MysqlBinlog => {
+            let file = s.position("file").ok_or("file")?;
+            let number = file
+                .rsplit('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or("file")?;
+            vec![number, num("pos")?, num("row").unwrap_or(0)]
+        }
+        VersionSource::SqlServerLsn => {
+            let commit = mssql("commit_lsn")?;
+            let change = mssql("change_lsn")?;
+            vec![
+                commit[0],
+                commit[1],
+                change[0],
+                change[1],
+                num("event_serial_no").unwrap_or(0),
+            ]
+        }
+        VersionSource::OracleScn => {
+            let scn = num("scn")?;
+            vec![num("commit_scn").unwrap_or(scn), scn]
+        }
+        VersionSource::MongodbOrd => {
+            let ts = s.ts_ms.and_then(|t| u64::try_from(t).ok()).ok_or("ts_ms")?;
+            vec![ts, num("ord")?]
+        }
+    })
 }
 
 /// Redis `stringmatchlen` semantics for `*`, `?`, `[...]` (with `^` and ranges) and `\`.

@@ -328,3 +328,117 @@ fn soft_deletes_set_the_column_and_creates_clear_it() {
     let m = mapping("delete = \"ignore\"\n");
     assert!(map_event(&m, &d, EntryId { ms: 1, seq: 0 }, &table()).is_err());
 }
+
+fn source_with(connector: &str, fields: &[(&'static str, &str)], ts_ms: Option<i64>) -> Source {
+    Source {
+        connector: Some(connector.into()),
+        ts_ms,
+        position: fields.iter().map(|(n, v)| (*n, (*v).to_string())).collect(),
+        ..Source::default()
+    }
+}
+
+#[test]
+fn connector_positions_order_like_the_source_log() {
+    let v = |s: &Source| {
+        let scheme = mapping("").scheme(&ChangeEvent {
+            op: Op::Update,
+            key: None,
+            before: None,
+            after: None,
+            source: s.clone(),
+        });
+        position_parts(scheme, s).map(|p| Version::from_parts(&p, Version::OP_UPSERT))
+    };
+    // MySQL: file number first, then pos, then row.
+    let my = |file: &str, pos: &str, row: &str| {
+        v(&source_with(
+            "mysql",
+            &[("file", file), ("pos", pos), ("row", row)],
+            None,
+        ))
+    };
+    assert!(my("mysql-bin.000003", "154", "0") < my("mysql-bin.000003", "154", "1"));
+    assert!(my("mysql-bin.000003", "999", "9") < my("mysql-bin.000004", "4", "0"));
+    // SQL Server: commit LSN, change LSN, event serial number (hex LSN parts).
+    let ms = |commit: &str, change: &str, serial: &str| {
+        v(&source_with(
+            "sqlserver",
+            &[
+                ("commit_lsn", commit),
+                ("change_lsn", change),
+                ("event_serial_no", serial),
+            ],
+            None,
+        ))
+    };
+    let a = ms("0000003a:00002f50:0005", "0000003a:00002f50:0002", "1");
+    assert!(a < ms("0000003a:00002f50:0005", "0000003a:00002f50:0002", "2"));
+    assert!(a < ms("0000003a:0000ff00:0001", "0000003a:00002f50:0001", "1"));
+    assert!(a < ms("0000003b:00000000:0000", "00000001:00000000:0000", "1"));
+    // Oracle: commit SCN, then SCN; MongoDB: ts_ms, then ord.
+    let ora = |commit: &str, scn: &str| {
+        v(&source_with(
+            "oracle",
+            &[("commit_scn", commit), ("scn", scn)],
+            None,
+        ))
+    };
+    assert!(ora("100", "90") < ora("100", "95") && ora("100", "95") < ora("101", "10"));
+    let mongo = |ts: i64, ord: &str| v(&source_with("mongodb", &[("ord", ord)], Some(ts)));
+    assert!(mongo(1000, "2") < mongo(1000, "3") && mongo(1000, "9") < mongo(2000, "1"));
+    // A missing field is named.
+    assert_eq!(my("mysql-bin.000003", "x", "0"), Err("pos"));
+    // PostgreSQL sequence: (last commit LSN, LSN), null lowest.
+    let seq = |text: &str| {
+        let m = mapping("version = \"source.sequence\"\n");
+        let s = source_with("postgresql", &[("sequence", text)], None);
+        position_parts(m.scheme(&event_with(s.clone())), &s)
+    };
+    assert!(seq(r#"[null,"24023128"]"#) < seq(r#"["24023119","24023128"]"#));
+    assert!(seq(r#"["24023119","24023128"]"#) < seq(r#"["24023200","24023150"]"#));
+}
+
+fn event_with(source: Source) -> ChangeEvent {
+    ChangeEvent {
+        op: Op::Update,
+        key: None,
+        before: None,
+        after: None,
+        source,
+    }
+}
+
+#[test]
+fn real_mysql_and_sqlserver_events_get_their_positions() {
+    let decode = |name: &str| {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/debezium/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture");
+        let entry = crate::read::StreamEntry {
+            deliveries: 0,
+            stream: Arc::from("s"),
+            id: ID,
+            fields: Some(vec![(b"{\"id\":1}".to_vec(), text.into_bytes())]),
+        };
+        match crate::decode::decode(&entry, &crate::config::DecodeConfig::default()) {
+            Ok(crate::decode::Decoded::Change(e)) => e,
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    let my = decode("mysql_create_with_schema.json");
+    let m = mapping("");
+    assert_eq!(m.scheme(&my), VersionSource::MysqlBinlog);
+    assert_eq!(
+        position_parts(m.scheme(&my), &my.source),
+        Ok(vec![3, 154, 0])
+    );
+    let ms = decode("sqlserver_delete_decimal_with_schema.json");
+    assert_eq!(m.scheme(&ms), VersionSource::SqlServerLsn);
+    assert_eq!(
+        position_parts(m.scheme(&ms), &ms.source),
+        Ok(vec![(0x3a << 32) | 0x2f50, 5, (0x3a << 32) | 0x2f50, 2, 1])
+    );
+}
