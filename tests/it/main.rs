@@ -5,6 +5,7 @@ mod common;
 
 mod convergence;
 mod crash;
+mod debezium;
 mod fixtures;
 mod load;
 mod ops;
