@@ -182,6 +182,21 @@ pub struct MappingConfig {
     /// Which event fields go to which columns.
     #[serde(default)]
     pub columns: ColumnsConfig,
+    /// `"none"` (default) or `"basic"`: create a missing table and add missing columns
+    /// from the event's schema (events with schemas only).
+    #[serde(default)]
+    pub schema_evolution: SchemaEvolution,
+}
+
+/// Whether redsink changes the target tables' structure.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaEvolution {
+    #[default]
+    None,
+    /// Like the JDBC sink's `basic`: create missing tables, add missing columns; never
+    /// drop or alter anything.
+    Basic,
 }
 
 /// What a delete event does to the row.

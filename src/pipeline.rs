@@ -727,6 +727,13 @@ impl Core {
             Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
             Err(e) => return Err(e.into()),
         };
+        let evolution = mapping.evolution(&event);
+        if let Some((columns, key)) = &evolution
+            && !self.writer.knows(&table_name)
+            && let Some(prepared) = self.evolve(&table_name, columns, key, shutdown).await?
+        {
+            return Ok(prepared);
+        }
         let table = match self.table(&table_name, templated, false, shutdown).await? {
             Ok(table) => table,
             Err(prepared) => return Ok(prepared),
@@ -749,6 +756,11 @@ impl Core {
             // The column may have been added since the catalog was read: read it again
             // (at most every few seconds per table) before giving up on the event.
             Err(MapError::UnknownColumn(_)) => {
+                if let Some((columns, key)) = &evolution
+                    && let Some(prepared) = self.evolve(&table_name, columns, key, shutdown).await?
+                {
+                    return Ok(prepared);
+                }
                 match self.table(&table_name, templated, true, shutdown).await? {
                     Ok(table) => map::map_event(&self.mappings[index], &event, entry.id, &table),
                     Err(prepared) => return Ok(prepared),
@@ -761,6 +773,32 @@ impl Core {
             Err(MapError::Event(reason) | MapError::UnknownColumn(reason)) => {
                 Ok(Prepared::Dead(reason))
             }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Schema evolution for one event (retrying transient errors); `Some(prepared)`:
+    /// what to do with the entry instead (the event cannot create the table, or
+    /// shutdown came).
+    async fn evolve(
+        &mut self,
+        name: &map::TableName,
+        columns: &[crate::decode::DeclaredColumn],
+        key: &[String],
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Prepared>, PipelineError> {
+        if self.batcher.has_table(name) {
+            // Rows of this table were mapped with the catalog about to change.
+            self.flush(shutdown).await?;
+        }
+        let writer = &mut self.writer;
+        let metrics = &self.metrics;
+        match retrying!(metrics, shutdown, "evolving a table", {
+            writer.evolve(name, columns, key)
+        }) {
+            Ok(Some(())) => Ok(None),
+            Ok(None) => Ok(Some(Prepared::Interrupted)),
+            Err(e @ WriteError::Evolve(_)) => Ok(Some(Prepared::Dead(e.to_string()))),
             Err(e) => Err(e.into()),
         }
     }

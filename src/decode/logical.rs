@@ -89,9 +89,112 @@ impl Logical {
     }
 }
 
+/// The PostgreSQL type for a field of this Debezium / Kafka Connect schema, for schema
+/// evolution (creating a missing table or column); `None` when there is no good one.
+pub fn sql_type(schema: &Value) -> Option<String> {
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+    let param = |k: &str| {
+        schema
+            .get("parameters")
+            .and_then(|p| p.get(k))
+            .and_then(|v| match v {
+                Value::String(s) => s.parse::<u32>().ok(),
+                other => other.as_u64().and_then(|n| u32::try_from(n).ok()),
+            })
+    };
+    let named = match schema.get("name").and_then(Value::as_str) {
+        Some("org.apache.kafka.connect.data.Decimal") => {
+            match (param("connect.decimal.precision"), param("scale")) {
+                (Some(p), Some(s)) if p > 0 && p <= 1000 && s <= p => format!("numeric({p},{s})"),
+                _ => "numeric".into(),
+            }
+        }
+        Some("io.debezium.data.VariableScaleDecimal") => "numeric".into(),
+        Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date") => "date".into(),
+        Some(
+            "io.debezium.time.Time"
+            | "io.debezium.time.MicroTime"
+            | "io.debezium.time.NanoTime"
+            | "org.apache.kafka.connect.data.Time",
+        ) => "time".into(),
+        Some(
+            "io.debezium.time.Timestamp"
+            | "io.debezium.time.MicroTimestamp"
+            | "io.debezium.time.NanoTimestamp"
+            | "org.apache.kafka.connect.data.Timestamp",
+        ) => "timestamp".into(),
+        Some("io.debezium.time.ZonedTimestamp") => "timestamptz".into(),
+        Some("io.debezium.time.ZonedTime") => "timetz".into(),
+        Some("io.debezium.time.MicroDuration" | "io.debezium.time.Interval") => "interval".into(),
+        Some("io.debezium.time.Year") => "integer".into(),
+        Some("io.debezium.data.Json") => "jsonb".into(),
+        Some("io.debezium.data.Uuid") => "uuid".into(),
+        Some("io.debezium.data.Xml") => "xml".into(),
+        Some("io.debezium.data.Bits") => "varbit".into(),
+        Some("io.debezium.data.Enum" | "io.debezium.data.EnumSet") => "text".into(),
+        Some(n) if n.starts_with("io.debezium.data.geometry.") => "bytea".into(),
+        _ => String::new(),
+    };
+    if !named.is_empty() {
+        return Some(named);
+    }
+    Some(
+        match ty {
+            "int8" | "int16" => "smallint",
+            "int32" => "integer",
+            "int64" => "bigint",
+            "float32" => "real",
+            "float64" => "double precision",
+            "boolean" => "boolean",
+            "string" => "text",
+            "bytes" => "bytea",
+            "map" | "struct" => "jsonb",
+            "array" => {
+                let elem = sql_type(schema.get("items")?)?;
+                return (!elem.ends_with("[]")).then(|| format!("{elem}[]"));
+            }
+            _ => return None,
+        }
+        .into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schemas_suggest_postgres_types() {
+        let t = |v: serde_json::Value| sql_type(&v);
+        assert_eq!(
+            t(serde_json::json!({"type":"int64"})).as_deref(),
+            Some("bigint")
+        );
+        assert_eq!(
+            t(
+                serde_json::json!({"type":"bytes","name":"org.apache.kafka.connect.data.Decimal",
+                "parameters":{"scale":"2","connect.decimal.precision":"12"}})
+            )
+            .as_deref(),
+            Some("numeric(12,2)")
+        );
+        assert_eq!(
+            t(serde_json::json!({"type":"string","name":"io.debezium.time.ZonedTimestamp"}))
+                .as_deref(),
+            Some("timestamptz")
+        );
+        assert_eq!(
+            t(serde_json::json!({"type":"array","items":{"type":"string"}})).as_deref(),
+            Some("text[]")
+        );
+        assert_eq!(
+            t(
+                serde_json::json!({"type":"array","items":{"type":"array","items":{"type":"int32"}}})
+            ),
+            None
+        );
+        assert_eq!(t(serde_json::json!({})), None);
+    }
     use serde_json::json;
 
     #[test]

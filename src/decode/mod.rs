@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::config::DecodeConfig;
 use crate::read::{EntryId, StreamEntry};
 
-pub use logical::Logical;
+pub use logical::{Logical, sql_type};
 
 /// The Debezium prefix of heartbeat topics (`topic.heartbeat.prefix`).
 const HEARTBEAT_PREFIX: &str = "__debezium-heartbeat";
@@ -84,6 +84,37 @@ pub struct ChangeEvent {
     pub before: Option<Row>,
     pub after: Option<Row>,
     pub source: Source,
+    /// The row's columns as the event's schema declares them (empty without schemas),
+    /// for schema evolution.
+    pub declared: Vec<DeclaredColumn>,
+}
+
+/// A column as an event's schema declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredColumn {
+    pub name: String,
+    /// The PostgreSQL type for it ([`sql_type`]).
+    pub sql_type: String,
+    pub optional: bool,
+}
+
+/// The columns a row struct schema declares.
+fn declared(fields: Option<&[Value]>) -> Vec<DeclaredColumn> {
+    fields
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|f| {
+            let name = f.get("field").and_then(Value::as_str)?;
+            if name.starts_with(FLATTENED_PREFIX) {
+                return None;
+            }
+            Some(DeclaredColumn {
+                name: name.to_string(),
+                sql_type: sql_type(f)?,
+                optional: f.get("optional").and_then(Value::as_bool).unwrap_or(true),
+            })
+        })
+        .collect()
 }
 
 /// The parts of the `source` block redsink uses.
@@ -251,6 +282,7 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         before,
         after,
         source,
+        declared: declared(row_schema),
     }))
 }
 
@@ -403,6 +435,7 @@ fn flattened(
             .filter_map(|name| text(&[&format!("source_{name}"), name]).map(|v| (*name, v)))
             .collect(),
     };
+    let declared = declared(schema.map(struct_fields));
     let row = row_from(fields, schema.map(struct_fields));
     let (before, after) = if op == Op::Delete {
         (Some(row), None)
@@ -415,6 +448,7 @@ fn flattened(
         before,
         after,
         source,
+        declared,
     }))
 }
 

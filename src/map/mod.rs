@@ -106,6 +106,7 @@ pub struct Mapping {
     pub delete: DeleteMode,
     pub soft_delete_column: Option<String>,
     pub columns: Columns,
+    pub schema_evolution: crate::config::SchemaEvolution,
 }
 
 impl Mapping {
@@ -142,6 +143,7 @@ impl Mapping {
                 (_, column) => column.clone(),
             },
             columns: Columns::compile(&config.columns)?,
+            schema_evolution: config.schema_evolution,
         })
     }
 
@@ -151,6 +153,37 @@ impl Mapping {
             StreamPattern::Exact(name) => name == stream,
             StreamPattern::Glob(glob) => glob_match(glob.as_bytes(), stream.as_bytes()),
         })
+    }
+
+    /// For schema evolution: the event's declared columns under their column names
+    /// (the column mapping applied) and the key columns; `None` without schemas.
+    pub fn evolution(
+        &self,
+        event: &ChangeEvent,
+    ) -> Option<(Vec<crate::decode::DeclaredColumn>, Vec<String>)> {
+        if self.schema_evolution != crate::config::SchemaEvolution::Basic
+            || event.declared.is_empty()
+        {
+            return None;
+        }
+        let columns = event
+            .declared
+            .iter()
+            .filter_map(|d| {
+                let name = self.columns.column_of(&d.name)?;
+                Some(crate::decode::DeclaredColumn {
+                    name: name.to_string(),
+                    ..d.clone()
+                })
+            })
+            .collect();
+        let key = self
+            .key_names(event)
+            .ok()?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Some((columns, key))
     }
 
     /// The key column names for this event: configured, or the message key's fields.

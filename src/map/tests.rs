@@ -65,6 +65,7 @@ fn event(
             lsn: Some(42),
             ..Source::default()
         },
+        declared: Vec::new(),
     }
 }
 
@@ -347,6 +348,7 @@ fn connector_positions_order_like_the_source_log() {
             before: None,
             after: None,
             source: s.clone(),
+            declared: Vec::new(),
         });
         position_parts(scheme, s).map(|p| Version::from_parts(&p, Version::OP_UPSERT))
     };
@@ -406,6 +408,7 @@ fn event_with(source: Source) -> ChangeEvent {
         before: None,
         after: None,
         source,
+        declared: Vec::new(),
     }
 }
 

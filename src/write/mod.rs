@@ -36,7 +36,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
 use crate::batch::{Batch, BatchRow, DeadLetter};
-use crate::map::{RowChange, RowOp, TableName, TableSchema};
+use crate::map::{RowChange, RowOp, TableName, TableSchema, quote_ident};
 use crate::read::EntryId;
 
 pub use catalog::VERSION_COLUMN;
@@ -68,6 +68,9 @@ pub enum WriteError {
     },
     #[error("applying migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// Schema evolution could not create or extend a table.
+    #[error("schema evolution: {0}")]
+    Evolve(String),
     #[error(
         "stream name {stream:?} contains a NUL byte, which Postgres cannot store in \
          redsink.checkpoints: rename the stream or narrow the mapping's streams"
@@ -105,7 +108,8 @@ impl WriteError {
             Self::TableMissing { .. }
             | Self::VersionColumn { .. }
             | Self::Migrate(_)
-            | Self::NulInName { .. } => ErrorClass::Fatal,
+            | Self::NulInName { .. }
+            | Self::Evolve(_) => ErrorClass::Fatal,
         }
     }
 
@@ -330,6 +334,76 @@ impl Writer {
         let schema = Arc::new(catalog::load(&self.pool, name).await?);
         self.tables.insert(name.clone(), schema.clone());
         Ok(schema)
+    }
+
+    /// Whether the catalog of `name` is cached (read already).
+    pub fn knows(&self, name: &TableName) -> bool {
+        self.tables.contains_key(name)
+    }
+
+    /// Schema evolution (`basic`): creates `name` with `columns` and a primary key on
+    /// `key` when it does not exist, else adds the columns it lacks (nullable). Never
+    /// drops or alters anything. Forgets the cached catalog of the table.
+    pub async fn evolve(
+        &mut self,
+        name: &TableName,
+        columns: &[crate::decode::DeclaredColumn],
+        key: &[String],
+    ) -> Result<(), WriteError> {
+        let statement = match catalog::load_with(&self.pool, name, false).await {
+            Err(WriteError::TableMissing { .. }) => {
+                if key.is_empty() || !key.iter().all(|k| columns.iter().any(|c| &c.name == k)) {
+                    return Err(WriteError::Evolve(format!(
+                        "cannot create table {name}: the event's schema does not declare its key columns {key:?}"
+                    )));
+                }
+                let mut defs: Vec<String> = columns
+                    .iter()
+                    .map(|c| {
+                        let null = if c.optional && !key.contains(&c.name) {
+                            ""
+                        } else {
+                            " NOT NULL"
+                        };
+                        format!("{} {}{null}", quote_ident(&c.name), c.sql_type)
+                    })
+                    .collect();
+                defs.push(format!("{} bytea", quote_ident(VERSION_COLUMN)));
+                let keys: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+                defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+                Some(format!(
+                    "CREATE TABLE IF NOT EXISTS {} ({})",
+                    name.quoted(),
+                    defs.join(", ")
+                ))
+            }
+            Err(e) => return Err(e),
+            Ok((schema, _)) => {
+                let missing: Vec<String> = columns
+                    .iter()
+                    .filter(|c| schema.column(&c.name).is_none())
+                    .map(|c| {
+                        format!(
+                            "ADD COLUMN IF NOT EXISTS {} {}",
+                            quote_ident(&c.name),
+                            c.sql_type
+                        )
+                    })
+                    .collect();
+                (!missing.is_empty())
+                    .then(|| format!("ALTER TABLE {} {}", name.quoted(), missing.join(", ")))
+            }
+        };
+        if let Some(sql) = statement {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&self.pool)
+                .await
+                .map_err(WriteError::pg(format!("schema evolution: {sql}")))?;
+            tracing::info!(table = %name, statement = %sql, "schema evolution");
+        }
+        self.tables.remove(name);
+        self.loaded_at.remove(name);
+        Ok(())
     }
 
     /// Reads a table's catalog facts again (a column may have been added), unless that
