@@ -119,7 +119,13 @@ fn scalar(value: &Value, logical: Option<&Logical>, target: Target<'_>) -> Resul
             Value::Number(_) => duration(value),
             _ => plain(value),
         },
-        "bytea" => bytes(value),
+        "bytea" => match value {
+            // io.debezium.data.geometry.* without PostGIS: the WKB.
+            Value::Object(map) if map.contains_key("wkb") => geometry(value, false),
+            _ => bytes(value),
+        },
+        "geometry" | "geography" => geometry(value, true),
+        "hstore" => hstore(value),
         "bit" | "varbit" => match value {
             Value::String(s) if !s.bytes().all(|b| b == b'0' || b == b'1') => {
                 bits(value, ty.precision)
@@ -443,6 +449,85 @@ fn bytes(value: &Value) -> Result<String, String> {
     Ok(out)
 }
 
+/// `io.debezium.data.geometry.Geometry`/`Geography`/`Point`: `{"wkb": base64, "srid": n}`.
+/// For PostGIS (`ewkb`): hex EWKB with the SRID in it, which PostGIS parses as text;
+/// for bytea: the WKB.
+fn geometry(value: &Value, ewkb: bool) -> Result<String, String> {
+    let Value::Object(map) = value else {
+        return Err(format!(
+            "expected a geometry {{\"wkb\", \"srid\"}}, got {}",
+            kind(value)
+        ));
+    };
+    let wkb = match map.get("wkb") {
+        Some(Value::String(s)) => BASE64
+            .decode(s)
+            .map_err(|_| "the geometry's wkb is not base64".to_string())?,
+        _ => return Err("the geometry has no wkb".into()),
+    };
+    let srid = map
+        .get("srid")
+        .and_then(Value::as_u64)
+        .and_then(|s| u32::try_from(s).ok());
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02X}")).collect::<String>();
+    if !ewkb {
+        return Ok(format!("\\x{}", hex(&wkb).to_lowercase()));
+    }
+    let (Some(srid), Some(&order), Some(ty)) = (srid, wkb.first(), wkb.get(1..5)) else {
+        return Ok(hex(&wkb));
+    };
+    // EWKB: the geometry type gets the SRID flag, and the SRID follows it, in the
+    // WKB's own byte order.
+    let little = order == 1;
+    let ty: [u8; 4] = ty
+        .try_into()
+        .map_err(|_| "the geometry's wkb is too short".to_string())?;
+    let ty = if little {
+        u32::from_le_bytes(ty)
+    } else {
+        u32::from_be_bytes(ty)
+    } | 0x2000_0000;
+    let (ty, srid) = if little {
+        (ty.to_le_bytes(), srid.to_le_bytes())
+    } else {
+        (ty.to_be_bytes(), srid.to_be_bytes())
+    };
+    let mut out = vec![order];
+    out.extend_from_slice(&ty);
+    out.extend_from_slice(&srid);
+    out.extend_from_slice(&wkb[5..]);
+    Ok(hex(&out))
+}
+
+/// hstore from Debezium's `hstore.handling.mode`: `json` (a JSON object as a string) or
+/// `map` (an object) → `"k"=>"v", "k2"=>NULL`.
+fn hstore(value: &Value) -> Result<String, String> {
+    let parsed;
+    let map = match value {
+        Value::Object(map) => map,
+        Value::String(s) => {
+            parsed = serde_json::from_str::<Value>(s)
+                .map_err(|_| format!("{} is not an hstore as JSON", short(value)))?;
+            match &parsed {
+                Value::Object(map) => map,
+                _ => return Err(format!("{} is not an hstore as JSON", short(value))),
+            }
+        }
+        other => return Err(format!("expected an hstore, got {}", kind(other))),
+    };
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut pairs = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let v = match v {
+            Value::Null => "NULL".to_string(),
+            Value::String(s) => quote(check_text(s)?),
+            other => quote(&other.to_string()),
+        };
+        pairs.push(format!("{}=>{v}", quote(check_text(k)?)));
+    }
+    Ok(pairs.join(", "))
+}
+
 /// `{"a","b",NULL}` with each element converted as the element type.
 fn array_literal(
     items: &[Value],
@@ -739,5 +824,51 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn geometries_become_ewkb_for_postgis_and_wkb_for_bytea() {
+        // POINT(1 2), little-endian WKB.
+        let wkb = [
+            1u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0, 0, 0, 0, 0, 0, 0, 0x40,
+        ];
+        let value = json!({"wkb": BASE64.encode(wkb), "srid": 4326});
+        assert_eq!(
+            conv(value.clone(), None, &ty("geometry", None, None))
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("0101000020E6100000000000000000F03F0000000000000040")
+        );
+        assert_eq!(
+            conv(value, None, &ty("bytea", None, None))
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("\\x0101000000000000000000f03f0000000000000040")
+        );
+        assert!(conv(json!({"srid": 1}), None, &ty("geometry", None, None)).is_err());
+    }
+
+    #[test]
+    fn hstore_from_json_text_or_map() {
+        let want = r#""a"=>"1", "b"=>NULL, "q\"t"=>"x\\y""#;
+        let text = json!(r#"{"a":"1","b":null,"q\"t":"x\\y"}"#);
+        assert_eq!(
+            conv(text, None, &ty("hstore", None, None))
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some(want)
+        );
+        let map = json!({"a": "1", "b": null, "q\"t": "x\\y"});
+        assert_eq!(
+            conv(map, None, &ty("hstore", None, None))
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some(want)
+        );
+        assert!(conv(json!("[1]"), None, &ty("hstore", None, None)).is_err());
     }
 }

@@ -29,7 +29,8 @@ CREATE TABLE SCHEMA.kinds (
   d date, tm time, tmtz timetz, ts timestamp, tstz timestamptz, iv interval,
   j json, jb jsonb, u uuid, x xml, e public.mood,
   ip inet, net cidr, mac macaddr,
-  ia integer[], ta text[]
+  ia integer[], ta text[], ea public.mood[],
+  hs public.hstore, lt public.ltree
 );
 CREATE TABLE SCHEMA.people (id int PRIMARY KEY, name text, note text);
 ";
@@ -44,7 +45,7 @@ const CANONICAL: [(&str, &str); 2] = [
         "SELECT to_jsonb(q)::text FROM (SELECT id, i2, i4, f4, f8, b, t, vc, ch, by, bits, vbits, \
          n, nv, m::numeric AS m, d, tm, tmtz AT TIME ZONE 'UTC' AS tmtz, ts, tstz AT TIME ZONE 'UTC' AS tstz, \
          extract(epoch FROM iv) AS iv, j::text AS j, jb, u, x::text AS x, e::text AS e, ip, net, \
-         mac, ia, ta FROM SCHEMA.kinds) q ORDER BY (q.id)",
+         mac, ia, ta, ea::text[] AS ea, hs, lt::text AS lt FROM SCHEMA.kinds) q ORDER BY (q.id)",
     ),
     (
         "people",
@@ -58,7 +59,8 @@ const ROW_1: &str = "INSERT INTO public.kinds VALUES (1, -32768, 2147483647, 1.5
   '2019-07-09 01:02:03.456789', '2019-07-09 01:02:03.456789+02', '3 days 04:05:06.7', \
   '{\"a\": [1, 2]}', '{\"b\": {\"c\": null}}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', \
   '<a>x</a>', 'happy', '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', \
-  '{1,NULL,3}', '{\"x\",\"y z\",NULL}')";
+  '{1,NULL,3}', '{\"x\",\"y z\",NULL}', '{sad,happy}', 'a=>1, \"b c\"=>NULL', \
+  'Top.Science.Astronomy')";
 
 async fn exec(pool: &PgPool, sql: &str) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
@@ -110,7 +112,7 @@ async fn a_real_debezium_capture_lands_exactly_in_all_four_formats() {
     let pg = PgServer::start_logical();
     let source = source_database(&pg).await;
     let db = TestDb::new().await;
-    db.exec("CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy')")
+    db.exec("CREATE EXTENSION hstore; CREATE EXTENSION ltree; CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy')")
         .await;
     for (_, schema) in VARIANTS {
         db.exec(&format!(
@@ -194,7 +196,7 @@ async fn source_database(pg: &PgServer) -> PgPool {
     let source = PgPool::connect(&pg.url("source")).await.expect("source");
     exec(
         &source,
-        "CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy')",
+        "CREATE EXTENSION hstore; CREATE EXTENSION ltree; CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy')",
     )
     .await;
     exec(&source, &TABLES.replace("SCHEMA", "public")).await;
