@@ -614,12 +614,16 @@ impl Core {
         for m in &mappings {
             if let Some(fixed) = m.table.fixed() {
                 let name = fixed.map_err(PipelineError::Config)?;
-                if retrying!(metrics, shutdown, "reading the catalog", {
+                let read = retrying!(metrics, shutdown, "reading the catalog", {
                     writer.table(&name)
-                })?
-                .is_none()
-                {
-                    return Ok(None);
+                });
+                match read {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(None),
+                    // Schema evolution creates it from the first event.
+                    Err(WriteError::TableMissing { .. })
+                        if m.schema_evolution == crate::config::SchemaEvolution::Basic => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -730,7 +734,9 @@ impl Core {
         let evolution = mapping.evolution(&event);
         if let Some((columns, key)) = &evolution
             && !self.writer.knows(&table_name)
-            && let Some(prepared) = self.evolve(&table_name, columns, key, shutdown).await?
+            && let Some(prepared) = self
+                .evolve(&table_name, columns, key, templated, shutdown)
+                .await?
         {
             return Ok(prepared);
         }
@@ -757,7 +763,9 @@ impl Core {
             // (at most every few seconds per table) before giving up on the event.
             Err(MapError::UnknownColumn(_)) => {
                 if let Some((columns, key)) = &evolution
-                    && let Some(prepared) = self.evolve(&table_name, columns, key, shutdown).await?
+                    && let Some(prepared) = self
+                        .evolve(&table_name, columns, key, templated, shutdown)
+                        .await?
                 {
                     return Ok(prepared);
                 }
@@ -785,6 +793,7 @@ impl Core {
         name: &map::TableName,
         columns: &[crate::decode::DeclaredColumn],
         key: &[String],
+        templated: bool,
         shutdown: &CancellationToken,
     ) -> Result<Option<Prepared>, PipelineError> {
         if self.batcher.has_table(name) {
@@ -798,7 +807,9 @@ impl Core {
         }) {
             Ok(Some(())) => Ok(None),
             Ok(None) => Ok(Some(Prepared::Interrupted)),
-            Err(e @ WriteError::Evolve(_)) => Ok(Some(Prepared::Dead(e.to_string()))),
+            // A templated name comes from the event: only this event is affected. A
+            // fixed table that cannot be created is a table-wide problem: stop.
+            Err(e @ WriteError::Evolve(_)) if templated => Ok(Some(Prepared::Dead(e.to_string()))),
             Err(e) => Err(e.into()),
         }
     }

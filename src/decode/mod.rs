@@ -217,10 +217,17 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         ));
     };
 
+    // An envelope has `op` and `source` (or a row image); a flattened row may well have
+    // columns named `op`, `status` or `id`.
+    let envelope_like = payload.get("source").is_some_and(Value::is_object)
+        || payload.contains_key("after")
+        || payload.contains_key("before");
     let op = match payload.get("op") {
-        Some(Value::String(op)) => op.clone(),
-        Some(other) => return Err(fail(format!("`op` is not a string: {other}"))),
-        None => {
+        Some(Value::String(op)) if envelope_like => op.clone(),
+        Some(other) if envelope_like => {
+            return Err(fail(format!("`op` is not a string: {other}")));
+        }
+        _ => {
             return match classify_without_op(&payload) {
                 Some(skip) => Ok(Decoded::Skip(skip)),
                 None => {
@@ -347,10 +354,19 @@ fn split_schema(value: Value) -> (Option<Value>, Value) {
 /// Debezium events without an `op`: heartbeats, schema changes, transaction markers;
 /// `None` for anything else (a flattened row).
 fn classify_without_op(payload: &Map<String, Value>) -> Option<Skip> {
-    if payload.contains_key("ddl") || payload.contains_key("tableChanges") {
+    // Schema change events: `source`, `ddl`, `tableChanges` (and the database name).
+    if payload.contains_key("ddl")
+        && payload.contains_key("tableChanges")
+        && payload.get("source").is_some_and(Value::is_object)
+    {
         return Some(Skip::SchemaChange);
     }
-    if payload.contains_key("status") && payload.contains_key("id") {
+    // Transaction markers: `status` BEGIN or END, `id`, `event_count`, `data_collections`.
+    let status = payload.get("status").and_then(Value::as_str);
+    if matches!(status, Some("BEGIN" | "END"))
+        && payload.contains_key("id")
+        && payload.contains_key("data_collections")
+    {
         return Some(Skip::TransactionMetadata);
     }
     if payload.keys().all(|k| k == "ts_ms") && !payload.is_empty() {

@@ -273,21 +273,36 @@ fn recognises_what_is_not_a_row_change() {
     );
     assert_eq!(skip(compact("db", "{}", "{\"ts_ms\":1}")), Skip::Heartbeat);
     assert_eq!(
-        skip(compact("db", "{}", "{\"ddl\":\"create table\"}")),
+        skip(compact(
+            "db",
+            "{}",
+            "{\"source\":{},\"databaseName\":\"db\",\"ddl\":\"create table\",\"tableChanges\":[]}"
+        )),
         Skip::SchemaChange
     );
     assert_eq!(
         skip(compact(
             "db.transaction",
             "{}",
-            "{\"status\":\"BEGIN\",\"id\":\"1\"}"
+            "{\"status\":\"BEGIN\",\"id\":\"1\",\"event_count\":null,\"data_collections\":null}"
         )),
         Skip::TransactionMetadata
     );
     assert_eq!(
-        skip(compact("s", "default", "{\"op\":\"m\"}")),
+        skip(compact("s", "default", "{\"op\":\"m\",\"source\":{}}")),
         Skip::Message
     );
+    // Flattened rows whose columns look like those messages are rows.
+    for row in [
+        r#"{"id":5,"status":"BEGIN"}"#,
+        r#"{"id":5,"status":"END","data":1}"#,
+        r#"{"id":5,"ddl":"x"}"#,
+        r#"{"id":5,"op":"d"}"#,
+    ] {
+        let e = change(decode(&compact("s", r#"{"id":5}"#, row), &config));
+        assert_eq!(e.op, Op::Create, "{row}");
+        assert!(e.after.is_some_and(|a| a.get("id").is_some()), "{row}");
+    }
     let deleted = StreamEntry {
         deliveries: 0,
         stream: Arc::from("s"),

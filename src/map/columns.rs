@@ -65,6 +65,20 @@ impl Columns {
                 ));
             }
         }
+        let mut targets = HashSet::new();
+        for (field, col) in &config.rename {
+            if !targets.insert(col) {
+                return Err(format!(
+                    "columns.rename sends two fields to column `{col}` (one of them `{field}`)"
+                ));
+            }
+            if config.fixed.contains_key(col) || config.from_event.contains_key(col) {
+                return Err(format!(
+                    "columns.rename sends `{field}` to column `{col}`, which columns.fixed or \
+                     columns.from_event already fills"
+                ));
+            }
+        }
         Ok(Self {
             include: config.include.as_ref().map(|i| i.iter().cloned().collect()),
             exclude: config.exclude.iter().cloned().collect(),
@@ -168,7 +182,7 @@ pub fn time_text(ms: i64, type_name: &str) -> Result<String, String> {
         "timestamptz" | "timestamp" => at()?.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         "date" => at()?.format("%Y-%m-%d").to_string(),
         "bool" => "true".into(),
-        "int8" | "int4" | "numeric" | "text" | "varchar" => ms.to_string(),
+        "int8" | "numeric" | "text" | "varchar" => ms.to_string(),
         other => {
             return Err(format!(
                 "a time cannot be written to a column of type {other}: use timestamptz, \

@@ -486,7 +486,12 @@ fn geometry(value: &Value, ewkb: bool) -> Result<String, String> {
         u32::from_le_bytes(ty)
     } else {
         u32::from_be_bytes(ty)
-    } | 0x2000_0000;
+    };
+    // Debezium's PostgreSQL connector already sends EWKB (SRID inside).
+    if ty & 0x2000_0000 != 0 {
+        return Ok(hex(&wkb));
+    }
+    let ty = ty | 0x2000_0000;
     let (ty, srid) = if little {
         (ty.to_le_bytes(), srid.to_le_bytes())
     } else {
@@ -846,6 +851,22 @@ mod tests {
                 .flatten()
                 .as_deref(),
             Some("\\x0101000000000000000000f03f0000000000000040")
+        );
+        // Already EWKB (as Debezium's PostgreSQL connector sends it): unchanged.
+        let ewkb = [
+            1u8, 1, 0, 0, 0x20, 0xe6, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0, 0, 0, 0, 0, 0,
+            0, 0x40,
+        ];
+        assert_eq!(
+            conv(
+                json!({"wkb": BASE64.encode(ewkb), "srid": 4326}),
+                None,
+                &ty("geometry", None, None)
+            )
+            .ok()
+            .flatten()
+            .as_deref(),
+            Some("0101000020E6100000000000000000F03F0000000000000040")
         );
         assert!(conv(json!({"srid": 1}), None, &ty("geometry", None, None)).is_err());
     }

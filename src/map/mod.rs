@@ -204,16 +204,14 @@ impl Mapping {
         }
     }
 
-    /// The version scheme of this event: the configured one, or with `"auto"` the
-    /// connector's own log position.
+    /// The version scheme of this event: the configured one; with `"auto"`, `source.lsn`
+    /// for PostgreSQL and the entry ID for anything else. Other connectors' positions
+    /// are opt-in: versions of different schemes do not compare, so changing the scheme
+    /// of a table that has rows needs its versions cleared (docs/TYPES.md).
     fn scheme(&self, event: &ChangeEvent) -> VersionSource {
         match self.version {
             VersionSource::Auto => match event.source.connector.as_deref() {
                 Some("postgresql") => VersionSource::SourceLsn,
-                Some("mysql" | "mariadb") => VersionSource::MysqlBinlog,
-                Some("sqlserver") => VersionSource::SqlServerLsn,
-                Some("oracle") => VersionSource::OracleScn,
-                Some("mongodb") => VersionSource::MongodbOrd,
                 Some(_) => VersionSource::EntryId,
                 // A flattened event (ExtractNewRecordState) names no connector: its
                 // __lsn, when present, is the PostgreSQL connector's.
@@ -255,16 +253,22 @@ fn position_parts(
     let num = |name: &'static str| -> Result<u64, &'static str> {
         s.position(name).and_then(|v| v.parse().ok()).ok_or(name)
     };
-    // SQL Server LSNs: "0000003a:00002f50:0002" (hex) → two numbers that order like it.
-    let mssql = |name: &'static str| -> Result<[u64; 2], &'static str> {
-        let text = s.position(name).ok_or(name)?;
-        let parts: Vec<u64> = text
-            .split(':')
+    // SQL Server LSNs: "0000003a:00002f50:0002" (8:8:4 hex digits) → two numbers that
+    // order like it. A snapshot row has no change_lsn: lowest.
+    let mssql = |name: &'static str, required: bool| -> Result<[u64; 2], &'static str> {
+        let Some(text) = s.position(name) else {
+            return if required { Err(name) } else { Ok([0, 0]) };
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        let widths_ok =
+            parts.len() == 3 && parts[0].len() == 8 && parts[1].len() == 8 && parts[2].len() == 4;
+        let nums: Vec<u64> = parts
+            .iter()
             .map(|p| u64::from_str_radix(p, 16))
             .collect::<Result<_, _>>()
             .map_err(|_| name)?;
-        match parts.as_slice() {
-            [a, b, c] => Ok([(a << 32) | b, *c]),
+        match nums.as_slice() {
+            [a, b, c] if widths_ok => Ok([(a << 32) | b, *c]),
             _ => Err(name),
         }
     };
@@ -295,8 +299,8 @@ fn position_parts(
             vec![number, num("pos")?, num("row").unwrap_or(0)]
         }
         VersionSource::SqlServerLsn => {
-            let commit = mssql("commit_lsn")?;
-            let change = mssql("change_lsn")?;
+            let commit = mssql("commit_lsn", true)?;
+            let change = mssql("change_lsn", false)?;
             vec![
                 commit[0],
                 commit[1],
@@ -448,15 +452,9 @@ pub fn map_event(
             delete_op(mapping, event, table, &key_columns, &key_names)?
         }
         (Op::Delete, DeleteMode::Soft) => {
-            let mut pairs = row_pairs(
-                mapping,
-                event,
-                id,
-                table,
-                &key_columns,
-                &key_names,
-                event.before.as_ref(),
-            )?;
+            // Only the key and the flag (and the fixed/event columns): with the default
+            // replica identity `before` holds nulls for the other columns.
+            let mut pairs = row_pairs(mapping, event, id, table, &key_columns, &key_names, None)?;
             if let Some(col) = soft_column(mapping, table)? {
                 let ms = event
                     .source

@@ -307,9 +307,9 @@ fn soft_deletes_set_the_column_and_creates_clear_it() {
         upsert(&change),
         vec![
             ("item_id".into(), Some("1".into())),
-            ("title".into(), Some("a".into())),
             ("deleted_at".into(), Some("2023-11-14T22:13:20.000Z".into())),
-        ]
+        ],
+        "only the key and the flag: `before` may hold nulls for the other columns"
     );
     assert_eq!(change.version, Version::from_lsn(9, Version::OP_DELETE));
     let mut c = event(
@@ -342,15 +342,15 @@ fn source_with(connector: &str, fields: &[(&'static str, &str)], ts_ms: Option<i
 #[test]
 fn connector_positions_order_like_the_source_log() {
     let v = |s: &Source| {
-        let scheme = mapping("").scheme(&ChangeEvent {
-            op: Op::Update,
-            key: None,
-            before: None,
-            after: None,
-            source: s.clone(),
-            declared: Vec::new(),
-        });
-        position_parts(scheme, s).map(|p| Version::from_parts(&p, Version::OP_UPSERT))
+        let version = match s.connector.as_deref() {
+            Some("mysql") => "mysql.binlog",
+            Some("sqlserver") => "sqlserver.lsn",
+            Some("oracle") => "oracle.scn",
+            _ => "mongodb.ord",
+        };
+        let m = mapping(&format!("version = \"{version}\"\n"));
+        position_parts(m.scheme(&event_with(s.clone())), s)
+            .map(|p| Version::from_parts(&p, Version::OP_UPSERT))
     };
     // MySQL: file number first, then pos, then row.
     let my = |file: &str, pos: &str, row: &str| {
@@ -389,6 +389,18 @@ fn connector_positions_order_like_the_source_log() {
     assert!(ora("100", "90") < ora("100", "95") && ora("100", "95") < ora("101", "10"));
     let mongo = |ts: i64, ord: &str| v(&source_with("mongodb", &[("ord", ord)], Some(ts)));
     assert!(mongo(1000, "2") < mongo(1000, "3") && mongo(1000, "9") < mongo(2000, "1"));
+    // A snapshot row has no change_lsn: it sorts before the streamed changes.
+    let snapshot = v(&source_with(
+        "sqlserver",
+        &[("commit_lsn", "0000003a:00002f50:0005")],
+        None,
+    ));
+    assert!(snapshot < a);
+    assert_eq!(
+        ms("3a:2f50:5", "0000003a:00002f50:0002", "1"),
+        Err("commit_lsn"),
+        "LSN parts must have 8:8:4 hex digits"
+    );
     // A missing field is named.
     assert_eq!(my("mysql-bin.000003", "x", "0"), Err("pos"));
     // PostgreSQL sequence: (last commit LSN, LSN), null lowest.
@@ -432,13 +444,19 @@ fn real_mysql_and_sqlserver_events_get_their_positions() {
         }
     };
     let my = decode("mysql_create_with_schema.json");
-    let m = mapping("");
+    assert_eq!(
+        mapping("").scheme(&my),
+        VersionSource::EntryId,
+        "opt-in only"
+    );
+    let m = mapping("version = \"mysql.binlog\"\n");
     assert_eq!(m.scheme(&my), VersionSource::MysqlBinlog);
     assert_eq!(
         position_parts(m.scheme(&my), &my.source),
         Ok(vec![3, 154, 0])
     );
     let ms = decode("sqlserver_delete_decimal_with_schema.json");
+    let m = mapping("version = \"sqlserver.lsn\"\n");
     assert_eq!(m.scheme(&ms), VersionSource::SqlServerLsn);
     assert_eq!(
         position_parts(m.scheme(&ms), &ms.source),

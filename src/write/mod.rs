@@ -395,11 +395,22 @@ impl Writer {
             }
         };
         if let Some(sql) = statement {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .execute(&self.pool)
-                .await
-                .map_err(WriteError::pg(format!("schema evolution: {sql}")))?;
-            tracing::info!(table = %name, statement = %sql, "schema evolution");
+                .await;
+            if let Err(e) = done {
+                // Another instance may have created or extended it at the same moment
+                // (a unique violation in the catalog): fine if it is there now.
+                let now = catalog::load_with(&self.pool, name, false).await;
+                let complete = now.is_ok_and(|(schema, _)| {
+                    columns.iter().all(|c| schema.column(&c.name).is_some())
+                });
+                if !complete {
+                    return Err(WriteError::pg(format!("schema evolution: {sql}"))(e));
+                }
+            } else {
+                tracing::info!(table = %name, statement = %sql, "schema evolution");
+            }
         }
         self.tables.remove(name);
         self.loaded_at.remove(name);

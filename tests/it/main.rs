@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod chaos;
 mod convergence;
 mod crash;
 mod debezium;

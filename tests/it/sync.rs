@@ -556,10 +556,11 @@ async fn soft_deletes_and_column_mapping_feed_a_different_read_model() {
     assert_eq!(
         rows,
         vec![
-            (1, Some("a".into()), Some("eu".into()), true, true),
+            (1, Some("stale".into()), Some("eu".into()), true, true),
             (2, Some("again".into()), Some("eu".into()), true, false),
         ],
-        "1 soft-deleted (the older update does not undo it), 2 deleted then created again"
+        "1: the late update (lsn 15) precedes the delete (lsn 20), so it lands and the row stays \
+         soft-deleted; 2 deleted then created again"
     );
     common::cleanup_streams(&prefix).await;
 }
@@ -657,5 +658,34 @@ async fn basic_schema_evolution_creates_the_table_and_adds_columns() {
     .await
     .expect("pk");
     assert_eq!(pk, vec!["id".to_string()]);
+    common::cleanup_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn schema_evolution_creates_a_fixed_table_that_is_missing_at_start() {
+    let db = TestDb::new().await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:gadgets");
+    let mut r = common::redis().await;
+    let event = with_schema(
+        &[("id", "int32"), ("name", "string")],
+        r#"{"id":7,"name":"g"}"#,
+        10,
+    );
+    common::xadd(&mut r, &stream, &key(7), &event).await;
+    let mapping = format!(
+        "[[mapping]]\nstreams = [\"{prefix}:*\"]\ntable = \"public.made_here\"\nschema_evolution = \"basic\"\n"
+    );
+    let stats = common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.rows_written, 1);
+    let name: String = sqlx::query_scalar("SELECT name FROM public.made_here WHERE id = 7")
+        .fetch_one(&db.pool)
+        .await
+        .expect("created at the first event");
+    assert_eq!(name, "g");
     common::cleanup_streams(&prefix).await;
 }
