@@ -86,8 +86,7 @@ pub async fn check(config: &Config) -> Report {
     }
     report.redis_acl = acl_rule(config, &mappings);
     report.postgres_grants = grants(config);
-    let redis = match tokio::time::timeout(TIMEOUT, read::connect_control(&config.redis.url)).await
-    {
+    let redis = match tokio::time::timeout(TIMEOUT, read::connect_control(&config.redis)).await {
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(e)) => {
             report.problem(format!("redis: {e}: {}", crate::pipeline::source_chain(&e)));
@@ -296,12 +295,7 @@ async fn check_redis(
     // One key per stream pattern: an existing stream if there is one, else a name the
     // pattern matches.
     let mut keys: Vec<String> = Vec::new();
-    if let Ok(mut reader) = Reader::new(
-        &config.redis.url,
-        conn.clone(),
-        &config.redis.group,
-        "check",
-    ) {
+    if let Ok(mut reader) = Reader::new(&config.redis, conn.clone(), &config.redis.group, "check") {
         for m in mappings {
             for p in &m.streams {
                 let found = reader.discover(std::slice::from_ref(p)).await.ok();
@@ -469,7 +463,7 @@ async fn check_samples(
     pool: &PgPool,
     report: &mut Report,
 ) {
-    let mut reader = match Reader::new(&config.redis.url, control, &config.redis.group, "check") {
+    let mut reader = match Reader::new(&config.redis, control, &config.redis.group, "check") {
         Ok(r) => r,
         Err(e) => return report.problem(format!("redis: {e}")),
     };

@@ -79,6 +79,15 @@ pub struct RedisConfig {
     /// Suffix of the dead-letter stream: `<stream><dlq_suffix>`.
     #[serde(default = "default_dlq_suffix")]
     pub dlq_suffix: String,
+    /// For `rediss://`: a PEM file of the CA(s) that signed the server's certificate
+    /// (default: the system's roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// For `rediss://` with client certificates (`tls-auth-clients yes`): PEM files.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -601,6 +610,8 @@ impl fmt::Debug for RedisConfig {
             .field("prune_idle", &self.prune_idle)
             .field("max_deliveries", &self.max_deliveries)
             .field("dlq_suffix", &self.dlq_suffix)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
             .finish()
     }
 }

@@ -12,6 +12,8 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // TLS to Redis (rediss://) uses rustls, which needs a process-wide crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
     cli::init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

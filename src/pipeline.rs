@@ -597,15 +597,15 @@ impl Core {
         if retrying!(metrics, shutdown, "migrating", write::migrate(&pool))?.is_none() {
             return Ok(None);
         }
-        let url = config.redis.url.clone();
+        let redis_config = config.redis.clone();
         let Some(control) = retrying!(metrics, shutdown, "connecting to redis", {
-            read::connect_control(&url)
+            read::connect_control(&redis_config)
         })?
         else {
             return Ok(None);
         };
         let group = replay_as.unwrap_or(&config.redis.group);
-        let reader = Reader::new(&config.redis.url, control.clone(), group, config.consumer())?;
+        let reader = Reader::new(&config.redis, control.clone(), group, config.consumer())?;
         let mut acker = Acker::new(control, group, &config.redis.dlq_suffix);
         if replay_as.is_some() {
             acker = acker.dead_letters_only();

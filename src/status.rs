@@ -49,7 +49,7 @@ pub async fn mapped_streams(
     only: &[String],
 ) -> Result<Vec<(String, usize)>, StatusError> {
     let mut reader = Reader::new(
-        &config.redis.url,
+        &config.redis,
         control.clone(),
         &config.redis.group,
         config.consumer(),
@@ -88,7 +88,7 @@ pub async fn mapped_streams(
 }
 
 pub async fn status(config: &Config) -> Result<Status, StatusError> {
-    let mut control = read::connect_control(&config.redis.url).await?;
+    let mut control = read::connect_control(&config.redis).await?;
     let pool = write::connect(&config.postgres.url, 1).await?;
     let checkpoints = write::checkpoints(&pool).await?;
     pool.close().await;

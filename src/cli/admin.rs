@@ -32,7 +32,7 @@ impl Target {
     async fn open(&self) -> anyhow::Result<(Config, ConnectionManager, Vec<String>)> {
         let config = Config::load(&self.config)
             .with_context(|| format!("loading config {}", self.config.display()))?;
-        let control = read::connect_control(&config.redis.url).await?;
+        let control = read::connect_control(&config.redis).await?;
         let streams = status::mapped_streams(&config, &control, &self.streams)
             .await?
             .into_iter()

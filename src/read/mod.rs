@@ -19,6 +19,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 
+use crate::config::RedisConfig;
+
 pub use entry::{EntryId, StreamEntry};
 pub use pattern::StreamPattern;
 
@@ -82,9 +84,49 @@ pub fn redis_retryable(e: &redis::RedisError) -> bool {
         )
 }
 
+/// A client for the configured Redis: `redis.url`, plus the TLS files for `rediss://`.
+pub fn client(config: &RedisConfig) -> Result<redis::Client, ReadError> {
+    let read = |path: &Option<String>, what: &str| -> Result<Option<Vec<u8>>, ReadError> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| ReadError::Invalid(format!("redis.{what} {p}: {e}")))
+            })
+            .transpose()
+    };
+    let ca = read(&config.tls_ca_file, "tls_ca_file")?;
+    let cert = read(&config.tls_cert_file, "tls_cert_file")?;
+    let key = read(&config.tls_key_file, "tls_key_file")?;
+    // rustls (rediss://) needs a process-wide crypto provider; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if ca.is_none() && cert.is_none() {
+        return redis::Client::open(config.url.as_str())
+            .map_err(ReadError::redis("opening redis url"));
+    }
+    let client_tls = match (cert, key) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ReadError::Invalid(
+                "redis.tls_cert_file and redis.tls_key_file go together".into(),
+            ));
+        }
+    };
+    redis::Client::build_with_tls(
+        config.url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert: ca,
+        },
+    )
+    .map_err(ReadError::redis("opening redis url with TLS"))
+}
+
 /// Opens the shared (non-blocking) connection; it reconnects by itself.
-pub async fn connect_control(url: &str) -> Result<ConnectionManager, ReadError> {
-    let client = redis::Client::open(url).map_err(ReadError::redis("opening redis url"))?;
+pub async fn connect_control(redis: &RedisConfig) -> Result<ConnectionManager, ReadError> {
+    let client = client(redis)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(10)))
@@ -120,12 +162,12 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(
-        url: &str,
+        redis: &RedisConfig,
         control: ConnectionManager,
         group: &str,
         consumer: &str,
     ) -> Result<Self, ReadError> {
-        let client = redis::Client::open(url).map_err(ReadError::redis("opening redis url"))?;
+        let client = client(redis)?;
         Ok(Self {
             client,
             blocking: None,

@@ -12,9 +12,10 @@ use crate::{ITEMS, add_items, fingerprint, items, items_mapping, to_change};
 
 /// Reads entries as consumer `consumer` (they enter its PEL) without acking them.
 async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
-    let url = common::redis_url();
-    let control = read::connect_control(&url).await.expect("connect");
-    let mut reader = Reader::new(&url, control, "redsink", consumer).expect("reader");
+    let redis: redsink::config::RedisConfig =
+        toml::from_str(&format!("url = \"{}\"", common::redis_url())).expect("redis config");
+    let control = read::connect_control(&redis).await.expect("connect");
+    let mut reader = Reader::new(&redis, control, "redsink", consumer).expect("reader");
     reader
         .add_streams(&[stream.to_string()], "0")
         .await

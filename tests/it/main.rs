@@ -16,6 +16,7 @@ mod privilege;
 mod race;
 mod replay;
 mod sync;
+mod tls;
 
 /// A Debezium PostgreSQL change event value without schemas.
 pub fn event(op: &str, lsn: u64, before: &str, after: &str) -> String {

@@ -1,0 +1,174 @@
+//! `rediss://`: redsink reads and acknowledges over TLS, verifying the server against a
+//! configured CA (a private redis-server with a TLS port and a test CA).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::{self, TestDb};
+use crate::{ITEMS, event, item, items, items_mapping, key};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/services.sh installs redis, which depends on it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=redsink test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+/// redis-server with a plain port (for the test's own commands) and a TLS port.
+struct TlsRedis {
+    child: std::process::Child,
+    plain: u16,
+    tls: u16,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> TlsRedis {
+    let (plain, tls) = (common::free_port(), common::free_port());
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &plain.to_string(), "--tls-port", &tls.to_string()])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.crt"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no TLS port");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    TlsRedis { child, plain, tls }
+}
+
+#[tokio::test]
+async fn syncs_over_tls_with_a_configured_ca() {
+    let dir = std::env::temp_dir().join(common::unique("tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    certificates(&dir);
+    let server = start(&dir);
+    let plain_url = format!("redis://127.0.0.1:{}", server.plain);
+    let mut r = redis::Client::open(plain_url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let stream = "tls:items".to_string();
+    for id in 1..=3 {
+        common::xadd(
+            &mut r,
+            &stream,
+            &key(id),
+            &event("c", 10 + id as u64, "null", &item(id, "a", "B88=")),
+        )
+        .await;
+    }
+    let mut config = common::config(&db, "c1", &items_mapping("tls"));
+    config.redis.url = format!("rediss://127.0.0.1:{}", server.tls);
+    config.redis.tls_ca_file = Some(dir.join("ca.crt").display().to_string());
+    let stats = common::Running::start(config.clone())
+        .until_drained_at(&plain_url, std::slice::from_ref(&stream), "redsink")
+        .await
+        .stop()
+        .await
+        .expect("a clean stop");
+    assert_eq!(stats.rows_written, 3);
+    assert_eq!(items(&db).await.len(), 3);
+    // Without the CA the server's certificate is not trusted: redsink says so and retries.
+    config.redis.tls_ca_file = None;
+    let err = redsink::read::connect_control(&config.redis)
+        .await
+        .err()
+        .map(|e| format!("{e}: {}", redsink::pipeline::source_chain(&e)));
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.to_lowercase().contains("certificate")),
+        "{err:?}"
+    );
+    drop(server);
+    std::fs::remove_dir_all(&dir).ok();
+}
