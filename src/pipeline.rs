@@ -809,7 +809,9 @@ impl Core {
             Ok(None) => Ok(Some(Prepared::Interrupted)),
             // A templated name comes from the event: only this event is affected. A
             // fixed table that cannot be created is a table-wide problem: stop.
-            Err(e @ WriteError::Evolve(_)) if templated => Ok(Some(Prepared::Dead(e.to_string()))),
+            Err(e) if templated && e.class() != ErrorClass::Retry => {
+                Ok(Some(Prepared::Dead(e.to_string())))
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -217,11 +217,7 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         ));
     };
 
-    // An envelope has `op` and `source` (or a row image); a flattened row may well have
-    // columns named `op`, `status` or `id`.
-    let envelope_like = payload.get("source").is_some_and(Value::is_object)
-        || payload.contains_key("after")
-        || payload.contains_key("before");
+    let envelope_like = is_envelope(value_schema.as_ref(), &payload);
     let op = match payload.get("op") {
         Some(Value::String(op)) if envelope_like => op.clone(),
         Some(other) if envelope_like => {
@@ -351,6 +347,21 @@ fn split_schema(value: Value) -> (Option<Value>, Value) {
     }
 }
 
+/// Whether a value is a Debezium envelope. An envelope has `op` and `source` (or a row
+/// image); a flattened row may well have columns named `op`, `status` or `id`.
+fn is_envelope(schema: Option<&Value>, payload: &Map<String, Value>) -> bool {
+    match schema.and_then(|s| s.get("name")).and_then(Value::as_str) {
+        // With schemas, the name says it (`<topic>.Envelope`; logical decoding messages
+        // are `…MessageValue`).
+        Some(name) => name.ends_with("Envelope") || name.ends_with("MessageValue"),
+        None => {
+            payload.get("source").is_some_and(Value::is_object)
+                || payload.contains_key("after")
+                || payload.contains_key("before")
+        }
+    }
+}
+
 /// Debezium events without an `op`: heartbeats, schema changes, transaction markers;
 /// `None` for anything else (a flattened row).
 fn classify_without_op(payload: &Map<String, Value>) -> Option<Skip> {
@@ -389,9 +400,12 @@ fn flattened(
     schema: Option<&Value>,
     key: Option<Row>,
 ) -> Result<Decoded, String> {
-    if ["before", "after", "source"]
-        .iter()
-        .any(|k| payload.contains_key(*k))
+    // Without a schema naming it, a value with these fields is taken for an envelope
+    // that lost its `op`.
+    if schema.is_none()
+        && ["before", "after", "source"]
+            .iter()
+            .any(|k| payload.contains_key(*k))
     {
         return Err(
             "the value has `before`/`after`/`source` but no `op` field: a malformed Debezium \
@@ -439,6 +453,17 @@ fn flattened(
             ));
         }
     };
+    // A null __lsn (incremental snapshot rows) would fall back to entry IDs and mix two
+    // version schemes in one table.
+    for name in ["lsn", "source_lsn"] {
+        if meta.get(name).is_some_and(Value::is_null) {
+            return Err(format!(
+                "flattened event with a null __{name}: its version cannot be compared with \
+                 the others of the table; set mapping.version = \"entry_id\" for these \
+                 streams, or drop __{name} from add.fields"
+            ));
+        }
+    }
     let source = Source {
         connector: text(&["connector", "source_connector"]),
         db: text(&["db", "source_db"]),

@@ -431,6 +431,22 @@ fn flattened_events_from_extract_new_record_state() {
         after.get("d").is_some_and(|f| f.logical.is_some()),
         "{after:?}"
     );
+    // A null __lsn (incremental snapshot) cannot be versioned like the others.
+    let err = decode(
+        &compact("s", r#"{"id":1}"#, r#"{"id":1,"__lsn":null}"#),
+        &config,
+    );
+    assert!(err.is_err_and(|e| e.reason.contains("null __lsn")));
+    // With a schema that is not an envelope, `source` is just a column.
+    let e = change(decode(
+        &compact(
+            "s",
+            r#"{"id":4}"#,
+            r#"{"schema":{"type":"struct","name":"t.Value","fields":[{"field":"id","type":"int32"},{"field":"source","type":"string"}]},"payload":{"id":4,"source":"web"}}"#,
+        ),
+        &config,
+    ));
+    assert!(e.after.is_some_and(|a| a.get("source").is_some()));
     // Only metadata: not a row.
     assert!(decode(&compact("s", r#"{"id":1}"#, r#"{"__op":"c"}"#), &config).is_err());
     assert!(

@@ -452,9 +452,17 @@ pub fn map_event(
             delete_op(mapping, event, table, &key_columns, &key_names)?
         }
         (Op::Delete, DeleteMode::Soft) => {
-            // Only the key and the flag (and the fixed/event columns): with the default
-            // replica identity `before` holds nulls for the other columns.
-            let mut pairs = row_pairs(mapping, event, id, table, &key_columns, &key_names, None)?;
+            // With REPLICA IDENTITY FULL, `before` is the row as it was deleted: write it
+            // (so the result does not depend on arrival order). With the default
+            // identity it holds only the key (nulls elsewhere): then only the key and
+            // the flag, and the other columns keep what the replica has.
+            let full = event.before.as_ref().is_some_and(|b| {
+                b.0.iter().any(|f| {
+                    !f.value.is_null() && !key_names.contains(&mapping.columns.renamed(&f.name))
+                })
+            });
+            let image = if full { event.before.as_ref() } else { None };
+            let mut pairs = row_pairs(mapping, event, id, table, &key_columns, &key_names, image)?;
             if let Some(col) = soft_column(mapping, table)? {
                 let ms = event
                     .source

@@ -307,9 +307,21 @@ fn soft_deletes_set_the_column_and_creates_clear_it() {
         upsert(&change),
         vec![
             ("item_id".into(), Some("1".into())),
+            ("title".into(), Some("a".into())),
             ("deleted_at".into(), Some("2023-11-14T22:13:20.000Z".into())),
         ],
-        "only the key and the flag: `before` may hold nulls for the other columns"
+        "a full `before` image (REPLICA IDENTITY FULL) is the row as deleted"
+    );
+    // The default identity: `before` has the key only; the other columns are left alone.
+    let mut key_only = d.clone();
+    key_only.before = Some(row(json!({"id": 1, "name": null})));
+    let change = map_event(&m, &key_only, EntryId { ms: 1, seq: 0 }, &wide_table()).expect("maps");
+    assert_eq!(
+        upsert(&change),
+        vec![
+            ("item_id".into(), Some("1".into())),
+            ("deleted_at".into(), Some("2023-11-14T22:13:20.000Z".into())),
+        ]
     );
     assert_eq!(change.version, Version::from_lsn(9, Version::OP_DELETE));
     let mut c = event(

@@ -98,7 +98,7 @@ pub fn client(config: &RedisConfig) -> Result<redis::Client, ReadError> {
     let key = read(&config.tls_key_file, "tls_key_file")?;
     // rustls (rediss://) needs a process-wide crypto provider; a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if ca.is_none() && cert.is_none() {
+    if ca.is_none() && cert.is_none() && key.is_none() {
         return redis::Client::open(config.url.as_str())
             .map_err(ReadError::redis("opening redis url"));
     }

@@ -95,18 +95,24 @@ async fn three_instances_killed_and_restarted_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(actual(&db).await, expected(&orders, n));
+    for s in &streams {
+        assert_eq!(
+            common::xlen(&mut r, &format!("{s}:dlq")).await,
+            0,
+            "nothing dead-lettered on {s}"
+        );
+    }
     // The killed instances' names go once they have been idle for prune_idle.
     let live: BTreeSet<String> = instances.iter().map(consumer_name).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let listed = live_consumers(&mut r, &streams).await;
-        if listed.is_subset(&live) {
+        if listed == live {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "dead consumers still listed: {:?}",
-            listed.difference(&live).collect::<Vec<_>>()
+            "listed {listed:?}, live {live:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -556,11 +556,11 @@ async fn soft_deletes_and_column_mapping_feed_a_different_read_model() {
     assert_eq!(
         rows,
         vec![
-            (1, Some("stale".into()), Some("eu".into()), true, true),
+            (1, Some("a".into()), Some("eu".into()), true, true),
             (2, Some("again".into()), Some("eu".into()), true, false),
         ],
-        "1: the late update (lsn 15) precedes the delete (lsn 20), so it lands and the row stays \
-         soft-deleted; 2 deleted then created again"
+        "1: the delete (lsn 20) carries the row as deleted, the late update (lsn 15) is older \
+         and changes nothing; 2 deleted then created again"
     );
     common::cleanup_streams(&prefix).await;
 }
@@ -688,4 +688,49 @@ async fn schema_evolution_creates_a_fixed_table_that_is_missing_at_start() {
         .expect("created at the first event");
     assert_eq!(name, "g");
     common::cleanup_streams(&prefix).await;
+}
+
+/// A soft delete and an older update in different batches, in either order: the same
+/// row (the delete's full `before` image wins, the older update changes nothing).
+#[tokio::test]
+async fn soft_deletes_do_not_depend_on_batching() {
+    let mut results = Vec::new();
+    for late_update_first in [false, true] {
+        let db = TestDb::new().await;
+        db.exec(ITEMS).await;
+        db.exec("ALTER TABLE public.items ADD COLUMN deleted_at timestamptz")
+            .await;
+        let prefix = common::unique("s");
+        let stream = format!("{prefix}:items");
+        let mut r = common::redis().await;
+        let mapping = format!(
+            "{}delete = \"soft\"\nsoft_delete_column = \"deleted_at\"\n",
+            items_mapping(&prefix)
+        );
+        let config = common::config(&db, "c1", &mapping);
+        let create = event("c", 10, "null", &item(1, "a", P_19_99));
+        let stale = event("u", 15, "null", &item(1, "stale", P_19_99));
+        let delete = event("d", 20, &item(1, "b", P_19_99), "null");
+        let order = if late_update_first {
+            [create, stale, delete]
+        } else {
+            [create, delete, stale]
+        };
+        // One sync per event: each lands in its own batch.
+        for e in order {
+            common::xadd(&mut r, &stream, &key(1), &e).await;
+            common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+        }
+        let row: (Option<String>, bool) =
+            sqlx::query_as("SELECT name, deleted_at IS NOT NULL FROM public.items WHERE id = 1")
+                .fetch_one(&db.pool)
+                .await
+                .expect("the row is kept");
+        results.push(row);
+        common::cleanup_streams(&prefix).await;
+    }
+    assert_eq!(
+        results,
+        vec![(Some("b".into()), true), (Some("b".into()), true)]
+    );
 }
