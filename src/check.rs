@@ -14,7 +14,7 @@ use crate::read::{self, Reader, StreamPattern};
 use crate::write::{self, INTERNAL_TABLES, VERSION_COLUMN};
 
 /// What redsink sends to Redis (subcommands as ACL spells them).
-pub const REDIS_COMMANDS: [&str; 20] = [
+pub const REDIS_COMMANDS: [&str; 21] = [
     "ping",
     "exists",
     "scan",
@@ -33,6 +33,7 @@ pub const REDIS_COMMANDS: [&str; 20] = [
     "xadd",
     "xdel",
     "xtrim",
+    "eval",
     "multi",
     "exec",
 ];
@@ -217,7 +218,7 @@ const PROBE_GROUP: &str = "redsink-check-probe";
 /// user lacks that command or key.
 fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
     let g = PROBE_GROUP;
-    let table: [(&'static str, Vec<&str>); 18] = [
+    let table: [(&'static str, Vec<&str>); 19] = [
         ("ping", vec!["PING"]),
         ("exists", vec!["EXISTS", key]),
         ("scan", vec!["SCAN", "0", "MATCH", key, "COUNT", "1"]),
@@ -260,6 +261,8 @@ fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
         ("xadd", vec!["XADD", dlq, "0-0", "f", "v"]),
         ("xdel", vec!["XDEL", dlq, "0-0"]),
         ("xtrim", vec!["XTRIM", key, "MINID", "0"]),
+        // Consumers are pruned by a script (atomically); this one does nothing.
+        ("eval", vec!["EVAL", "return 1", "1", key]),
     ];
     let mut out: Vec<(&'static str, redis::Pipeline)> = table
         .into_iter()

@@ -18,8 +18,23 @@ pub const DLQ_FIELDS: [&str; 4] = [
     "redsink.group",
 ];
 
+/// Lists the consumers and removes the idle ones with nothing pending in one script, so
+/// that nothing can be delivered to a consumer between the check and its removal.
+const PRUNE_SCRIPT: &str = r"
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[3] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed[#removed + 1] = f['name']
+  end
+end
+return removed
+";
+
 /// Removes the consumers of `group` on `stream` that have nothing pending and have been
-/// idle for at least `min_idle`, except `keep`; returns their names.
+/// idle for at least `min_idle`, except `keep`, atomically; returns their names.
 pub async fn prune_consumers(
     conn: &mut ConnectionManager,
     stream: &str,
@@ -27,54 +42,20 @@ pub async fn prune_consumers(
     keep: Option<&str>,
     min_idle: Duration,
 ) -> Result<Vec<String>, ReadError> {
-    let idle_ms = i64::try_from(min_idle.as_millis()).unwrap_or(i64::MAX);
-    let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-        .arg("CONSUMERS")
+    let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+    redis::cmd("EVAL")
+        .arg(PRUNE_SCRIPT)
+        .arg(1)
         .arg(stream)
         .arg(group)
+        .arg(idle_ms)
+        // A name no consumer has, when there is none to keep.
+        .arg(keep.unwrap_or("\u{0}"))
         .query_async(conn)
         .await
         .map_err(ReadError::redis(format!(
-            "XINFO CONSUMERS {stream} {group}"
-        )))?;
-    let mut removed = Vec::new();
-    for c in consumers {
-        let int = |k: &str| match c.get(k) {
-            Some(Value::Int(n)) => *n,
-            _ => -1,
-        };
-        let name = match c.get("name") {
-            Some(Value::BulkString(n)) => String::from_utf8_lossy(n).into_owned(),
-            _ => continue,
-        };
-        if Some(name.as_str()) == keep || int("pending") != 0 || int("idle") < idle_ms {
-            continue;
-        }
-        let dropped: i64 = redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(stream)
-            .arg(group)
-            .arg(&name)
-            .query_async(conn)
-            .await
-            .map_err(ReadError::redis(format!(
-                "XGROUP DELCONSUMER {stream} {group} {name}"
-            )))?;
-        if dropped > 0 {
-            // It read between our XINFO and the DELCONSUMER: those entries are no longer
-            // pending anywhere. Say so loudly; `redsink replay` can re-apply them.
-            tracing::error!(
-                stream,
-                group,
-                consumer = %name,
-                dropped,
-                "a pruned consumer had just read entries: they will not be delivered again; \
-                 re-apply them with redsink replay"
-            );
-        }
-        removed.push(name);
-    }
-    Ok(removed)
+            "pruning idle consumers of {group} on {stream}"
+        )))
 }
 
 /// The oldest entry some consumer group on `stream` still needs (pending, or not yet
