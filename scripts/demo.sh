@@ -70,7 +70,8 @@ SELECT order_id, line, product_id, qty FROM inventory.order_lines ORDER BY 1, 2;
 SELECT count(*) AS orders, sum(amount) AS total_amount, max(updated_at) AS last_update FROM public.orders;
 SQL
 dead=0
-for s in $(redis-cli -u "$redis_url" --scan --pattern '*:dlq'); do
+for s in $(redis-cli -u "$redis_url" --scan --pattern 'dbserver1.inventory.*:dlq') \
+         $(redis-cli -u "$redis_url" --scan --pattern 'shop.public.orders:*:dlq'); do
   dead=$((dead + $(redis-cli -u "$redis_url" XLEN "$s")))
 done
 echo "dead letters: $dead"
