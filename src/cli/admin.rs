@@ -1,9 +1,8 @@
 //! `group reset`, `consumers prune` and `dlq list|show|retry|purge`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use redis::aio::ConnectionManager;
 
@@ -14,14 +13,8 @@ use redsink::status;
 /// What every admin command needs: the config and which mapped streams to act on.
 #[derive(Args, Debug)]
 pub struct Target {
-    /// Path to the TOML config.
-    #[arg(
-        long,
-        short,
-        env = "REDSINK_CONFIG",
-        default_value = "config/redsink.toml"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigArg,
     /// Only this stream (a name or a pattern as in a mapping); repeatable. Default:
     /// every stream of every mapping.
     #[arg(long = "stream")]
@@ -30,8 +23,7 @@ pub struct Target {
 
 impl Target {
     async fn open(&self) -> anyhow::Result<(Config, ConnectionManager, Vec<String>)> {
-        let config = Config::load(&self.config)
-            .with_context(|| format!("loading config {}", self.config.display()))?;
+        let config = self.config.load()?;
         let control = read::connect_control(&config.redis).await?;
         let streams = status::mapped_streams(&config, &control, &self.streams)
             .await?

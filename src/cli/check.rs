@@ -1,9 +1,6 @@
-use std::path::PathBuf;
-
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use redsink::check;
-use redsink::config::Config;
 
 /// Validate the config against the real Redis and Postgres without changing anything:
 /// connections, permissions, every mapped table (exists, key, version column,
@@ -12,19 +9,12 @@ use redsink::config::Config;
 /// Postgres GRANTs the config needs. Exits 1 when there is a problem.
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    /// Path to the TOML config.
-    #[arg(
-        long,
-        short,
-        env = "REDSINK_CONFIG",
-        default_value = "config/redsink.toml"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigArg,
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)
-        .with_context(|| format!("loading config {}", args.config.display()))?;
+    let config = args.config.load()?;
     let report = check::check(&config).await;
     println!("# checks");
     for f in &report.findings {

@@ -1,12 +1,5 @@
-use std::path::Path;
-
-use anyhow::Context;
-
-use redsink::config::Config;
-
-pub async fn migrate(path: &Path) -> anyhow::Result<()> {
-    let config =
-        Config::load(path).with_context(|| format!("loading config {}", path.display()))?;
+pub async fn migrate(config: &super::ConfigArg) -> anyhow::Result<()> {
+    let config = config.load()?;
     let pool = redsink::write::connect(&config.postgres.url, 1).await?;
     redsink::write::migrate(&pool).await?;
     println!("migrations applied");

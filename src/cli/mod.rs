@@ -10,8 +10,11 @@ mod status;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
+
+use redsink::config::Config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,28 +41,37 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--config`: the TOML config of every command that talks to Redis or Postgres.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArg {
+    /// Path to the TOML config.
+    #[arg(
+        long,
+        short,
+        env = "REDSINK_CONFIG",
+        default_value = "config/redsink.toml"
+    )]
+    config: PathBuf,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Config::load(&self.config)
+            .with_context(|| format!("loading config {}", self.config.display()))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the sync until SIGINT/SIGTERM.
     Run {
-        /// Path to the TOML config.
-        #[arg(
-            long,
-            short,
-            env = "REDSINK_CONFIG",
-            default_value = "config/redsink.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Apply redsink's own migrations (the `redsink` schema) and exit.
     Migrate {
-        #[arg(
-            long,
-            short,
-            env = "REDSINK_CONFIG",
-            default_value = "config/redsink.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// XADD Debezium events to Redis the way Debezium Server's Redis sink does.
     Produce(produce::ProduceArgs),

@@ -1,11 +1,8 @@
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use redsink::config::Config;
 use redsink::pipeline::{self, ReplayOptions, ReplayProgress};
 
 /// Re-apply stream history with XRANGE (outside the consumer group) for a backfill or a
@@ -14,14 +11,8 @@ use redsink::pipeline::{self, ReplayOptions, ReplayProgress};
 /// dead-letter streams, marked with the group `<group>:replay`.
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
-    /// Path to the TOML config.
-    #[arg(
-        long,
-        short,
-        env = "REDSINK_CONFIG",
-        default_value = "config/redsink.toml"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigArg,
     /// First entry ID to re-apply (inclusive): `1700000000000-0`, a millisecond time,
     /// or `-` for the start of each stream.
     #[arg(long)]
@@ -38,8 +29,7 @@ pub struct ReplayArgs {
 }
 
 pub async fn replay(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)
-        .with_context(|| format!("loading config {}", args.config.display()))?;
+    let config = args.config.load()?;
     let options = ReplayOptions {
         from: args.from,
         to: args.to,

@@ -1,9 +1,5 @@
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
-use anyhow::Context;
-
-use redsink::config::Config;
 use redsink::status::{self, Status};
 
 /// Show each mapped stream: length, newest entry, dead-letter stream length, and per
@@ -11,22 +7,15 @@ use redsink::status::{self, Status};
 /// consumers with their idle time, and the newest entry it applied (checkpoint).
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// Path to the TOML config.
-    #[arg(
-        long,
-        short,
-        env = "REDSINK_CONFIG",
-        default_value = "config/redsink.toml"
-    )]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigArg,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)
-        .with_context(|| format!("loading config {}", args.config.display()))?;
+    let config = args.config.load()?;
     let report = status::status(&config).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
