@@ -73,15 +73,12 @@ pub async fn oldest_needed(
         .map_err(ReadError::redis(format!("XINFO GROUPS {stream}")))?;
     let mut oldest: Option<EntryId> = None;
     for g in groups {
-        let name = match g.get("name") {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => continue,
-        };
-        let last = match g.get("last-delivered-id") {
-            Some(Value::BulkString(b)) => EntryId::parse(&String::from_utf8_lossy(b)),
-            _ => None,
+        let name = super::inspect::text(g.get("name"));
+        if name.is_empty() {
+            continue;
         }
-        .unwrap_or(EntryId::ZERO);
+        let last = EntryId::parse(&super::inspect::text(g.get("last-delivered-id")))
+            .unwrap_or(EntryId::ZERO);
         // The first entry after the last delivered one has not been read yet.
         let mut needed = if last.seq == u64::MAX {
             EntryId {

@@ -136,7 +136,8 @@ async fn query<T: redis::FromRedisValue>(
         .map_err(ReadError::redis(format!("{name} {stream}")))
 }
 
-fn text(v: Option<&Value>) -> String {
+/// A reply field as text (empty when absent).
+pub(super) fn text(v: Option<&Value>) -> String {
     match v {
         Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
         Some(Value::SimpleString(s)) => s.clone(),
