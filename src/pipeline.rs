@@ -731,9 +731,9 @@ impl Core {
             Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
             Err(e) => return Err(e.into()),
         };
-        let evolution = mapping.evolution(&event);
-        if let Some((columns, key)) = &evolution
-            && !self.writer.knows(&table_name)
+        // Only for a table not read yet: the declared columns are built on demand.
+        if !self.writer.knows(&table_name)
+            && let Some((columns, key)) = &mapping.evolution(&event)
             && let Some(prepared) = self
                 .evolve(&table_name, columns, key, templated, shutdown)
                 .await?
@@ -762,7 +762,7 @@ impl Core {
             // The column may have been added since the catalog was read: read it again
             // (at most every few seconds per table) before giving up on the event.
             Err(MapError::UnknownColumn(_)) => {
-                if let Some((columns, key)) = &evolution
+                if let Some((columns, key)) = &self.mappings[index].evolution(&event)
                     && let Some(prepared) = self
                         .evolve(&table_name, columns, key, templated, shutdown)
                         .await?
