@@ -84,9 +84,34 @@ pub struct ChangeEvent {
     pub before: Option<Row>,
     pub after: Option<Row>,
     pub source: Source,
-    /// The row's columns as the event's schema declares them (empty without schemas),
-    /// for schema evolution.
-    pub declared: Vec<DeclaredColumn>,
+    /// The event's schema, for schema evolution: [`Declared::columns`].
+    pub declared: Declared,
+}
+
+/// An event's value schema, kept (not copied) so that the columns it declares are
+/// derived only when schema evolution asks for them, not for every event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declared {
+    schema: Option<Value>,
+    /// The schema is the row struct itself (an ExtractNewRecordState event), not an
+    /// envelope.
+    flattened: bool,
+}
+
+impl Declared {
+    fn of(schema: Option<Value>, flattened: bool) -> Self {
+        Self { schema, flattened }
+    }
+
+    /// The row's columns as the schema declares them (empty without schemas).
+    pub fn columns(&self) -> Vec<DeclaredColumn> {
+        let fields = match &self.schema {
+            None => None,
+            Some(s) if self.flattened => Some(struct_fields(s)),
+            Some(s) => envelope_row_schema(s),
+        };
+        declared(fields)
+    }
 }
 
 /// A column as an event's schema declares it.
@@ -228,7 +253,7 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
                 Some(skip) => Ok(Decoded::Skip(skip)),
                 None => {
                     let key = parse_key(key_text, config).map_err(&fail)?;
-                    flattened(payload, value_schema.as_ref(), key).map_err(fail)
+                    flattened(payload, value_schema, key).map_err(fail)
                 }
             };
         }
@@ -285,7 +310,7 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         before,
         after,
         source,
-        declared: declared(row_schema),
+        declared: Declared::of(value_schema, false),
     }))
 }
 
@@ -397,7 +422,7 @@ const FLATTENED_PREFIX: &str = "__";
 /// `__schema`, `__db`, `__source_ts_ms`/`__ts_ms` and `__connector` fill `source`.
 fn flattened(
     payload: Map<String, Value>,
-    schema: Option<&Value>,
+    schema: Option<Value>,
     key: Option<Row>,
 ) -> Result<Decoded, String> {
     // Without a schema naming it, a value with these fields is taken for an envelope
@@ -476,8 +501,7 @@ fn flattened(
             .filter_map(|name| text(&[&format!("source_{name}"), name]).map(|v| (*name, v)))
             .collect(),
     };
-    let declared = declared(schema.map(struct_fields));
-    let row = row_from(fields, schema.map(struct_fields));
+    let row = row_from(fields, schema.as_ref().map(struct_fields));
     let (before, after) = if op == Op::Delete {
         (Some(row), None)
     } else {
@@ -489,7 +513,7 @@ fn flattened(
         before,
         after,
         source,
-        declared,
+        declared: Declared::of(schema, true),
     }))
 }
 

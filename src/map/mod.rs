@@ -161,13 +161,14 @@ impl Mapping {
         &self,
         event: &ChangeEvent,
     ) -> Option<(Vec<crate::decode::DeclaredColumn>, Vec<String>)> {
-        if self.schema_evolution != crate::config::SchemaEvolution::Basic
-            || event.declared.is_empty()
-        {
+        if self.schema_evolution != crate::config::SchemaEvolution::Basic {
             return None;
         }
-        let columns = event
-            .declared
+        let declared = event.declared.columns();
+        if declared.is_empty() {
+            return None;
+        }
+        let columns = declared
             .iter()
             .filter_map(|d| {
                 let name = self.columns.column_of(&d.name)?;

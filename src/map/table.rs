@@ -251,7 +251,7 @@ mod tests {
                 table: Some("orders".into()),
                 ..Source::default()
             },
-            declared: Vec::new(),
+            declared: Default::default(),
         };
         assert_eq!(
             t.resolve(&event, "s").expect("resolves").to_string(),
@@ -282,7 +282,7 @@ mod tests {
                 table: Some(table.into()),
                 ..Source::default()
             },
-            declared: Vec::new(),
+            declared: Default::default(),
         };
         let t = TableTemplate::parse("${source.table}").expect("valid");
         let err = t.resolve(&event("public", "pg_catalog.pg_authid"), "s");

@@ -65,7 +65,7 @@ fn event(
             lsn: Some(42),
             ..Source::default()
         },
-        declared: Vec::new(),
+        declared: Default::default(),
     }
 }
 
@@ -432,7 +432,7 @@ fn event_with(source: Source) -> ChangeEvent {
         before: None,
         after: None,
         source,
-        declared: Vec::new(),
+        declared: Default::default(),
     }
 }
 
