@@ -35,6 +35,10 @@ pub fn item(id: i64, name: &str, price_b64: &str) -> String {
     format!(r#"{{"id":{id},"name":"{name}","price":"{price_b64}","qty":{id}}}"#)
 }
 
+/// Base64 Debezium decimals for numeric(10,2): 19.99 and 24.50.
+pub const P_19_99: &str = "B88=";
+pub const P_24_50: &str = "CZI=";
+
 /// The table most tests write to.
 pub const ITEMS: &str = "CREATE TABLE public.items (id int PRIMARY KEY, name varchar(12), price numeric(10,2), qty int)";
 

@@ -1,9 +1,7 @@
 //! The operator commands, run as the real binary against the real services.
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, event, item, items_mapping, key};
-
-const P_19_99: &str = "B88="; // 1999
+use crate::{ITEMS, P_19_99, event, item, items_mapping, key};
 
 #[tokio::test]
 async fn status_shows_lag_pending_consumers_checkpoints_and_dead_letters() {
@@ -342,15 +340,7 @@ async fn metrics_move_during_a_sync_and_health_endpoints_answer() {
     assert_eq!(http_get(&address, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(http_get(&address, "/nope").await.0, 404);
 
-    for id in 1..=20 {
-        common::xadd(
-            &mut r,
-            &stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "a", P_19_99)),
-        )
-        .await;
-    }
+    crate::add_items(&stream, 20).await;
     common::xadd(&mut r, &stream, "{}", "{not json").await;
     common::wait_rows(&db, "public.items", 19).await;
     let read = format!("redsink_entries_read_total{{stream=\"{stream}\"}}");
@@ -464,15 +454,7 @@ async fn trimming_keeps_what_any_group_still_needs_and_counts_what_a_ceiling_dro
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    for id in 1..=10 {
-        common::xadd(
-            &mut r,
-            &stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "a", P_19_99)),
-        )
-        .await;
-    }
+    crate::add_items(&stream, 10).await;
     // Another group on the stream: it read two entries and acknowledged only the first.
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")

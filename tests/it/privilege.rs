@@ -3,9 +3,7 @@
 //! prints.
 
 use crate::common::{self, TestDb};
-use crate::{event, item, key};
-
-const P_19_99: &str = "B88="; // 1999
+use crate::{P_19_99, event, item, key};
 
 #[tokio::test]
 async fn syncs_with_a_restricted_redis_user_and_postgres_role() {

@@ -4,10 +4,7 @@ use redsink::pipeline::{self, ReplayOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, event, item, items, items_mapping, key};
-
-const P_19_99: &str = "B88="; // 1999
-const P_24_50: &str = "CZI="; // 2450
+use crate::{ITEMS, P_19_99, P_24_50, event, item, items, items_mapping, key};
 
 /// The group's last-delivered ID, entries read and lag on `stream`.
 async fn group_state(r: &mut redis::aio::MultiplexedConnection, stream: &str) -> redis::Value {
@@ -173,16 +170,7 @@ async fn the_replay_command_prints_progress_and_a_summary() {
     db.exec(ITEMS).await;
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
-    let mut r = common::redis().await;
-    for id in 1..=3 {
-        common::xadd(
-            &mut r,
-            &stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "a", P_19_99)),
-        )
-        .await;
-    }
+    crate::add_items(&stream, 3).await;
     let text = common::config_text(&db, "c1", &items_mapping(&prefix));
     let (code, out, err) = common::redsink_cli(&text, &["replay", "--from", "-"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -1,11 +1,9 @@
 //! The sync path: create/update/delete/read, replays, reordering, resurrection.
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, event, fingerprint, item, items, items_mapping, key};
+use crate::{ITEMS, P_19_99, P_24_50, event, fingerprint, item, items, items_mapping, key};
 
 // Prices as Debezium sends numeric(10,2) without schemas: base64 unscaled.
-const P_19_99: &str = "B88="; // 1999
-const P_24_50: &str = "CZI="; // 2450
 
 #[tokio::test]
 async fn applies_reads_creates_updates_and_deletes_then_acks() {
