@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::read::Control;
 use sqlx::PgPool;
 
 use crate::config::Config;
@@ -286,7 +286,7 @@ fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
 async fn check_redis(
     config: &Config,
     mappings: &[Mapping],
-    mut conn: ConnectionManager,
+    mut conn: Control,
     report: &mut Report,
 ) {
     let user: Result<String, _> = redis::cmd("ACL").arg("WHOAMI").query_async(&mut conn).await;
@@ -462,7 +462,7 @@ async fn table(pool: &PgPool, name: &TableName, m: &Mapping, report: &mut Report
 async fn check_samples(
     config: &Config,
     mappings: &[Mapping],
-    control: ConnectionManager,
+    control: Control,
     pool: &PgPool,
     report: &mut Report,
 ) {

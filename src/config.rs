@@ -54,7 +54,20 @@ pub struct Config {
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// Standalone: the server. Cluster: a seed node (more in `nodes`). Sentinel: the user,
+    /// password, database and scheme (`rediss://` for TLS) for the master; its address
+    /// comes from the sentinels.
     pub url: String,
+    /// Which kind of Redis deployment `url` and `nodes` describe.
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// Cluster: more seed nodes. Sentinel: the sentinels (`redis://[user:pass@]host:26379`).
+    /// A list, or one comma-separated string (from the environment).
+    #[serde(default, deserialize_with = "de_list")]
+    pub nodes: Vec<String>,
+    /// Sentinel: the name the sentinels know the master by.
+    #[serde(default)]
+    pub master_name: Option<String>,
     #[serde(default = "default_group")]
     pub group: String,
     /// Consumer name in the group; default `<hostname>-<pid>`.
@@ -208,6 +221,19 @@ pub enum SchemaEvolution {
     Basic,
 }
 
+/// The kind of Redis deployment.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a replica set addressed through one master URL).
+    #[default]
+    Standalone,
+    /// A Redis Cluster: streams live on different nodes.
+    Cluster,
+    /// A master found by name through Redis Sentinel, followed across failovers.
+    Sentinel,
+}
+
 /// What a delete event does to the row.
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -352,6 +378,25 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// A list of strings from TOML, or one comma-separated string from the environment.
+fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrText::deserialize(d)? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
 /// Numbers may come from TOML (an integer) or from the environment (a string).
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -411,6 +456,38 @@ impl Config {
     }
 
     /// Checks what serde cannot: ranges, templates, non-empty names.
+    fn validate_mode(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        match (r.mode, &r.master_name) {
+            (RedisMode::Sentinel, None) => {
+                return Err(invalid(
+                    "redis.master_name",
+                    "is required with mode = \"sentinel\": the name the sentinels monitor (`sentinel monitor <name> …`)",
+                ));
+            }
+            (RedisMode::Sentinel, Some(_)) if r.nodes.is_empty() => {
+                return Err(invalid(
+                    "redis.nodes",
+                    "is required with mode = \"sentinel\": the sentinels' URLs, e.g. [\"redis://sentinel-1:26379\"]",
+                ));
+            }
+            (RedisMode::Standalone | RedisMode::Cluster, Some(_)) => {
+                return Err(invalid(
+                    "redis.master_name",
+                    "is only used with mode = \"sentinel\"",
+                ));
+            }
+            _ => {}
+        }
+        if r.mode == RedisMode::Standalone && !r.nodes.is_empty() {
+            return Err(invalid(
+                "redis.nodes",
+                "is only used with mode = \"cluster\" (seed nodes) or \"sentinel\" (the sentinels)",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.redis.url.trim().is_empty() {
             return Err(invalid("redis.url", "must not be empty"));
@@ -421,6 +498,7 @@ impl Config {
                 "is not set: set it in the file, in REDSINK_POSTGRES_URL or in DATABASE_URL",
             ));
         }
+        self.validate_mode()?;
         if self.redis.group.trim().is_empty() {
             return Err(invalid("redis.group", "must not be empty"));
         }
@@ -602,6 +680,12 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
+            .field("mode", &self.mode)
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
+            .field("master_name", &self.master_name)
             .field("group", &self.group)
             .field("consumer", &self.consumer)
             .field("start", &self.start)

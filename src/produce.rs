@@ -8,7 +8,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use num_bigint::BigInt;
-use redis::aio::ConnectionLike;
+
+use crate::read::conn::{Routed, pipeline_by_key};
 
 /// Entries per pipelined XADD round trip.
 const PIPELINE: usize = 1000;
@@ -36,13 +37,13 @@ pub struct Entry {
     pub fields: Vec<(String, String)>,
 }
 
-/// XADDs entries in pipelined chunks; returns how many were added.
-pub async fn xadd_all<C: ConnectionLike>(
+/// XADDs entries in pipelined chunks (on a cluster, one pipeline per hash slot and
+/// chunk); returns how many were added.
+pub async fn xadd_all<C: Routed>(
     conn: &mut C,
     entries: impl IntoIterator<Item = Entry>,
 ) -> redis::RedisResult<usize> {
-    let mut pipe = redis::pipe();
-    let mut pending = 0;
+    let mut chunk = Vec::with_capacity(PIPELINE);
     let mut total = 0;
     for e in entries {
         let mut cmd = redis::cmd("XADD");
@@ -50,19 +51,14 @@ pub async fn xadd_all<C: ConnectionLike>(
         for (f, v) in &e.fields {
             cmd.arg(f).arg(v);
         }
-        pipe.add_command(cmd).ignore();
-        pending += 1;
-        if pending == PIPELINE {
-            pipe.query_async::<()>(conn).await?;
-            pipe = redis::pipe();
-            total += pending;
-            pending = 0;
+        chunk.push((e.stream.into_bytes(), cmd));
+        if chunk.len() == PIPELINE {
+            total += chunk.len();
+            pipeline_by_key(conn, std::mem::take(&mut chunk)).await?;
         }
     }
-    if pending > 0 {
-        pipe.query_async::<()>(conn).await?;
-        total += pending;
-    }
+    total += chunk.len();
+    pipeline_by_key(conn, chunk).await?;
     Ok(total)
 }
 

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::map::Mapping;
+use crate::read::Control;
 use crate::read::inspect::{self, StreamStatus};
-use redis::aio::ConnectionManager;
 
 use crate::read::{self, ReadError, Reader, StreamPattern};
 use crate::write::{self, Checkpoint, WriteError};
@@ -45,7 +45,7 @@ pub struct Status {
 /// of the first mapping that covers each; with `only` (names or patterns), just those.
 pub async fn mapped_streams(
     config: &Config,
-    control: &ConnectionManager,
+    control: &Control,
     only: &[String],
 ) -> Result<Vec<(String, usize)>, StatusError> {
     let mut reader = Reader::new(

@@ -1,6 +1,7 @@
 //! Ack: [`Committed`] → XADD of dead letters, then XACK of every entry.
 //! Input: the proof of a Postgres commit; output: entries removed from the group's PEL.
-//! I/O: Redis (the shared, non-blocking connection), one pipelined round trip each.
+//! I/O: Redis (the shared, non-blocking connection), one pipelined round trip each
+//! (on a cluster, one per hash slot, sent concurrently).
 //! Errors: [`AckError`]; all retryable ones are retried by the pipeline with the same
 //! `Committed` (XADD to the DLQ may then repeat: dead letters are at-least-once).
 //!
@@ -11,9 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redis::aio::ConnectionManager;
+use crate::read::Control;
 
 use crate::batch::DeadLetter;
+use crate::read::conn::pipeline_by_key;
 use crate::read::{EntryId, redis_retryable};
 use crate::write::Committed;
 
@@ -38,7 +40,7 @@ impl AckError {
 /// Acknowledges committed batches and writes dead letters.
 #[derive(Clone)]
 pub struct Acker {
-    conn: ConnectionManager,
+    conn: Control,
     group: String,
     dlq_suffix: String,
     /// Pipelines sent to Redis, shared by the clones.
@@ -48,7 +50,7 @@ pub struct Acker {
 }
 
 impl Acker {
-    pub fn new(conn: ConnectionManager, group: &str, dlq_suffix: &str) -> Self {
+    pub fn new(conn: Control, group: &str, dlq_suffix: &str) -> Self {
         Self {
             conn,
             group: group.to_string(),
@@ -86,10 +88,11 @@ impl Acker {
         if dead.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::with_capacity(dead.len());
         for d in dead {
+            let dlq = self.dlq_stream(&d.entry.stream);
             let mut cmd = redis::cmd("XADD");
-            cmd.arg(self.dlq_stream(&d.entry.stream)).arg("*");
+            cmd.arg(&dlq).arg("*");
             for (field, value) in d.entry.fields.iter().flatten() {
                 cmd.arg(field.as_slice()).arg(value.as_slice());
             }
@@ -101,22 +104,23 @@ impl Acker {
                 .arg(d.entry.id.to_string())
                 .arg("redsink.group")
                 .arg(&self.group);
-            pipe.add_command(cmd).ignore();
             tracing::warn!(
                 stream = %d.entry.stream,
                 entry = %d.entry.id,
-                dlq = %self.dlq_stream(&d.entry.stream),
+                dlq = %dlq,
                 error = %d.reason,
                 "dead-lettered entry"
             );
+            commands.push((dlq.into_bytes(), cmd));
         }
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        pipe.query_async::<()>(&mut self.conn)
+        let sent = pipeline_by_key(&mut self.conn, commands)
             .await
             .map_err(|source| AckError::Redis {
                 context: format!("writing {} dead letters", dead.len()),
                 source,
-            })
+            })?;
+        self.round_trips.fetch_add(sent as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn xack(&mut self, acks: &[(Arc<str>, EntryId)]) -> Result<(), AckError> {
@@ -127,20 +131,21 @@ impl Acker {
         for (stream, id) in acks {
             by_stream.entry(stream).or_default().push(id.to_string());
         }
-        let mut pipe = redis::pipe();
-        for (stream, ids) in &by_stream {
-            pipe.cmd("XACK")
-                .arg(*stream)
-                .arg(&self.group)
-                .arg(ids)
-                .ignore();
-        }
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        pipe.query_async::<()>(&mut self.conn)
+        let commands = by_stream
+            .into_iter()
+            .map(|(stream, ids)| {
+                let mut cmd = redis::cmd("XACK");
+                cmd.arg(stream).arg(&self.group).arg(ids);
+                (stream.as_bytes().to_vec(), cmd)
+            })
+            .collect();
+        let sent = pipeline_by_key(&mut self.conn, commands)
             .await
             .map_err(|source| AckError::Redis {
                 context: format!("XACK of {} entries", acks.len()),
                 source,
-            })
+            })?;
+        self.round_trips.fetch_add(sent as u64, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use redis::aio::ConnectionManager;
+use redsink::read::Control;
 
 use redsink::config::Config;
 use redsink::read::{self, admin};
@@ -22,7 +22,7 @@ pub struct Target {
 }
 
 impl Target {
-    async fn open(&self) -> anyhow::Result<(Config, ConnectionManager, Vec<String>)> {
+    async fn open(&self) -> anyhow::Result<(Config, Control, Vec<String>)> {
         let config = self.config.load()?;
         let control = read::connect_control(&config.redis).await?;
         let streams = status::mapped_streams(&config, &control, &self.streams)
@@ -166,7 +166,7 @@ pub async fn consumers(command: ConsumersCommand) -> anyhow::Result<()> {
 /// dead-letter stream's name.
 async fn letters(
     config: &Config,
-    control: &mut ConnectionManager,
+    control: &mut Control,
     streams: &[String],
     count: usize,
 ) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
@@ -278,7 +278,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
 /// The dead letters with ID `id` (one per dead-letter stream at most).
 async fn find(
     config: &Config,
-    control: &mut ConnectionManager,
+    control: &mut Control,
     streams: &[String],
     id: &str,
 ) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
@@ -295,7 +295,7 @@ async fn find(
 /// `ids` (each must exist) or, with `all`, every dead letter of the selected streams.
 async fn chosen(
     config: &Config,
-    control: &mut ConnectionManager,
+    control: &mut Control,
     streams: &[String],
     ids: &[String],
     all: bool,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use redsink::produce::{Entry, Orders, shard_stream, xadd_all};
+use redsink::read::conn::Routed;
 
 #[derive(clap::Args, Debug)]
 pub struct ProduceArgs {
@@ -15,6 +16,10 @@ pub struct ProduceArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
+    /// `--redis-url` is a node of a Redis Cluster: each shard stream goes to the node
+    /// that owns its hash slot.
+    #[arg(long)]
+    cluster: bool,
     /// JSON lines to read ("-" = stdin). Each line is either
     /// {"stream": S, "fields": {F: V, …}} (an entry as is) or
     /// {"key": K, "value": V} (sent to `<--stream>:<shard>`).
@@ -38,12 +43,29 @@ pub struct ProduceArgs {
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let client = redis::Client::open(args.redis_url.as_str()).context("opening the redis url")?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .context("connecting to redis")?;
-    let added = if let Some(n) = args.generate_orders {
+    let added = if args.cluster {
+        let client = redis::cluster::ClusterClient::new(vec![args.redis_url.as_str()])
+            .context("opening the redis cluster url")?;
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .context("connecting to the redis cluster")?;
+        send(&mut conn, &args).await?
+    } else {
+        let client =
+            redis::Client::open(args.redis_url.as_str()).context("opening the redis url")?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .context("connecting to redis")?;
+        send(&mut conn, &args).await?
+    };
+    println!("added {added} entries");
+    Ok(())
+}
+
+async fn send<C: Routed>(conn: &mut C, args: &ProduceArgs) -> anyhow::Result<usize> {
+    if let Some(n) = args.generate_orders {
         let Some(stream) = args.stream.as_deref() else {
             bail!("--generate-orders needs --stream");
         };
@@ -51,18 +73,12 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             keys: args.keys,
             delete_every: args.delete_every,
         };
-        xadd_all(
-            &mut conn,
-            (0..n).map(|j| orders.entry(j, stream, args.shards)),
-        )
-        .await?
+        Ok(xadd_all(conn, (0..n).map(|j| orders.entry(j, stream, args.shards))).await?)
     } else {
         let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
         let entries = read_lines(&path, args.stream.as_deref(), args.shards)?;
-        xadd_all(&mut conn, entries).await?
-    };
-    println!("added {added} entries");
-    Ok(())
+        Ok(xadd_all(conn, entries).await?)
+    }
 }
 
 fn read_lines(path: &PathBuf, stream: Option<&str>, shards: u32) -> anyhow::Result<Vec<Entry>> {

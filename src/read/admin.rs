@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::read::Control;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use super::{EntryId, ReadError};
@@ -36,7 +36,7 @@ return removed
 /// Removes the consumers of `group` on `stream` that have nothing pending and have been
 /// idle for at least `min_idle`, except `keep`, atomically; returns their names.
 pub async fn prune_consumers(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     stream: &str,
     group: &str,
     keep: Option<&str>,
@@ -61,10 +61,7 @@ pub async fn prune_consumers(
 /// The oldest entry some consumer group on `stream` still needs (pending, or not yet
 /// delivered): everything before it is acknowledged by every group. `None` when the
 /// stream has no group (nothing may be trimmed then).
-pub async fn oldest_needed(
-    conn: &mut ConnectionManager,
-    stream: &str,
-) -> Result<Option<EntryId>, ReadError> {
+pub async fn oldest_needed(conn: &mut Control, stream: &str) -> Result<Option<EntryId>, ReadError> {
     let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -110,7 +107,7 @@ pub async fn oldest_needed(
 
 /// Trims `stream` below `min_id` (`XTRIM … MINID = …`, exact); returns how many went.
 pub async fn trim_below(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     stream: &str,
     min_id: EntryId,
 ) -> Result<u64, ReadError> {
@@ -126,11 +123,7 @@ pub async fn trim_below(
 
 /// Trims `stream` to its newest `max_len` entries (`XTRIM … MAXLEN = …`); returns how
 /// many went.
-pub async fn trim_to_len(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    max_len: u64,
-) -> Result<u64, ReadError> {
+pub async fn trim_to_len(conn: &mut Control, stream: &str, max_len: u64) -> Result<u64, ReadError> {
     redis::cmd("XTRIM")
         .arg(stream)
         .arg("MAXLEN")
@@ -144,7 +137,7 @@ pub async fn trim_to_len(
 /// Moves the group's last-delivered ID (XGROUP SETID): entries after `id` will be
 /// delivered (again). Entries already pending stay pending.
 pub async fn set_group_id(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     stream: &str,
     group: &str,
     id: &str,
@@ -182,7 +175,7 @@ pub struct DeadLetterEntry {
 
 /// Up to `count` dead letters of `dlq` from `start` (an ID, `(ID` for after it, or `-`).
 pub async fn dead_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     dlq: &str,
     start: &str,
     end: &str,
@@ -237,7 +230,7 @@ pub async fn dead_letters(
 /// by the group like any other) and deletes it from `dlq`, in one MULTI/EXEC.
 /// Returns the new entry's ID.
 pub async fn retry_dead_letter(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     dlq: &str,
     letter: &DeadLetterEntry,
 ) -> Result<String, ReadError> {
@@ -252,6 +245,30 @@ pub async fn retry_dead_letter(
     for (f, v) in &letter.raw {
         xadd.arg(f.as_slice()).arg(v.as_slice());
     }
+    let context = || {
+        format!(
+            "moving dead letter {} of {dlq} back to {}",
+            letter.id, letter.stream
+        )
+    };
+    if conn.is_cluster()
+        && super::conn::slot(letter.stream.as_bytes()) != super::conn::slot(dlq.as_bytes())
+    {
+        // Different hash slots cannot share a transaction: add, then delete. A failure
+        // in between leaves the dead letter in place (a retry adds the entry again,
+        // which the version guard makes harmless).
+        let new_id: String = xadd
+            .query_async(conn)
+            .await
+            .map_err(ReadError::redis(context()))?;
+        let _: i64 = redis::cmd("XDEL")
+            .arg(dlq)
+            .arg(&letter.id)
+            .query_async(conn)
+            .await
+            .map_err(ReadError::redis(context()))?;
+        return Ok(new_id);
+    }
     let (new_id, _): (String, i64) = redis::pipe()
         .atomic()
         .add_command(xadd)
@@ -260,16 +277,13 @@ pub async fn retry_dead_letter(
         .arg(&letter.id)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!(
-            "moving dead letter {} of {dlq} back to {}",
-            letter.id, letter.stream
-        )))?;
+        .map_err(ReadError::redis(context()))?;
     Ok(new_id)
 }
 
 /// Deletes dead letters by ID; returns how many existed.
 pub async fn purge_dead_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     dlq: &str,
     ids: &[String],
 ) -> Result<u64, ReadError> {

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
+use crate::read::Control;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use super::{EntryId, ReadError};
@@ -42,7 +42,7 @@ pub struct ConsumerStatus {
 /// XLEN, XINFO GROUPS, XINFO CONSUMERS and XPENDING of `stream`; `None` if it does not
 /// exist.
 pub async fn stream_status(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     stream: &str,
     dlq: &str,
 ) -> Result<Option<StreamStatus>, ReadError> {
@@ -126,7 +126,7 @@ pub async fn stream_status(
 }
 
 async fn query<T: redis::FromRedisValue>(
-    conn: &mut ConnectionManager,
+    conn: &mut Control,
     cmd: &redis::Cmd,
     name: &str,
     stream: &str,

@@ -8,19 +8,23 @@
 //! sent on it, because a `BLOCK` stalls every other command on its connection.
 
 pub mod admin;
+pub mod conn;
 mod entry;
 pub mod inspect;
 mod pattern;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Value};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::Value;
 
 use crate::config::RedisConfig;
 
+pub use conn::{Control, Deployment};
 pub use entry::{EntryId, StreamEntry};
 pub use pattern::StreamPattern;
 
@@ -84,57 +88,9 @@ pub fn redis_retryable(e: &redis::RedisError) -> bool {
         )
 }
 
-/// A client for the configured Redis: `redis.url`, plus the TLS files for `rediss://`.
-pub fn client(config: &RedisConfig) -> Result<redis::Client, ReadError> {
-    let read = |path: &Option<String>, what: &str| -> Result<Option<Vec<u8>>, ReadError> {
-        path.as_ref()
-            .map(|p| {
-                std::fs::read(p).map_err(|e| ReadError::Invalid(format!("redis.{what} {p}: {e}")))
-            })
-            .transpose()
-    };
-    let ca = read(&config.tls_ca_file, "tls_ca_file")?;
-    let cert = read(&config.tls_cert_file, "tls_cert_file")?;
-    let key = read(&config.tls_key_file, "tls_key_file")?;
-    // rustls (rediss://) needs a process-wide crypto provider; a second install is a no-op.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    if ca.is_none() && cert.is_none() && key.is_none() {
-        return redis::Client::open(config.url.as_str())
-            .map_err(ReadError::redis("opening redis url"));
-    }
-    let client_tls = match (cert, key) {
-        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
-            client_cert,
-            client_key,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(ReadError::Invalid(
-                "redis.tls_cert_file and redis.tls_key_file go together".into(),
-            ));
-        }
-    };
-    redis::Client::build_with_tls(
-        config.url.as_str(),
-        redis::TlsCertificates {
-            client_tls,
-            root_cert: ca,
-        },
-    )
-    .map_err(ReadError::redis("opening redis url with TLS"))
-}
-
-/// Opens the shared (non-blocking) connection; it reconnects by itself.
-pub async fn connect_control(redis: &RedisConfig) -> Result<ConnectionManager, ReadError> {
-    let client = client(redis)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2);
-    client
-        .get_connection_manager_with_config(config)
-        .await
-        .map_err(ReadError::redis("connecting to redis"))
+/// Opens the shared (non-blocking) connection to the configured deployment.
+pub async fn connect_control(redis: &RedisConfig) -> Result<Control, ReadError> {
+    Deployment::new(redis)?.control().await
 }
 
 /// Where the reader is in one stream: draining its own PEL, or reading new entries.
@@ -147,37 +103,63 @@ enum Cursor {
 }
 
 /// Reads the configured streams through one consumer group.
+///
+/// Streams are read in lanes: one XREADGROUP covers the streams of one lane. Standalone
+/// and Sentinel have one lane for all streams; a cluster has one per hash slot (a command
+/// cannot span slots). Each lane blocks on its own connection, and a lane's read that is
+/// still waiting when another lane returns entries stays in flight for the next call.
 pub struct Reader {
-    client: redis::Client,
-    blocking: Option<MultiplexedConnection>,
-    control: ConnectionManager,
+    deployment: Deployment,
+    control: Control,
     group: String,
     consumer: String,
     streams: Vec<(Arc<str>, Cursor)>,
+    /// Lanes' connections between reads.
+    idle: HashMap<u16, conn::Blocking>,
+    /// Blocking reads sent and not yet answered, one per lane at most.
+    in_flight: FuturesUnordered<BoxFuture<'static, LaneRead>>,
+    busy: HashSet<u16>,
     /// Where each stream's next XAUTOCLAIM scan starts.
-    claim_cursors: std::collections::HashMap<Arc<str>, EntryId>,
+    claim_cursors: HashMap<Arc<str>, EntryId>,
     /// Commands sent to read entries (XREADGROUP, and XPENDING for delivery counts).
     round_trips: u64,
+}
+
+/// The answer to one lane's blocking read, with the connection it used.
+struct LaneRead {
+    lane: u16,
+    conn: conn::Blocking,
+    result: Result<Value, ReadError>,
 }
 
 impl Reader {
     pub fn new(
         redis: &RedisConfig,
-        control: ConnectionManager,
+        control: Control,
         group: &str,
         consumer: &str,
     ) -> Result<Self, ReadError> {
-        let client = client(redis)?;
         Ok(Self {
-            client,
-            blocking: None,
+            deployment: Deployment::new(redis)?,
             control,
             group: group.to_string(),
             consumer: consumer.to_string(),
             streams: Vec::new(),
-            claim_cursors: std::collections::HashMap::new(),
+            idle: HashMap::new(),
+            in_flight: FuturesUnordered::new(),
+            busy: HashSet::new(),
+            claim_cursors: HashMap::new(),
             round_trips: 0,
         })
+    }
+
+    /// The lane `stream` is read in.
+    fn lane(&self, stream: &str) -> u16 {
+        if self.deployment.is_cluster() {
+            conn::slot(stream.as_bytes())
+        } else {
+            0
+        }
     }
 
     /// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN.
@@ -204,30 +186,7 @@ impl Reader {
     }
 
     async fn scan_streams(&mut self, glob: &str) -> Result<Vec<String>, ReadError> {
-        let mut cursor: u64 = 0;
-        let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(glob)
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("stream")
-                .query_async(&mut self.control)
-                .await
-                .map_err(ReadError::redis(format!(
-                    "scanning for streams matching {glob}"
-                )))?;
-            out.extend(keys);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        out.sort();
-        Ok(out)
+        self.control.scan_streams(glob).await
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
@@ -313,7 +272,10 @@ impl Reader {
     /// PEL that we never saw: read the PEL again from the start. Call only when every
     /// entry read so far has been acked or is about to be (else it would be read twice).
     pub async fn rewind(&mut self) -> Result<(), ReadError> {
-        self.blocking = None;
+        // Reads in flight are dropped: what they delivered is in our PEL, read below.
+        self.in_flight = FuturesUnordered::new();
+        self.busy.clear();
+        self.idle.clear();
         let names: Vec<Arc<str>> = self.streams.iter().map(|(s, _)| s.clone()).collect();
         for (_, cursor) in &mut self.streams {
             *cursor = Cursor::Pending(EntryId::ZERO);
@@ -326,7 +288,7 @@ impl Reader {
     }
 
     /// The control connection, for the administrative commands of [`admin`].
-    pub fn control(&mut self) -> &mut ConnectionManager {
+    pub fn control(&mut self) -> &mut Control {
         &mut self.control
     }
 
@@ -369,24 +331,90 @@ impl Reader {
             tokio::time::sleep(block).await;
             return Ok(Vec::new());
         }
+        self.start_reads(block, count).await?;
+        // Each lane's read ends by itself (BLOCK, or its timeout): wait for the first,
+        // then take every other one that has already answered.
+        let mut done = Vec::new();
+        if let Some(first) = self.in_flight.next().await {
+            done.push(first);
+        }
+        while let Some(Some(next)) = self.in_flight.next().now_or_never() {
+            done.push(next);
+        }
+        let mut out = Vec::new();
+        let mut error = None;
+        for LaneRead { lane, conn, result } in done {
+            self.busy.remove(&lane);
+            match result.and_then(parse_read_reply) {
+                Ok(entries) => {
+                    // A broken connection does not heal: keep it only after a success.
+                    self.idle.insert(lane, conn);
+                    out.extend(entries);
+                }
+                // What other lanes returned is in our PEL: the rewind after this error
+                // reads it again.
+                Err(e) => error = error.or(Some(e)),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Sends a blocking read for each lane with no read in flight.
+    async fn start_reads(&mut self, block: Duration, count: usize) -> Result<(), ReadError> {
+        let mut lanes: BTreeMap<u16, Vec<Arc<str>>> = BTreeMap::new();
+        for (s, c) in &self.streams {
+            if *c == Cursor::New {
+                lanes.entry(self.lane(s)).or_default().push(s.clone());
+            }
+        }
+        // Lanes share the batch: a cluster with many slots reads fewer entries from each.
+        let per_lane = count.div_ceil(lanes.len().max(1)).max(1);
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS");
-        for (s, _) in &self.streams {
-            cmd.arg(s.as_ref());
+        let timeout = block + Duration::from_secs(10);
+        for (lane, streams) in lanes {
+            if self.busy.contains(&lane) {
+                continue;
+            }
+            let mut conn = match self.idle.remove(&lane) {
+                Some(conn) => conn,
+                None => self.deployment.blocking().await?,
+            };
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(per_lane)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS");
+            for s in &streams {
+                cmd.arg(s.as_ref());
+            }
+            for _ in &streams {
+                cmd.arg(">");
+            }
+            self.round_trips += 1;
+            self.busy.insert(lane);
+            self.in_flight.push(
+                async move {
+                    let reply = cmd.query_async::<Value>(&mut conn);
+                    let result = match tokio::time::timeout(timeout, reply).await {
+                        Err(_) => Err(ReadError::Timeout {
+                            context: "XREADGROUP".into(),
+                            timeout,
+                        }),
+                        Ok(r) => r.map_err(ReadError::redis("XREADGROUP")),
+                    };
+                    LaneRead { lane, conn, result }
+                }
+                .boxed(),
+            );
         }
-        for _ in &self.streams {
-            cmd.arg(">");
-        }
-        let reply = self.query_blocking(&cmd, block).await?;
-        parse_read_reply(reply)
+        Ok(())
     }
 
     async fn read_pending(
@@ -394,21 +422,35 @@ impl Reader {
         pending: &[(Arc<str>, EntryId)],
         count: usize,
     ) -> Result<Vec<StreamEntry>, ReadError> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS");
-        for (s, _) in pending {
-            cmd.arg(s.as_ref());
+        let mut lanes: BTreeMap<u16, Vec<(Arc<str>, EntryId)>> = BTreeMap::new();
+        for (s, id) in pending {
+            lanes
+                .entry(self.lane(s))
+                .or_default()
+                .push((s.clone(), *id));
         }
-        for (_, id) in pending {
-            cmd.arg(id.to_string());
+        let mut entries = Vec::new();
+        for streams in lanes.values() {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS");
+            for (s, _) in streams {
+                cmd.arg(s.as_ref());
+            }
+            for (_, id) in streams {
+                cmd.arg(id.to_string());
+            }
+            self.round_trips += 1;
+            let reply: Value = cmd
+                .query_async(&mut self.control)
+                .await
+                .map_err(ReadError::redis("XREADGROUP (own pending entries)"))?;
+            entries.extend(parse_read_reply(reply)?);
         }
-        let reply = self.query_blocking(&cmd, Duration::ZERO).await?;
-        let mut entries = parse_read_reply(reply)?;
         // These were delivered before: ask how often (for max_deliveries).
         for (stream, _) in pending {
             self.fill_deliveries(stream, &mut entries).await?;
@@ -432,40 +474,6 @@ impl Reader {
             tracing::info!(count = entries.len(), "re-reading own pending entries");
         }
         Ok(entries)
-    }
-
-    async fn query_blocking(
-        &mut self,
-        cmd: &redis::Cmd,
-        block: Duration,
-    ) -> Result<Value, ReadError> {
-        let mut conn = match self.blocking.take() {
-            Some(conn) => conn,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(5)))
-                    .set_response_timeout(None);
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map_err(ReadError::redis("connecting the reader to redis"))?
-            }
-        };
-        self.round_trips += 1;
-        let timeout = block + Duration::from_secs(10);
-        let result = tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await;
-        let outcome = match result {
-            Err(_) => Err(ReadError::Timeout {
-                context: "XREADGROUP".into(),
-                timeout,
-            }),
-            Ok(r) => r.map_err(ReadError::redis("XREADGROUP")),
-        };
-        // A broken multiplexed connection does not heal: keep it only after a success.
-        if outcome.is_ok() {
-            self.blocking = Some(conn);
-        }
-        outcome
     }
 
     /// Sets `deliveries` of this consumer's pending entries of `stream` among `entries`,
@@ -494,7 +502,7 @@ impl Reader {
             .query_async(&mut self.control)
             .await
             .map_err(ReadError::redis(format!("XPENDING on {stream}")))?;
-        let counts: std::collections::HashMap<EntryId, u64> = reply
+        let counts: HashMap<EntryId, u64> = reply
             .into_iter()
             .filter_map(|(id, _, _, n)| EntryId::parse(&id).map(|id| (id, n)))
             .collect();

@@ -129,7 +129,11 @@ pub async fn xadd(
 }
 
 /// Number of entries pending in `group` on `stream`.
-pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> u64 {
+pub async fn pending<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> u64 {
     // No group yet counts as nothing pending.
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
@@ -147,7 +151,11 @@ pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str
 }
 
 /// Entries of `group` not yet delivered on `stream` (XINFO GROUPS `lag`).
-pub async fn lag(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Option<u64> {
+pub async fn lag<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> Option<u64> {
     let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -164,7 +172,11 @@ pub async fn lag(conn: &mut MultiplexedConnection, stream: &str, group: &str) ->
 }
 
 /// True when on every stream the group has read everything and acked it.
-pub async fn drained(conn: &mut MultiplexedConnection, streams: &[String], group: &str) -> bool {
+pub async fn drained<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    streams: &[String],
+    group: &str,
+) -> bool {
     for s in streams {
         if lag(conn, s, group).await != Some(0) || pending(conn, s, group).await != 0 {
             return false;
@@ -173,7 +185,7 @@ pub async fn drained(conn: &mut MultiplexedConnection, streams: &[String], group
     true
 }
 
-pub async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> u64 {
+pub async fn xlen<C: redis::aio::ConnectionLike + Send>(conn: &mut C, stream: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(stream)
         .query_async(conn)
@@ -419,7 +431,11 @@ pub async fn wait_rows(db: &TestDb, table: &str, rows: i64) {
 }
 
 /// Consumer names of `group` on `stream`.
-pub async fn consumers(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Vec<String> {
+pub async fn consumers<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> Vec<String> {
     let list: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(stream)
@@ -552,4 +568,226 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// One node of a [`RedisCluster`].
+struct ClusterNode {
+    port: u16,
+    child: std::process::Child,
+}
+
+/// A Redis Cluster of private redis-servers (masters, each with `replicas` replicas) on
+/// free ports, created with `redis-cli --cluster create`, with an ACL user `user` /
+/// `password` (the default user is off). Killed and removed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    dir: std::path::PathBuf,
+    pub user: String,
+    pub password: String,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let dir = std::env::temp_dir().join(unique("cluster"));
+        let (user, password) = ("app".to_string(), unique("pw"));
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let port = free_port();
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-config-file", "nodes.conf", "--save", ""])
+                .args(["--appendonly", "no", "--repl-diskless-sync-delay", "0"])
+                .args(["--user", "default", "off"])
+                .args([
+                    "--user",
+                    &user,
+                    "on",
+                    &format!(">{password}"),
+                    "~*",
+                    "&*",
+                    "+@all",
+                ])
+                .args(["--masteruser", &user, "--masterauth", &password])
+                .current_dir(&node_dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start redis-server (scripts/services.sh installs it)");
+            nodes.push(ClusterNode { port, child });
+        }
+        let cluster = Self {
+            nodes,
+            dir,
+            user,
+            password,
+        };
+        for n in &cluster.nodes {
+            wait_port(n.port);
+        }
+        let mut args: Vec<String> = vec!["--user".into(), cluster.user.clone()];
+        args.extend(["--pass".into(), cluster.password.clone()]);
+        args.extend([
+            "--no-auth-warning".into(),
+            "--cluster".into(),
+            "create".into(),
+        ]);
+        args.extend(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port)),
+        );
+        args.extend([
+            "--cluster-replicas".into(),
+            replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        let out = std::process::Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// A node's URL with the ACL user's credentials.
+    pub fn url(&self, i: usize) -> String {
+        format!(
+            "redis://{}:{}@127.0.0.1:{}",
+            self.user, self.password, self.nodes[i].port
+        )
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `CLUSTER INFO` of every live node says `cluster_state:ok` and all slots are served.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let ok = self.nodes.iter().enumerate().all(|(i, _)| {
+                self.info(i).is_some_and(|t| {
+                    t.contains("cluster_state:ok") && t.contains("cluster_slots_ok:16384")
+                })
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "cluster not ok after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn replication(&self, i: usize) -> Option<String> {
+        let client = redis::Client::open(self.url(i)).ok()?;
+        let mut conn = client.get_connection().ok()?;
+        redis::cmd("INFO").arg("replication").query(&mut conn).ok()
+    }
+
+    fn info(&self, i: usize) -> Option<String> {
+        let client = redis::Client::open(self.url(i)).ok()?;
+        let mut conn = client.get_connection().ok()?;
+        redis::cmd("CLUSTER").arg("INFO").query(&mut conn).ok()
+    }
+
+    /// The index of the node that is master of `key`'s slot.
+    pub fn master_of(&self, key: &str) -> usize {
+        let mut conn = (0..self.nodes.len())
+            .find_map(|i| redis::Client::open(self.url(i)).ok()?.get_connection().ok())
+            .expect("a live node");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .expect("CLUSTER KEYSLOT");
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut conn)
+            .expect("CLUSTER NODES");
+        for line in nodes.lines() {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if parts.len() < 9 || !parts[2].contains("master") {
+                continue;
+            }
+            let serves = parts[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<i64>().is_ok_and(|a| a <= slot)
+                        && b.parse::<i64>().is_ok_and(|b| slot <= b)
+                }
+                None => r.parse::<i64>().is_ok_and(|s| s == slot),
+            });
+            if serves {
+                let port: u16 = parts[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("node port");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("known node");
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// `kill -9` node `i` (its replica takes over after the node timeout).
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.nodes[i].child.kill();
+        let _ = self.nodes[i].child.wait();
+    }
+
+    /// Waits until a replica of the killed node `dead` serves `key`'s slot and the
+    /// other nodes report the cluster as ok.
+    pub fn wait_failover(&self, dead: usize, key: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let ok = (0..self.nodes.len())
+                .filter(|i| *i != dead)
+                .all(|i| self.info(i).is_some_and(|t| t.contains("cluster_state:ok")));
+            if ok && self.master_of(key) != dead {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "cluster did not fail over in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until something listens on `port` (10 s).
+pub fn wait_port(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

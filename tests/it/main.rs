@@ -4,6 +4,7 @@
 mod common;
 
 mod chaos;
+mod cluster;
 mod convergence;
 mod crash;
 mod debezium;

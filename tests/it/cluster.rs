@@ -1,0 +1,129 @@
+//! Redis Cluster: three masters with a replica each (an ACL user, the default user off),
+//! eight shard streams spread over the masters, two redsink instances in one group and
+//! 100k events. A master is killed with SIGKILL mid-sync; its replica takes over and
+//! both instances carry on. At the end the replica equals the expected rows and nothing
+//! is pending.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redsink::produce::{Entry, Orders, xadd_all};
+
+use crate::common::{self, RedisCluster, Running, TestDb};
+use crate::load::{ORDERS, actual, expected};
+
+/// XADDs `entries`, retrying while the cluster fails over (a retried chunk repeats
+/// events in their order, which leaves every row as it was).
+async fn produce(r: &mut ClusterConnection, entries: Vec<Entry>) {
+    for chunk in entries.chunks(5_000) {
+        let start = Instant::now();
+        while let Err(e) = xadd_all(r, chunk.iter().cloned()).await {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "XADD during failover: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn wait_drained(r: &mut ClusterConnection, streams: &[String], runs: &[&Running]) {
+    let start = Instant::now();
+    loop {
+        if common::drained(r, streams, "redsink").await {
+            return;
+        }
+        assert!(
+            runs.iter().all(|run| !run.is_finished()),
+            "an instance ended early"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not drained after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_a_three_master_cluster_survive_a_master_failover() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let db = TestDb::new().await;
+    db.exec(ORDERS).await;
+    let stream = format!("{}.orders", common::unique("cl"));
+    let streams: Vec<String> = (0..8).map(|i| format!("{stream}:{i}")).collect();
+    let masters: BTreeSet<usize> = streams.iter().map(|s| cluster.master_of(s)).collect();
+    assert!(
+        masters.len() >= 2,
+        "the shards should live on several masters"
+    );
+
+    let client = ClusterClient::new(vec![cluster.url(0)]).expect("cluster client");
+    let mut r = client.get_async_connection().await.expect("connect");
+    let orders = Orders {
+        keys: 20_000,
+        delete_every: Some(97),
+    };
+    let (n, first) = (100_000, 60_000);
+    produce(
+        &mut r,
+        (0..first).map(|j| orders.entry(j, &stream, 8)).collect(),
+    )
+    .await;
+
+    let config = |consumer: &str| {
+        let text = format!(
+            "[redis]\nmode = \"cluster\"\nurl = \"{}\"\nnodes = [\"{}\"]\nconsumer = \"{consumer}\"\n\
+             block = \"200ms\"\nclaim_idle = \"3s\"\n[postgres]\nurl = \"{}\"\n\
+             [batch]\nmax_batch = 1000\nmax_delay = \"10ms\"\n\
+             [[mapping]]\nstreams = [\"{stream}:{{0..7}}\"]\ntable = \"public.orders\"\n",
+            cluster.url(0),
+            cluster.url(1),
+            db.url
+        );
+        redsink::config::Config::from_toml(&text, "cluster test", std::iter::empty())
+            .expect("config")
+    };
+    let a = Running::start(config("c1"));
+    let b = Running::start(config("c2"));
+    common::wait_rows(&db, "public.orders", 3_000).await;
+
+    // Kill the master of shard 0 mid-sync; its replica is promoted after the node timeout.
+    let victim = cluster.master_of(&streams[0]);
+    cluster.kill(victim);
+    let waited = Instant::now();
+    tokio::task::block_in_place(|| {
+        cluster.wait_failover(victim, &streams[0], Duration::from_secs(30));
+    });
+    eprintln!(
+        "failover of node {victim} took {:.1} s",
+        waited.elapsed().as_secs_f64()
+    );
+    assert_ne!(
+        cluster.master_of(&streams[0]),
+        victim,
+        "a replica took over"
+    );
+
+    // More events after the failover, to the new master.
+    produce(
+        &mut r,
+        (first..n).map(|j| orders.entry(j, &stream, 8)).collect(),
+    )
+    .await;
+    wait_drained(&mut r, &streams, &[&a, &b]).await;
+    let sa = a.stop().await.expect("instance 1 stops cleanly");
+    let sb = b.stop().await.expect("instance 2 stops cleanly");
+    eprintln!(
+        "instance 1 read {}, instance 2 read {} (of {n}; re-reads after the failover count twice)",
+        sa.read, sb.read
+    );
+    assert!(sa.read > 0 && sb.read > 0, "both instances did work");
+    assert!(sa.read + sb.read >= n);
+    assert_eq!(actual(&db).await, expected(&orders, n));
+    for s in &streams {
+        assert_eq!(common::pending(&mut r, s, "redsink").await, 0, "{s}");
+    }
+}
