@@ -82,6 +82,8 @@ pub fn redis_retryable(e: &redis::RedisError) -> bool {
                     | "CLUSTERDOWN"
                     | "MASTERDOWN"
                     | "READONLY"
+                    // A blocked read on a master that was just demoted (failover).
+                    | "UNBLOCKED"
                     | "BUSY"
                     | "NOGROUP"
             )

@@ -791,3 +791,214 @@ pub fn wait_port(port: u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A master, a replica and three sentinels (`mymaster`, quorum 2), private
+/// redis-servers on free ports with an ACL user `user` / `password` (the default user is
+/// off on the data nodes). Killed and removed when dropped.
+pub struct RedisSentinel {
+    children: Vec<std::process::Child>,
+    dir: std::path::PathBuf,
+    pub data_ports: [u16; 2],
+    pub sentinel_ports: Vec<u16>,
+    pub user: String,
+    pub password: String,
+}
+
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("sentinel"));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let (user, password) = ("app".to_string(), unique("pw"));
+        let data_ports = [free_port(), free_port()];
+        let mut children = Vec::new();
+        for (i, port) in data_ports.iter().enumerate() {
+            let mut cmd = std::process::Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--user", "default", "off"])
+                .args([
+                    "--user",
+                    &user,
+                    "on",
+                    &format!(">{password}"),
+                    "~*",
+                    "&*",
+                    "+@all",
+                ])
+                .args(["--masteruser", &user, "--masterauth", &password]);
+            if i == 1 {
+                cmd.args(["--replicaof", "127.0.0.1", &data_ports[0].to_string()]);
+            }
+            children.push(
+                cmd.stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start redis-server (scripts/services.sh installs it)"),
+            );
+        }
+        let mut sentinel = Self {
+            children,
+            dir,
+            data_ports,
+            sentinel_ports: Vec::new(),
+            user,
+            password,
+        };
+        for p in data_ports {
+            wait_port(p);
+        }
+        for _ in 0..3 {
+            let port = free_port();
+            let conf = sentinel.dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor {m} 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds {m} 1000\nsentinel failover-timeout {m} 10000\n\
+                     sentinel auth-user {m} {user}\nsentinel auth-pass {m} {password}\n",
+                    m = SENTINEL_MASTER,
+                    master = data_ports[0],
+                    user = sentinel.user,
+                    password = sentinel.password,
+                ),
+            )
+            .expect("sentinel config");
+            let child = std::process::Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start redis-server --sentinel");
+            sentinel.children.push(child);
+            sentinel.sentinel_ports.push(port);
+        }
+        for p in sentinel.sentinel_ports.clone() {
+            wait_port(p);
+        }
+        // Ready when the replica is in sync and every sentinel knows it and the others.
+        let start = Instant::now();
+        while !sentinel.ready() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "sentinels not ready after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sentinel
+    }
+
+    fn ready(&self) -> bool {
+        let replica_up = self
+            .data_query(self.data_ports[1], redis::cmd("INFO").arg("replication"))
+            .is_some_and(|t| t.contains("master_link_status:up"));
+        replica_up
+            && self.sentinel_ports.iter().all(|p| {
+                let master: Option<Vec<String>> = sentinel_query(
+                    *p,
+                    redis::cmd("SENTINEL").arg("MASTER").arg(SENTINEL_MASTER),
+                );
+                master.is_some_and(|fields| {
+                    let get = |k: &str| {
+                        fields
+                            .iter()
+                            .position(|f| f == k)
+                            .and_then(|i| fields.get(i + 1))
+                            .cloned()
+                    };
+                    get("num-slaves").as_deref() == Some("1")
+                        && get("num-other-sentinels").as_deref() == Some("2")
+                })
+            })
+    }
+
+    fn data_query(&self, port: u16, cmd: &redis::Cmd) -> Option<String> {
+        let url = format!("redis://{}:{}@127.0.0.1:{port}", self.user, self.password);
+        let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
+        cmd.query(&mut conn).ok()
+    }
+
+    /// The sentinels' URLs.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinel_ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The current master's port, as the first sentinel reports it.
+    pub fn master_port(&self) -> u16 {
+        let addr: (String, u16) = sentinel_query(
+            self.sentinel_ports[0],
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(SENTINEL_MASTER),
+        )
+        .expect("SENTINEL GET-MASTER-ADDR-BY-NAME");
+        addr.1
+    }
+
+    /// The URL of the current master, with credentials.
+    pub fn master_url(&self) -> String {
+        format!(
+            "redis://{}:{}@127.0.0.1:{}",
+            self.user,
+            self.password,
+            self.master_port()
+        )
+    }
+
+    /// `SENTINEL FAILOVER`, then waits until every sentinel names the other node and it
+    /// accepts writes.
+    pub fn failover(&self) {
+        let before = self.master_port();
+        let _: String = sentinel_query(
+            self.sentinel_ports[0],
+            redis::cmd("SENTINEL").arg("FAILOVER").arg(SENTINEL_MASTER),
+        )
+        .expect("SENTINEL FAILOVER");
+        let start = Instant::now();
+        loop {
+            let moved = self.sentinel_ports.iter().all(|p| {
+                sentinel_query::<(String, u16)>(
+                    *p,
+                    redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(SENTINEL_MASTER),
+                )
+                .is_some_and(|(_, port)| port != before)
+            });
+            if moved
+                && self
+                    .data_query(self.master_port(), redis::cmd("INFO").arg("replication"))
+                    .is_some_and(|t| t.contains("role:master"))
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no failover after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn sentinel_query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .ok()?
+        .get_connection()
+        .ok()?;
+    cmd.query(&mut conn).ok()
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -16,6 +16,7 @@ mod poison;
 mod privilege;
 mod race;
 mod replay;
+mod sentinel;
 mod sync;
 mod tls;
 

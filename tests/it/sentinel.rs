@@ -1,0 +1,89 @@
+//! Redis Sentinel: redsink finds the master by name through three sentinels (an ACL user
+//! on the data nodes), and a `SENTINEL FAILOVER` in the middle of a sync loses nothing:
+//! it follows the new master, re-reads what the old one had not replicated, and the
+//! replica ends equal to the expected rows with nothing pending.
+
+use std::time::{Duration, Instant};
+
+use redsink::produce::{Orders, xadd_all};
+
+use crate::common::{self, RedisSentinel, Running, SENTINEL_MASTER, TestDb};
+use crate::load::{ORDERS, actual, expected};
+
+async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_during_sync_loses_nothing() {
+    let sentinel = RedisSentinel::start();
+    let db = TestDb::new().await;
+    db.exec(ORDERS).await;
+    let stream = format!("{}.orders", common::unique("sn"));
+    let streams: Vec<String> = (0..8).map(|i| format!("{stream}:{i}")).collect();
+    let orders = Orders {
+        keys: 10_000,
+        delete_every: Some(31),
+    };
+    let (n, first) = (60_000, 40_000);
+    let mut r = connect(&sentinel.master_url()).await;
+    xadd_all(&mut r, (0..first).map(|j| orders.entry(j, &stream, 8)))
+        .await
+        .expect("XADD");
+    // The replica has everything before the failover (else Redis itself would lose it).
+    let _: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut r)
+        .await
+        .expect("WAIT");
+
+    // `url` carries the data nodes' user and password; the address comes from the sentinels.
+    let text = format!(
+        "[redis]\nmode = \"sentinel\"\nmaster_name = \"{SENTINEL_MASTER}\"\nnodes = {nodes:?}\n\
+         url = \"redis://{user}:{password}@{SENTINEL_MASTER}\"\nconsumer = \"s1\"\nblock = \"200ms\"\n\
+         [postgres]\nurl = \"{pg}\"\n[batch]\nmax_batch = 500\nmax_delay = \"10ms\"\n\
+         [[mapping]]\nstreams = [\"{stream}:{{0..7}}\"]\ntable = \"public.orders\"\n",
+        nodes = sentinel.sentinel_urls(),
+        user = sentinel.user,
+        password = sentinel.password,
+        pg = db.url,
+    );
+    let config = redsink::config::Config::from_toml(&text, "sentinel test", std::iter::empty())
+        .expect("config");
+    let run = Running::start(config);
+    common::wait_rows(&db, "public.orders", 2_000).await;
+
+    let old = sentinel.master_port();
+    let started = Instant::now();
+    tokio::task::block_in_place(|| sentinel.failover());
+    let new = sentinel.master_port();
+    eprintln!(
+        "failover {old} → {new} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_ne!(old, new);
+
+    let mut r = connect(&sentinel.master_url()).await;
+    xadd_all(&mut r, (first..n).map(|j| orders.entry(j, &stream, 8)))
+        .await
+        .expect("XADD to the new master");
+    let run = run
+        .until_drained_at(&sentinel.master_url(), &streams, "redsink")
+        .await;
+    let stats = run.stop().await.expect("stops cleanly");
+    eprintln!("read {} entries for {n} events", stats.read);
+    assert!(stats.read >= n);
+    assert_eq!(actual(&db).await, expected(&orders, n));
+    for s in &streams {
+        assert_eq!(common::pending(&mut r, s, "redsink").await, 0, "{s}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took too long after the failover"
+    );
+}
