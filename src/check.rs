@@ -14,7 +14,7 @@ use crate::read::{self, Reader, StreamPattern};
 use crate::write::{self, INTERNAL_TABLES, VERSION_COLUMN};
 
 /// What redsink sends to Redis (subcommands as ACL spells them).
-pub const REDIS_COMMANDS: [&str; 21] = [
+pub const REDIS_COMMANDS: [&str; 25] = [
     "ping",
     "exists",
     "scan",
@@ -36,6 +36,10 @@ pub const REDIS_COMMANDS: [&str; 21] = [
     "eval",
     "multi",
     "exec",
+    "hset",
+    "hget",
+    "hdel",
+    "expire",
 ];
 
 /// One finding: fine, or a problem with what to do about it.
@@ -125,7 +129,8 @@ pub async fn check(config: &Config) -> Report {
     report
 }
 
-/// `~pattern` key patterns of the mapped streams and their dead-letter streams.
+/// `~pattern` key patterns of the mapped streams, their dead-letter streams and those
+/// streams' hashes of last errors.
 fn key_patterns(config: &Config, mappings: &[Mapping]) -> Vec<String> {
     let escape = |s: &str| {
         s.chars()
@@ -142,10 +147,8 @@ fn key_patterns(config: &Config, mappings: &[Mapping]) -> Vec<String> {
                 StreamPattern::Exact(name) => escape(name),
                 StreamPattern::Glob(glob) => glob.clone(),
             };
-            for key in [
-                base.clone(),
-                format!("{base}{}", escape(&config.redis.dlq_suffix)),
-            ] {
+            let dlq = format!("{base}{}", escape(&config.redis.dlq_suffix));
+            for key in [base.clone(), crate::ack::errors_key(&dlq), dlq] {
                 if !out.contains(&key) {
                     out.push(key);
                 }
@@ -218,7 +221,8 @@ const PROBE_GROUP: &str = "redsink-check-probe";
 /// user lacks that command or key.
 fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
     let g = PROBE_GROUP;
-    let table: [(&'static str, Vec<&str>); 19] = [
+    let errors = crate::ack::errors_key(dlq);
+    let table: [(&'static str, Vec<&str>); 23] = [
         ("ping", vec!["PING"]),
         ("exists", vec!["EXISTS", key]),
         ("scan", vec!["SCAN", "0", "MATCH", key, "COUNT", "1"]),
@@ -263,6 +267,11 @@ fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
         ("xtrim", vec!["XTRIM", key, "MINID", "0"]),
         // Consumers are pruned by a script (atomically); this one does nothing.
         ("eval", vec!["EVAL", "return 1", "1", key]),
+        // redsink's own hash of last errors: a probe field is written and removed.
+        ("hset", vec!["HSET", &errors, "redsink.check", "1"]),
+        ("hget", vec!["HGET", &errors, "redsink.check"]),
+        ("hdel", vec!["HDEL", &errors, "redsink.check"]),
+        ("expire", vec!["EXPIRE", &errors, "604800"]),
     ];
     let mut out: Vec<(&'static str, redis::Pipeline)> = table
         .into_iter()

@@ -668,9 +668,14 @@ impl Core {
                 self.flush(shutdown).await?;
             }
             if max > 0 && entry.deliveries > max {
+                let last = match self.acker.last_error(&entry.stream, entry.id).await {
+                    Some(error) => format!("last error {error}"),
+                    None => "no error noted: the instances that had it stopped without one \
+                             (killed, crashed or stalled)"
+                        .to_string(),
+                };
                 let reason = format!(
-                    "delivered {} times without being acknowledged (max_deliveries = {max}): \
-                     it may crash or stall redsink",
+                    "delivered {} times without being acknowledged (max_deliveries = {max}); {last}",
                     entry.deliveries
                 );
                 self.batcher.push_dead(entry, reason, now);
@@ -918,15 +923,32 @@ async fn write_and_ack(
 ) -> Result<Option<Done>, PipelineError> {
     let shutdown = &shutdown;
     let started = Instant::now();
-    let Some(committed) = retrying!(metrics, shutdown, "writing to postgres", {
-        writer.write(&batch)
-    })?
-    else {
-        tracing::warn!(
-            entries = batch.acks.len(),
-            "shutdown during a postgres outage: entries stay pending"
-        );
-        return Ok(None);
+    let mut last_error = None;
+    let written = retrying!(metrics, shutdown, "writing to postgres", async {
+        let result = writer.write(&batch).await;
+        if let Err(e) = &result {
+            last_error = Some(format!("{e}: {}", source_chain(e)));
+        }
+        result
+    });
+    let committed = match written {
+        Ok(Some(committed)) => committed,
+        Ok(None) => {
+            tracing::warn!(
+                entries = batch.acks.len(),
+                "shutdown during a postgres outage: entries stay pending"
+            );
+            if let Some(error) = &last_error {
+                acker.note_error(&batch.acks, error).await;
+            }
+            return Ok(None);
+        }
+        Err(e) => {
+            if let Some(error) = &last_error {
+                acker.note_error(&batch.acks, error).await;
+            }
+            return Err(e.into());
+        }
     };
     let took = started.elapsed();
     if retrying!(metrics, shutdown, "acknowledging", {

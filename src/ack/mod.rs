@@ -7,6 +7,10 @@
 //!
 //! A dead letter carries the entry's original fields plus `redsink.error`,
 //! `redsink.stream`, `redsink.entry_id` and `redsink.group`.
+//!
+//! Errors that leave entries unacknowledged (a batch that failed, or was abandoned in an
+//! outage) are noted per entry in the hash `<dlq stream>:errors` (kept 7 days), so that
+//! an entry later dead-lettered for being delivered too often says what went wrong.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +22,14 @@ use crate::batch::DeadLetter;
 use crate::read::conn::pipeline_by_key;
 use crate::read::{EntryId, redis_retryable};
 use crate::write::Committed;
+
+/// How long the last errors of unacknowledged entries are kept (refreshed by each note).
+const ERRORS_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The hash of last errors that goes with the dead-letter stream `dlq`.
+pub fn errors_key(dlq: &str) -> String {
+    format!("{dlq}:errors")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AckError {
@@ -75,6 +87,53 @@ impl Acker {
     /// The dead-letter stream of `stream`.
     pub fn dlq_stream(&self, stream: &str) -> String {
         format!("{stream}{}", self.dlq_suffix)
+    }
+
+    /// The hash of last errors of the entries of `stream`.
+    pub fn errors_key(&self, stream: &str) -> String {
+        errors_key(&self.dlq_stream(stream))
+    }
+
+    /// Notes `error` as the last error of `entries`. Best effort: when Redis is what
+    /// failed this fails too, and is only logged.
+    pub async fn note_error(&mut self, entries: &[(Arc<str>, EntryId)], error: &str) {
+        let mut by_stream: BTreeMap<&str, Vec<EntryId>> = BTreeMap::new();
+        for (stream, id) in entries {
+            by_stream.entry(stream).or_default().push(*id);
+        }
+        let stamped = format!(
+            "{}: {error}",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let mut commands = Vec::new();
+        for (stream, ids) in by_stream {
+            let key = self.errors_key(stream);
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&key);
+            for id in ids {
+                hset.arg(id.to_string()).arg(&stamped);
+            }
+            let mut expire = redis::cmd("EXPIRE");
+            expire.arg(&key).arg(ERRORS_TTL_SECS);
+            commands.push((key.clone().into_bytes(), hset));
+            commands.push((key.into_bytes(), expire));
+        }
+        if let Err(e) = pipeline_by_key(&mut self.conn, commands).await {
+            tracing::warn!(error = %e, "could not note the error of unacknowledged entries");
+        }
+    }
+
+    /// The last error noted for an entry, if any.
+    pub async fn last_error(&mut self, stream: &str, id: EntryId) -> Option<String> {
+        redis::cmd("HGET")
+            .arg(self.errors_key(stream))
+            .arg(id.to_string())
+            .query_async::<Option<String>>(&mut self.conn)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not read the last error of an entry");
+                None
+            })
     }
 
     /// Dead letters first, then XACK: an entry leaves the PEL only once it is either

@@ -105,8 +105,13 @@ impl WriteError {
                 ErrorClass::Retry => ErrorClass::Retry,
                 _ => ErrorClass::Fatal,
             },
+            // Adding the version column can meet a lock timeout or a dropped connection
+            // like any statement: those are retried; the rest needs an operator.
+            Self::VersionColumn { source, .. } => match classify(source) {
+                ErrorClass::Retry => ErrorClass::Retry,
+                _ => ErrorClass::Fatal,
+            },
             Self::TableMissing { .. }
-            | Self::VersionColumn { .. }
             | Self::Migrate(_)
             | Self::NulInName { .. }
             | Self::Evolve(_) => ErrorClass::Fatal,

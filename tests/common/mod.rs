@@ -573,6 +573,8 @@ fn is_root() -> bool {
 /// One node of a [`RedisCluster`].
 struct ClusterNode {
     port: u16,
+    /// The TLS port, when the cluster has TLS.
+    tls_port: Option<u16>,
     child: std::process::Child,
 }
 
@@ -588,14 +590,28 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, None)
+    }
+
+    /// With `tls_dir` (test certificates from [`certificates`]) every node also has a TLS
+    /// port, and the nodes talk to each other over TLS; the test's own commands use the
+    /// plain ports.
+    pub fn start_with(masters: usize, replicas: usize, tls_dir: Option<&std::path::Path>) -> Self {
         let dir = std::env::temp_dir().join(unique("cluster"));
         let (user, password) = ("app".to_string(), unique("pw"));
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = free_port();
+            let tls_port = tls_dir.map(|_| free_port());
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
+            let mut tls = Vec::new();
+            if let (Some(d), Some(p)) = (tls_dir, tls_port) {
+                tls = tls_args(d, p);
+                tls.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+            }
             let child = std::process::Command::new("redis-server")
+                .args(&tls)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
                 .args(["--cluster-config-file", "nodes.conf", "--save", ""])
@@ -615,7 +631,11 @@ impl RedisCluster {
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("start redis-server (scripts/services.sh installs it)");
-            nodes.push(ClusterNode { port, child });
+            nodes.push(ClusterNode {
+                port,
+                tls_port,
+                child,
+            });
         }
         let cluster = Self {
             nodes,
@@ -625,6 +645,9 @@ impl RedisCluster {
         };
         for n in &cluster.nodes {
             wait_port(n.port);
+            if let Some(p) = n.tls_port {
+                wait_port(p);
+            }
         }
         let mut args: Vec<String> = vec!["--user".into(), cluster.user.clone()];
         args.extend(["--pass".into(), cluster.password.clone()]);
@@ -663,6 +686,16 @@ impl RedisCluster {
         format!(
             "redis://{}:{}@127.0.0.1:{}",
             self.user, self.password, self.nodes[i].port
+        )
+    }
+
+    /// A node's `rediss://` URL (clusters started with TLS).
+    pub fn tls_url(&self, i: usize) -> String {
+        format!(
+            "rediss://{}:{}@127.0.0.1:{}",
+            self.user,
+            self.password,
+            self.nodes[i].tls_port.expect("a cluster with TLS")
         )
     }
 
@@ -799,6 +832,8 @@ pub struct RedisSentinel {
     children: Vec<std::process::Child>,
     dir: std::path::PathBuf,
     pub data_ports: [u16; 2],
+    /// With TLS: the data nodes' TLS ports (what the sentinels know them by).
+    pub tls_ports: Option<[u16; 2]>,
     pub sentinel_ports: Vec<u16>,
     pub user: String,
     pub password: String,
@@ -808,13 +843,27 @@ pub const SENTINEL_MASTER: &str = "mymaster";
 
 impl RedisSentinel {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With `tls_dir` (test certificates from [`certificates`]) the data nodes also listen
+    /// on TLS ports, replicate over TLS, and the sentinels monitor them over TLS (so they
+    /// name the TLS ports); the sentinels themselves and the test's own commands are plain.
+    pub fn start_with(tls_dir: Option<&std::path::Path>) -> Self {
         let dir = std::env::temp_dir().join(unique("sentinel"));
         std::fs::create_dir_all(&dir).expect("sentinel dir");
         let (user, password) = ("app".to_string(), unique("pw"));
         let data_ports = [free_port(), free_port()];
+        let tls_ports = tls_dir.map(|_| [free_port(), free_port()]);
+        // The address the sentinels and the replica use for each data node.
+        let known = tls_ports.unwrap_or(data_ports);
         let mut children = Vec::new();
         for (i, port) in data_ports.iter().enumerate() {
             let mut cmd = std::process::Command::new("redis-server");
+            if let (Some(d), Some(t)) = (tls_dir, tls_ports) {
+                cmd.args(tls_args(d, t[i]))
+                    .args(["--tls-replication", "yes"]);
+            }
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--repl-diskless-sync-delay", "0"])
@@ -830,7 +879,7 @@ impl RedisSentinel {
                 ])
                 .args(["--masteruser", &user, "--masterauth", &password]);
             if i == 1 {
-                cmd.args(["--replicaof", "127.0.0.1", &data_ports[0].to_string()]);
+                cmd.args(["--replicaof", "127.0.0.1", &known[0].to_string()]);
             }
             children.push(
                 cmd.stdout(std::process::Stdio::null())
@@ -842,24 +891,32 @@ impl RedisSentinel {
             children,
             dir,
             data_ports,
+            tls_ports,
             sentinel_ports: Vec::new(),
             user,
             password,
         };
-        for p in data_ports {
-            wait_port(p);
+        for p in data_ports.iter().chain(tls_ports.iter().flatten()) {
+            wait_port(*p);
         }
+        let tls_conf = tls_dir.map_or_else(String::new, |d| {
+            format!(
+                "tls-replication yes\ntls-cert-file {0}/server.crt\ntls-key-file {0}/server.key\n\
+                 tls-ca-cert-file {0}/ca.crt\n",
+                d.display()
+            )
+        });
         for _ in 0..3 {
             let port = free_port();
             let conf = sentinel.dir.join(format!("sentinel-{port}.conf"));
             std::fs::write(
                 &conf,
-                format!(
+                tls_conf.clone() + &format!(
                     "port {port}\nbind 127.0.0.1\nsentinel monitor {m} 127.0.0.1 {master} 2\n\
                      sentinel down-after-milliseconds {m} 1000\nsentinel failover-timeout {m} 10000\n\
                      sentinel auth-user {m} {user}\nsentinel auth-pass {m} {password}\n",
                     m = SENTINEL_MASTER,
-                    master = data_ports[0],
+                    master = known[0],
                     user = sentinel.user,
                     password = sentinel.password,
                 ),
@@ -939,13 +996,22 @@ impl RedisSentinel {
         addr.1
     }
 
-    /// The URL of the current master, with credentials.
+    /// The plain port of the data node the sentinels know by `port`.
+    fn plain(&self, port: u16) -> u16 {
+        match self.tls_ports {
+            Some(t) if t[1] == port => self.data_ports[1],
+            Some(_) => self.data_ports[0],
+            None => port,
+        }
+    }
+
+    /// The plain URL of the current master, with credentials.
     pub fn master_url(&self) -> String {
         format!(
             "redis://{}:{}@127.0.0.1:{}",
             self.user,
             self.password,
-            self.master_port()
+            self.plain(self.master_port())
         )
     }
 
@@ -971,7 +1037,10 @@ impl RedisSentinel {
             });
             if moved
                 && self
-                    .data_query(self.master_port(), redis::cmd("INFO").arg("replication"))
+                    .data_query(
+                        self.plain(self.master_port()),
+                        redis::cmd("INFO").arg("replication"),
+                    )
                     .is_some_and(|t| t.contains("role:master"))
             {
                 return;
@@ -1001,4 +1070,110 @@ impl Drop for RedisSentinel {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/services.sh installs redis, which depends on it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`.
+pub fn certificates(dir: &std::path::Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=redsink test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+/// A client for `url`, trusting the test CA in `ca_dir` when there is one.
+pub fn client_for(url: &str, ca_dir: Option<&std::path::Path>) -> redis::Client {
+    match ca_dir {
+        None => redis::Client::open(url).expect("redis url"),
+        Some(dir) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(dir.join("ca.crt")).expect("ca.crt")),
+                },
+            )
+            .expect("redis url with TLS")
+        }
+    }
+}
+
+/// redis-server arguments for a TLS port with the test certificates of `dir`.
+pub fn tls_args(dir: &std::path::Path, port: u16) -> Vec<String> {
+    let file = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        file("server.crt"),
+        "--tls-key-file".into(),
+        file("server.key"),
+        "--tls-ca-cert-file".into(),
+        file("ca.crt"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
 }

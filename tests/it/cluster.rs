@@ -2,7 +2,8 @@
 //! eight shard streams spread over the masters, two redsink instances in one group and
 //! 100k events. A master is killed with SIGKILL mid-sync; its replica takes over and
 //! both instances carry on. At the end the replica equals the expected rows and nothing
-//! is pending.
+//! is pending. The mapping is a glob, so the shards are found by SCAN on every master.
+//! A second test runs a cluster over TLS.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -78,7 +79,7 @@ async fn two_instances_on_a_three_master_cluster_survive_a_master_failover() {
             "[redis]\nmode = \"cluster\"\nurl = \"{}\"\nnodes = [\"{}\"]\nconsumer = \"{consumer}\"\n\
              block = \"200ms\"\nclaim_idle = \"3s\"\n[postgres]\nurl = \"{}\"\n\
              [batch]\nmax_batch = 1000\nmax_delay = \"10ms\"\n\
-             [[mapping]]\nstreams = [\"{stream}:{{0..7}}\"]\ntable = \"public.orders\"\n",
+             [[mapping]]\nstreams = [\"{stream}:*\"]\ntable = \"public.orders\"\n",
             cluster.url(0),
             cluster.url(1),
             db.url
@@ -126,4 +127,45 @@ async fn two_instances_on_a_three_master_cluster_survive_a_master_failover() {
     for s in &streams {
         assert_eq!(common::pending(&mut r, s, "redsink").await, 0, "{s}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_from_a_cluster_over_tls_with_an_acl_user() {
+    let dir = std::env::temp_dir().join(common::unique("cltls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    common::certificates(&dir);
+    let cluster = RedisCluster::start_with(3, 0, Some(&dir));
+    let db = TestDb::new().await;
+    db.exec(ORDERS).await;
+    let stream = format!("{}.orders", common::unique("ct"));
+    let streams: Vec<String> = (0..8).map(|i| format!("{stream}:{i}")).collect();
+    let client = ClusterClient::new(vec![cluster.url(0)]).expect("cluster client");
+    let mut r = client.get_async_connection().await.expect("connect");
+    let orders = Orders {
+        keys: 1_000,
+        delete_every: Some(7),
+    };
+    let n = 5_000;
+    produce(
+        &mut r,
+        (0..n).map(|j| orders.entry(j, &stream, 8)).collect(),
+    )
+    .await;
+    let text = format!(
+        "[redis]\nmode = \"cluster\"\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconsumer = \"t1\"\n\
+         block = \"200ms\"\n[postgres]\nurl = \"{}\"\n\
+         [[mapping]]\nstreams = [\"{stream}:{{0..7}}\"]\ntable = \"public.orders\"\n",
+        cluster.tls_url(0),
+        dir.join("ca.crt").display(),
+        db.url
+    );
+    let config = redsink::config::Config::from_toml(&text, "cluster TLS test", std::iter::empty())
+        .expect("config");
+    let run = Running::start(config);
+    wait_drained(&mut r, &streams, &[&run]).await;
+    let stats = run.stop().await.expect("stops cleanly");
+    assert_eq!(stats.read, n);
+    assert_eq!(actual(&db).await, expected(&orders, n));
+    drop(cluster);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -8,7 +8,7 @@ use redsink::read::{self, Reader, StreamEntry};
 use redsink::write::{self, Writer};
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, add_items, fingerprint, items, items_mapping, to_change};
+use crate::{ITEMS, add_items, event, fingerprint, item, items, items_mapping, key, to_change};
 
 /// Reads entries as consumer `consumer` (they enter its PEL) without acking them.
 async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
@@ -154,6 +154,87 @@ async fn an_entry_delivered_too_often_is_dead_lettered() {
         dlq[0].1["redsink.error"].contains("delivered 5 times"),
         "{:?}",
         dlq[0].1
+    );
+    common::cleanup_streams(&prefix).await;
+}
+
+/// A batch that cannot be written (here: the table stays locked, every attempt times
+/// out) and is abandoned at shutdown notes its error per entry; when those entries are
+/// later dead-lettered for being delivered too often, the dead letter says why.
+#[tokio::test]
+async fn a_dead_letter_for_too_many_deliveries_carries_the_last_error() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    db.exec(&format!(
+        "ALTER DATABASE {} SET lock_timeout = '100ms'",
+        db.name
+    ))
+    .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut config = common::config(&db, "c1", &items_mapping(&prefix));
+    // A first entry goes through (redsink prepares the table: its version column).
+    let mut r = common::redis().await;
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(100),
+        &event("c", 1, "null", &item(100, "first", "B88=")),
+    )
+    .await;
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    add_items(&stream, 2).await;
+
+    // Hold the table locked while an instance tries to write, then stop that instance.
+    let mut locker = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE public.items IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .expect("lock");
+    let run = common::Running::start(config.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats = run.stop().await.expect("stops");
+    assert_eq!(stats.acked, 0, "nothing could be written");
+    locker.rollback().await.expect("unlock");
+
+    let noted: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{stream}:dlq:errors"))
+        .query_async(&mut r)
+        .await
+        .expect("HGETALL");
+    assert_eq!(noted.len(), 2, "{noted:?}");
+    assert!(noted.values().all(|e| e.contains("lock")), "{noted:?}");
+
+    // Delivered twice so far (read, then re-read at shutdown's restart is not needed):
+    // read the PEL twice more, and the next start is one delivery too many.
+    for _ in 0..2 {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("redsink")
+            .arg("c1")
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg("0")
+            .query_async(&mut r)
+            .await
+            .expect("XREADGROUP");
+    }
+    config.redis.max_deliveries = 3;
+    let stats = common::sync(config, std::slice::from_ref(&stream)).await;
+    assert_eq!(stats.dead_lettered, 2);
+    let dlq: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("{stream}:dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .expect("XRANGE");
+    let error = &dlq[0].1["redsink.error"];
+    assert!(
+        error.contains("delivered 4 times")
+            && error.contains("last error")
+            && error.contains("lock"),
+        "{error}"
     );
     common::cleanup_streams(&prefix).await;
 }

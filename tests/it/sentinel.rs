@@ -76,7 +76,7 @@ async fn a_sentinel_failover_during_sync_loses_nothing() {
         .until_drained_at(&sentinel.master_url(), &streams, "redsink")
         .await;
     let stats = run.stop().await.expect("stops cleanly");
-    eprintln!("read {} entries for {n} events", stats.read);
+    eprintln!("{n} events: {stats:?}");
     assert!(stats.read >= n);
     assert_eq!(actual(&db).await, expected(&orders, n));
     for s in &streams {
@@ -86,4 +86,49 @@ async fn a_sentinel_failover_during_sync_loses_nothing() {
         started.elapsed() < Duration::from_secs(120),
         "took too long after the failover"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_from_a_tls_master_found_through_the_sentinels() {
+    let dir = std::env::temp_dir().join(common::unique("sntls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    common::certificates(&dir);
+    let sentinel = RedisSentinel::start_with(Some(&dir));
+    let db = TestDb::new().await;
+    db.exec(ORDERS).await;
+    let stream = format!("{}.orders", common::unique("st"));
+    let streams: Vec<String> = (0..8).map(|i| format!("{stream}:{i}")).collect();
+    let orders = Orders {
+        keys: 1_000,
+        delete_every: Some(7),
+    };
+    let n = 5_000;
+    let mut r = connect(&sentinel.master_url()).await;
+    xadd_all(&mut r, (0..n).map(|j| orders.entry(j, &stream, 8)))
+        .await
+        .expect("XADD");
+    // rediss:// in `url`: the master the sentinels name is reached over TLS.
+    let text = format!(
+        "[redis]\nmode = \"sentinel\"\nmaster_name = \"{SENTINEL_MASTER}\"\nnodes = {nodes:?}\n\
+         url = \"rediss://{user}:{password}@{SENTINEL_MASTER}\"\ntls_ca_file = \"{ca}\"\n\
+         consumer = \"t1\"\nblock = \"200ms\"\n[postgres]\nurl = \"{pg}\"\n\
+         [[mapping]]\nstreams = [\"{stream}:{{0..7}}\"]\ntable = \"public.orders\"\n",
+        nodes = sentinel.sentinel_urls(),
+        user = sentinel.user,
+        password = sentinel.password,
+        ca = dir.join("ca.crt").display(),
+        pg = db.url,
+    );
+    let config = redsink::config::Config::from_toml(&text, "sentinel TLS test", std::iter::empty())
+        .expect("config");
+    let stats = Running::start(config)
+        .until_drained_at(&sentinel.master_url(), &streams, "redsink")
+        .await
+        .stop()
+        .await
+        .expect("stops cleanly");
+    assert_eq!(stats.read, n);
+    assert_eq!(actual(&db).await, expected(&orders, n));
+    drop(sentinel);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -7,77 +7,6 @@ use std::time::{Duration, Instant};
 use crate::common::{self, TestDb};
 use crate::{ITEMS, event, item, items, items_mapping, key};
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (scripts/services.sh installs redis, which depends on it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1 in `dir`.
-fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=redsink test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-}
-
 /// redis-server with a plain port (for the test's own commands) and a TLS port.
 struct TlsRedis {
     child: std::process::Child,
@@ -127,7 +56,7 @@ fn start(dir: &Path) -> TlsRedis {
 async fn syncs_over_tls_with_a_configured_ca() {
     let dir = std::env::temp_dir().join(common::unique("tls"));
     std::fs::create_dir_all(&dir).expect("dir");
-    certificates(&dir);
+    common::certificates(&dir);
     let server = start(&dir);
     let plain_url = format!("redis://127.0.0.1:{}", server.plain);
     let mut r = redis::Client::open(plain_url.as_str())
