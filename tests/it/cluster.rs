@@ -146,11 +146,18 @@ async fn syncs_from_a_cluster_over_tls_with_an_acl_user() {
         delete_every: Some(7),
     };
     let n = 5_000;
-    produce(
-        &mut r,
-        (0..n).map(|j| orders.entry(j, &stream, 8)).collect(),
-    )
-    .await;
+    // `redsink produce --cluster` sends each shard to the master of its slot.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redsink"))
+        .args(["produce", "--cluster", "--redis-url", &cluster.url(0)])
+        .args(["--stream", &stream, "--shards", "8", "--keys", "1000"])
+        .args(["--delete-every", "7", "--generate-orders", &n.to_string()])
+        .output()
+        .expect("redsink produce");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = format!(
         "[redis]\nmode = \"cluster\"\nurl = \"{}\"\ntls_ca_file = \"{}\"\nconsumer = \"t1\"\n\
          block = \"200ms\"\n[postgres]\nurl = \"{}\"\n\
@@ -166,6 +173,16 @@ async fn syncs_from_a_cluster_over_tls_with_an_acl_user() {
     let stats = run.stop().await.expect("stops cleanly");
     assert_eq!(stats.read, n);
     assert_eq!(actual(&db).await, expected(&orders, n));
+
+    // The operator commands work against the cluster too.
+    let (code, out, err) = common::redsink_cli(&text, &["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("may run every command"), "{out}");
+    let (code, out, err) = common::redsink_cli(&text, &["status", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for s in &streams {
+        assert!(out.contains(s.as_str()), "{s} in {out}");
+    }
     drop(cluster);
     std::fs::remove_dir_all(&dir).ok();
 }
