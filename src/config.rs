@@ -877,6 +877,54 @@ table = "public.orders"
     }
 
     #[test]
+    fn redis_modes_need_their_keys() {
+        let sentinel = BASE.replace(
+            "[redis]",
+            "[redis]\nmode = \"sentinel\"\nmaster_name = \"mymaster\"\nnodes = [\"redis://s1:26379\"]",
+        );
+        let c = load(&sentinel, &[]).expect("valid sentinel config");
+        assert_eq!(c.redis.mode, RedisMode::Sentinel);
+        let c = load(
+            &BASE.replace("[redis]", "[redis]\nmode = \"cluster\""),
+            &[("REDSINK_REDIS_NODES", "redis://b:6379, redis://c:6379")],
+        )
+        .expect("valid cluster config");
+        assert_eq!(c.redis.nodes, ["redis://b:6379", "redis://c:6379"]);
+        let cases = [
+            (
+                BASE.replace(
+                    "[redis]",
+                    "[redis]\nmode = \"sentinel\"\nnodes = [\"redis://s\"]",
+                ),
+                "redis.master_name",
+            ),
+            (
+                BASE.replace(
+                    "[redis]",
+                    "[redis]\nmode = \"sentinel\"\nmaster_name = \"m\"",
+                ),
+                "redis.nodes",
+            ),
+            (
+                BASE.replace("[redis]", "[redis]\nmaster_name = \"m\""),
+                "redis.master_name",
+            ),
+            (
+                BASE.replace("[redis]", "[redis]\nnodes = [\"redis://b\"]"),
+                "redis.nodes",
+            ),
+            (
+                BASE.replace("[redis]", "[redis]\nmode = \"replicated\""),
+                "replicated",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load(&text, &[]).expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let c = load(BASE, &[]).expect("valid");
         let debug = format!("{c:?}");
