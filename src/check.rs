@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::read::Control;
 use sqlx::PgPool;
 
-use crate::config::Config;
+use crate::config::{Config, RedisMode};
 use crate::decode::{self, Decoded};
 use crate::map::{self, Mapping, RowOp, TableName, quote_ident};
 use crate::read::{self, Reader, StreamPattern};
@@ -41,6 +41,19 @@ pub const REDIS_COMMANDS: [&str; 25] = [
     "hdel",
     "expire",
 ];
+
+/// Commands the client library sends in one deployment mode only (cluster: the slot map
+/// and the masters for SCAN; sentinel: the master's role check), with a harmless call.
+fn mode_commands(mode: RedisMode) -> &'static [(&'static str, &'static [&'static str])] {
+    match mode {
+        RedisMode::Standalone => &[],
+        RedisMode::Cluster => &[
+            ("cluster|slots", &["CLUSTER", "SLOTS"]),
+            ("cluster|nodes", &["CLUSTER", "NODES"]),
+        ],
+        RedisMode::Sentinel => &[("role", &["ROLE"])],
+    }
+}
 
 /// One finding: fine, or a problem with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +176,11 @@ fn acl_rule(config: &Config, mappings: &[Mapping]) -> String {
         .iter()
         .map(|k| format!("~{k}"))
         .collect();
-    let commands: Vec<String> = REDIS_COMMANDS.iter().map(|c| format!("+{c}")).collect();
+    let commands: Vec<String> = REDIS_COMMANDS
+        .iter()
+        .chain(mode_commands(config.redis.mode).iter().map(|(c, _)| c))
+        .map(|c| format!("+{c}"))
+        .collect();
     format!(
         "ACL SETUSER <user> on ><password> resetkeys {} resetchannels -@all {}",
         keys.join(" "),
@@ -219,7 +236,7 @@ const PROBE_GROUP: &str = "redsink-check-probe";
 /// One harmless call per command redsink sends, on `key` (or its dead-letter stream
 /// `dlq`): each fails after Redis' ACL check or changes nothing, so NOPERM means the
 /// user lacks that command or key.
-fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
+fn probes(key: &str, dlq: &str, mode: RedisMode) -> Vec<(&'static str, redis::Pipeline)> {
     let g = PROBE_GROUP;
     let errors = crate::ack::errors_key(dlq);
     let table: [(&'static str, Vec<&str>); 23] = [
@@ -273,22 +290,26 @@ fn probes(key: &str, dlq: &str) -> Vec<(&'static str, redis::Pipeline)> {
         ("hdel", vec!["HDEL", &errors, "redsink.check"]),
         ("expire", vec!["EXPIRE", &errors, "604800"]),
     ];
+    let one = |args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let mut p = redis::pipe();
+        p.add_command(cmd);
+        p
+    };
     let mut out: Vec<(&'static str, redis::Pipeline)> = table
         .into_iter()
-        .map(|(name, args)| {
-            let mut cmd = redis::cmd(args[0]);
-            for a in &args[1..] {
-                cmd.arg(*a);
-            }
-            let mut p = redis::pipe();
-            p.add_command(cmd);
-            (name, p)
-        })
+        .map(|(name, args)| (name, one(&args)))
         .collect();
     let mut multi = redis::pipe();
     multi.atomic().cmd("PING");
     out.push(("multi", multi.clone()));
     out.push(("exec", multi));
+    for (name, args) in mode_commands(mode) {
+        out.push((name, one(args)));
+    }
     out
 }
 
@@ -325,7 +346,7 @@ async fn check_redis(
     let mut denied: Vec<String> = Vec::new();
     for key in &keys {
         let dlq = format!("{key}{}", config.redis.dlq_suffix);
-        for (command, probe) in probes(key, &dlq) {
+        for (command, probe) in probes(key, &dlq, config.redis.mode) {
             let result: redis::RedisResult<redis::Value> = probe.query_async(&mut conn).await;
             if let Err(e) = result
                 && e.code() == Some("NOPERM")

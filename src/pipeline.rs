@@ -353,7 +353,9 @@ impl Pipeline {
             self.core.metrics.tick();
             // 1. shutdown
             if shutdown.is_cancelled() {
-                let read = std::mem::take(&mut self.prefetched);
+                let mut read = std::mem::take(&mut self.prefetched);
+                // Lanes' reads still in flight end within `block`: apply what they bring.
+                read.extend(self.reader.finish_reads().await);
                 if !self.core.interrupted {
                     self.core.process(read, shutdown).await?;
                 }

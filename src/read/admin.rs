@@ -18,6 +18,49 @@ pub const DLQ_FIELDS: [&str; 4] = [
     "redsink.group",
 ];
 
+/// Removes consumer ARGV[2] of group ARGV[1] from stream KEYS[1] if it has nothing
+/// pending, in one script (nothing can be delivered to it between the check and the
+/// removal). Returns -1 when it has entries pending, else what DELCONSUMER returns.
+const LEAVE_SCRIPT: &str = r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then
+  return -1
+end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+";
+
+/// Removes `consumer` from `group` on `stream` if nothing of it is pending: `false` when
+/// it stays (entries pending).
+pub async fn leave_group(
+    conn: &mut Control,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<bool, ReadError> {
+    let dropped: i64 = redis::cmd("EVAL")
+        .arg(LEAVE_SCRIPT)
+        .arg(1)
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .query_async(conn)
+        .await
+        .map_err(ReadError::redis(format!(
+            "leaving group {group} on {stream}"
+        )))?;
+    if dropped > 0 {
+        // Cannot happen (checked in the same script); said loudly if it ever does.
+        tracing::error!(
+            stream,
+            group,
+            consumer,
+            dropped,
+            "leaving the group dropped pending entries"
+        );
+    }
+    Ok(dropped >= 0)
+}
+
 /// Lists the consumers and removes the idle ones with nothing pending in one script, so
 /// that nothing can be delivered to a consumer between the check and its removal.
 const PRUNE_SCRIPT: &str = r"

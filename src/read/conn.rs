@@ -22,7 +22,7 @@ use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use tokio::sync::Mutex;
@@ -54,9 +54,12 @@ impl Deployment {
                 let mut seeds = vec![config.url.clone()];
                 seeds.extend(config.nodes.iter().cloned());
                 Ok(Self::Cluster {
-                    control: Box::new(tls.cluster(&seeds, RESPONSE_TIMEOUT)?),
-                    // The outer timeout of each blocking read is what limits it.
-                    blocking: Box::new(tls.cluster(&seeds, Duration::from_secs(24 * 3600))?),
+                    control: Box::new(tls.cluster(&seeds, RESPONSE_TIMEOUT, 4)?),
+                    // The outer timeout of each blocking read is what limits it. No
+                    // retries: a read re-sent after a lost reply would leave what the
+                    // first delivered in our PEL unseen; the error makes the pipeline
+                    // re-read the PEL instead (MOVED and ASK come back as errors too).
+                    blocking: Box::new(tls.cluster(&seeds, Duration::from_secs(24 * 3600), 0)?),
                 })
             }
             RedisMode::Sentinel => {
@@ -197,7 +200,12 @@ impl Tls {
         }
     }
 
-    fn cluster(&self, seeds: &[String], response: Duration) -> Result<ClusterClient, ReadError> {
+    fn cluster(
+        &self,
+        seeds: &[String],
+        response: Duration,
+        retries: u32,
+    ) -> Result<ClusterClient, ReadError> {
         let first = seeds
             .first()
             .map(|s| s.as_str().into_connection_info())
@@ -206,7 +214,7 @@ impl Tls {
         let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(response)
-            .retries(4);
+            .retries(retries);
         if let Some(info) = &first {
             let settings = info.redis_settings();
             if let Some(user) = settings.username() {
@@ -309,11 +317,20 @@ impl Control {
     /// Every key matching `glob` of type stream, on every master of a cluster.
     pub async fn scan_streams(&mut self, glob: &str) -> Result<Vec<String>, ReadError> {
         let mut out = Vec::new();
-        let nodes = match self {
-            Self::Cluster(conn) => masters(conn).await?,
+        // On a cluster, SCAN goes to each master in turn, addressed by a slot it serves
+        // (so the connection's own slot map, addresses and TLS names apply).
+        let targets: Vec<Option<u16>> = match self {
+            Self::Cluster(conn) => {
+                let text: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(conn)
+                    .await
+                    .map_err(ReadError::redis("CLUSTER NODES"))?;
+                master_slots(&text).into_iter().map(Some).collect()
+            }
             _ => vec![None],
         };
-        for node in nodes {
+        for target in targets {
             let mut cursor: u64 = 0;
             loop {
                 let mut cmd = redis::cmd("SCAN");
@@ -325,14 +342,13 @@ impl Control {
                     .arg("TYPE")
                     .arg("stream");
                 let context = || format!("scanning for streams matching {glob}");
-                let reply: Value = match (&mut *self, &node) {
-                    (Self::Cluster(conn), Some((host, port))) => conn
+                let reply: Value = match (&mut *self, target) {
+                    (Self::Cluster(conn), Some(slot)) => conn
                         .route_command(
                             cmd,
-                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                                host: host.clone(),
-                                port: *port,
-                            }),
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                                Route::new(slot, SlotAddr::Master),
+                            )),
                         )
                         .await
                         .map_err(ReadError::redis(context()))?,
@@ -418,29 +434,21 @@ pub async fn pipeline_by_key<C: Routed>(
     Ok(sent)
 }
 
-/// The masters of a cluster, as `(host, port)`, from `CLUSTER NODES`.
-async fn masters(conn: &mut ClusterConnection) -> Result<Vec<Option<(String, u16)>>, ReadError> {
-    let text: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(conn)
-        .await
-        .map_err(ReadError::redis("CLUSTER NODES"))?;
-    Ok(parse_masters(&text).into_iter().map(Some).collect())
-}
-
-/// `<id> <ip:port@cport[,hostname]> <flags> …` lines → the reachable masters.
-fn parse_masters(text: &str) -> Vec<(String, u16)> {
+/// `<id> <addr> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges…>` lines of
+/// `CLUSTER NODES` → the first slot of each master that serves slots.
+fn master_slots(text: &str) -> Vec<u16> {
     text.lines()
         .filter_map(|line| {
-            let mut parts = line.split_whitespace();
-            let (_, addr, flags) = (parts.next()?, parts.next()?, parts.next()?);
-            let flags: Vec<&str> = flags.split(',').collect();
-            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let flags = parts.get(2)?;
+            if !flags.split(',').any(|f| f == "master") {
                 return None;
             }
-            let hostport = addr.split(['@', ',']).next()?;
-            let (host, port) = hostport.rsplit_once(':')?;
-            Some((host.to_string(), port.parse().ok()?))
+            // Ranges `a-b` or single slots; `[…]` are slots being migrated.
+            parts.get(8..)?.iter().find_map(|range| {
+                let first = range.split('-').next()?;
+                first.parse::<u16>().ok()
+            })
         })
         .collect()
 }
@@ -593,19 +601,14 @@ mod tests {
     }
 
     #[test]
-    fn reads_masters_from_cluster_nodes() {
+    fn finds_a_slot_of_each_master_in_cluster_nodes() {
         let text = "\
 a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
-b2 127.0.0.1:7001@17001,host-b master - 0 0 2 connected 5461-10922
+b2 127.0.0.1:7001@17001,host-b master - 0 0 2 connected 5461 5462-10922 [5461->-a1]
 c3 127.0.0.1:7002@17002 master,fail - 0 0 3 connected
 d4 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+e5 127.0.0.1:7004@17004 master,fail? - 0 0 4 connected 10923-16383
 ";
-        assert_eq!(
-            parse_masters(text),
-            vec![
-                ("127.0.0.1".to_string(), 7000),
-                ("127.0.0.1".to_string(), 7001)
-            ]
-        );
+        assert_eq!(master_slots(text), vec![0, 5461, 10923]);
     }
 }

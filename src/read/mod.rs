@@ -80,6 +80,9 @@ pub fn redis_retryable(e: &redis::RedisError) -> bool {
                 "LOADING"
                     | "TRYAGAIN"
                     | "CLUSTERDOWN"
+                    // A slot that moved (failover, resharding) or is being migrated.
+                    | "MOVED"
+                    | "ASK"
                     | "MASTERDOWN"
                     | "READONLY"
                     // A blocked read on a master that was just demoted (failover).
@@ -274,9 +277,9 @@ impl Reader {
     /// PEL that we never saw: read the PEL again from the start. Call only when every
     /// entry read so far has been acked or is about to be (else it would be read twice).
     pub async fn rewind(&mut self) -> Result<(), ReadError> {
-        // Reads in flight are dropped: what they delivered is in our PEL, read below.
-        self.in_flight = FuturesUnordered::new();
-        self.busy.clear();
+        // Reads in flight are waited for (a dropped one could still deliver after the
+        // re-read below) and their answers dropped: what they delivered is in our PEL.
+        self.settle().await;
         self.idle.clear();
         let names: Vec<Arc<str>> = self.streams.iter().map(|(s, _)| s.clone()).collect();
         for (_, cursor) in &mut self.streams {
@@ -309,7 +312,8 @@ impl Reader {
     }
 
     /// Reads up to `count` entries per stream: our own pending entries while there are
-    /// any (no blocking), then new ones, blocking up to `block`.
+    /// any (no blocking), then new ones, blocking up to `block`. A lane's read still in
+    /// flight from an earlier call counts toward the bound: at most one per lane.
     ///
     /// Cancel safety: not cancel safe. A cancelled read can leave entries in our PEL that
     /// were never returned; they are read again after [`Reader::rewind`] or a restart.
@@ -372,8 +376,6 @@ impl Reader {
                 lanes.entry(self.lane(s)).or_default().push(s.clone());
             }
         }
-        // Lanes share the batch: a cluster with many slots reads fewer entries from each.
-        let per_lane = count.div_ceil(lanes.len().max(1)).max(1);
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
         let timeout = block + Duration::from_secs(10);
         for (lane, streams) in lanes {
@@ -389,7 +391,7 @@ impl Reader {
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg("COUNT")
-                .arg(per_lane)
+                .arg(count)
                 .arg("BLOCK")
                 .arg(block_ms)
                 .arg("STREAMS");
@@ -518,32 +520,14 @@ impl Reader {
 
     /// Removes this consumer from the group on every stream where it has nothing
     /// pending (XGROUP DELCONSUMER would drop pending entries), so `XINFO CONSUMERS`
-    /// lists live instances only. Errors are logged: the next start cleans up anyway.
+    /// lists live instances only. Reads still in flight are waited for first (what they
+    /// deliver is pending, and keeps us in the group). Errors are logged: the next start
+    /// cleans up anyway.
     pub async fn leave_group(&mut self) {
+        self.settle().await;
         let mut left = 0;
         for (stream, _) in &self.streams {
-            let pending: redis::RedisResult<Vec<Value>> = redis::cmd("XPENDING")
-                .arg(stream.as_ref())
-                .arg(&self.group)
-                .arg("-")
-                .arg("+")
-                .arg(1)
-                .arg(&self.consumer)
-                .query_async(&mut self.control)
-                .await;
-            let result = match pending {
-                Ok(p) if p.is_empty() => redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(stream.as_ref())
-                    .arg(&self.group)
-                    .arg(&self.consumer)
-                    .query_async::<i64>(&mut self.control)
-                    .await
-                    .map(|_| true),
-                Ok(_) => Ok(false),
-                Err(e) => Err(e),
-            };
-            match result {
+            match admin::leave_group(&mut self.control, stream, &self.group, &self.consumer).await {
                 Ok(true) => left += 1,
                 Ok(false) => {
                     tracing::info!(stream = %stream, "entries still pending: staying in the group")
@@ -552,6 +536,32 @@ impl Reader {
             }
         }
         tracing::info!(consumer = %self.consumer, streams = left, "left the consumer group");
+    }
+
+    /// Waits for every read in flight to end (each within its timeout) and drops what
+    /// they returned: it is in our PEL.
+    async fn settle(&mut self) {
+        while self.in_flight.next().await.is_some() {}
+        self.busy.clear();
+    }
+
+    /// Waits for the reads in flight and returns what they delivered (at shutdown, so
+    /// that it is applied rather than left pending).
+    pub async fn finish_reads(&mut self) -> Vec<StreamEntry> {
+        let mut out = Vec::new();
+        while let Some(LaneRead { lane, conn, result }) = self.in_flight.next().await {
+            self.busy.remove(&lane);
+            match result.and_then(parse_read_reply) {
+                Ok(entries) => {
+                    self.idle.insert(lane, conn);
+                    out.extend(entries);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a last read failed: its entries stay pending")
+                }
+            }
+        }
+        out
     }
 
     /// Removes from the group the other consumers that have been idle for `min_idle`

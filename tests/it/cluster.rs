@@ -178,11 +178,44 @@ async fn syncs_from_a_cluster_over_tls_with_an_acl_user() {
     let (code, out, err) = common::redsink_cli(&text, &["check"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("may run every command"), "{out}");
-    let (code, out, err) = common::redsink_cli(&text, &["status", "--json"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let (code, status, err) = common::redsink_cli(&text, &["status", "--json"]);
+    assert_eq!(code, 0, "{status}{err}");
     for s in &streams {
-        assert!(out.contains(s.as_str()), "{s} in {out}");
+        assert!(status.contains(s.as_str()), "{s} in {status}");
     }
+
+    // A user with only the rule `check` printed, set on every node, syncs over TLS.
+    let rule = crate::privilege::section(&out, "redis acl")
+        .replace("<user>", "restricted")
+        .replace("<password>", "pw2");
+    for i in 0..cluster.ports().len() {
+        let mut node = redis::Client::open(cluster.url(i))
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        crate::privilege::acl_setuser(&mut node, &rule).await;
+    }
+    let more = 1_000;
+    produce(
+        &mut r,
+        (n..n + more).map(|j| orders.entry(j, &stream, 8)).collect(),
+    )
+    .await;
+    let restricted = text.replace(
+        &format!("{}:{}@", cluster.user, cluster.password),
+        "restricted:pw2@",
+    );
+    assert_ne!(restricted, text);
+    let (code, out, err) = common::redsink_cli(&restricted, &["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let config = redsink::config::Config::from_toml(&restricted, "restricted", std::iter::empty())
+        .expect("config");
+    let run = Running::start(config);
+    wait_drained(&mut r, &streams, &[&run]).await;
+    let stats = run.stop().await.expect("stops cleanly");
+    assert_eq!(stats.read, more);
+    assert_eq!(actual(&db).await, expected(&orders, n + more));
     drop(cluster);
     std::fs::remove_dir_all(&dir).ok();
 }

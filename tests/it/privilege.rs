@@ -164,7 +164,7 @@ async fn check_names_each_problem_and_exits_non_zero() {
 }
 
 /// Runs `ACL SETUSER …` as `check` prints it.
-async fn acl_setuser(r: &mut redis::aio::MultiplexedConnection, rule: &str) {
+pub async fn acl_setuser<C: redis::aio::ConnectionLike>(r: &mut C, rule: &str) {
     let mut setuser = redis::cmd("ACL");
     setuser.arg("SETUSER");
     for word in rule.split_whitespace().skip(2) {
@@ -174,7 +174,7 @@ async fn acl_setuser(r: &mut redis::aio::MultiplexedConnection, rule: &str) {
 }
 
 /// The lines after `# <title>` up to the next `#` heading or the end.
-fn section(text: &str, title: &str) -> String {
+pub fn section(text: &str, title: &str) -> String {
     let mut out = Vec::new();
     let mut inside = false;
     for line in text.lines() {
