@@ -107,7 +107,7 @@ pub async fn check(config: &Config) -> Report {
     let redis = match tokio::time::timeout(TIMEOUT, read::connect_control(&config.redis)).await {
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(e)) => {
-            report.problem(format!("redis: {e}: {}", crate::pipeline::source_chain(&e)));
+            report.problem(format!("{e}: {}", crate::pipeline::source_chain(&e)));
             None
         }
         Err(_) => {
@@ -498,12 +498,12 @@ async fn check_samples(
 ) {
     let mut reader = match Reader::new(&config.redis, control, &config.redis.group, "check") {
         Ok(r) => r,
-        Err(e) => return report.problem(format!("redis: {e}")),
+        Err(e) => return report.problem(e.to_string()),
     };
     for m in mappings {
         let names = match reader.discover(&m.streams).await {
             Ok(n) => n,
-            Err(e) => return report.problem(format!("redis: {e}")),
+            Err(e) => return report.problem(e.to_string()),
         };
         for name in names
             .iter()

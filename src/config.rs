@@ -455,7 +455,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: ranges, templates, non-empty names.
+    /// The keys of `redis.mode` go together; TLS files need a `rediss://` URL.
     fn validate_mode(&self) -> Result<(), ConfigError> {
         let r = &self.redis;
         match (r.mode, &r.master_name) {
@@ -479,6 +479,32 @@ impl Config {
             }
             _ => {}
         }
+        if r.master_name
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            return Err(invalid("redis.master_name", "must not be empty"));
+        }
+        let tls = |u: &String| u.starts_with("rediss://");
+        if r.nodes.iter().any(tls) && !r.nodes.iter().all(tls) {
+            return Err(invalid(
+                "redis.nodes",
+                "mixes redis:// and rediss:// URLs: use one scheme for all of them",
+            ));
+        }
+        if r.mode == RedisMode::Cluster && !r.nodes.is_empty() && tls(&r.url) != tls(&r.nodes[0]) {
+            return Err(invalid(
+                "redis.nodes",
+                "use the same scheme as redis.url (redis:// or rediss://) for every seed node",
+            ));
+        }
+        let any_tls = tls(&r.url) || r.nodes.iter().any(tls);
+        if !any_tls && (r.tls_ca_file.is_some() || r.tls_cert_file.is_some()) {
+            return Err(invalid(
+                "redis.tls_ca_file",
+                "is set but no URL uses rediss://: TLS files apply to rediss:// URLs only",
+            ));
+        }
         if r.mode == RedisMode::Standalone && !r.nodes.is_empty() {
             return Err(invalid(
                 "redis.nodes",
@@ -488,6 +514,7 @@ impl Config {
         Ok(())
     }
 
+    /// Checks what serde cannot: ranges, templates, non-empty names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.redis.url.trim().is_empty() {
             return Err(invalid("redis.url", "must not be empty"));
@@ -916,6 +943,17 @@ table = "public.orders"
             (
                 BASE.replace("[redis]", "[redis]\nmode = \"replicated\""),
                 "replicated",
+            ),
+            (
+                BASE.replace(
+                    "[redis]",
+                    "[redis]\nmode = \"cluster\"\nnodes = [\"rediss://b\", \"redis://c\"]",
+                ),
+                "redis.nodes",
+            ),
+            (
+                BASE.replace("[redis]", "[redis]\ntls_ca_file = \"/ca.pem\""),
+                "redis.tls_ca_file",
             ),
         ];
         for (text, key) in cases {

@@ -9,8 +9,9 @@
 //! `redsink.stream`, `redsink.entry_id` and `redsink.group`.
 //!
 //! Errors that leave entries unacknowledged (a batch that failed, or was abandoned in an
-//! outage) are noted per entry in the hash `<dlq stream>:errors` (kept 7 days), so that
-//! an entry later dead-lettered for being delivered too often says what went wrong.
+//! outage) are noted per entry in the hash `<dlq stream>:errors`, so that an entry later
+//! dead-lettered for being delivered too often says what went wrong. A note is removed
+//! when its entry is dead-lettered; the hash expires 7 days after its last note.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -171,6 +172,11 @@ impl Acker {
                 "dead-lettered entry"
             );
             commands.push((dlq.into_bytes(), cmd));
+            // Its last error, if one was noted, now lives in the dead letter.
+            let errors = self.errors_key(&d.entry.stream);
+            let mut hdel = redis::cmd("HDEL");
+            hdel.arg(&errors).arg(d.entry.id.to_string());
+            commands.push((errors.into_bytes(), hdel));
         }
         let sent = pipeline_by_key(&mut self.conn, commands)
             .await

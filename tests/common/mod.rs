@@ -881,8 +881,12 @@ impl RedisSentinel {
             if i == 1 {
                 cmd.args(["--replicaof", "127.0.0.1", &known[0].to_string()]);
             }
+            // Its own directory: a replica writes the RDB it receives into the cwd.
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
             children.push(
-                cmd.stdout(std::process::Stdio::null())
+                cmd.current_dir(&node_dir)
+                    .stdout(std::process::Stdio::null())
                     .spawn()
                     .expect("start redis-server (scripts/services.sh installs it)"),
             );
