@@ -158,6 +158,17 @@ impl Reader {
         })
     }
 
+    /// `XREADGROUP GROUP <group> <consumer> COUNT <count>`, to be continued.
+    fn xreadgroup(&self, count: usize) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        cmd
+    }
+
     /// The lane `stream` is read in.
     fn lane(&self, stream: &str) -> u16 {
         if self.deployment.is_cluster() {
@@ -386,15 +397,8 @@ impl Reader {
                 Some(conn) => conn,
                 None => self.deployment.blocking().await?,
             };
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(&self.group)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("BLOCK")
-                .arg(block_ms)
-                .arg("STREAMS");
+            let mut cmd = self.xreadgroup(count);
+            cmd.arg("BLOCK").arg(block_ms).arg("STREAMS");
             for s in &streams {
                 cmd.arg(s.as_ref());
             }
@@ -435,13 +439,8 @@ impl Reader {
         }
         let mut entries = Vec::new();
         for streams in lanes.values() {
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(&self.group)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS");
+            let mut cmd = self.xreadgroup(count);
+            cmd.arg("STREAMS");
             for (s, _) in streams {
                 cmd.arg(s.as_ref());
             }

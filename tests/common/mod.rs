@@ -312,8 +312,13 @@ impl Running {
 
 /// Runs a pipeline until `streams` are drained, then stops it.
 pub async fn sync(config: Config, streams: &[String]) -> Stats {
+    sync_at(&redis_url(), config, streams).await
+}
+
+/// [`sync`] with the Redis at `url` (a plain URL the test can reach) to watch.
+pub async fn sync_at(url: &str, config: Config, streams: &[String]) -> Stats {
     Running::start(config)
-        .until_drained(streams, "redsink")
+        .until_drained_at(url, streams, "redsink")
         .await
         .stop()
         .await
@@ -583,6 +588,8 @@ struct ClusterNode {
 /// `password` (the default user is off). Killed and removed when dropped.
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
+    /// Nodes killed by [`RedisCluster::kill`].
+    killed: Vec<usize>,
     dir: std::path::PathBuf,
     pub user: String,
     pub password: String,
@@ -616,17 +623,7 @@ impl RedisCluster {
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
                 .args(["--cluster-config-file", "nodes.conf", "--save", ""])
                 .args(["--appendonly", "no", "--repl-diskless-sync-delay", "0"])
-                .args(["--user", "default", "off"])
-                .args([
-                    "--user",
-                    &user,
-                    "on",
-                    &format!(">{password}"),
-                    "~*",
-                    "&*",
-                    "+@all",
-                ])
-                .args(["--masteruser", &user, "--masterauth", &password])
+                .args(acl_args(&user, &password))
                 .current_dir(&node_dir)
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -639,6 +636,7 @@ impl RedisCluster {
         }
         let cluster = Self {
             nodes,
+            killed: Vec::new(),
             dir,
             user,
             password,
@@ -779,8 +777,82 @@ impl RedisCluster {
 
     /// `kill -9` node `i` (its replica takes over after the node timeout).
     pub fn kill(&mut self, i: usize) {
+        self.killed.push(i);
         let _ = self.nodes[i].child.kill();
         let _ = self.nodes[i].child.wait();
+    }
+
+    fn conn(&self, i: usize) -> redis::Connection {
+        redis::Client::open(self.url(i))
+            .expect("url")
+            .get_connection()
+            .expect("connect to a cluster node")
+    }
+
+    /// Moves the hash slot of `key` (and its keys) from its master to another live master
+    /// the way resharding does: IMPORTING/MIGRATING, MIGRATE of each key, then — after
+    /// `ask_window`, during which the old master answers ASK for the moved keys — the new
+    /// owner announced to every master (after which it answers MOVED). Returns the new
+    /// owner's index.
+    pub fn move_slot_of(&self, key: &str, ask_window: Duration) -> usize {
+        let from = self.master_of(key);
+        let live = (0..self.nodes.len()).filter(|i| !self.killed.contains(i));
+        let masters: Vec<usize> = live
+            .filter(|i| {
+                let role: Vec<redis::Value> =
+                    redis::cmd("ROLE").query(&mut self.conn(*i)).expect("ROLE");
+                matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+            })
+            .collect();
+        let to = *masters
+            .iter()
+            .find(|i| **i != from)
+            .expect("another master");
+        let id = |i: usize| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut self.conn(i))
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.conn(from))
+            .expect("KEYSLOT");
+        let setslot = |node: usize, args: &[&str]| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(args);
+            let _: () = cmd.query(&mut self.conn(node)).expect("CLUSTER SETSLOT");
+        };
+        setslot(to, &["IMPORTING", &from_id]);
+        setslot(from, &["MIGRATING", &to_id]);
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1000)
+            .query(&mut self.conn(from))
+            .expect("GETKEYSINSLOT");
+        for k in &keys {
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.nodes[to].port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("AUTH2")
+                .arg(&self.user)
+                .arg(&self.password)
+                .arg("KEYS")
+                .arg(k)
+                .query(&mut self.conn(from))
+                .expect("MIGRATE");
+        }
+        std::thread::sleep(ask_window);
+        for m in &masters {
+            setslot(*m, &["NODE", &to_id]);
+        }
+        to
     }
 
     /// Waits until a replica of the killed node `dead` serves `key`'s slot and the
@@ -811,6 +883,28 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// redis-server arguments: the default user off, `user` with every permission, and the
+/// same user for replication.
+fn acl_args(user: &str, password: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["--user", "default", "off", "--user", user, "on"]
+        .map(String::from)
+        .to_vec();
+    args.push(format!(">{password}"));
+    args.extend(
+        [
+            "~*",
+            "&*",
+            "+@all",
+            "--masteruser",
+            user,
+            "--masterauth",
+            password,
+        ]
+        .map(String::from),
+    );
+    args
 }
 
 /// Waits until something listens on `port` (10 s).
@@ -867,17 +961,7 @@ impl RedisSentinel {
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--repl-diskless-sync-delay", "0"])
-                .args(["--user", "default", "off"])
-                .args([
-                    "--user",
-                    &user,
-                    "on",
-                    &format!(">{password}"),
-                    "~*",
-                    "&*",
-                    "+@all",
-                ])
-                .args(["--masteruser", &user, "--masterauth", &password]);
+                .args(acl_args(&user, &password));
             if i == 1 {
                 cmd.args(["--replicaof", "127.0.0.1", &known[0].to_string()]);
             }

@@ -1,7 +1,8 @@
 //! Redis Cluster: three masters with a replica each (an ACL user, the default user off),
 //! eight shard streams spread over the masters, two redsink instances in one group and
 //! 100k events. A master is killed with SIGKILL mid-sync; its replica takes over and
-//! both instances carry on. At the end the replica equals the expected rows and nothing
+//! both instances carry on; then the slot of another shard is migrated to another
+//! master while they read it (ASK during the move, MOVED after). At the end the replica equals the expected rows and nothing
 //! is pending. The mapping is a glob, so the shards are found by SCAN on every master.
 //! A second test runs a cluster over TLS.
 
@@ -108,12 +109,19 @@ async fn two_instances_on_a_three_master_cluster_survive_a_master_failover() {
         "a replica took over"
     );
 
-    // More events after the failover, to the new master.
+    // More events after the failover, to the new master; while the instances work
+    // through them, the slot of another shard moves to another master (ASK, then MOVED).
     produce(
         &mut r,
         (first..n).map(|j| orders.entry(j, &stream, 8)).collect(),
     )
     .await;
+    let moved = &streams[1];
+    let before = cluster.master_of(moved);
+    let after =
+        tokio::task::block_in_place(|| cluster.move_slot_of(moved, Duration::from_millis(500)));
+    assert_ne!(before, after);
+    eprintln!("moved the slot of {moved} from node {before} to node {after}");
     wait_drained(&mut r, &streams, &[&a, &b]).await;
     let sa = a.stop().await.expect("instance 1 stops cleanly");
     let sb = b.stop().await.expect("instance 2 stops cleanly");

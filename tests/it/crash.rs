@@ -234,7 +234,10 @@ async fn a_dead_letter_for_too_many_deliveries_carries_the_last_error() {
         .query_async(&mut r)
         .await
         .expect("HGETALL");
-    assert!(left.is_empty(), "notes move into the dead letters: {left:?}");
+    assert!(
+        left.is_empty(),
+        "notes move into the dead letters: {left:?}"
+    );
     let error = &dlq[0].1["redsink.error"];
     assert!(
         error.contains("delivered 4 times")

@@ -121,14 +121,40 @@ async fn syncs_from_a_tls_master_found_through_the_sentinels() {
     );
     let config = redsink::config::Config::from_toml(&text, "sentinel TLS test", std::iter::empty())
         .expect("config");
-    let stats = Running::start(config)
-        .until_drained_at(&sentinel.master_url(), &streams, "redsink")
-        .await
-        .stop()
-        .await
-        .expect("stops cleanly");
+    let stats = common::sync_at(&sentinel.master_url(), config, &streams).await;
     assert_eq!(stats.read, n);
     assert_eq!(actual(&db).await, expected(&orders, n));
+
+    // `check` through the sentinels; then a user with only the rule it printed (set on
+    // the master and its replica) syncs more.
+    let (code, out, err) = common::redsink_cli(&text, &["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rule = crate::privilege::section(&out, "redis acl")
+        .replace("<user>", "restricted")
+        .replace("<password>", "pw2");
+    assert!(rule.contains("+role"), "{rule}");
+    for port in sentinel.data_ports {
+        let mut node = connect(&format!(
+            "redis://{}:{}@127.0.0.1:{port}",
+            sentinel.user, sentinel.password
+        ))
+        .await;
+        crate::privilege::acl_setuser(&mut node, &rule).await;
+    }
+    let more = 1_000;
+    xadd_all(&mut r, (n..n + more).map(|j| orders.entry(j, &stream, 8)))
+        .await
+        .expect("XADD");
+    let restricted = text.replace(
+        &format!("{}:{}@", sentinel.user, sentinel.password),
+        "restricted:pw2@",
+    );
+    assert_ne!(restricted, text);
+    let config = redsink::config::Config::from_toml(&restricted, "restricted", std::iter::empty())
+        .expect("config");
+    let stats = common::sync_at(&sentinel.master_url(), config, &streams).await;
+    assert_eq!(stats.read, more);
+    assert_eq!(actual(&db).await, expected(&orders, n + more));
     drop(sentinel);
     std::fs::remove_dir_all(&dir).ok();
 }
