@@ -451,6 +451,16 @@ impl Config {
         if config.redis.consumer.is_none() {
             config.redis.consumer = Some(default_consumer());
         }
+        // An empty value (from the environment) unsets a TLS file.
+        for file in [
+            &mut config.redis.tls_ca_file,
+            &mut config.redis.tls_cert_file,
+            &mut config.redis.tls_key_file,
+        ] {
+            if file.as_deref().is_some_and(|f| f.trim().is_empty()) {
+                *file = None;
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -485,7 +495,13 @@ impl Config {
         {
             return Err(invalid("redis.master_name", "must not be empty"));
         }
-        let tls = |u: &String| u.starts_with("rediss://");
+        let tls = |u: &String| {
+            let scheme = u
+                .split_once("://")
+                .map_or("", |(s, _)| s)
+                .to_ascii_lowercase();
+            scheme == "rediss" || scheme == "valkeys"
+        };
         if r.nodes.iter().any(tls) && !r.nodes.iter().all(tls) {
             return Err(invalid(
                 "redis.nodes",
@@ -499,10 +515,18 @@ impl Config {
             ));
         }
         let any_tls = tls(&r.url) || r.nodes.iter().any(tls);
-        if !any_tls && (r.tls_ca_file.is_some() || r.tls_cert_file.is_some()) {
+        let set = [
+            ("redis.tls_ca_file", &r.tls_ca_file),
+            ("redis.tls_cert_file", &r.tls_cert_file),
+            ("redis.tls_key_file", &r.tls_key_file),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.is_some());
+        if let (false, Some((key, _))) = (any_tls, set) {
             return Err(invalid(
-                "redis.tls_ca_file",
-                "is set but no URL uses rediss://: TLS files apply to rediss:// URLs only",
+                key,
+                "is set but no URL uses rediss://: TLS files apply to rediss:// URLs only \
+                 (unset it, e.g. with an empty REDSINK_REDIS_TLS_CA_FILE, or use rediss://)",
             ));
         }
         if r.mode == RedisMode::Standalone && !r.nodes.is_empty() {
@@ -917,6 +941,21 @@ table = "public.orders"
         )
         .expect("valid cluster config");
         assert_eq!(c.redis.nodes, ["redis://b:6379", "redis://c:6379"]);
+        // TLS files with a TLS URL in any spelling; an empty one from the environment unsets.
+        let tls = BASE.replace(
+            "[redis]\nurl = \"redis://127.0.0.1:6379\"",
+            "[redis]\nurl = \"REDISS://127.0.0.1:6379\"\ntls_ca_file = \"/ca.pem\"",
+        );
+        assert!(load(&tls, &[]).is_ok());
+        let c = load(
+            &tls,
+            &[
+                ("REDSINK_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("REDSINK_REDIS_TLS_CA_FILE", ""),
+            ],
+        )
+        .expect("TLS switched off from the environment");
+        assert!(c.redis.tls_ca_file.is_none());
         let cases = [
             (
                 BASE.replace(
@@ -954,6 +993,10 @@ table = "public.orders"
             (
                 BASE.replace("[redis]", "[redis]\ntls_ca_file = \"/ca.pem\""),
                 "redis.tls_ca_file",
+            ),
+            (
+                BASE.replace("[redis]", "[redis]\ntls_cert_file = \"/c.pem\""),
+                "redis.tls_cert_file",
             ),
         ];
         for (text, key) in cases {

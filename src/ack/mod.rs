@@ -112,7 +112,7 @@ impl Acker {
             let mut hset = redis::cmd("HSET");
             hset.arg(&key);
             for id in ids {
-                hset.arg(id.to_string()).arg(&stamped);
+                hset.arg(self.note_field(id)).arg(&stamped);
             }
             let mut expire = redis::cmd("EXPIRE");
             expire.arg(&key).arg(ERRORS_TTL_SECS);
@@ -124,11 +124,16 @@ impl Acker {
         }
     }
 
+    /// The field of an entry's note: groups read the same entries and fail separately.
+    fn note_field(&self, id: EntryId) -> String {
+        format!("{}/{id}", self.group)
+    }
+
     /// The last error noted for an entry, if any.
     pub async fn last_error(&mut self, stream: &str, id: EntryId) -> Option<String> {
         redis::cmd("HGET")
             .arg(self.errors_key(stream))
-            .arg(id.to_string())
+            .arg(self.note_field(id))
             .query_async::<Option<String>>(&mut self.conn)
             .await
             .unwrap_or_else(|e| {
@@ -175,7 +180,7 @@ impl Acker {
             // Its last error, if one was noted, now lives in the dead letter.
             let errors = self.errors_key(&d.entry.stream);
             let mut hdel = redis::cmd("HDEL");
-            hdel.arg(&errors).arg(d.entry.id.to_string());
+            hdel.arg(&errors).arg(self.note_field(d.entry.id));
             commands.push((errors.into_bytes(), hdel));
         }
         let sent = pipeline_by_key(&mut self.conn, commands)

@@ -15,7 +15,7 @@ mod pattern;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -68,12 +68,23 @@ impl ReadError {
     }
 }
 
+/// How long opening a reader's connection may take (a cluster connection also loads the
+/// slot map).
+const CONNECT_WITHIN: Duration = Duration::from_secs(15);
+
+/// A cluster refused the command without running it: the slot moved or is migrating, or
+/// the cluster is (briefly) down.
+fn refused_by_cluster(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"))
+}
+
 /// Shared by read and ack: which Redis errors are worth retrying.
 pub fn redis_retryable(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || matches!(
             e.code(),
             Some(
@@ -124,6 +135,8 @@ pub struct Reader {
     /// Blocking reads sent and not yet answered, one per lane at most.
     in_flight: FuturesUnordered<BoxFuture<'static, LaneRead>>,
     busy: HashSet<u16>,
+    /// Lanes whose last read was redirected (MOVED/ASK), not read again before then.
+    cooling: HashMap<u16, Instant>,
     /// Where each stream's next XAUTOCLAIM scan starts.
     claim_cursors: HashMap<Arc<str>, EntryId>,
     /// Commands sent to read entries (XREADGROUP, and XPENDING for delivery counts).
@@ -153,6 +166,7 @@ impl Reader {
             idle: HashMap::new(),
             in_flight: FuturesUnordered::new(),
             busy: HashSet::new(),
+            cooling: HashMap::new(),
             claim_cursors: HashMap::new(),
             round_trips: 0,
         })
@@ -234,6 +248,16 @@ impl Reader {
                 Ok(())
             }
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e)
+                if matches!(e.code(), Some("MOVED" | "ASK")) && !self.deployment.is_cluster() =>
+            {
+                Err(ReadError::Invalid(format!(
+                    "redis: creating group {} on stream {stream}: the server answered {}: \
+                     it is a Redis Cluster node; set redis.mode = \"cluster\"",
+                    self.group,
+                    e.code().unwrap_or_default()
+                )))
+            }
             Err(e) => Err(ReadError::Redis {
                 context: format!("creating group {} on stream {stream}", self.group),
                 source: e,
@@ -349,6 +373,13 @@ impl Reader {
             return Ok(Vec::new());
         }
         self.start_reads(block, count).await?;
+        if self.in_flight.is_empty() {
+            // Every lane is waiting out a redirect (a slot being migrated).
+            let until = self.cooling.values().min().copied();
+            let wait = until.map_or(block, |t| t.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(wait.min(block)).await;
+            return Ok(Vec::new());
+        }
         // Each lane's read ends by itself (BLOCK, or its timeout): wait for the first,
         // then take every other one that has already answered.
         let mut done = Vec::new();
@@ -367,6 +398,14 @@ impl Reader {
                     // A broken connection does not heal: keep it only after a success.
                     self.idle.insert(lane, conn);
                     out.extend(entries);
+                }
+                // The slot moved or is being migrated: the read was refused, so nothing
+                // was delivered. Only this lane waits a moment and reconnects (a fresh
+                // connection has the new slot map); the others go on.
+                Err(ReadError::Redis { source, .. }) if refused_by_cluster(&source) => {
+                    tracing::info!(lane, error = %source, "slot moved or migrating: reading it again shortly");
+                    self.cooling
+                        .insert(lane, Instant::now() + Duration::from_millis(100));
                 }
                 // What other lanes returned is in our PEL: the rewind after this error
                 // reads it again.
@@ -389,13 +428,23 @@ impl Reader {
         }
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
         let timeout = block + Duration::from_secs(10);
+        let now = Instant::now();
+        self.cooling.retain(|_, until| *until > now);
         for (lane, streams) in lanes {
-            if self.busy.contains(&lane) {
+            if self.busy.contains(&lane) || self.cooling.contains_key(&lane) {
                 continue;
             }
             let mut conn = match self.idle.remove(&lane) {
                 Some(conn) => conn,
-                None => self.deployment.blocking().await?,
+                None => {
+                    let connect = self.deployment.blocking();
+                    tokio::time::timeout(CONNECT_WITHIN, connect)
+                        .await
+                        .map_err(|_| ReadError::Timeout {
+                            context: "connecting a reader".into(),
+                            timeout: CONNECT_WITHIN,
+                        })??
+                }
             };
             let mut cmd = self.xreadgroup(count);
             cmd.arg("BLOCK").arg(block_ms).arg("STREAMS");
@@ -531,7 +580,13 @@ impl Reader {
                 Ok(false) => {
                     tracing::info!(stream = %stream, "entries still pending: staying in the group")
                 }
-                Err(e) => tracing::warn!(stream = %stream, error = %e, "leaving the group failed"),
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "leaving the group failed");
+                    if e.is_retryable() {
+                        // Redis is unreachable: do not wait on every stream in turn.
+                        break;
+                    }
+                }
             }
         }
         tracing::info!(consumer = %self.consumer, streams = left, "left the consumer group");

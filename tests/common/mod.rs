@@ -325,6 +325,16 @@ pub async fn sync_at(url: &str, config: Config, streams: &[String]) -> Stats {
         .expect("pipeline stops cleanly")
 }
 
+/// A free TCP port on 127.0.0.1 no higher than `max`.
+pub fn free_port_below(max: u16) -> u16 {
+    loop {
+        let port = free_port();
+        if port <= max {
+            return port;
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -608,7 +618,8 @@ impl RedisCluster {
         let (user, password) = ("app".to_string(), unique("pw"));
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
-            let port = free_port();
+            // A cluster node's bus port is port + 10000: Redis 7.0 refuses ports above 55535.
+            let port = free_port_below(55_535);
             let tls_port = tls_dir.map(|_| free_port());
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
@@ -849,7 +860,11 @@ impl RedisCluster {
                 .expect("MIGRATE");
         }
         std::thread::sleep(ask_window);
-        for m in &masters {
+        // The new owner first, then the old one (else they would send clients back and
+        // forth), then the others.
+        setslot(to, &["NODE", &to_id]);
+        setslot(from, &["NODE", &to_id]);
+        for m in masters.iter().filter(|m| **m != to && **m != from) {
             setslot(*m, &["NODE", &to_id]);
         }
         to

