@@ -185,6 +185,20 @@ pub async fn drained<C: redis::aio::ConnectionLike + Send>(
     true
 }
 
+/// The dead letters of `stream` (`<stream>:dlq`): (ID, fields), oldest first.
+pub async fn dead_letters<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+) -> Vec<(String, std::collections::HashMap<String, String>)> {
+    redis::cmd("XRANGE")
+        .arg(format!("{stream}:dlq"))
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .expect("XRANGE of the dead-letter stream")
+}
+
 pub async fn xlen<C: redis::aio::ConnectionLike + Send>(conn: &mut C, stream: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(stream)

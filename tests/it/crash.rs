@@ -143,13 +143,7 @@ async fn an_entry_delivered_too_often_is_dead_lettered() {
     let stats = common::sync(config, std::slice::from_ref(&stream)).await;
     assert_eq!(stats.dead_lettered, 2, "the 5th delivery is one too many");
     assert!(items(&db).await.is_empty());
-    let dlq: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(format!("{stream}:dlq"))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .expect("XRANGE");
+    let dlq = common::dead_letters(&mut r, &stream).await;
     assert!(
         dlq[0].1["redsink.error"].contains("delivered 5 times"),
         "{:?}",
@@ -222,13 +216,7 @@ async fn a_dead_letter_for_too_many_deliveries_carries_the_last_error() {
     config.redis.max_deliveries = 3;
     let stats = common::sync(config, std::slice::from_ref(&stream)).await;
     assert_eq!(stats.dead_lettered, 2);
-    let dlq: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(format!("{stream}:dlq"))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .expect("XRANGE");
+    let dlq = common::dead_letters(&mut r, &stream).await;
     let left: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg(format!("{stream}:dlq:errors"))
         .query_async(&mut r)

@@ -139,13 +139,7 @@ async fn a_column_added_while_running_is_found_and_a_missing_templated_table_is_
     assert_eq!(stats.dead_lettered, 1);
     let ids: Vec<i32> = items(&db).await.into_iter().map(|r| r.0).collect();
     assert_eq!(ids, vec![1, 2], "the new column was picked up");
-    let dlq: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(format!("{stream}:dlq"))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .expect("XRANGE");
+    let dlq = common::dead_letters(&mut r, &stream).await;
     assert_eq!(dlq[0].1["redsink.entry_id"], missing);
     assert!(
         dlq[0].1["redsink.error"].contains("public.nope does not exist"),
@@ -239,13 +233,7 @@ async fn a_truncate_postgres_refuses_is_dead_lettered() {
         vec![1, 2],
         "the refused truncate deleted nothing; the next row applied"
     );
-    let dlq: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(format!("{stream}:dlq"))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .expect("XRANGE");
+    let dlq = common::dead_letters(&mut r, &stream).await;
     assert_eq!(dlq[0].1["redsink.entry_id"], refused);
     assert!(
         dlq[0].1["redsink.error"].contains("refused the truncate"),
