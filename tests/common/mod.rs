@@ -958,6 +958,8 @@ pub struct RedisSentinel {
     /// With TLS: the data nodes' TLS ports (what the sentinels know them by).
     pub tls_ports: Option<[u16; 2]>,
     pub sentinel_ports: Vec<u16>,
+    /// With TLS: the sentinels' TLS ports.
+    pub sentinel_tls_ports: Vec<u16>,
     pub user: String,
     pub password: String,
 }
@@ -971,7 +973,8 @@ impl RedisSentinel {
 
     /// With `tls_dir` (test certificates from [`certificates`]) the data nodes also listen
     /// on TLS ports, replicate over TLS, and the sentinels monitor them over TLS (so they
-    /// name the TLS ports); the sentinels themselves and the test's own commands are plain.
+    /// name the TLS ports); the sentinels listen on a TLS port too. The test's own
+    /// commands use the plain ports.
     pub fn start_with(tls_dir: Option<&std::path::Path>) -> Self {
         let dir = std::env::temp_dir().join(unique("sentinel"));
         std::fs::create_dir_all(&dir).expect("sentinel dir");
@@ -1010,6 +1013,7 @@ impl RedisSentinel {
             data_ports,
             tls_ports,
             sentinel_ports: Vec::new(),
+            sentinel_tls_ports: Vec::new(),
             user,
             password,
         };
@@ -1026,9 +1030,14 @@ impl RedisSentinel {
         for _ in 0..3 {
             let port = free_port();
             let conf = sentinel.dir.join(format!("sentinel-{port}.conf"));
+            // With TLS the sentinels also listen on a TLS port (for redsink).
+            let tls_port = tls_dir.map(|_| free_port());
+            let tls_listen = tls_port.map_or_else(String::new, |t| {
+                format!("tls-port {t}\ntls-auth-clients no\n")
+            });
             std::fs::write(
                 &conf,
-                tls_conf.clone() + &format!(
+                tls_conf.clone() + &tls_listen + &format!(
                     "port {port}\nbind 127.0.0.1\nsentinel monitor {m} 127.0.0.1 {master} 2\n\
                      sentinel down-after-milliseconds {m} 1000\nsentinel failover-timeout {m} 10000\n\
                      sentinel auth-user {m} {user}\nsentinel auth-pass {m} {password}\n",
@@ -1047,9 +1056,14 @@ impl RedisSentinel {
                 .expect("start redis-server --sentinel");
             sentinel.children.push(child);
             sentinel.sentinel_ports.push(port);
+            sentinel.sentinel_tls_ports.extend(tls_port);
         }
-        for p in sentinel.sentinel_ports.clone() {
-            wait_port(p);
+        for p in sentinel
+            .sentinel_ports
+            .iter()
+            .chain(&sentinel.sentinel_tls_ports)
+        {
+            wait_port(*p);
         }
         // Ready when the replica is in sync and every sentinel knows it and the others.
         let start = Instant::now();
@@ -1091,6 +1105,14 @@ impl RedisSentinel {
         let url = format!("redis://{}:{}@127.0.0.1:{port}", self.user, self.password);
         let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
         cmd.query(&mut conn).ok()
+    }
+
+    /// The sentinels' `rediss://` URLs (started with TLS).
+    pub fn sentinel_tls_urls(&self) -> Vec<String> {
+        self.sentinel_tls_ports
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
+            .collect()
     }
 
     /// The sentinels' URLs.

@@ -89,7 +89,7 @@ async fn a_sentinel_failover_during_sync_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn syncs_from_a_tls_master_found_through_the_sentinels() {
+async fn syncs_over_tls_to_the_sentinels_and_the_master_they_name() {
     let dir = std::env::temp_dir().join(common::unique("sntls"));
     std::fs::create_dir_all(&dir).expect("dir");
     common::certificates(&dir);
@@ -107,13 +107,14 @@ async fn syncs_from_a_tls_master_found_through_the_sentinels() {
     xadd_all(&mut r, (0..n).map(|j| orders.entry(j, &stream, 8)))
         .await
         .expect("XADD");
-    // rediss:// in `url`: the master the sentinels name is reached over TLS.
+    // rediss:// in `url`: the master the sentinels name is reached over TLS; rediss://
+    // in `nodes`: so are the sentinels.
     let text = format!(
         "[redis]\nmode = \"sentinel\"\nmaster_name = \"{SENTINEL_MASTER}\"\nnodes = {nodes:?}\n\
          url = \"rediss://{user}:{password}@{SENTINEL_MASTER}\"\ntls_ca_file = \"{ca}\"\n\
          consumer = \"t1\"\nblock = \"200ms\"\n[postgres]\nurl = \"{pg}\"\n\
          [[mapping]]\nstreams = [\"{stream}:{{0..7}}\"]\ntable = \"public.orders\"\n",
-        nodes = sentinel.sentinel_urls(),
+        nodes = sentinel.sentinel_tls_urls(),
         user = sentinel.user,
         password = sentinel.password,
         ca = dir.join("ca.crt").display(),
