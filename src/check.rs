@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use crate::read::Control;
 use sqlx::PgPool;
 
 use crate::config::{Config, RedisMode};
 use crate::decode::{self, Decoded};
 use crate::map::{self, Mapping, RowOp, TableName, quote_ident};
-use crate::read::{self, Reader, StreamPattern};
+use crate::read::{self, Control, Reader, StreamPattern};
 use crate::write::{self, INTERNAL_TABLES, VERSION_COLUMN};
 
 /// What redsink sends to Redis (subcommands as ACL spells them).

@@ -5,10 +5,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::map::Mapping;
-use crate::read::Control;
 use crate::read::inspect::{self, StreamStatus};
 
-use crate::read::{self, ReadError, Reader, StreamPattern};
+use crate::read::{self, Control, ReadError, Reader, StreamPattern};
 use crate::write::{self, Checkpoint, WriteError};
 
 #[derive(Debug, thiserror::Error)]

@@ -17,11 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::read::Control;
-
 use crate::batch::DeadLetter;
 use crate::read::conn::pipeline_by_key;
-use crate::read::{EntryId, redis_retryable};
+use crate::read::{Control, EntryId, redis_retryable};
 use crate::write::Committed;
 
 /// How long the last errors of unacknowledged entries are kept (refreshed by each note).

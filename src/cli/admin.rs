@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use redsink::read::Control;
 
 use redsink::config::Config;
-use redsink::read::{self, admin};
+use redsink::read::{self, Control, admin};
 use redsink::status;
 
 /// What every admin command needs: the config and which mapped streams to act on.

@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::read::Control;
 use redis::Value;
 use serde::Serialize;
 
-use super::{EntryId, ReadError};
+use super::{Control, EntryId, ReadError};
 
 /// Fields redsink adds to a dead letter; everything else is the original entry.
 pub const DLQ_FIELDS: [&str; 4] = [

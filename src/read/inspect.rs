@@ -2,11 +2,10 @@
 
 use std::collections::HashMap;
 
-use crate::read::Control;
 use redis::Value;
 use serde::Serialize;
 
-use super::{EntryId, ReadError};
+use super::{Control, EntryId, ReadError};
 
 /// A stream, its groups and its dead-letter stream.
 #[derive(Debug, Clone, Serialize, PartialEq)]
