@@ -1282,6 +1282,25 @@ pub fn certificates(dir: &std::path::Path) {
     );
 }
 
+/// A directory with a test CA and a server certificate for 127.0.0.1 ([`certificates`]),
+/// removed when dropped (also when the test fails).
+pub struct CertDir(pub std::path::PathBuf);
+
+impl CertDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).expect("certificate dir");
+        certificates(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A client for `url`, trusting the test CA in `ca_dir` when there is one.
 pub fn client_for(url: &str, ca_dir: Option<&std::path::Path>) -> redis::Client {
     match ca_dir {

@@ -139,9 +139,8 @@ async fn two_instances_on_a_three_master_cluster_survive_a_master_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_from_a_cluster_over_tls_with_an_acl_user() {
-    let dir = std::env::temp_dir().join(common::unique("cltls"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    common::certificates(&dir);
+    let certs = common::CertDir::new("cltls");
+    let dir = certs.0.clone();
     let cluster = RedisCluster::start_with(3, 0, Some(&dir));
     let db = TestDb::new().await;
     db.exec(ORDERS).await;
@@ -232,5 +231,4 @@ async fn syncs_from_a_cluster_over_tls_with_an_acl_user() {
     assert!(stats.read >= more, "{stats:?}");
     assert_eq!(actual(&db).await, expected(&orders, n + more));
     drop(cluster);
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -90,9 +90,8 @@ async fn a_sentinel_failover_during_sync_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_over_tls_to_the_sentinels_and_the_master_they_name() {
-    let dir = std::env::temp_dir().join(common::unique("sntls"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    common::certificates(&dir);
+    let certs = common::CertDir::new("sntls");
+    let dir = certs.0.clone();
     let sentinel = RedisSentinel::start_with(Some(&dir));
     let db = TestDb::new().await;
     db.exec(ORDERS).await;
@@ -157,5 +156,4 @@ async fn syncs_over_tls_to_the_sentinels_and_the_master_they_name() {
     assert!(stats.read >= more, "{stats:?}");
     assert_eq!(actual(&db).await, expected(&orders, n + more));
     drop(sentinel);
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -54,9 +54,8 @@ fn start(dir: &Path) -> TlsRedis {
 
 #[tokio::test]
 async fn syncs_over_tls_with_a_configured_ca() {
-    let dir = std::env::temp_dir().join(common::unique("tls"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    common::certificates(&dir);
+    let certs = common::CertDir::new("tls");
+    let dir = certs.0.clone();
     let server = start(&dir);
     let plain_url = format!("redis://127.0.0.1:{}", server.plain);
     let mut r = redis::Client::open(plain_url.as_str())
@@ -99,5 +98,4 @@ async fn syncs_over_tls_with_a_configured_ca() {
         "{err:?}"
     );
     drop(server);
-    std::fs::remove_dir_all(&dir).ok();
 }
