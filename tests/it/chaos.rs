@@ -1,7 +1,8 @@
 //! Chaos: three redsink processes in one consumer group over eight shards while a
 //! driver kills one with SIGKILL every few seconds and starts it again (a new consumer
 //! name each time). At the end the replica equals the expected rows, every entry is
-//! acknowledged, and `XINFO CONSUMERS` lists only the live instances.
+//! acknowledged, and `XINFO CONSUMERS` lists only the live instances. Run on one Redis
+//! server (200k events) and on a three-master Redis Cluster (100k events).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -28,8 +29,8 @@ fn consumer_name(child: &std::process::Child) -> String {
     format!("{host}-{}", child.id())
 }
 
-async fn live_consumers(
-    r: &mut redis::aio::MultiplexedConnection,
+async fn live_consumers<C: redis::aio::ConnectionLike + Send>(
+    r: &mut C,
     streams: &[String],
 ) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
@@ -50,6 +51,51 @@ async fn three_instances_killed_and_restarted_lose_nothing() {
     };
     let n = 200_000;
     let streams = produce(&prefix, &orders, n).await;
+    let redis = format!("url = \"{}\"", common::redis_url());
+    let mut r = common::redis().await;
+    chaos(&mut r, &redis, &db, &orders, n, &streams, &mapping(&prefix)).await;
+    common::cleanup_streams(&prefix).await;
+}
+
+/// The same on a Redis Cluster (three masters, no replicas): the shards live on
+/// different masters and every instance reads them in lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_a_cluster_killed_and_restarted_lose_nothing() {
+    let cluster = common::RedisCluster::start(3, 0);
+    let db = TestDb::new().await;
+    db.exec(ORDERS).await;
+    let stream = format!("{}.orders", common::unique("chaoscl"));
+    let orders = Orders {
+        keys: 10_000,
+        delete_every: Some(17),
+    };
+    let n = 100_000;
+    let mut r = redis::cluster::ClusterClient::new(vec![cluster.url(0)])
+        .expect("cluster client")
+        .get_async_connection()
+        .await
+        .expect("connect");
+    redsink::produce::xadd_all(&mut r, (0..n).map(|j| orders.entry(j, &stream, 8)))
+        .await
+        .expect("XADD");
+    let streams: Vec<String> = (0..8).map(|i| format!("{stream}:{i}")).collect();
+    let redis = format!("mode = \"cluster\"\nurl = \"{}\"", cluster.url(0));
+    let mapping =
+        format!("[[mapping]]\nstreams = [\"{stream}:{{0..7}}\"]\ntable = \"public.orders\"\n");
+    chaos(&mut r, &redis, &db, &orders, n, &streams, &mapping).await;
+}
+
+/// Three processes with `[redis]` settings `redis`, one killed with SIGKILL every 3 s
+/// and restarted while there is work; then the checks of the module docs.
+async fn chaos<C: redis::aio::ConnectionLike + Send>(
+    r: &mut C,
+    redis: &str,
+    db: &TestDb,
+    orders: &Orders,
+    n: u64,
+    streams: &[String],
+    mapping: &str,
+) {
     let dir = std::env::temp_dir().join(common::unique("chaos"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("redsink.toml");
@@ -58,23 +104,20 @@ async fn three_instances_killed_and_restarted_lose_nothing() {
     std::fs::write(
         &config,
         format!(
-            "[redis]\nurl = \"{}\"\nblock = \"200ms\"\nclaim_idle = \"2s\"\nprune_idle = \"4s\"\n\
-             [postgres]\nurl = \"{}\"\n[batch]\nmax_batch = 500\nmax_delay = \"10ms\"\n{}",
-            common::redis_url(),
+            "[redis]\n{redis}\nblock = \"200ms\"\nclaim_idle = \"2s\"\nprune_idle = \"4s\"\n\
+             [postgres]\nurl = \"{}\"\n[batch]\nmax_batch = 500\nmax_delay = \"10ms\"\n{mapping}",
             db.url,
-            mapping(&prefix)
         ),
     )
     .expect("write config");
     let mut instances: Vec<std::process::Child> = (0..3).map(|_| start(&config)).collect();
-    let mut r = common::redis().await;
     let started = Instant::now();
     let mut kills = 0;
     let mut killed: BTreeSet<String> = BTreeSet::new();
     // Kill one instance every 3 s while there is work, at most ~45 s.
     while started.elapsed() < Duration::from_secs(45) {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        if common::drained(&mut r, &streams, "redsink").await {
+        if common::drained(r, streams, "redsink").await {
             break;
         }
         let victim = kills % instances.len();
@@ -86,7 +129,7 @@ async fn three_instances_killed_and_restarted_lose_nothing() {
     }
     assert!(kills >= 2, "the chaos driver killed only {kills} instances");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !common::drained(&mut r, &streams, "redsink").await {
+    while !common::drained(r, streams, "redsink").await {
         assert!(Instant::now() < deadline, "not drained after the chaos");
         for child in &mut instances {
             assert!(
@@ -96,10 +139,10 @@ async fn three_instances_killed_and_restarted_lose_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(actual(&db).await, expected(&orders, n));
-    for s in &streams {
+    assert_eq!(actual(db).await, expected(orders, n));
+    for s in streams {
         assert_eq!(
-            common::xlen(&mut r, &format!("{s}:dlq")).await,
+            common::xlen(r, &format!("{s}:dlq")).await,
             0,
             "nothing dead-lettered on {s}"
         );
@@ -111,7 +154,7 @@ async fn three_instances_killed_and_restarted_lose_nothing() {
         // Live instances may be missing too: with nothing to read for prune_idle, Redis
         // 7.0 counts them idle and any instance prunes them (nothing pending); their
         // next read brings them back. Killed ones must be gone.
-        let listed = live_consumers(&mut r, &streams).await;
+        let listed = live_consumers(r, streams).await;
         if listed.is_subset(&live) && listed.is_disjoint(&killed) {
             break;
         }
@@ -129,12 +172,11 @@ async fn three_instances_killed_and_restarted_lose_nothing() {
         let _ = child.wait();
     }
     assert!(
-        live_consumers(&mut r, &streams).await.is_empty(),
+        live_consumers(r, streams).await.is_empty(),
         "clean shutdowns leave the group"
     );
-    for s in &streams {
-        assert_eq!(common::pending(&mut r, s, "redsink").await, 0, "{s}");
+    for s in streams {
+        assert_eq!(common::pending(r, s, "redsink").await, 0, "{s}");
     }
     std::fs::remove_dir_all(&dir).ok();
-    common::cleanup_streams(&prefix).await;
 }
