@@ -44,6 +44,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 const READING: &str = "reading from redis";
 /// How often the groups' lag and pending counts are read for the metrics.
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
+/// The readiness probe of an idle instance's Postgres (in the gauge round).
+const REACHING_POSTGRES: &str = "reaching postgres";
 /// How often streams with `trim = "acked"` are trimmed.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
@@ -491,6 +493,14 @@ impl Pipeline {
 
     /// Lag, pending and consumers of every group, and dead-letter lengths, per stream.
     async fn poll_gauges(&mut self) {
+        // An idle instance writes nothing: ask Postgres, so readiness shows an outage.
+        match self.core.writer.ping(Duration::from_secs(5)).await {
+            Ok(()) => self.core.metrics.recovered(REACHING_POSTGRES),
+            Err(e) => {
+                tracing::warn!(error = %e, cause = %source_chain(&e), "postgres does not answer");
+                self.core.metrics.retrying(REACHING_POSTGRES);
+            }
+        }
         let streams: Vec<Arc<str>> = self.core.routes.keys().cloned().collect();
         for stream in streams {
             let dlq = format!("{stream}{}", self.core.config.redis.dlq_suffix);

@@ -327,6 +327,18 @@ impl Writer {
         writer
     }
 
+    /// One `SELECT 1` within `within`: is Postgres reachable? (For readiness while idle.)
+    pub async fn ping(&self, within: Duration) -> Result<(), WriteError> {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(within, query).await {
+            Ok(result) => result.map(|_| ()).map_err(WriteError::pg("SELECT 1")),
+            Err(_) => Err(WriteError::Postgres {
+                context: format!("SELECT 1: no answer within {within:?}"),
+                source: sqlx::Error::PoolTimedOut,
+            }),
+        }
+    }
+
     fn trip(&self) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
     }

@@ -447,6 +447,31 @@ async fn readyz_fails_while_postgres_is_unreachable() {
     running.stop().await.expect("stop");
 }
 
+/// An idle instance (nothing to write) still notices that Postgres went away: the
+/// gauge round (every 15 s) asks it, and /readyz says so.
+#[tokio::test]
+async fn readyz_fails_when_postgres_goes_away_while_idle() {
+    let pg = common::PgServer::start_logical();
+    let url = pg.url("postgres");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::raw_sql(ITEMS).execute(&pool).await.expect("table");
+    pool.close().await;
+    let db = TestDb::new().await;
+    let address = format!("127.0.0.1:{}", common::free_port());
+    let extra = format!(
+        "[http]\naddress = \"{address}\"\n{}",
+        items_mapping(&common::unique("s"))
+    );
+    let mut config = common::config(&db, "c1", &extra);
+    config.postgres.url = url;
+    let running = common::Running::start(config);
+    wait_http(&address, "/readyz", 200).await;
+    drop(pg);
+    let why = wait_http(&address, "/readyz", 503).await;
+    assert!(why.contains("reaching postgres is failing"), "{why}");
+    running.stop().await.expect("stop");
+}
+
 #[tokio::test]
 async fn trimming_keeps_what_any_group_still_needs_and_counts_what_a_ceiling_drops() {
     let db = TestDb::new().await;
