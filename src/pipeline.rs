@@ -443,12 +443,7 @@ impl Pipeline {
             }
             let (max_age, max_len) = (m.trim_max_age, m.trim_max_len);
             let conn = self.reader.control();
-            let acked = match admin::oldest_needed(conn, &stream).await {
-                Ok(Some(min)) => admin::trim_below(conn, &stream, min).await,
-                Ok(None) => Ok(0),
-                Err(e) => Err(e),
-            };
-            match acked {
+            match admin::trim_acked(conn, &stream).await {
                 Ok(n) => self.core.metrics.add(Counter::Trimmed, &stream, n),
                 Err(e) => tracing::warn!(stream = %stream, error = %e, "trimming failed"),
             }

@@ -1,10 +1,8 @@
 //! Group and dead-letter administration for the operator commands (`group reset`,
 //! `consumers prune`, `dlq …`) and for the pipeline's own consumer pruning.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::Value;
 use serde::Serialize;
 
 use super::{Control, EntryId, ReadError};
@@ -100,51 +98,70 @@ pub async fn prune_consumers(
         )))
 }
 
-/// The oldest entry some consumer group on `stream` still needs (pending, or not yet
-/// delivered): everything before it is acknowledged by every group. `None` when the
-/// stream has no group (nothing may be trimmed then).
-pub async fn oldest_needed(conn: &mut Control, stream: &str) -> Result<Option<EntryId>, ReadError> {
-    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
+/// Trims stream KEYS[1] below the oldest entry some consumer group still needs (its
+/// first pending entry, or the first after its last-delivered ID), in one script, so a
+/// group created or reset meanwhile cannot lose entries between the look and the trim.
+/// IDs are compared as decimal strings (their parts can exceed a Lua number's 2^53).
+/// Returns how many entries went; a stream without groups is not trimmed.
+const TRIM_ACKED_SCRIPT: &str = r"
+local function cmp(x, y)
+  if #x ~= #y then return #x < #y and -1 or 1 end
+  if x == y then return 0 end
+  return x < y and -1 or 1
+end
+local function less(a, b)
+  local c = cmp(a[1], b[1])
+  if c ~= 0 then return c < 0 end
+  return cmp(a[2], b[2]) < 0
+end
+local function inc(s)
+  local out, carry = {}, 1
+  for j = #s, 1, -1 do
+    local d = string.byte(s, j) - 48 + carry
+    if d == 10 then d, carry = 0, 1 else carry = 0 end
+    out[j] = string.char(d + 48)
+  end
+  local r = table.concat(out)
+  if carry == 1 then r = '1' .. r end
+  return r
+end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return {ms, seq}
+end
+local oldest = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  local l = parse(last)
+  local needed
+  if l[2] == '18446744073709551615' then needed = {inc(l[1]), '0'} else needed = {l[1], inc(l[2])} end
+  local p = redis.call('XPENDING', KEYS[1], name, '-', '+', 1)
+  if #p > 0 then
+    local first = parse(p[1][1])
+    if less(first, needed) then needed = first end
+  end
+  if oldest == nil or less(needed, oldest) then oldest = needed end
+end
+if oldest == nil then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', '=', oldest[1] .. '-' .. oldest[2])
+";
+
+/// Trims what every consumer group on `stream` has acknowledged (see the script);
+/// returns how many entries went.
+pub async fn trim_acked(conn: &mut Control, stream: &str) -> Result<u64, ReadError> {
+    redis::cmd("EVAL")
+        .arg(TRIM_ACKED_SCRIPT)
+        .arg(1)
         .arg(stream)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!("XINFO GROUPS {stream}")))?;
-    let mut oldest: Option<EntryId> = None;
-    for g in groups {
-        let name = super::inspect::text(g.get("name"));
-        if name.is_empty() {
-            continue;
-        }
-        let last = EntryId::parse(&super::inspect::text(g.get("last-delivered-id")))
-            .unwrap_or(EntryId::ZERO);
-        // The first entry after the last delivered one has not been read yet.
-        let mut needed = if last.seq == u64::MAX {
-            EntryId {
-                ms: last.ms.saturating_add(1),
-                seq: 0,
-            }
-        } else {
-            EntryId {
-                ms: last.ms,
-                seq: last.seq + 1,
-            }
-        };
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(&name)
-            .arg("-")
-            .arg("+")
-            .arg(1)
-            .query_async(conn)
-            .await
-            .map_err(ReadError::redis(format!("XPENDING {stream} {name}")))?;
-        if let Some(first) = pending.first().and_then(|p| EntryId::parse(&p.0)) {
-            needed = needed.min(first);
-        }
-        oldest = Some(oldest.map_or(needed, |o| o.min(needed)));
-    }
-    Ok(oldest)
+        .map_err(ReadError::redis(format!(
+            "trimming what every group acknowledged on {stream}"
+        )))
 }
 
 /// Trims `stream` below `min_id` (`XTRIM … MINID = …`, exact); returns how many went.

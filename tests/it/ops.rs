@@ -472,6 +472,55 @@ async fn readyz_fails_when_postgres_goes_away_while_idle() {
     running.stop().await.expect("stop");
 }
 
+/// The trim script compares and increments IDs as decimal strings: a last-delivered ID
+/// with the largest sequence number is followed by the next millisecond.
+#[tokio::test]
+async fn trimming_handles_the_largest_sequence_number() {
+    let stream = format!("{}:edge", common::unique("s"));
+    let mut r = common::redis().await;
+    for id in ["5-0", "5-18446744073709551615", "6-0"] {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg(id)
+            .arg("f")
+            .arg("v")
+            .query_async(&mut r)
+            .await
+            .expect("XADD");
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("5-18446744073709551615")
+        .query_async(&mut r)
+        .await
+        .expect("XGROUP CREATE");
+    let db = TestDb::new().await;
+    let config = common::config(&db, "c1", &items_mapping("unused"));
+    let mut control = redsink::read::connect_control(&config.redis)
+        .await
+        .expect("connect");
+    let trimmed = redsink::read::admin::trim_acked(&mut control, &stream)
+        .await
+        .expect("trim");
+    assert_eq!(trimmed, 2);
+    let left: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .expect("XRANGE");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, "6-0");
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut r)
+        .await
+        .expect("DEL");
+}
+
 #[tokio::test]
 async fn trimming_keeps_what_any_group_still_needs_and_counts_what_a_ceiling_drops() {
     let db = TestDb::new().await;
