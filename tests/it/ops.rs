@@ -420,9 +420,10 @@ async fn metrics_move_during_a_sync_and_health_endpoints_answer() {
 async fn readyz_fails_while_postgres_is_unreachable() {
     let db = TestDb::new().await;
     let address = format!("127.0.0.1:{}", common::free_port());
+    let prefix = common::unique("s");
     let extra = format!(
         "[http]\naddress = \"{address}\"\n{}",
-        items_mapping(&common::unique("s"))
+        items_mapping(&prefix)
     );
     let mut config = common::config(&db, "c1", &extra);
     config.postgres.url = format!("postgres://postgres@127.0.0.1:{}/none", common::free_port());
@@ -445,6 +446,7 @@ async fn readyz_fails_while_postgres_is_unreachable() {
         "{scrape}"
     );
     running.stop().await.expect("stop");
+    common::cleanup_streams(&prefix).await;
 }
 
 /// An idle instance (nothing to write) still notices that Postgres went away: the
@@ -458,9 +460,10 @@ async fn readyz_fails_when_postgres_goes_away_while_idle() {
     pool.close().await;
     let db = TestDb::new().await;
     let address = format!("127.0.0.1:{}", common::free_port());
+    let prefix = common::unique("s");
     let extra = format!(
         "[http]\naddress = \"{address}\"\n{}",
-        items_mapping(&common::unique("s"))
+        items_mapping(&prefix)
     );
     let mut config = common::config(&db, "c1", &extra);
     config.postgres.url = url;
@@ -470,6 +473,7 @@ async fn readyz_fails_when_postgres_goes_away_while_idle() {
     let why = wait_http(&address, "/readyz", 503).await;
     assert!(why.contains("reaching postgres is failing"), "{why}");
     running.stop().await.expect("stop");
+    common::cleanup_streams(&prefix).await;
 }
 
 /// The trim script compares and increments IDs as decimal strings: a last-delivered ID
