@@ -82,10 +82,12 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The bench database, without TLS: local Postgres often offers TLS (Debian turns it on),
+/// and the default `sslmode=prefer` would then measure encryption too, on every side.
 fn pg_url(db: &str) -> String {
     let admin = pg_admin_url();
     match admin.rsplit_once('/') {
-        Some((head, _)) => format!("{head}/{db}"),
+        Some((head, _)) => format!("{head}/{db}?sslmode=disable"),
         None => admin,
     }
 }

@@ -490,6 +490,12 @@ pub struct PgServer {
 
 impl PgServer {
     pub fn start_logical() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With `tls_dir` (test certificates from [`certificates`]) the server speaks TLS
+    /// (`ssl=on`, the test certificate for 127.0.0.1) and refuses TCP clients without it.
+    pub fn start_with(tls_dir: Option<&std::path::Path>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect(
                 "PostgreSQL binaries under /usr/lib/postgresql (scripts/services.sh installs them)",
@@ -525,12 +531,44 @@ impl PgServer {
                 "postgres",
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical \
              -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off",
             server.port,
             server.dir.display()
         );
+        if let Some(certs) = tls_dir {
+            // Postgres wants its key owned by itself and private.
+            for f in ["server.crt", "server.key"] {
+                std::fs::copy(certs.join(f), server.dir.join(f)).expect("copy certificate");
+            }
+            let key = server.dir.join("server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod key");
+            if is_root() {
+                for f in ["server.crt", "server.key"] {
+                    let _ = std::process::Command::new("chown")
+                        .arg("postgres")
+                        .arg(server.dir.join(f))
+                        .status();
+                }
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                server.dir.display()
+            ));
+            // TCP connections without TLS are refused (`hostssl` instead of `host`).
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            let only_tls: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, only_tls).expect("write pg_hba.conf");
+        }
         let log = server.dir.join("postgres.log");
         server.run(
             "pg_ctl",

@@ -99,3 +99,61 @@ async fn syncs_over_tls_with_a_configured_ca() {
     );
     drop(server);
 }
+
+/// Postgres over TLS: `sslmode=verify-full` with the test CA as `sslrootcert`; without the
+/// CA the server is not trusted and redsink says so.
+#[tokio::test]
+async fn writes_to_postgres_over_tls_verifying_the_server() {
+    let certs = common::CertDir::new("pgtls");
+    let pg = common::PgServer::start_with(Some(&certs.0));
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url("postgres"),
+        certs.0.join("ca.crt").display()
+    );
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect over TLS");
+    sqlx::raw_sql(ITEMS).execute(&pool).await.expect("table");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_ssl");
+    assert!(ssl, "the test's own connection uses TLS");
+    let prefix = common::unique("pgtls");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    for id in 1..=3 {
+        common::xadd(
+            &mut r,
+            &stream,
+            &key(id),
+            &event("c", 10 + id as u64, "null", &item(id, "a", "B88=")),
+        )
+        .await;
+    }
+    let db = TestDb::new().await;
+    let mut config = common::config(&db, "c1", &items_mapping(&prefix));
+    config.postgres.url = url.clone();
+    let stats = common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    assert_eq!(stats.rows_written, 3);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM public.items")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 3);
+    // The server refuses connections without TLS, so redsink's were all TLS.
+    let plain = format!("{}?sslmode=disable", pg.url("postgres"));
+    assert!(
+        sqlx::PgPool::connect(&plain).await.is_err(),
+        "plain TCP is refused"
+    );
+    pool.close().await;
+    // verify-full without our CA: the server's certificate is not trusted.
+    let text = common::config_text(&db, "c1", &items_mapping(&prefix)).replace(
+        &db.url,
+        &format!("{}?sslmode=verify-full", pg.url("postgres")),
+    );
+    let (code, out, err) = common::redsink_cli(&text, &["check"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.to_lowercase().contains("certificate"), "{out}{err}");
+    common::cleanup_streams(&prefix).await;
+}
