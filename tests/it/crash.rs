@@ -8,7 +8,7 @@ use redsink::read::{self, Reader, StreamEntry};
 use redsink::write::{self, Writer};
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, add_items, event, fingerprint, item, items, items_mapping, key, to_change};
+use crate::{ITEMS, add_items, fingerprint, item, items, items_mapping, to_change};
 
 /// Reads entries as consumer `consumer` (they enter its PEL) without acking them.
 async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
@@ -169,11 +169,14 @@ async fn a_dead_letter_for_too_many_deliveries_carries_the_last_error() {
     let mut config = common::config(&db, "c1", &items_mapping(&prefix));
     // A first entry goes through (redsink prepares the table: its version column).
     let mut r = common::redis().await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(100),
-        &event("c", 1, "null", &item(100, "first", "B88=")),
+        100,
+        "c",
+        1,
+        "null",
+        &item(100, "first", "B88="),
     )
     .await;
     common::sync(config.clone(), std::slice::from_ref(&stream)).await;

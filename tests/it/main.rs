@@ -65,15 +65,32 @@ pub async fn fingerprint(db: &common::TestDb) -> Vec<(i32, Vec<u8>, String)> {
         .expect("fingerprint")
 }
 
+/// XADDs a change of the item with key `id` (compact format: [`key`] → [`event`]);
+/// returns the entry ID.
+pub async fn add_change(
+    r: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    id: i64,
+    op: &str,
+    lsn: u64,
+    before: &str,
+    after: &str,
+) -> String {
+    common::xadd(r, stream, &key(id), &event(op, lsn, before, after)).await
+}
+
 /// Creates items 1..=n at LSNs 11.. on `stream`.
 pub async fn add_items(stream: &str, n: i64) {
     let mut r = common::redis().await;
     for id in 1..=n {
-        common::xadd(
+        add_change(
             &mut r,
             stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "x", "B88=")),
+            id,
+            "c",
+            10 + id as u64,
+            "null",
+            &item(id, "x", "B88="),
         )
         .await;
     }

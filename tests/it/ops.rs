@@ -10,21 +10,10 @@ async fn status_shows_lag_pending_consumers_checkpoints_and_dead_letters() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "a", P_19_99)),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", P_19_99)).await;
     common::xadd(&mut r, &stream, "{}", "{not json").await;
-    let applied = common::xadd(
-        &mut r,
-        &stream,
-        &key(2),
-        &event("c", 11, "null", &item(2, "b", P_19_99)),
-    )
-    .await;
+    let applied =
+        crate::add_change(&mut r, &stream, 2, "c", 11, "null", &item(2, "b", P_19_99)).await;
     let mapping = items_mapping(&prefix);
     common::sync(
         common::config(&db, "c1", &mapping),
@@ -34,11 +23,14 @@ async fn status_shows_lag_pending_consumers_checkpoints_and_dead_letters() {
     // Two entries the group has not read yet, and another group with a consumer that
     // read one entry and never acknowledged it.
     for id in [3, 4] {
-        common::xadd(
+        crate::add_change(
             &mut r,
             &stream,
-            &key(id),
-            &event("c", 12, "null", &item(id, "c", P_19_99)),
+            id,
+            "c",
+            12,
+            "null",
+            &item(id, "c", P_19_99),
         )
         .await;
     }
@@ -191,20 +183,9 @@ async fn group_reset_redelivers_and_consumers_prune_removes_idle_ones() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    let first = common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "a", P_19_99)),
-    )
-    .await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(2),
-        &event("c", 11, "null", &item(2, "b", P_19_99)),
-    )
-    .await;
+    let first =
+        crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", P_19_99)).await;
+    crate::add_change(&mut r, &stream, 2, "c", 11, "null", &item(2, "b", P_19_99)).await;
     let mapping = items_mapping(&prefix);
     common::sync(
         common::config(&db, "c1", &mapping),

@@ -13,34 +13,46 @@ async fn poison_entries_are_dead_lettered_and_the_next_good_entry_applies() {
     let stream = format!("{prefix}:items");
     let dlq = format!("{stream}:dlq");
     let mut r = common::redis().await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "good", "B88=")),
+        1,
+        "c",
+        10,
+        "null",
+        &item(1, "good", "B88="),
     )
     .await;
     let malformed = common::xadd(&mut r, &stream, &key(2), "{this is not json").await;
-    let mismatch = common::xadd(
+    let mismatch = crate::add_change(
         &mut r,
         &stream,
-        &key(3),
-        &event("c", 12, "null", r#"{"id":3,"qty":"many"}"#),
+        3,
+        "c",
+        12,
+        "null",
+        r#"{"id":3,"qty":"many"}"#,
     )
     .await;
     // Passes mapping, but Postgres rejects it: varchar(12) is too short.
-    let too_long = common::xadd(
+    let too_long = crate::add_change(
         &mut r,
         &stream,
-        &key(4),
-        &event("c", 13, "null", &item(4, "far-too-long-a-name", "B88=")),
+        4,
+        "c",
+        13,
+        "null",
+        &item(4, "far-too-long-a-name", "B88="),
     )
     .await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(5),
-        &event("c", 14, "null", &item(5, "next", "B88=")),
+        5,
+        "c",
+        14,
+        "null",
+        &item(5, "next", "B88="),
     )
     .await;
 
@@ -110,22 +122,19 @@ async fn a_column_added_while_running_is_found_and_a_missing_templated_table_is_
     let running = common::Running::start(common::config(&db, "c1", &mapping));
     let mut r = common::redis().await;
     // The first event makes redsink read the catalog of public.items (no qty yet).
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("c", 10, "null", r#"{"id":1,"name":"a"}"#),
+        1,
+        "c",
+        10,
+        "null",
+        r#"{"id":1,"name":"a"}"#,
     )
     .await;
     common::wait_rows(&db, "public.items", 0).await;
     db.exec("ALTER TABLE public.items ADD COLUMN qty int").await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(2),
-        &event("c", 11, "null", &item(2, "b", "B88=")),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 2, "c", 11, "null", &item(2, "b", "B88=")).await;
     let other = event("c", 12, "null", &item(3, "c", "B88="))
         .replace(r#""table":"items""#, r#""table":"nope""#);
     let missing = common::xadd(&mut r, &stream, &key(3), &other).await;
@@ -162,11 +171,14 @@ async fn a_column_added_while_a_batch_holds_rows_of_the_table_is_handled() {
     config.batch.max_delay = std::time::Duration::from_secs(3);
     let running = common::Running::start(config);
     let mut r = common::redis().await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("c", 10, "null", r#"{"id":1,"name":"a"}"#),
+        1,
+        "c",
+        10,
+        "null",
+        r#"{"id":1,"name":"a"}"#,
     )
     .await;
     // Row 1 is read and waits in the batch (3 s) when the column appears.
@@ -176,13 +188,7 @@ async fn a_column_added_while_a_batch_holds_rows_of_the_table_is_handled() {
     })
     .await;
     db.exec("ALTER TABLE public.items ADD COLUMN qty int").await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(2),
-        &event("c", 11, "null", &item(2, "b", "B88=")),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 2, "c", 11, "null", &item(2, "b", "B88=")).await;
     let running = running
         .until_drained(std::slice::from_ref(&stream), "redsink")
         .await;
@@ -206,25 +212,13 @@ async fn a_truncate_postgres_refuses_is_dead_lettered() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "a", "B88=")),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", "B88=")).await;
     let config = common::config(&db, "c1", &crate::items_mapping(&prefix));
     common::sync(config.clone(), std::slice::from_ref(&stream)).await;
     db.exec("INSERT INTO public.child VALUES (1)").await;
     let truncate = r#"{"before":null,"after":null,"source":{"connector":"postgresql","schema":"public","table":"items","lsn":50},"op":"t"}"#;
     let refused = common::xadd(&mut r, &stream, "default", truncate).await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(2),
-        &event("c", 60, "null", &item(2, "b", "B88=")),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 2, "c", 60, "null", &item(2, "b", "B88=")).await;
     let stats = common::sync(config, std::slice::from_ref(&stream)).await;
     assert_eq!(stats.dead_lettered, 1);
     let ids: Vec<i32> = items(&db).await.into_iter().map(|r| r.0).collect();

@@ -3,7 +3,7 @@
 //! prints.
 
 use crate::common::{self, TestDb};
-use crate::{P_19_99, event, item, key};
+use crate::{P_19_99, item};
 
 #[tokio::test]
 async fn syncs_with_a_restricted_redis_user_and_postgres_role() {
@@ -37,13 +37,7 @@ async fn syncs_with_a_restricted_redis_user_and_postgres_role() {
 
     // A malformed entry (dead-lettered), then a good one (the newest: `check` samples it).
     common::xadd(&mut r, &stream, "{}", "{not json").await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "a", P_19_99)),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", P_19_99)).await;
     let redis_url = common::redis_url().replacen("redis://", &format!("redis://{user}:pw@"), 1);
     let pg_url = db.url.replacen("postgres@", &format!("{role}@"), 1);
     assert_ne!(
@@ -120,16 +114,14 @@ async fn check_names_each_problem_and_exits_non_zero() {
     let prefix = common::unique("s");
     let mut r = common::redis().await;
     // The newest entry of the items stream does not fit: qty is not an integer.
-    common::xadd(
+    crate::add_change(
         &mut r,
         &format!("{prefix}:items"),
-        &key(1),
-        &event(
-            "c",
-            10,
-            "null",
-            r#"{"id":1,"name":"a","price":"B88=","qty":"many"}"#,
-        ),
+        1,
+        "c",
+        10,
+        "null",
+        r#"{"id":1,"name":"a","price":"B88=","qty":"many"}"#,
     )
     .await;
     let mapping = format!(

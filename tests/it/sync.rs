@@ -12,47 +12,65 @@ async fn applies_reads_creates_updates_and_deletes_then_acks() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("r", 10, "null", &item(1, "snap", P_19_99)),
+        1,
+        "r",
+        10,
+        "null",
+        &item(1, "snap", P_19_99),
     )
     .await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(2),
-        &event("c", 20, "null", &item(2, "new", P_19_99)),
+        2,
+        "c",
+        20,
+        "null",
+        &item(2, "new", P_19_99),
     )
     .await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("u", 30, "null", &item(1, "changed", P_24_50)),
+        1,
+        "u",
+        30,
+        "null",
+        &item(1, "changed", P_24_50),
     )
     .await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(3),
-        &event("c", 40, "null", &item(3, "gone", P_19_99)),
+        3,
+        "c",
+        40,
+        "null",
+        &item(3, "gone", P_19_99),
     )
     .await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(3),
-        &event("d", 50, &item(3, "gone", P_19_99), "null"),
+        3,
+        "d",
+        50,
+        &item(3, "gone", P_19_99),
+        "null",
     )
     .await;
     common::xadd(&mut r, &stream, &key(3), "default").await; // tombstone
-    let last = common::xadd(
+    let last = crate::add_change(
         &mut r,
         &stream,
-        &key(2),
-        &event("u", 60, "null", &item(2, "newer", P_24_50)),
+        2,
+        "u",
+        60,
+        "null",
+        &item(2, "newer", P_24_50),
     )
     .await;
 
@@ -149,21 +167,9 @@ async fn an_older_version_arriving_later_is_ignored() {
         format!("[[mapping]]\nstreams = [\"{prefix}:items:{{1..2}}\"]\ntable = \"public.items\"\n");
     let config = common::config(&db, "c1", &mapping);
     let mut r = common::redis().await;
-    common::xadd(
-        &mut r,
-        &s1,
-        &key(1),
-        &event("u", 200, "null", &item(1, "newer", P_24_50)),
-    )
-    .await;
+    crate::add_change(&mut r, &s1, 1, "u", 200, "null", &item(1, "newer", P_24_50)).await;
     common::sync(config.clone(), &[s1.clone(), s2.clone()]).await;
-    common::xadd(
-        &mut r,
-        &s2,
-        &key(1),
-        &event("u", 100, "null", &item(1, "older", P_19_99)),
-    )
-    .await;
+    crate::add_change(&mut r, &s2, 1, "u", 100, "null", &item(1, "older", P_19_99)).await;
     common::sync(config.clone(), &[s1.clone(), s2.clone()]).await;
     assert_eq!(
         items(&db).await,
@@ -171,20 +177,8 @@ async fn an_older_version_arriving_later_is_ignored() {
     );
 
     // Both in one batch, older last: coalescing keeps the newer one too.
-    common::xadd(
-        &mut r,
-        &s1,
-        &key(2),
-        &event("u", 400, "null", &item(2, "newer", P_24_50)),
-    )
-    .await;
-    common::xadd(
-        &mut r,
-        &s2,
-        &key(2),
-        &event("u", 300, "null", &item(2, "older", P_19_99)),
-    )
-    .await;
+    crate::add_change(&mut r, &s1, 2, "u", 400, "null", &item(2, "newer", P_24_50)).await;
+    crate::add_change(&mut r, &s2, 2, "u", 300, "null", &item(2, "older", P_19_99)).await;
     common::sync(config, &[s1, s2]).await;
     assert_eq!(
         items(&db).await[1],
@@ -201,38 +195,32 @@ async fn a_delete_is_not_undone_by_an_older_change_arriving_later() {
     let stream = format!("{prefix}:items");
     let config = common::config(&db, "c1", &items_mapping(&prefix));
     let mut r = common::redis().await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "a", P_19_99)),
-    )
-    .await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("d", 30, &item(1, "a", P_19_99), "null"),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", P_19_99)).await;
+    crate::add_change(&mut r, &stream, 1, "d", 30, &item(1, "a", P_19_99), "null").await;
     common::sync(config.clone(), std::slice::from_ref(&stream)).await;
     assert!(items(&db).await.is_empty());
 
     // A late update older than the delete, in a batch of its own: the tombstone stops it.
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("u", 20, "null", &item(1, "zombie", P_24_50)),
+        1,
+        "u",
+        20,
+        "null",
+        &item(1, "zombie", P_24_50),
     )
     .await;
     // A delete of a row never seen, then its older create, in one batch.
     common::xadd(&mut r, &stream, &key(2), &event("d", 60, "null", "null")).await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(2),
-        &event("c", 50, "null", &item(2, "zombie", P_19_99)),
+        2,
+        "c",
+        50,
+        "null",
+        &item(2, "zombie", P_19_99),
     )
     .await;
     common::sync(config.clone(), std::slice::from_ref(&stream)).await;
@@ -243,11 +231,14 @@ async fn a_delete_is_not_undone_by_an_older_change_arriving_later() {
     );
 
     // A newer create after the delete brings the row back, as at the source.
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("c", 40, "null", &item(1, "reborn", P_19_99)),
+        1,
+        "c",
+        40,
+        "null",
+        &item(1, "reborn", P_19_99),
     )
     .await;
     common::sync(config, std::slice::from_ref(&stream)).await;
@@ -282,11 +273,14 @@ async fn a_table_without_a_matching_unique_key_is_reported() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("c", 10, "null", r#"{"id":1,"name":"x"}"#),
+        1,
+        "c",
+        10,
+        "null",
+        r#"{"id":1,"name":"x"}"#,
     )
     .await;
     let config = common::config(&db, "c1", &items_mapping(&prefix));
@@ -314,18 +308,24 @@ async fn a_truncate_removes_older_rows_and_keeps_older_events_out() {
     let stream = format!("{prefix}:items");
     let truncate = r#"{"before":null,"after":null,"source":{"connector":"postgresql","schema":"public","table":"items","lsn":50},"op":"t"}"#;
     let mut r = common::redis().await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "old", P_19_99)),
+        1,
+        "c",
+        10,
+        "null",
+        &item(1, "old", P_19_99),
     )
     .await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(2),
-        &event("c", 60, "null", &item(2, "newer", P_19_99)),
+        2,
+        "c",
+        60,
+        "null",
+        &item(2, "newer", P_19_99),
     )
     .await;
     common::xadd(&mut r, &stream, "default", truncate).await;
@@ -337,18 +337,24 @@ async fn a_truncate_removes_older_rows_and_keeps_older_events_out() {
     );
 
     // An event older than the truncate, arriving later, stays out; a newer one goes in.
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(3),
-        &event("c", 40, "null", &item(3, "late", P_19_99)),
+        3,
+        "c",
+        40,
+        "null",
+        &item(3, "late", P_19_99),
     )
     .await;
-    common::xadd(
+    crate::add_change(
         &mut r,
         &stream,
-        &key(4),
-        &event("c", 70, "null", &item(4, "new", P_19_99)),
+        4,
+        "c",
+        70,
+        "null",
+        &item(4, "new", P_19_99),
     )
     .await;
     common::sync(config, std::slice::from_ref(&stream)).await;
@@ -391,13 +397,7 @@ async fn a_key_change_onto_another_unique_key_keeps_the_new_row_in_any_arrival_o
     let mut r = common::redis().await;
     for (name, order) in [("first", ["d", "c"]), ("later", ["c", "d"])] {
         let stream = format!("{prefix}:items:{name}");
-        common::xadd(
-            &mut r,
-            &stream,
-            &key(1),
-            &event("c", 10, "null", &item(1, name, P_19_99)),
-        )
-        .await;
+        crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, name, P_19_99)).await;
         for op in order {
             let value = match op {
                 "d" => event("d", 20, &item(1, name, P_19_99), "null"),
@@ -425,20 +425,8 @@ async fn checkpoints_keep_stream_names_with_quotes_and_backslashes() {
     let prefix = common::unique("s");
     let stream = format!(r"{prefix}:it's\items");
     let mut r = common::redis().await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "a", P_19_99)),
-    )
-    .await;
-    let last = common::xadd(
-        &mut r,
-        &stream,
-        &key(2),
-        &event("c", 11, "null", &item(2, "b", P_19_99)),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", P_19_99)).await;
+    let last = crate::add_change(&mut r, &stream, 2, "c", 11, "null", &item(2, "b", P_19_99)).await;
     let mapping = format!(
         "[[mapping]]\nstreams = [{}]\ntable = \"public.items\"\n",
         toml_string(&stream)
@@ -570,20 +558,8 @@ async fn ignored_deletes_keep_the_row_and_are_acknowledged() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("c", 10, "null", &item(1, "a", P_19_99)),
-    )
-    .await;
-    common::xadd(
-        &mut r,
-        &stream,
-        &key(1),
-        &event("d", 11, &item(1, "a", P_19_99), "null"),
-    )
-    .await;
+    crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", P_19_99)).await;
+    crate::add_change(&mut r, &stream, 1, "d", 11, &item(1, "a", P_19_99), "null").await;
     let mapping = format!("{}delete = \"ignore\"\n", items_mapping(&prefix));
     let stats = common::sync(
         common::config(&db, "c1", &mapping),

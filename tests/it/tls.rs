@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, event, item, items, items_mapping, key};
+use crate::{ITEMS, item, items, items_mapping};
 
 /// redis-server with a plain port (for the test's own commands) and a TLS port.
 struct TlsRedis {
@@ -67,11 +67,14 @@ async fn syncs_over_tls_with_a_configured_ca() {
     db.exec(ITEMS).await;
     let stream = "tls:items".to_string();
     for id in 1..=3 {
-        common::xadd(
+        crate::add_change(
             &mut r,
             &stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "a", "B88=")),
+            id,
+            "c",
+            10 + id as u64,
+            "null",
+            &item(id, "a", "B88="),
         )
         .await;
     }
@@ -122,11 +125,14 @@ async fn writes_to_postgres_over_tls_verifying_the_server() {
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
     for id in 1..=3 {
-        common::xadd(
+        crate::add_change(
             &mut r,
             &stream,
-            &key(id),
-            &event("c", 10 + id as u64, "null", &item(id, "a", "B88=")),
+            id,
+            "c",
+            10 + id as u64,
+            "null",
+            &item(id, "a", "B88="),
         )
         .await;
     }
