@@ -81,10 +81,14 @@ pub async fn add_change(
 
 /// Creates items 1..=n at LSNs 11.. on `stream`.
 pub async fn add_items(stream: &str, n: i64) {
-    let mut r = common::redis().await;
+    add_items_to(&mut common::redis().await, stream, n).await;
+}
+
+/// [`add_items`] through the connection `r` (another Redis than the shared one).
+pub async fn add_items_to(r: &mut redis::aio::MultiplexedConnection, stream: &str, n: i64) {
     for id in 1..=n {
         add_change(
-            &mut r,
+            r,
             stream,
             id,
             "c",

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::{self, TestDb};
-use crate::{ITEMS, item, items, items_mapping};
+use crate::{ITEMS, items, items_mapping};
 
 /// redis-server with a plain port (for the test's own commands) and a TLS port.
 struct TlsRedis {
@@ -66,18 +66,7 @@ async fn syncs_over_tls_with_a_configured_ca() {
     let db = TestDb::new().await;
     db.exec(ITEMS).await;
     let stream = "tls:items".to_string();
-    for id in 1..=3 {
-        crate::add_change(
-            &mut r,
-            &stream,
-            id,
-            "c",
-            10 + id as u64,
-            "null",
-            &item(id, "a", "B88="),
-        )
-        .await;
-    }
+    crate::add_items_to(&mut r, &stream, 3).await;
     let mut config = common::config(&db, "c1", &items_mapping("tls"));
     config.redis.url = format!("rediss://127.0.0.1:{}", server.tls);
     config.redis.tls_ca_file = Some(dir.join("ca.crt").display().to_string());
@@ -124,18 +113,7 @@ async fn writes_to_postgres_over_tls_verifying_the_server() {
     let prefix = common::unique("pgtls");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
-    for id in 1..=3 {
-        crate::add_change(
-            &mut r,
-            &stream,
-            id,
-            "c",
-            10 + id as u64,
-            "null",
-            &item(id, "a", "B88="),
-        )
-        .await;
-    }
+    crate::add_items_to(&mut r, &stream, 3).await;
     let db = TestDb::new().await;
     let mut config = common::config(&db, "c1", &items_mapping(&prefix));
     config.postgres.url = url.clone();
