@@ -127,16 +127,7 @@ async fn an_entry_delivered_too_often_is_dead_lettered() {
         .await
         .expect("group");
     for id in [">", "0", "0", "0"] {
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("redsink")
-            .arg("c1")
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(id)
-            .query_async(&mut r)
-            .await
-            .expect("XREADGROUP");
+        read_as_c1(&mut r, &stream, id).await;
     }
     let mut config = common::config(&db, "c1", &items_mapping(&prefix));
     config.redis.max_deliveries = 4;
@@ -202,19 +193,10 @@ async fn a_dead_letter_for_too_many_deliveries_carries_the_last_error() {
     assert_eq!(noted.len(), 2, "{noted:?}");
     assert!(noted.values().all(|e| e.contains("lock")), "{noted:?}");
 
-    // Delivered twice so far (read, then re-read at shutdown's restart is not needed):
-    // read the PEL twice more, and the next start is one delivery too many.
+    // Delivered once so far: read c1's PEL twice more, and the next start (a fourth
+    // delivery) is one too many for max_deliveries = 3.
     for _ in 0..2 {
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("redsink")
-            .arg("c1")
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg("0")
-            .query_async(&mut r)
-            .await
-            .expect("XREADGROUP");
+        read_as_c1(&mut r, &stream, "0").await;
     }
     config.redis.max_deliveries = 3;
     let stats = common::sync(config, std::slice::from_ref(&stream)).await;
@@ -237,4 +219,19 @@ async fn a_dead_letter_for_too_many_deliveries_carries_the_last_error() {
         "{error}"
     );
     common::cleanup_streams(&prefix).await;
+}
+
+/// `XREADGROUP GROUP redsink c1 STREAMS <stream> <id>`: `>` delivers new entries to c1,
+/// `0` delivers c1's pending ones again (counting one more delivery each).
+async fn read_as_c1(r: &mut redis::aio::MultiplexedConnection, stream: &str, id: &str) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("redsink")
+        .arg("c1")
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(id)
+        .query_async(r)
+        .await
+        .expect("XREADGROUP");
 }
