@@ -956,50 +956,25 @@ table = "public.orders"
         )
         .expect("TLS switched off from the environment");
         assert!(c.redis.tls_ca_file.is_none());
+        // `[redis]` lines that are wrong together, and the key the error names.
         let cases = [
             (
-                BASE.replace(
-                    "[redis]",
-                    "[redis]\nmode = \"sentinel\"\nnodes = [\"redis://s\"]",
-                ),
+                "mode = \"sentinel\"\nnodes = [\"redis://s\"]",
                 "redis.master_name",
             ),
+            ("mode = \"sentinel\"\nmaster_name = \"m\"", "redis.nodes"),
+            ("master_name = \"m\"", "redis.master_name"),
+            ("nodes = [\"redis://b\"]", "redis.nodes"),
+            ("mode = \"replicated\"", "replicated"),
             (
-                BASE.replace(
-                    "[redis]",
-                    "[redis]\nmode = \"sentinel\"\nmaster_name = \"m\"",
-                ),
+                "mode = \"cluster\"\nnodes = [\"rediss://b\", \"redis://c\"]",
                 "redis.nodes",
             ),
-            (
-                BASE.replace("[redis]", "[redis]\nmaster_name = \"m\""),
-                "redis.master_name",
-            ),
-            (
-                BASE.replace("[redis]", "[redis]\nnodes = [\"redis://b\"]"),
-                "redis.nodes",
-            ),
-            (
-                BASE.replace("[redis]", "[redis]\nmode = \"replicated\""),
-                "replicated",
-            ),
-            (
-                BASE.replace(
-                    "[redis]",
-                    "[redis]\nmode = \"cluster\"\nnodes = [\"rediss://b\", \"redis://c\"]",
-                ),
-                "redis.nodes",
-            ),
-            (
-                BASE.replace("[redis]", "[redis]\ntls_ca_file = \"/ca.pem\""),
-                "redis.tls_ca_file",
-            ),
-            (
-                BASE.replace("[redis]", "[redis]\ntls_cert_file = \"/c.pem\""),
-                "redis.tls_cert_file",
-            ),
+            ("tls_ca_file = \"/ca.pem\"", "redis.tls_ca_file"),
+            ("tls_cert_file = \"/c.pem\"", "redis.tls_cert_file"),
         ];
-        for (text, key) in cases {
+        for (lines, key) in cases {
+            let text = BASE.replace("[redis]", &format!("[redis]\n{lines}"));
             let err = load(&text, &[]).expect_err(key).to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
