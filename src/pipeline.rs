@@ -51,18 +51,19 @@ const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
 const STALL_AFTER: Duration = Duration::from_secs(60);
 
-/// When each periodic chore last ran.
+/// When each periodic chore last ran (`None`: never, which counts as due).
 struct Timers {
-    claim: Instant,
-    discover: Instant,
+    claim: Option<Instant>,
+    discover: Option<Instant>,
     gauges: Option<Instant>,
-    trim: Instant,
-    progress: Instant,
+    trim: Option<Instant>,
+    progress: Option<Instant>,
 }
 
 impl Timers {
+    /// Every chore waits its first period, except the gauges (the metrics are filled at once).
     fn new() -> Self {
-        let now = Instant::now();
+        let now = Some(Instant::now());
         Self {
             claim: now,
             discover: now,
@@ -73,30 +74,9 @@ impl Timers {
     }
 
     /// `true` (and restarts the timer) when `every` has passed since `last`.
-    fn due(last: &mut impl TimerSlot, every: Duration) -> bool {
-        last.due(every)
-    }
-}
-
-trait TimerSlot {
-    fn due(&mut self, every: Duration) -> bool;
-}
-
-impl TimerSlot for Instant {
-    fn due(&mut self, every: Duration) -> bool {
-        if self.elapsed() >= every {
-            *self = Instant::now();
-            return true;
-        }
-        false
-    }
-}
-
-/// Never run yet counts as due.
-impl TimerSlot for Option<Instant> {
-    fn due(&mut self, every: Duration) -> bool {
-        if self.is_none_or(|t| t.elapsed() >= every) {
-            *self = Some(Instant::now());
+    fn due(last: &mut Option<Instant>, every: Duration) -> bool {
+        if last.is_none_or(|t| t.elapsed() >= every) {
+            *last = Some(Instant::now());
             return true;
         }
         false
@@ -332,7 +312,7 @@ impl Pipeline {
             let names = self.reader.discover(&m.streams).await?;
             let names: Vec<String> = names
                 .into_iter()
-                .filter(|n| !n.ends_with(&self.core.config.redis.dlq_suffix))
+                .filter(|n| !self.core.config.redis.is_dlq(n))
                 .collect();
             self.reader
                 .add_streams(&names, &self.core.config.redis.start)
@@ -498,7 +478,7 @@ impl Pipeline {
         }
         let streams: Vec<Arc<str>> = self.core.routes.keys().cloned().collect();
         for stream in streams {
-            let dlq = format!("{stream}{}", self.core.config.redis.dlq_suffix);
+            let dlq = self.core.config.redis.dlq_stream(&stream);
             match self.reader.stream_status(&stream, &dlq).await {
                 Ok(Some(status)) => {
                     for g in &status.groups {
