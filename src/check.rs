@@ -344,7 +344,7 @@ async fn check_redis(
     }
     let mut denied: Vec<String> = Vec::new();
     for key in &keys {
-        let dlq = format!("{key}{}", config.redis.dlq_suffix);
+        let dlq = config.redis.dlq_stream(key);
         for (command, probe) in probes(key, &dlq, config.redis.mode) {
             let result: redis::RedisResult<redis::Value> = probe.query_async(&mut conn).await;
             if let Err(e) = result
@@ -504,10 +504,7 @@ async fn check_samples(
             Ok(n) => n,
             Err(e) => return report.problem(e.to_string()),
         };
-        for name in names
-            .iter()
-            .filter(|n| !n.ends_with(&config.redis.dlq_suffix))
-        {
+        for name in names.iter().filter(|n| !config.redis.is_dlq(n)) {
             let stream: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
             sample(config, m, &mut reader, &stream, pool, report).await;
         }

@@ -623,6 +623,18 @@ impl Config {
     }
 }
 
+impl RedisConfig {
+    /// The dead-letter stream of `stream`: `<stream><dlq_suffix>`.
+    pub fn dlq_stream(&self, stream: &str) -> String {
+        format!("{stream}{}", self.dlq_suffix)
+    }
+
+    /// Whether `name` is a dead-letter stream (ends with `dlq_suffix`).
+    pub fn is_dlq(&self, name: &str) -> bool {
+        name.ends_with(&self.dlq_suffix)
+    }
+}
+
 /// `url_file` in `[redis]` or `[postgres]` (or `REDSINK_REDIS_URL_FILE`, …): the URL, with
 /// its secrets, is read from that file (a mounted secret), trimmed.
 fn read_url_files(doc: &mut toml::Table) -> Result<(), ConfigError> {

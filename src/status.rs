@@ -69,7 +69,7 @@ pub async fn mapped_streams(
         let mapping = Mapping::compile(i, m)
             .map_err(|e| StatusError::Config(format!("mapping[{i}]: {e}")))?;
         for name in reader.discover(&mapping.streams).await? {
-            let skip = name.ends_with(&config.redis.dlq_suffix)
+            let skip = config.redis.is_dlq(&name)
                 || out.iter().any(|(s, _)| *s == name)
                 || wanted.as_ref().is_some_and(|w| !w.contains(&name));
             if !skip {
@@ -96,7 +96,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         missing: Vec::new(),
     };
     for (name, i) in mapped_streams(config, &control, &[]).await? {
-        let dlq = format!("{name}{}", config.redis.dlq_suffix);
+        let dlq = config.redis.dlq_stream(&name);
         match inspect::stream_status(&mut control, &name, &dlq).await? {
             Some(redis) => report.streams.push(StreamReport {
                 mapping: i,

@@ -171,7 +171,7 @@ async fn letters(
 ) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
     let mut out = Vec::new();
     for stream in streams {
-        let dlq = format!("{stream}{}", config.redis.dlq_suffix);
+        let dlq = config.redis.dlq_stream(stream);
         for letter in admin::dead_letters(control, &dlq, "-", "+", count).await? {
             out.push((dlq.clone(), letter));
         }
@@ -283,7 +283,7 @@ async fn find(
 ) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
     let mut out = Vec::new();
     for stream in streams {
-        let dlq = format!("{stream}{}", config.redis.dlq_suffix);
+        let dlq = config.redis.dlq_stream(stream);
         for letter in admin::dead_letters(control, &dlq, id, id, 1).await? {
             out.push((dlq.clone(), letter));
         }

@@ -154,7 +154,7 @@ async fn lanes(
             continue;
         }
         for name in reader.discover(&m.streams).await? {
-            let is_dlq = name.ends_with(&core.config.redis.dlq_suffix);
+            let is_dlq = core.config.redis.is_dlq(&name);
             let is_wanted = wanted.as_ref().is_none_or(|w| w.contains(&name));
             if is_dlq || !is_wanted || core.routes.contains_key(name.as_str()) {
                 continue;
