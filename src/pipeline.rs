@@ -299,11 +299,7 @@ impl Pipeline {
     }
 
     fn stats(&self) -> Stats {
-        Stats {
-            pg_round_trips: self.core.writer.round_trips(),
-            redis_round_trips: self.reader.round_trips() + self.core.acker.round_trips(),
-            ..self.core.stats.clone()
-        }
+        self.core.stats(&self.reader)
     }
 
     /// Finds the streams of every mapping and starts reading the new ones.
@@ -630,6 +626,15 @@ impl Core {
         Ok(Some((core, reader)))
     }
 
+    /// The stats so far, with the round trips of the writer, `reader` and the acker.
+    fn stats(&self, reader: &Reader) -> Stats {
+        Stats {
+            pg_round_trips: self.writer.round_trips(),
+            redis_round_trips: reader.round_trips() + self.acker.round_trips(),
+            ..self.stats.clone()
+        }
+    }
+
     /// decode → map → batch for each entry.
     /// Stops early (leaving the rest pending) when shutdown is requested during an outage.
     async fn process(
@@ -918,6 +923,12 @@ async fn write_and_ack(
         }
         result
     });
+    // Not written (failed, or abandoned at shutdown): the entries stay pending; note why.
+    if !matches!(written, Ok(Some(_)))
+        && let Some(error) = &last_error
+    {
+        acker.note_error(&batch.acks, error).await;
+    }
     let committed = match written {
         Ok(Some(committed)) => committed,
         Ok(None) => {
@@ -925,17 +936,9 @@ async fn write_and_ack(
                 entries = batch.acks.len(),
                 "shutdown during a postgres outage: entries stay pending"
             );
-            if let Some(error) = &last_error {
-                acker.note_error(&batch.acks, error).await;
-            }
             return Ok(None);
         }
-        Err(e) => {
-            if let Some(error) = &last_error {
-                acker.note_error(&batch.acks, error).await;
-            }
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     };
     let took = started.elapsed();
     if retrying!(metrics, shutdown, "acknowledging", {

@@ -174,9 +174,9 @@ impl Acker {
                 error = %d.reason,
                 "dead-lettered entry"
             );
-            commands.push((dlq.into_bytes(), cmd));
             // Its last error, if one was noted, now lives in the dead letter.
-            let errors = self.errors_key(&d.entry.stream);
+            let errors = errors_key(&dlq);
+            commands.push((dlq.into_bytes(), cmd));
             let mut hdel = redis::cmd("HDEL");
             hdel.arg(&errors).arg(self.note_field(d.entry.id));
             commands.push((errors.into_bytes(), hdel));

@@ -92,7 +92,7 @@ impl Progress {
         } else {
             "?".into()
         };
-        let last = p.last.map(|id| id.to_string()).unwrap_or_default();
+        let last = p.last.to_string();
         let text = format!(
             "{:>5.1}% {} entries, {:.0}/s, ETA {eta}, at {} {last}",
             p.fraction * 100.0,

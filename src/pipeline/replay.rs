@@ -38,7 +38,7 @@ pub struct ReplayProgress {
     pub fraction: f64,
     /// The stream being read and the last ID read from it.
     pub stream: Arc<str>,
-    pub last: Option<EntryId>,
+    pub last: EntryId,
 }
 
 /// One stream to replay: its ID range in milliseconds, for the progress.
@@ -89,7 +89,6 @@ pub async fn replay(
         .map(|l| l.end.ms.saturating_sub(l.start_ms) + 1)
         .sum();
     let mut done_ms: u64 = 0;
-    let mut entries: u64 = 0;
     let chunk = core.config.batch.max_batch.max(1);
     'lanes: for lane in &lanes {
         let end = lane.end.to_string();
@@ -103,16 +102,15 @@ pub async fn replay(
                 break;
             };
             let full = read.len() == chunk;
-            entries += read.len() as u64;
             core.process(read, shutdown).await?;
             progress(&ReplayProgress {
-                entries,
+                entries: core.stats.read,
                 fraction: fraction(
                     done_ms + last.ms.saturating_sub(lane.start_ms) + 1,
                     total_ms,
                 ),
                 stream: lane.stream.clone(),
-                last: Some(last),
+                last,
             });
             if !full || last >= lane.end {
                 break;
@@ -122,10 +120,7 @@ pub async fn replay(
         done_ms += lane.end.ms.saturating_sub(lane.start_ms) + 1;
     }
     core.drain(shutdown).await?;
-    let mut stats = core.stats.clone();
-    stats.pg_round_trips = core.writer.round_trips();
-    stats.redis_round_trips = reader.round_trips() + core.acker.round_trips();
-    Ok(stats)
+    Ok(core.stats(&reader))
 }
 
 /// The streams to replay and the ID range of each; routes them in `core`.
