@@ -75,6 +75,19 @@ pub enum Op {
     Truncate,
 }
 
+impl Op {
+    /// Debezium's letter for the operation (`op` of the envelope).
+    pub fn letter(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+        }
+    }
+}
+
 /// One row change as Debezium described it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent {
@@ -167,19 +180,29 @@ impl Source {
     }
 }
 
-/// The `source` fields that make up connectors' log positions.
-const POSITION_FIELDS: [&str; 10] = [
-    "sequence",
-    "file",
-    "pos",
-    "row",
-    "change_lsn",
-    "commit_lsn",
-    "event_serial_no",
-    "scn",
-    "commit_scn",
-    "ord",
+/// The `source` fields that make up connectors' log positions, with their names in an
+/// event flattened by ExtractNewRecordState (`add.fields` prefixes them with `source_`).
+const POSITION_FIELDS: [(&str, &str); 10] = [
+    ("sequence", "source_sequence"),
+    ("file", "source_file"),
+    ("pos", "source_pos"),
+    ("row", "source_row"),
+    ("change_lsn", "source_change_lsn"),
+    ("commit_lsn", "source_commit_lsn"),
+    ("event_serial_no", "source_event_serial_no"),
+    ("scn", "source_scn"),
+    ("commit_scn", "source_commit_scn"),
+    ("ord", "source_ord"),
 ];
+
+/// A string or a number as text (how Debezium's scalar metadata fields may come).
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
 
 /// Fields of a row image or key, in event order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -293,7 +316,7 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
         Op::Create | Op::Update | Op::Read if after.is_none() => {
             return Err(fail(format!(
                 "op `{}` has no `after` row image",
-                op_letter(op)
+                op.letter()
             )));
         }
         Op::Delete if before.is_none() && key.is_none() => {
@@ -328,16 +351,6 @@ fn parse_key(key_text: &str, config: &DecodeConfig) -> Result<Option<Row>, Strin
         other => Err(format!(
             "the key is not a JSON object of key columns: {other}"
         )),
-    }
-}
-
-fn op_letter(op: Op) -> &'static str {
-    match op {
-        Op::Create => "c",
-        Op::Update => "u",
-        Op::Delete => "d",
-        Op::Read => "r",
-        Op::Truncate => "t",
     }
 }
 
@@ -458,11 +471,9 @@ fn flattened(
         );
     }
     let text = |names: &[&str]| {
-        names.iter().find_map(|n| match meta.get(*n) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        })
+        names
+            .iter()
+            .find_map(|n| meta.get(*n).and_then(scalar_text))
     };
     let deleted = matches!(meta.get("deleted"), Some(Value::Bool(true)))
         || text(&["deleted"]).as_deref() == Some("true");
@@ -498,7 +509,7 @@ fn flattened(
         ts_ms: text(&["source_ts_ms", "ts_ms"]).and_then(|t| t.parse().ok()),
         position: POSITION_FIELDS
             .iter()
-            .filter_map(|name| text(&[&format!("source_{name}"), name]).map(|v| (*name, v)))
+            .filter_map(|(name, flat)| text(&[flat, name]).map(|v| (*name, v)))
             .collect(),
     };
     let row = row_from(fields, schema.as_ref().map(struct_fields));
@@ -566,14 +577,7 @@ fn source_from(s: &Map<String, Value>) -> Source {
         ts_ms: s.get("ts_ms").and_then(Value::as_i64),
         position: POSITION_FIELDS
             .iter()
-            .filter_map(|name| {
-                let text = match s.get(*name)? {
-                    Value::String(t) => t.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => return None,
-                };
-                Some((*name, text))
-            })
+            .filter_map(|(name, _)| Some((*name, scalar_text(s.get(*name)?)?)))
             .collect(),
     }
 }

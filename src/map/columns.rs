@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::config::ColumnsConfig;
-use crate::decode::{ChangeEvent, Field, Op, Row};
+use crate::decode::{ChangeEvent, Field, Row};
 use crate::read::EntryId;
 
 use super::{MapError, TableSchema};
@@ -98,7 +98,7 @@ impl Columns {
         {
             return None;
         }
-        Some(self.rename.get(field).map_or(field, String::as_str))
+        Some(self.renamed(field))
     }
 
     /// The column name of an event field (renamed, whether written or not).
@@ -152,16 +152,7 @@ impl Columns {
                 EventAttr::SourceDb => event.source.db.clone(),
                 EventAttr::SourceSchema => event.source.schema.clone(),
                 EventAttr::SourceTable => event.source.table.clone(),
-                EventAttr::Op => Some(
-                    match event.op {
-                        Op::Create => "c",
-                        Op::Update => "u",
-                        Op::Delete => "d",
-                        Op::Read => "r",
-                        Op::Truncate => "t",
-                    }
-                    .to_string(),
-                ),
+                EventAttr::Op => Some(event.op.letter().to_string()),
                 EventAttr::EntryId => Some(id.to_string()),
             };
             out.push((c, text));
