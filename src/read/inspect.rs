@@ -38,6 +38,23 @@ pub struct ConsumerStatus {
     pub idle_ms: u64,
 }
 
+/// The ID of the newest entry of `stream`, if it has any.
+pub async fn last_entry(conn: &mut Control, stream: &str) -> Result<Option<EntryId>, ReadError> {
+    let reply: Vec<(String, Value)> = query(
+        conn,
+        redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1),
+        "XREVRANGE",
+        stream,
+    )
+    .await?;
+    Ok(reply.first().and_then(|(id, _)| EntryId::parse(id)))
+}
+
 /// XLEN, XINFO GROUPS, XINFO CONSUMERS and XPENDING of `stream`; `None` if it does not
 /// exist.
 pub async fn stream_status(
@@ -54,18 +71,7 @@ pub async fn stream_status(
         return Ok(None);
     }
     let length: u64 = query(conn, redis::cmd("XLEN").arg(stream), "XLEN", stream).await?;
-    let last: Vec<(String, Value)> = query(
-        conn,
-        redis::cmd("XREVRANGE")
-            .arg(stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1),
-        "XREVRANGE",
-        stream,
-    )
-    .await?;
+    let last = last_entry(conn, stream).await?;
     let dlq_length: u64 = query(conn, redis::cmd("XLEN").arg(dlq), "XLEN", dlq).await?;
     let infos: Vec<HashMap<String, Value>> = query(
         conn,
@@ -115,10 +121,7 @@ pub async fn stream_status(
     Ok(Some(StreamStatus {
         stream: stream.to_string(),
         length,
-        last_entry: last
-            .first()
-            .and_then(|(id, _)| EntryId::parse(id))
-            .map(|id| id.to_string()),
+        last_entry: last.map(|id| id.to_string()),
         groups,
         dlq_length,
     }))

@@ -296,16 +296,7 @@ impl Reader {
 
     /// The ID of the newest entry of `stream`, if it has any.
     pub async fn last_entry(&mut self, stream: &str) -> Result<Option<EntryId>, ReadError> {
-        let reply: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
-            .arg(stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.control)
-            .await
-            .map_err(ReadError::redis(format!("XREVRANGE {stream}")))?;
-        Ok(reply.first().and_then(|(id, _)| EntryId::parse(id)))
+        inspect::last_entry(&mut self.control, stream).await
     }
 
     /// After an error the reply to a read may have been lost, leaving entries in our
@@ -391,14 +382,10 @@ impl Reader {
         }
         let mut out = Vec::new();
         let mut error = None;
-        for LaneRead { lane, conn, result } in done {
-            self.busy.remove(&lane);
-            match result.and_then(parse_read_reply) {
-                Ok(entries) => {
-                    // A broken connection does not heal: keep it only after a success.
-                    self.idle.insert(lane, conn);
-                    out.extend(entries);
-                }
+        for answer in done {
+            let lane = answer.lane;
+            match self.land(answer) {
+                Ok(entries) => out.extend(entries),
                 // The slot moved or is being migrated: the read was refused, so nothing
                 // was delivered. Only this lane waits a moment and reconnects (a fresh
                 // connection has the new slot map); the others go on.
@@ -416,6 +403,16 @@ impl Reader {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// Takes one lane's answer: the lane is free again, and its connection is kept for
+    /// the next read only after a success (a broken connection does not heal).
+    fn land(&mut self, answer: LaneRead) -> Result<Vec<StreamEntry>, ReadError> {
+        let LaneRead { lane, conn, result } = answer;
+        self.busy.remove(&lane);
+        let entries = result.and_then(parse_read_reply)?;
+        self.idle.insert(lane, conn);
+        Ok(entries)
     }
 
     /// Sends a blocking read for each lane with no read in flight.
@@ -603,13 +600,9 @@ impl Reader {
     /// that it is applied rather than left pending).
     pub async fn finish_reads(&mut self) -> Vec<StreamEntry> {
         let mut out = Vec::new();
-        while let Some(LaneRead { lane, conn, result }) = self.in_flight.next().await {
-            self.busy.remove(&lane);
-            match result.and_then(parse_read_reply) {
-                Ok(entries) => {
-                    self.idle.insert(lane, conn);
-                    out.extend(entries);
-                }
+        while let Some(answer) = self.in_flight.next().await {
+            match self.land(answer) {
+                Ok(entries) => out.extend(entries),
                 Err(e) => {
                     tracing::warn!(error = %e, "a last read failed: its entries stay pending")
                 }
