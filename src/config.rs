@@ -495,13 +495,7 @@ impl Config {
         {
             return Err(invalid("redis.master_name", "must not be empty"));
         }
-        let tls = |u: &String| {
-            let scheme = u
-                .split_once("://")
-                .map_or("", |(s, _)| s)
-                .to_ascii_lowercase();
-            scheme == "rediss" || scheme == "valkeys"
-        };
+        let tls = |u: &String| is_tls_url(u);
         if r.nodes.iter().any(tls) && !r.nodes.iter().all(tls) {
             return Err(invalid(
                 "redis.nodes",
@@ -621,6 +615,12 @@ impl Config {
     pub fn consumer(&self) -> &str {
         self.redis.consumer.as_deref().unwrap_or("redsink")
     }
+}
+
+/// Whether a Redis URL asks for TLS: `rediss://` (or `valkeys://`), in any case.
+pub fn is_tls_url(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
 }
 
 impl RedisConfig {

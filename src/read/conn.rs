@@ -28,7 +28,7 @@ use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFutur
 use tokio::sync::Mutex;
 
 use super::ReadError;
-use crate::config::{RedisConfig, RedisMode};
+use crate::config::{RedisConfig, RedisMode, is_tls_url};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,7 +224,7 @@ impl Tls {
                 builder = builder.password(password);
             }
         }
-        if seeds.iter().any(|s| s.starts_with("rediss://")) {
+        if seeds.iter().any(|s| is_tls_url(s)) {
             builder = builder.tls(redis::TlsMode::Secure);
         }
         if self.configured() {
@@ -265,7 +265,7 @@ impl Tls {
             }
             addrs.push(info.addr().clone());
         }
-        let sentinel_tls = nodes.iter().any(|n| n.starts_with("rediss://"));
+        let sentinel_tls = nodes.iter().any(|n| is_tls_url(n));
         let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
             .map_err(ReadError::redis("configuring the sentinels"))?;
         let settings = master_info.redis_settings();
@@ -284,7 +284,7 @@ impl Tls {
                 b = b.set_client_to_sentinel_password(password);
             }
         }
-        if url.starts_with("rediss://") {
+        if is_tls_url(url) {
             b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
             if self.configured() {
                 b = b.set_client_to_redis_certificates(self.certificates());
