@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use crate::config::{Config, RedisMode};
 use crate::decode::{self, Decoded};
 use crate::map::{self, Mapping, RowOp, TableName, quote_ident};
-use crate::read::{self, Control, Reader, StreamPattern};
+use crate::read::{self, Control, StreamPattern};
 use crate::write::{self, INTERNAL_TABLES, VERSION_COLUMN};
 
 /// What redsink sends to Redis (subcommands as ACL spells them).
@@ -327,18 +327,18 @@ async fn check_redis(
     // One key per stream pattern: an existing stream if there is one, else a name the
     // pattern matches.
     let mut keys: Vec<String> = Vec::new();
-    if let Ok(mut reader) = Reader::new(&config.redis, conn.clone(), &config.redis.group, "check") {
-        for m in mappings {
-            for p in &m.streams {
-                let found = reader.discover(std::slice::from_ref(p)).await.ok();
-                let name = match (found.and_then(|f| f.into_iter().next()), p) {
-                    (Some(name), _) => name,
-                    (None, StreamPattern::Exact(name)) => name.clone(),
-                    (None, StreamPattern::Glob(glob)) => glob.replace(['*', '?'], "x"),
-                };
-                if !keys.contains(&name) {
-                    keys.push(name);
-                }
+    for m in mappings {
+        for p in &m.streams {
+            let found = read::discover(&mut conn, std::slice::from_ref(p))
+                .await
+                .ok();
+            let name = match (found.and_then(|f| f.into_iter().next()), p) {
+                (Some(name), _) => name,
+                (None, StreamPattern::Exact(name)) => name.clone(),
+                (None, StreamPattern::Glob(glob)) => glob.replace(['*', '?'], "x"),
+            };
+            if !keys.contains(&name) {
+                keys.push(name);
             }
         }
     }
@@ -491,22 +491,18 @@ async fn table(pool: &PgPool, name: &TableName, m: &Mapping, report: &mut Report
 async fn check_samples(
     config: &Config,
     mappings: &[Mapping],
-    control: Control,
+    mut control: Control,
     pool: &PgPool,
     report: &mut Report,
 ) {
-    let mut reader = match Reader::new(&config.redis, control, &config.redis.group, "check") {
-        Ok(r) => r,
-        Err(e) => return report.problem(e.to_string()),
-    };
     for m in mappings {
-        let names = match reader.discover(&m.streams).await {
+        let names = match read::discover(&mut control, &m.streams).await {
             Ok(n) => n,
             Err(e) => return report.problem(e.to_string()),
         };
         for name in names.iter().filter(|n| !config.redis.is_dlq(n)) {
             let stream: std::sync::Arc<str> = std::sync::Arc::from(name.as_str());
-            sample(config, m, &mut reader, &stream, pool, report).await;
+            sample(config, m, &mut control, &stream, pool, report).await;
         }
     }
 }
@@ -514,16 +510,16 @@ async fn check_samples(
 async fn sample(
     config: &Config,
     m: &Mapping,
-    reader: &mut Reader,
+    control: &mut Control,
     stream: &std::sync::Arc<str>,
     pool: &PgPool,
     report: &mut Report,
 ) {
-    let Ok(Some(last)) = reader.last_entry(stream).await else {
+    let Ok(Some(last)) = read::inspect::last_entry(control, stream).await else {
         return;
     };
     let id = last.to_string();
-    let Ok(entries) = reader.range(stream, &id, &id, 1).await else {
+    let Ok(entries) = read::range(control, stream, &id, &id, 1).await else {
         return;
     };
     let Some(entry) = entries.into_iter().next() else {

@@ -581,14 +581,14 @@ impl Core {
             return Ok(None);
         }
         let redis_config = config.redis.clone();
-        let Some(control) = retrying!(metrics, shutdown, "connecting to redis", {
-            read::connect_control(&redis_config)
+        let Some((deployment, control)) = retrying!(metrics, shutdown, "connecting to redis", {
+            read::connect(&redis_config)
         })?
         else {
             return Ok(None);
         };
         let group = replay_as.unwrap_or(&config.redis.group);
-        let reader = Reader::new(&config.redis, control.clone(), group, config.consumer())?;
+        let reader = Reader::new(deployment, control.clone(), group, config.consumer());
         let mut acker = Acker::new(control, group, &config.redis.dlq_suffix);
         if replay_as.is_some() {
             acker = acker.dead_letters_only();

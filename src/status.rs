@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::map::Mapping;
 use crate::read::inspect::{self, StreamStatus};
 
-use crate::read::{self, Control, ReadError, Reader, StreamPattern};
+use crate::read::{self, Control, ReadError, StreamPattern};
 use crate::write::{self, Checkpoint, WriteError};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +47,7 @@ pub async fn mapped_streams(
     control: &Control,
     only: &[String],
 ) -> Result<Vec<(String, usize)>, StatusError> {
-    let mut reader = Reader::new(
-        &config.redis,
-        control.clone(),
-        &config.redis.group,
-        config.consumer(),
-    )?;
+    let mut control = control.clone();
     let mut filter = Vec::new();
     for s in only {
         filter.extend(
@@ -62,13 +57,13 @@ pub async fn mapped_streams(
     let wanted = if filter.is_empty() {
         None
     } else {
-        Some(reader.discover(&filter).await?)
+        Some(read::discover(&mut control, &filter).await?)
     };
     let mut out: Vec<(String, usize)> = Vec::new();
     for (i, m) in config.mappings.iter().enumerate() {
         let mapping = Mapping::compile(i, m)
             .map_err(|e| StatusError::Config(format!("mapping[{i}]: {e}")))?;
-        for name in reader.discover(&mapping.streams).await? {
+        for name in read::discover(&mut control, &mapping.streams).await? {
             let skip = config.redis.is_dlq(&name)
                 || out.iter().any(|(s, _)| *s == name)
                 || wanted.as_ref().is_some_and(|w| !w.contains(&name));

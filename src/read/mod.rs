@@ -106,7 +106,65 @@ pub fn redis_retryable(e: &redis::RedisError) -> bool {
 
 /// Opens the shared (non-blocking) connection to the configured deployment.
 pub async fn connect_control(redis: &RedisConfig) -> Result<Control, ReadError> {
-    Deployment::new(redis)?.control().await
+    Ok(connect(redis).await?.1)
+}
+
+/// The configured deployment (for a [`Reader`]'s own connections) and its shared connection.
+pub async fn connect(redis: &RedisConfig) -> Result<(Deployment, Control), ReadError> {
+    let deployment = Deployment::new(redis)?;
+    let control = deployment.control().await?;
+    Ok((deployment, control))
+}
+
+/// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN
+/// (on every master of a cluster); each name once, in pattern order.
+pub async fn discover(
+    control: &mut Control,
+    patterns: &[StreamPattern],
+) -> Result<Vec<String>, ReadError> {
+    let mut names = Vec::new();
+    let mut seen = HashSet::new();
+    for p in patterns {
+        match p {
+            StreamPattern::Exact(name) => {
+                if seen.insert(name.clone()) {
+                    names.push(name.clone());
+                }
+            }
+            StreamPattern::Glob(glob) => {
+                for name in control.scan_streams(glob).await? {
+                    if seen.insert(name.clone()) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Up to `count` entries of `stream` from `start` to `end` (XRANGE syntax: an ID,
+/// `(ID` for after it, `-`, `+`), outside any consumer group.
+pub async fn range(
+    control: &mut Control,
+    stream: &Arc<str>,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> Result<Vec<StreamEntry>, ReadError> {
+    const CMD: &str = "XRANGE";
+    let reply: Value = redis::cmd(CMD)
+        .arg(stream.as_ref())
+        .arg(start)
+        .arg(end)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(control)
+        .await
+        .map_err(ReadError::redis(format!("XRANGE {stream} {start} {end}")))?;
+    let mut out = Vec::new();
+    parse_entries(stream, reply, CMD, &mut out)?;
+    Ok(out)
 }
 
 /// Where the reader is in one stream: draining its own PEL, or reading new entries.
@@ -151,14 +209,11 @@ struct LaneRead {
 }
 
 impl Reader {
-    pub fn new(
-        redis: &RedisConfig,
-        control: Control,
-        group: &str,
-        consumer: &str,
-    ) -> Result<Self, ReadError> {
-        Ok(Self {
-            deployment: Deployment::new(redis)?,
+    /// A reader of `group` as `consumer`, with the deployment and shared connection that
+    /// [`connect`] returns.
+    pub fn new(deployment: Deployment, control: Control, group: &str, consumer: &str) -> Self {
+        Self {
+            deployment,
             control,
             group: group.to_string(),
             consumer: consumer.to_string(),
@@ -169,7 +224,7 @@ impl Reader {
             cooling: HashMap::new(),
             claim_cursors: HashMap::new(),
             round_trips: 0,
-        })
+        }
     }
 
     /// `XREADGROUP GROUP <group> <consumer> COUNT <count>`, to be continued.
@@ -194,29 +249,7 @@ impl Reader {
 
     /// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN.
     pub async fn discover(&mut self, patterns: &[StreamPattern]) -> Result<Vec<String>, ReadError> {
-        let mut names = Vec::new();
-        let mut seen = HashSet::new();
-        for p in patterns {
-            match p {
-                StreamPattern::Exact(name) => {
-                    if seen.insert(name.clone()) {
-                        names.push(name.clone());
-                    }
-                }
-                StreamPattern::Glob(glob) => {
-                    for name in self.scan_streams(glob).await? {
-                        if seen.insert(name.clone()) {
-                            names.push(name);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(names)
-    }
-
-    async fn scan_streams(&mut self, glob: &str) -> Result<Vec<String>, ReadError> {
-        self.control.scan_streams(glob).await
+        discover(&mut self.control, patterns).await
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
@@ -278,20 +311,8 @@ impl Reader {
         end: &str,
         count: usize,
     ) -> Result<Vec<StreamEntry>, ReadError> {
-        const CMD: &str = "XRANGE";
         self.round_trips += 1;
-        let reply: Value = redis::cmd(CMD)
-            .arg(stream.as_ref())
-            .arg(start)
-            .arg(end)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.control)
-            .await
-            .map_err(ReadError::redis(format!("XRANGE {stream} {start} {end}")))?;
-        let mut out = Vec::new();
-        parse_entries(stream, reply, CMD, &mut out)?;
-        Ok(out)
+        range(&mut self.control, stream, start, end, count).await
     }
 
     /// The ID of the newest entry of `stream`, if it has any.

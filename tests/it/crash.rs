@@ -14,8 +14,8 @@ use crate::{ITEMS, add_items, fingerprint, item, items, items_mapping, to_change
 async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
     let redis: redsink::config::RedisConfig =
         toml::from_str(&format!("url = \"{}\"", common::redis_url())).expect("redis config");
-    let control = read::connect_control(&redis).await.expect("connect");
-    let mut reader = Reader::new(&redis, control, "redsink", consumer).expect("reader");
+    let (deployment, control) = read::connect(&redis).await.expect("connect");
+    let mut reader = Reader::new(deployment, control, "redsink", consumer);
     reader
         .add_streams(&[stream.to_string()], "0")
         .await
