@@ -679,8 +679,10 @@ impl Core {
                     return Ok(());
                 }
                 Ok(Prepared::Row(change, source_ts_ms)) => {
-                    self.batcher.note_source_ts(source_ts_ms);
-                    self.batcher.push_row(change, entry, now);
+                    // An entry read twice (own PEL and a claim) counts once for latency.
+                    if self.batcher.push_row(change, entry, now) {
+                        self.batcher.note_source_ts(source_ts_ms);
+                    }
                 }
                 Ok(Prepared::Truncate(t)) => {
                     tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");

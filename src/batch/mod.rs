@@ -243,7 +243,6 @@ impl Batcher {
         rows.truncate_entries.push(entry);
     }
 
-    /// Adds a row change; coalesces it with an earlier change of the same row.
     /// Notes a row event's source timestamp (for the end-to-end latency metric).
     pub fn note_source_ts(&mut self, ts_ms: Option<i64>) {
         if let Some(ts) = ts_ms {
@@ -251,9 +250,11 @@ impl Batcher {
         }
     }
 
-    pub fn push_row(&mut self, change: RowChange, entry: StreamEntry, now: Instant) {
+    /// Adds a row change; coalesces it with an earlier change of the same row. `false`
+    /// when the entry is already in the batch (read twice) and was not added again.
+    pub fn push_row(&mut self, change: RowChange, entry: StreamEntry, now: Instant) -> bool {
         if !self.note(&entry.stream, entry.id, now) {
-            return;
+            return false;
         }
         let t = self.table(&change.table);
         let rows = &mut self.tables[t].rows;
@@ -275,6 +276,7 @@ impl Batcher {
                 });
             }
         }
+        true
     }
 
     /// Adds an entry that needs only an acknowledgement.
