@@ -425,12 +425,9 @@ impl Pipeline {
             }
             let mut dropped = 0;
             if let Some(age) = max_age {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let cut = now.saturating_sub(age).as_millis();
+                let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
                 let cut = read::EntryId {
-                    ms: u64::try_from(cut).unwrap_or(0),
+                    ms: crate::metrics::now_ms().saturating_sub(age_ms),
                     seq: 0,
                 };
                 match admin::trim_below(conn, &stream, cut).await {

@@ -161,22 +161,33 @@ pub async fn consumers(command: ConsumersCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every dead letter of the selected streams (up to `count` per stream), with its
-/// dead-letter stream's name.
+/// The dead letters of the selected streams from `start` to `end` (XRANGE bounds), up
+/// to `count` per stream, each with its dead-letter stream's name.
 async fn letters(
     config: &Config,
     control: &mut Control,
     streams: &[String],
+    (start, end): (&str, &str),
     count: usize,
 ) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
     let mut out = Vec::new();
     for stream in streams {
         let dlq = config.redis.dlq_stream(stream);
-        for letter in admin::dead_letters(control, &dlq, "-", "+", count).await? {
+        for letter in admin::dead_letters(control, &dlq, start, end, count).await? {
             out.push((dlq.clone(), letter));
         }
     }
     Ok(out)
+}
+
+/// The dead letters with ID `id` (one per dead-letter stream at most).
+async fn find(
+    config: &Config,
+    control: &mut Control,
+    streams: &[String],
+    id: &str,
+) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
+    letters(config, control, streams, (id, id), 1).await
 }
 
 pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
@@ -187,7 +198,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             json,
         } => {
             let (config, mut control, streams) = target.open().await?;
-            let all = letters(&config, &mut control, &streams, count).await?;
+            let all = letters(&config, &mut control, &streams, ("-", "+"), count).await?;
             if json {
                 let list: Vec<_> = all.iter().map(|(_, l)| l).collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -274,23 +285,6 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The dead letters with ID `id` (one per dead-letter stream at most).
-async fn find(
-    config: &Config,
-    control: &mut Control,
-    streams: &[String],
-    id: &str,
-) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
-    let mut out = Vec::new();
-    for stream in streams {
-        let dlq = config.redis.dlq_stream(stream);
-        for letter in admin::dead_letters(control, &dlq, id, id, 1).await? {
-            out.push((dlq.clone(), letter));
-        }
-    }
-    Ok(out)
-}
-
 /// `ids` (each must exist) or, with `all`, every dead letter of the selected streams.
 async fn chosen(
     config: &Config,
@@ -300,7 +294,7 @@ async fn chosen(
     all: bool,
 ) -> anyhow::Result<Vec<(String, admin::DeadLetterEntry)>> {
     match (all, ids.is_empty()) {
-        (true, true) => letters(config, control, streams, usize::MAX).await,
+        (true, true) => letters(config, control, streams, ("-", "+"), usize::MAX).await,
         (false, false) => {
             let mut out = Vec::new();
             for id in ids {
