@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redsink::produce::{OrderState, Orders, xadd_all};
+use redsink::demo::produce::{OrderState, Orders, xadd_all};
 use sqlx::{Executor, PgPool};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::config::StreamPattern;
 use crate::config::{Config, RedisMode};
 use crate::decode::{self, Decoded};
-use crate::map::{self, Mapping, RowOp, TableName, quote_ident};
-use crate::read::{self, Control, StreamPattern};
+use crate::map::{self, Mapping, RowOp};
+use crate::redis::{Control, connect_control, discover, inspect, range};
+use crate::table::{TableName, quote_ident};
 use crate::write::{self, INTERNAL_TABLES, VERSION_COLUMN};
 
 /// What redsink sends to Redis (subcommands as ACL spells them).
@@ -103,7 +105,7 @@ pub async fn check(config: &Config) -> Report {
     }
     report.redis_acl = acl_rule(config, &mappings);
     report.postgres_grants = grants(config);
-    let redis = match tokio::time::timeout(TIMEOUT, read::connect_control(&config.redis)).await {
+    let redis = match tokio::time::timeout(TIMEOUT, connect_control(&config.redis)).await {
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(e)) => {
             report.problem(format!("{e}: {}", crate::pipeline::source_chain(&e)));
@@ -329,9 +331,7 @@ async fn check_redis(
     let mut keys: Vec<String> = Vec::new();
     for m in mappings {
         for p in &m.streams {
-            let found = read::discover(&mut conn, std::slice::from_ref(p))
-                .await
-                .ok();
+            let found = discover(&mut conn, std::slice::from_ref(p)).await.ok();
             let name = match (found.and_then(|f| f.into_iter().next()), p) {
                 (Some(name), _) => name,
                 (None, StreamPattern::Exact(name)) => name.clone(),
@@ -496,7 +496,7 @@ async fn check_samples(
     report: &mut Report,
 ) {
     for m in mappings {
-        let names = match read::discover(&mut control, &m.streams).await {
+        let names = match discover(&mut control, &m.streams).await {
             Ok(n) => n,
             Err(e) => return report.problem(e.to_string()),
         };
@@ -515,11 +515,11 @@ async fn sample(
     pool: &PgPool,
     report: &mut Report,
 ) {
-    let Ok(Some(last)) = read::inspect::last_entry(control, stream).await else {
+    let Ok(Some(last)) = inspect::last_entry(control, stream).await else {
         return;
     };
     let id = last.to_string();
-    let Ok(entries) = read::range(control, stream, &id, &id, 1).await else {
+    let Ok(entries) = range(control, stream, &id, &id, 1).await else {
         return;
     };
     let Some(entry) = entries.into_iter().next() else {
@@ -531,7 +531,7 @@ async fn sample(
         Ok(Decoded::Skip(_)) => return,
         Err(e) => return report.problem(format!("{at}: would be dead-lettered: {}", e.reason)),
     };
-    let name = match m.table.resolve(&event, stream) {
+    let name = match map::resolve_table(&m.table, &event, stream) {
         Ok(n) => n,
         Err(e) => return report.problem(format!("{at}: {e}")),
     };

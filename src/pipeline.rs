@@ -31,9 +31,11 @@ use crate::batch::Batcher;
 use crate::config::Config;
 use crate::config::TruncateMode;
 use crate::decode::{self, Decoded, Op, Skip};
+use crate::entry::{EntryId, StreamEntry};
 use crate::map::{self, MapError, Mapping};
 use crate::metrics::{Counter, GroupGauges, Metrics};
-use crate::read::{self, ReadError, Reader, StreamEntry, admin};
+use crate::read::Reader;
+use crate::redis::{RedisError, admin};
 use crate::write::{self, ErrorClass, WriteError, Writer};
 
 /// How often glob patterns are re-scanned for new streams.
@@ -86,7 +88,7 @@ impl Timers {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
-    Read(#[from] ReadError),
+    Read(#[from] RedisError),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error(transparent)]
@@ -159,7 +161,7 @@ impl Transient for WriteError {
     }
 }
 
-impl Transient for ReadError {
+impl Transient for RedisError {
     fn is_transient(&self) -> bool {
         self.is_retryable()
     }
@@ -303,7 +305,7 @@ impl Pipeline {
     }
 
     /// Finds the streams of every mapping and starts reading the new ones.
-    async fn discover(&mut self) -> Result<(), ReadError> {
+    async fn discover(&mut self) -> Result<(), RedisError> {
         for m in &self.core.mappings {
             let names = self.reader.discover(&m.streams).await?;
             let names: Vec<String> = names
@@ -426,7 +428,7 @@ impl Pipeline {
             let mut dropped = 0;
             if let Some(age) = max_age {
                 let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-                let cut = read::EntryId {
+                let cut = EntryId {
                     ms: crate::metrics::now_ms().saturating_sub(age_ms),
                     seq: 0,
                 };
@@ -579,7 +581,7 @@ impl Core {
         }
         let redis_config = config.redis.clone();
         let Some((deployment, control)) = retrying!(metrics, shutdown, "connecting to redis", {
-            read::connect(&redis_config)
+            crate::redis::connect(&redis_config)
         })?
         else {
             return Ok(None);
@@ -722,7 +724,7 @@ impl Core {
         };
         let mapping = &self.mappings[index];
         let templated = mapping.table.is_templated();
-        let table_name = match mapping.table.resolve(&event, &entry.stream) {
+        let table_name = match map::resolve_table(&mapping.table, &event, &entry.stream) {
             Ok(t) => t,
             Err(MapError::Event(reason)) => return Ok(Prepared::Dead(reason)),
             Err(e) => return Err(e.into()),
@@ -786,7 +788,7 @@ impl Core {
     /// shutdown came).
     async fn evolve(
         &mut self,
-        name: &map::TableName,
+        name: &crate::table::TableName,
         columns: &[crate::decode::DeclaredColumn],
         key: &[String],
         templated: bool,
@@ -816,7 +818,7 @@ impl Core {
     /// do with the entry instead (shutdown came, or a templated table is missing).
     async fn table(
         &mut self,
-        name: &map::TableName,
+        name: &crate::table::TableName,
         templated: bool,
         reload: bool,
         shutdown: &CancellationToken,

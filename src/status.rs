@@ -5,15 +5,16 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::map::Mapping;
-use crate::read::inspect::{self, StreamStatus};
+use crate::redis::inspect::{self, StreamStatus};
 
-use crate::read::{self, Control, ReadError, StreamPattern};
+use crate::config::StreamPattern;
+use crate::redis::{Control, RedisError, connect_control, discover};
 use crate::write::{self, Checkpoint, WriteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error(transparent)]
-    Read(#[from] ReadError),
+    Read(#[from] RedisError),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("config: {0}")]
@@ -57,13 +58,13 @@ pub async fn mapped_streams(
     let wanted = if filter.is_empty() {
         None
     } else {
-        Some(read::discover(&mut control, &filter).await?)
+        Some(discover(&mut control, &filter).await?)
     };
     let mut out: Vec<(String, usize)> = Vec::new();
     for (i, m) in config.mappings.iter().enumerate() {
         let mapping = Mapping::compile(i, m)
             .map_err(|e| StatusError::Config(format!("mapping[{i}]: {e}")))?;
-        for name in read::discover(&mut control, &mapping.streams).await? {
+        for name in discover(&mut control, &mapping.streams).await? {
             let skip = config.redis.is_dlq(&name)
                 || out.iter().any(|(s, _)| *s == name)
                 || wanted.as_ref().is_some_and(|w| !w.contains(&name));
@@ -82,7 +83,7 @@ pub async fn mapped_streams(
 }
 
 pub async fn status(config: &Config) -> Result<Status, StatusError> {
-    let mut control = read::connect_control(&config.redis).await?;
+    let mut control = connect_control(&config.redis).await?;
     let pool = write::connect(&config.postgres.url, 1).await?;
     let checkpoints = write::checkpoints(&pool).await?;
     pool.close().await;

@@ -17,9 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::batch::DeadLetter;
-use crate::read::conn::pipeline_by_key;
-use crate::read::{Control, EntryId, redis_retryable};
+use crate::entry::{DeadLetter, EntryId};
+use crate::redis::{Control, pipeline_by_key, redis_retryable};
 use crate::write::Committed;
 
 /// How long the last errors of unacknowledged entries are kept (refreshed by each note).

@@ -16,15 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::map::{RowChange, RowOp, TableName, TableSchema, Truncate, Version};
-use crate::read::{EntryId, StreamEntry};
-
-/// An entry that cannot be applied, and why. Goes to the dead-letter stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub entry: StreamEntry,
-    pub reason: String,
-}
+use crate::entry::{DeadLetter, EntryId, EntryRef, StreamEntry};
+use crate::map::{RowChange, RowOp, TableSchema, Truncate, Version};
+use crate::table::TableName;
 
 /// One row to write and every entry that produced it (after [`Batcher::take`], the
 /// entry of the newest change first).
@@ -140,9 +134,9 @@ pub struct Batch {
     pub tables: Vec<TableRows>,
     pub dead: Vec<DeadLetter>,
     /// Every entry in the batch (rows, skips, dead letters), to XACK after commit.
-    pub acks: Vec<(Arc<str>, EntryId)>,
+    pub acks: Vec<EntryRef>,
     /// The highest entry ID per stream: the checkpoint written with the rows.
-    pub checkpoints: Vec<(Arc<str>, EntryId)>,
+    pub checkpoints: Vec<EntryRef>,
     /// The source timestamps (`source.ts_ms`) of the row events, for the latency metric.
     pub source_ts_ms: Vec<i64>,
 }
@@ -167,7 +161,7 @@ pub struct Batcher {
     /// (table position, key text) → row position in that table's rows.
     row_index: HashMap<(usize, String), usize>,
     dead: Vec<DeadLetter>,
-    acks: Vec<(Arc<str>, EntryId)>,
+    acks: Vec<EntryRef>,
     /// The entries in the batch: one read twice (our own PEL re-read and XAUTOCLAIM
     /// can both return it) is taken once.
     seen: HashSet<(Arc<str>, EntryId)>,
@@ -309,7 +303,7 @@ impl Batcher {
     /// Takes the batch, leaving this batcher empty.
     pub fn take(&mut self) -> Batch {
         let acks = std::mem::take(&mut self.acks);
-        let mut highest: Vec<(Arc<str>, EntryId)> = Vec::new();
+        let mut highest: Vec<EntryRef> = Vec::new();
         for (stream, id) in &acks {
             match highest.iter_mut().find(|(s, _)| s == stream) {
                 Some((_, best)) => *best = (*best).max(*id),

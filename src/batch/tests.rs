@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::map::{Column, ColumnType, RowOp, TableName, TableSchema, Version};
+use crate::map::{Column, ColumnType, RowOp, TableSchema, Version};
+use crate::table::TableName;
 
 fn table() -> Arc<TableSchema> {
     let col = |n: &str| Column {

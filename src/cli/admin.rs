@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use redsink::config::Config;
-use redsink::read::{self, Control, admin};
+use redsink::redis::{self, Control, admin};
 use redsink::status;
 
 /// What every admin command needs: the config and which mapped streams to act on.
@@ -23,7 +23,7 @@ pub struct Target {
 impl Target {
     async fn open(&self) -> anyhow::Result<(Config, Control, Vec<String>)> {
         let config = self.config.load()?;
-        let control = read::connect_control(&config.redis).await?;
+        let control = redis::connect_control(&config.redis).await?;
         let streams = status::mapped_streams(&config, &control, &self.streams)
             .await?
             .into_iter()

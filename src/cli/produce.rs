@@ -4,8 +4,8 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use redsink::produce::{Entry, Orders, shard_stream, xadd_all};
-use redsink::read::conn::Routed;
+use redsink::demo::produce::{Entry, Orders, shard_stream, xadd_all};
+use redsink::redis::Routed;
 
 #[derive(clap::Args, Debug)]
 pub struct ProduceArgs {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::config::DecodeConfig;
-use crate::read::{EntryId, StreamEntry};
+use crate::entry::{EntryId, StreamEntry};
 
 pub use logical::{Logical, sql_type};
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::config::ColumnsConfig;
 use crate::decode::{ChangeEvent, Field, Row};
-use crate::read::EntryId;
+use crate::entry::EntryId;
 
 use super::{MapError, TableSchema};
 

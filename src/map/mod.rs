@@ -14,12 +14,14 @@ mod table;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::config::StreamPattern;
 use crate::config::{DecimalHandling, DeleteMode, MappingConfig, TruncateMode, VersionSource};
 use crate::decode::{ChangeEvent, Field, Op, Row};
-use crate::read::{EntryId, StreamPattern};
+use crate::entry::EntryId;
+use crate::table::{TableName, TableTemplate};
 
 pub use columns::Columns;
-pub use table::{Column, ColumnType, TableName, TableSchema, TableTemplate, quote_ident};
+pub use table::{Column, ColumnType, TableSchema, resolve_table};
 
 /// Debezium's placeholder for an unchanged TOASTed column (`unavailable.value.placeholder`).
 pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";

@@ -1,155 +1,22 @@
-//! Target tables: names, name templates and the catalog facts mapping needs.
-
-use std::fmt;
+//! The catalog facts mapping needs, and a table template resolved for one event.
 
 use super::MapError;
 use crate::decode::ChangeEvent;
+use crate::table::{TableName, TableTemplate, TemplateSource};
 
-/// `schema.table`, as the catalog spells it (no case folding).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
+/// The table of one event: the template's placeholders filled from its `source`.
+pub fn resolve_table(
+    template: &TableTemplate,
+    event: &ChangeEvent,
+    stream: &str,
+) -> Result<TableName, MapError> {
+    let source = TemplateSource {
+        db: event.source.db.as_deref(),
+        schema: event.source.schema.as_deref(),
+        table: event.source.table.as_deref(),
+    };
+    template.resolve(&source, stream).map_err(MapError::event)
 }
-
-impl TableName {
-    /// `schema.table`, or `table` in `public`. A name with more dots keeps the rest in
-    /// the table part (`a.b.c` → schema `a`, table `b.c`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (schema, name) = match text.split_once('.') {
-            Some((s, n)) => (s, n),
-            None => ("public", text),
-        };
-        if schema.is_empty() || name.is_empty() {
-            return Err(format!("`{text}` is not a table name: write schema.table"));
-        }
-        Ok(Self {
-            schema: schema.to_string(),
-            name: name.to_string(),
-        })
-    }
-
-    /// The quoted SQL identifier `"schema"."table"`.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-/// Quotes an SQL identifier: wrap in `"`, double any inner `"`. Used for every
-/// identifier redsink puts into SQL (sqlx has no identifier quoting).
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// A table name with `${…}` placeholders, resolved per event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableTemplate {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    SourceDb,
-    SourceSchema,
-    SourceTable,
-    Stream,
-}
-
-impl TableTemplate {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            if start > 0 {
-                parts.push(Part::Literal(rest[..start].to_string()));
-            }
-            let Some(end) = rest[start..].find('}') else {
-                return Err(format!("`{text}` has an unclosed `${{`"));
-            };
-            let var = &rest[start + 2..start + end];
-            parts.push(match var {
-                "source.db" => Part::SourceDb,
-                "source.schema" => Part::SourceSchema,
-                "source.table" => Part::SourceTable,
-                "stream" => Part::Stream,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder `${{{other}}}`: use ${{source.db}}, \
-                         ${{source.schema}}, ${{source.table}} or ${{stream}}"
-                    ));
-                }
-            });
-            rest = &rest[start + end + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
-        let template = Self { parts };
-        if let Some(fixed) = template.fixed() {
-            fixed?;
-        }
-        Ok(template)
-    }
-
-    /// Whether the name comes from the event (the template has placeholders).
-    pub fn is_templated(&self) -> bool {
-        self.parts.iter().any(|p| !matches!(p, Part::Literal(_)))
-    }
-
-    /// The table, when the template has no placeholders.
-    pub fn fixed(&self) -> Option<Result<TableName, String>> {
-        match self.parts.as_slice() {
-            [] => Some(Err("the table name is empty".into())),
-            [Part::Literal(text)] => Some(TableName::parse(text)),
-            _ => None,
-        }
-    }
-
-    /// The table for one event.
-    pub fn resolve(&self, event: &ChangeEvent, stream: &str) -> Result<TableName, MapError> {
-        let mut out = String::new();
-        for part in &self.parts {
-            let value = match part {
-                Part::Literal(text) => Some(text.as_str()),
-                Part::SourceDb => event.source.db.as_deref(),
-                Part::SourceSchema => event.source.schema.as_deref(),
-                Part::SourceTable => event.source.table.as_deref(),
-                Part::Stream => Some(stream),
-            };
-            let Some(value) = value else {
-                return Err(MapError::event(format!(
-                    "the table template needs a `source` field the event does not have ({part:?})"
-                )));
-            };
-            // A value from the event cannot move the name into another schema.
-            if !matches!(part, Part::Literal(_) | Part::Stream) && value.contains(['.', '\0']) {
-                return Err(MapError::event(format!(
-                    "the table template's {part:?} is {value:?}: a '.' (or NUL) from an event \
-                     could name a table outside the mapping"
-                )));
-            }
-            out.push_str(value);
-        }
-        let name = TableName::parse(&out).map_err(MapError::event)?;
-        if self.parts.len() > 1 && RESERVED_SCHEMAS.contains(&name.schema.as_str()) {
-            return Err(MapError::event(format!(
-                "the table template resolves to {name}: redsink never writes to the schema {}",
-                name.schema
-            )));
-        }
-        Ok(name)
-    }
-}
-
-/// Schemas a templated table name may never resolve into.
-const RESERVED_SCHEMAS: [&str; 4] = ["pg_catalog", "information_schema", "pg_toast", "redsink"];
 
 /// One column of a target table, as the catalog describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,15 +98,6 @@ mod tests {
     use crate::decode::{ChangeEvent, Op, Source};
 
     #[test]
-    fn quotes_identifiers() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        let t = TableName::parse("My.Ta\"ble").expect("valid");
-        assert_eq!(t.quoted(), "\"My\".\"Ta\"\"ble\"");
-        assert_eq!(TableName::parse("orders").expect("valid").schema, "public");
-        assert!(TableName::parse(".x").is_err());
-    }
-
-    #[test]
     fn resolves_templates() {
         let t = TableTemplate::parse("replica.${source.table}").expect("valid");
         let event = ChangeEvent {
@@ -254,7 +112,9 @@ mod tests {
             declared: Default::default(),
         };
         assert_eq!(
-            t.resolve(&event, "s").expect("resolves").to_string(),
+            resolve_table(&t, &event, "s")
+                .expect("resolves")
+                .to_string(),
             "replica.orders"
         );
         assert!(t.is_templated());
@@ -264,7 +124,7 @@ mod tests {
                 .is_templated()
         );
         let t = TableTemplate::parse("${source.schema}.x").expect("valid");
-        assert!(t.resolve(&event, "s").is_err());
+        assert!(resolve_table(&t, &event, "s").is_err());
         assert!(TableTemplate::parse("a.${nope}").is_err());
         assert!(TableTemplate::parse("a.${source.table").is_err());
         assert!(TableTemplate::parse("").is_err());
@@ -285,16 +145,16 @@ mod tests {
             declared: Default::default(),
         };
         let t = TableTemplate::parse("${source.table}").expect("valid");
-        let err = t.resolve(&event("public", "pg_catalog.pg_authid"), "s");
+        let err = resolve_table(&t, &event("public", "pg_catalog.pg_authid"), "s");
         assert!(err.is_err_and(|e| e.to_string().contains("outside the mapping")));
         let t = TableTemplate::parse("${source.schema}.${source.table}").expect("valid");
         for schema in ["pg_catalog", "redsink", "information_schema"] {
-            let err = t.resolve(&event(schema, "t"), "s");
+            let err = resolve_table(&t, &event(schema, "t"), "s");
             assert!(
                 err.is_err_and(|e| e.to_string().contains("never writes")),
                 "{schema}"
             );
         }
-        assert!(t.resolve(&event("inventory", "t"), "s").is_ok());
+        assert!(resolve_table(&t, &event("inventory", "t"), "s").is_ok());
     }
 }

@@ -444,7 +444,7 @@ fn real_mysql_and_sqlserver_events_get_their_positions() {
             env!("CARGO_MANIFEST_DIR")
         ))
         .expect("fixture");
-        let entry = crate::read::StreamEntry {
+        let entry = crate::entry::StreamEntry {
             deliveries: 0,
             stream: Arc::from("s"),
             id: ID,

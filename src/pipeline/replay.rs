@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Core, PipelineError, Stats};
 use crate::config::Config;
-use crate::read::{EntryId, StreamPattern};
+use crate::config::StreamPattern;
+use crate::entry::EntryId;
 
 /// What to replay.
 #[derive(Debug, Clone, Default)]

@@ -7,12 +7,6 @@
 //! cut every `BLOCK` short) and an outer `tokio::time::timeout` instead; nothing else is
 //! sent on it, because a `BLOCK` stalls every other command on its connection.
 
-pub mod admin;
-pub mod conn;
-mod entry;
-pub mod inspect;
-mod pattern;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,150 +16,17 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
 
-use crate::config::RedisConfig;
-
-pub use conn::{Control, Deployment};
-pub use entry::{EntryId, StreamEntry};
-pub use pattern::StreamPattern;
+use crate::config::StreamPattern;
+use crate::entry::{EntryId, StreamEntry};
+use crate::redis::reply::{parse_autoclaim_reply, parse_read_reply};
+use crate::redis::{
+    Blocking, CONNECT_WITHIN, Control, Deployment, RedisError, admin, discover, inspect, range,
+    refused_by_cluster, slot,
+};
 
 /// The most entries one XAUTOCLAIM takes over per stream and round (it scans at most
 /// ten times as many pending entries).
 const CLAIM_COUNT: usize = 500;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("redis: {context}")]
-    Redis {
-        context: String,
-        #[source]
-        source: redis::RedisError,
-    },
-    #[error("redis: {context}: read timed out after {timeout:?}")]
-    Timeout { context: String, timeout: Duration },
-    #[error("redis: unexpected reply to {command}: {detail}")]
-    Reply {
-        command: &'static str,
-        detail: String,
-    },
-    /// A request that cannot be carried out as asked (operator commands).
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl ReadError {
-    fn redis(context: impl Into<String>) -> impl FnOnce(redis::RedisError) -> Self {
-        let context = context.into();
-        move |source| Self::Redis { context, source }
-    }
-
-    /// Connection trouble, timeouts, a loading or failing-over server: back off and retry.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Timeout { .. } => true,
-            Self::Redis { source, .. } => redis_retryable(source),
-            Self::Reply { .. } | Self::Invalid(_) => false,
-        }
-    }
-}
-
-/// How long opening a reader's connection may take (a cluster connection also loads the
-/// slot map).
-const CONNECT_WITHIN: Duration = Duration::from_secs(15);
-
-/// A cluster refused the command without running it: the slot moved or is migrating, or
-/// the cluster is (briefly) down.
-fn refused_by_cluster(e: &redis::RedisError) -> bool {
-    matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"))
-}
-
-/// Shared by read and ack: which Redis errors are worth retrying.
-pub fn redis_retryable(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
-        || matches!(
-            e.code(),
-            Some(
-                "LOADING"
-                    | "TRYAGAIN"
-                    | "CLUSTERDOWN"
-                    // A slot that moved (failover, resharding) or is being migrated.
-                    | "MOVED"
-                    | "ASK"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    // A blocked read on a master that was just demoted (failover).
-                    | "UNBLOCKED"
-                    | "BUSY"
-                    | "NOGROUP"
-            )
-        )
-}
-
-/// Opens the shared (non-blocking) connection to the configured deployment.
-pub async fn connect_control(redis: &RedisConfig) -> Result<Control, ReadError> {
-    Ok(connect(redis).await?.1)
-}
-
-/// The configured deployment (for a [`Reader`]'s own connections) and its shared connection.
-pub async fn connect(redis: &RedisConfig) -> Result<(Deployment, Control), ReadError> {
-    let deployment = Deployment::new(redis)?;
-    let control = deployment.control().await?;
-    Ok((deployment, control))
-}
-
-/// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN
-/// (on every master of a cluster); each name once, in pattern order.
-pub async fn discover(
-    control: &mut Control,
-    patterns: &[StreamPattern],
-) -> Result<Vec<String>, ReadError> {
-    let mut names = Vec::new();
-    let mut seen = HashSet::new();
-    for p in patterns {
-        match p {
-            StreamPattern::Exact(name) => {
-                if seen.insert(name.clone()) {
-                    names.push(name.clone());
-                }
-            }
-            StreamPattern::Glob(glob) => {
-                for name in control.scan_streams(glob).await? {
-                    if seen.insert(name.clone()) {
-                        names.push(name);
-                    }
-                }
-            }
-        }
-    }
-    Ok(names)
-}
-
-/// Up to `count` entries of `stream` from `start` to `end` (XRANGE syntax: an ID,
-/// `(ID` for after it, `-`, `+`), outside any consumer group.
-pub async fn range(
-    control: &mut Control,
-    stream: &Arc<str>,
-    start: &str,
-    end: &str,
-    count: usize,
-) -> Result<Vec<StreamEntry>, ReadError> {
-    const CMD: &str = "XRANGE";
-    let reply: Value = redis::cmd(CMD)
-        .arg(stream.as_ref())
-        .arg(start)
-        .arg(end)
-        .arg("COUNT")
-        .arg(count)
-        .query_async(control)
-        .await
-        .map_err(ReadError::redis(format!("XRANGE {stream} {start} {end}")))?;
-    let mut out = Vec::new();
-    parse_entries(stream, reply, CMD, &mut out)?;
-    Ok(out)
-}
 
 /// Where the reader is in one stream: draining its own PEL, or reading new entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +50,7 @@ pub struct Reader {
     consumer: String,
     streams: Vec<(Arc<str>, Cursor)>,
     /// Lanes' connections between reads.
-    idle: HashMap<u16, conn::Blocking>,
+    idle: HashMap<u16, Blocking>,
     /// Blocking reads sent and not yet answered, one per lane at most.
     in_flight: FuturesUnordered<BoxFuture<'static, LaneRead>>,
     busy: HashSet<u16>,
@@ -204,8 +65,8 @@ pub struct Reader {
 /// The answer to one lane's blocking read, with the connection it used.
 struct LaneRead {
     lane: u16,
-    conn: conn::Blocking,
-    result: Result<Value, ReadError>,
+    conn: Blocking,
+    result: Result<Value, RedisError>,
 }
 
 impl Reader {
@@ -241,20 +102,23 @@ impl Reader {
     /// The lane `stream` is read in.
     fn lane(&self, stream: &str) -> u16 {
         if self.deployment.is_cluster() {
-            conn::slot(stream.as_bytes())
+            slot(stream.as_bytes())
         } else {
             0
         }
     }
 
     /// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN.
-    pub async fn discover(&mut self, patterns: &[StreamPattern]) -> Result<Vec<String>, ReadError> {
+    pub async fn discover(
+        &mut self,
+        patterns: &[StreamPattern],
+    ) -> Result<Vec<String>, RedisError> {
         discover(&mut self.control, patterns).await
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
     /// Streams already being read are left as they are.
-    pub async fn add_streams(&mut self, names: &[String], start: &str) -> Result<(), ReadError> {
+    pub async fn add_streams(&mut self, names: &[String], start: &str) -> Result<(), RedisError> {
         for name in names {
             if self.streams.iter().any(|(s, _)| s.as_ref() == name) {
                 continue;
@@ -266,7 +130,7 @@ impl Reader {
         Ok(())
     }
 
-    async fn create_group(&mut self, stream: &str, start: &str) -> Result<(), ReadError> {
+    async fn create_group(&mut self, stream: &str, start: &str) -> Result<(), RedisError> {
         let result: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(stream)
@@ -284,14 +148,14 @@ impl Reader {
             Err(e)
                 if matches!(e.code(), Some("MOVED" | "ASK")) && !self.deployment.is_cluster() =>
             {
-                Err(ReadError::Invalid(format!(
+                Err(RedisError::Invalid(format!(
                     "redis: creating group {} on stream {stream}: the server answered {}: \
                      it is a Redis Cluster node; set redis.mode = \"cluster\"",
                     self.group,
                     e.code().unwrap_or_default()
                 )))
             }
-            Err(e) => Err(ReadError::Redis {
+            Err(e) => Err(RedisError::Redis {
                 context: format!("creating group {} on stream {stream}", self.group),
                 source: e,
             }),
@@ -310,20 +174,20 @@ impl Reader {
         start: &str,
         end: &str,
         count: usize,
-    ) -> Result<Vec<StreamEntry>, ReadError> {
+    ) -> Result<Vec<StreamEntry>, RedisError> {
         self.round_trips += 1;
         range(&mut self.control, stream, start, end, count).await
     }
 
     /// The ID of the newest entry of `stream`, if it has any.
-    pub async fn last_entry(&mut self, stream: &str) -> Result<Option<EntryId>, ReadError> {
+    pub async fn last_entry(&mut self, stream: &str) -> Result<Option<EntryId>, RedisError> {
         inspect::last_entry(&mut self.control, stream).await
     }
 
     /// After an error the reply to a read may have been lost, leaving entries in our
     /// PEL that we never saw: read the PEL again from the start. Call only when every
     /// entry read so far has been acked or is about to be (else it would be read twice).
-    pub async fn rewind(&mut self) -> Result<(), ReadError> {
+    pub async fn rewind(&mut self) -> Result<(), RedisError> {
         // Reads in flight are waited for (a dropped one could still deliver after the
         // re-read below) and their answers dropped: what they delivered is in our PEL.
         self.settle().await;
@@ -349,7 +213,7 @@ impl Reader {
         &mut self,
         stream: &str,
         dlq: &str,
-    ) -> Result<Option<inspect::StreamStatus>, ReadError> {
+    ) -> Result<Option<inspect::StreamStatus>, RedisError> {
         inspect::stream_status(&mut self.control, stream, dlq).await
     }
 
@@ -368,7 +232,7 @@ impl Reader {
         &mut self,
         block: Duration,
         count: usize,
-    ) -> Result<Vec<StreamEntry>, ReadError> {
+    ) -> Result<Vec<StreamEntry>, RedisError> {
         let pending: Vec<(Arc<str>, EntryId)> = self
             .streams
             .iter()
@@ -410,7 +274,7 @@ impl Reader {
                 // The slot moved or is being migrated: the read was refused, so nothing
                 // was delivered. Only this lane waits a moment and reconnects (a fresh
                 // connection has the new slot map); the others go on.
-                Err(ReadError::Redis { source, .. }) if refused_by_cluster(&source) => {
+                Err(RedisError::Redis { source, .. }) if refused_by_cluster(&source) => {
                     tracing::info!(lane, error = %source, "slot moved or migrating: reading it again shortly");
                     self.cooling
                         .insert(lane, Instant::now() + Duration::from_millis(100));
@@ -428,7 +292,7 @@ impl Reader {
 
     /// Takes one lane's answer: the lane is free again, and its connection is kept for
     /// the next read only after a success (a broken connection does not heal).
-    fn land(&mut self, answer: LaneRead) -> Result<Vec<StreamEntry>, ReadError> {
+    fn land(&mut self, answer: LaneRead) -> Result<Vec<StreamEntry>, RedisError> {
         let LaneRead { lane, conn, result } = answer;
         self.busy.remove(&lane);
         let entries = result.and_then(parse_read_reply)?;
@@ -437,7 +301,7 @@ impl Reader {
     }
 
     /// Sends a blocking read for each lane with no read in flight.
-    async fn start_reads(&mut self, block: Duration, count: usize) -> Result<(), ReadError> {
+    async fn start_reads(&mut self, block: Duration, count: usize) -> Result<(), RedisError> {
         let mut lanes: BTreeMap<u16, Vec<Arc<str>>> = BTreeMap::new();
         for (s, c) in &self.streams {
             if *c == Cursor::New {
@@ -458,7 +322,7 @@ impl Reader {
                     let connect = self.deployment.blocking();
                     tokio::time::timeout(CONNECT_WITHIN, connect)
                         .await
-                        .map_err(|_| ReadError::Timeout {
+                        .map_err(|_| RedisError::Timeout {
                             context: "connecting a reader".into(),
                             timeout: CONNECT_WITHIN,
                         })??
@@ -478,11 +342,11 @@ impl Reader {
                 async move {
                     let reply = cmd.query_async::<Value>(&mut conn);
                     let result = match tokio::time::timeout(timeout, reply).await {
-                        Err(_) => Err(ReadError::Timeout {
+                        Err(_) => Err(RedisError::Timeout {
                             context: "XREADGROUP".into(),
                             timeout,
                         }),
-                        Ok(r) => r.map_err(ReadError::redis("XREADGROUP")),
+                        Ok(r) => r.map_err(RedisError::redis("XREADGROUP")),
                     };
                     LaneRead { lane, conn, result }
                 }
@@ -496,7 +360,7 @@ impl Reader {
         &mut self,
         pending: &[(Arc<str>, EntryId)],
         count: usize,
-    ) -> Result<Vec<StreamEntry>, ReadError> {
+    ) -> Result<Vec<StreamEntry>, RedisError> {
         let mut lanes: BTreeMap<u16, Vec<(Arc<str>, EntryId)>> = BTreeMap::new();
         for (s, id) in pending {
             lanes
@@ -518,7 +382,7 @@ impl Reader {
             let reply: Value = cmd
                 .query_async(&mut self.control)
                 .await
-                .map_err(ReadError::redis("XREADGROUP (own pending entries)"))?;
+                .map_err(RedisError::redis("XREADGROUP (own pending entries)"))?;
             entries.extend(parse_read_reply(reply)?);
         }
         // These were delivered before: ask how often (for max_deliveries).
@@ -552,7 +416,7 @@ impl Reader {
         &mut self,
         stream: &Arc<str>,
         entries: &mut [StreamEntry],
-    ) -> Result<(), ReadError> {
+    ) -> Result<(), RedisError> {
         let ids: Vec<EntryId> = entries
             .iter()
             .filter(|e| e.stream == *stream && e.fields.is_some())
@@ -571,7 +435,7 @@ impl Reader {
             .arg(&self.consumer)
             .query_async(&mut self.control)
             .await
-            .map_err(ReadError::redis(format!("XPENDING on {stream}")))?;
+            .map_err(RedisError::redis(format!("XPENDING on {stream}")))?;
         let counts: HashMap<EntryId, u64> = reply
             .into_iter()
             .filter_map(|(id, _, _, n)| EntryId::parse(&id).map(|id| (id, n)))
@@ -688,7 +552,7 @@ impl Reader {
                 .query_async(&mut self.control)
                 .await;
             let parsed = reply
-                .map_err(ReadError::redis(format!("XAUTOCLAIM on {stream}")))
+                .map_err(RedisError::redis(format!("XAUTOCLAIM on {stream}")))
                 .and_then(|r| parse_autoclaim_reply(&stream, r));
             match parsed {
                 Ok((next, mut claimed)) => {
@@ -711,212 +575,5 @@ impl Reader {
             }
         }
         out
-    }
-}
-
-fn reply_err(command: &'static str, detail: impl Into<String>) -> ReadError {
-    ReadError::Reply {
-        command,
-        detail: detail.into(),
-    }
-}
-
-fn bytes(v: Value, command: &'static str) -> Result<Vec<u8>, ReadError> {
-    match v {
-        Value::BulkString(b) => Ok(b),
-        Value::SimpleString(s) => Ok(s.into_bytes()),
-        other => Err(reply_err(
-            command,
-            format!("expected a string, got {other:?}"),
-        )),
-    }
-}
-
-/// `[[stream, [[id, [field, value, …] | nil], …]], …]` (RESP2) or a map (RESP3).
-fn parse_read_reply(reply: Value) -> Result<Vec<StreamEntry>, ReadError> {
-    const CMD: &str = "XREADGROUP";
-    let streams: Vec<(Value, Value)> = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => pairs,
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| match item {
-                Value::Array(mut pair) if pair.len() == 2 => {
-                    let entries = pair.pop().unwrap_or(Value::Nil);
-                    let name = pair.pop().unwrap_or(Value::Nil);
-                    Ok((name, entries))
-                }
-                other => Err(reply_err(CMD, format!("bad stream item {other:?}"))),
-            })
-            .collect::<Result<_, _>>()?,
-        other => return Err(reply_err(CMD, format!("bad reply {other:?}"))),
-    };
-    let mut out = Vec::new();
-    for (name, entries) in streams {
-        let name = String::from_utf8(bytes(name, CMD)?)
-            .map_err(|_| reply_err(CMD, "stream name is not UTF-8"))?;
-        let stream: Arc<str> = Arc::from(name);
-        parse_entries(&stream, entries, CMD, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn parse_entries(
-    stream: &Arc<str>,
-    entries: Value,
-    command: &'static str,
-    out: &mut Vec<StreamEntry>,
-) -> Result<(), ReadError> {
-    let Value::Array(entries) = entries else {
-        return Err(reply_err(command, "entries are not an array"));
-    };
-    for entry in entries {
-        let Value::Array(mut parts) = entry else {
-            return Err(reply_err(command, "entry is not an array"));
-        };
-        if parts.len() != 2 {
-            return Err(reply_err(command, "entry is not [id, fields]"));
-        }
-        let fields = parts.pop().unwrap_or(Value::Nil);
-        let id_bytes = bytes(parts.pop().unwrap_or(Value::Nil), command)?;
-        let id_text = std::str::from_utf8(&id_bytes)
-            .map_err(|_| reply_err(command, "entry ID is not UTF-8"))?;
-        let id = EntryId::parse(id_text)
-            .ok_or_else(|| reply_err(command, format!("bad entry ID {id_text}")))?;
-        let fields = match fields {
-            // The entry was deleted (XDEL/XTRIM) while pending: its ID is all that is left.
-            Value::Nil => None,
-            Value::Array(flat) => {
-                if flat.len() % 2 != 0 {
-                    return Err(reply_err(command, "odd number of field items"));
-                }
-                let mut pairs = Vec::with_capacity(flat.len() / 2);
-                let mut it = flat.into_iter();
-                while let (Some(f), Some(v)) = (it.next(), it.next()) {
-                    pairs.push((bytes(f, command)?, bytes(v, command)?));
-                }
-                Some(pairs)
-            }
-            Value::Map(map) => Some(
-                map.into_iter()
-                    .map(|(f, v)| Ok((bytes(f, command)?, bytes(v, command)?)))
-                    .collect::<Result<_, ReadError>>()?,
-            ),
-            other => return Err(reply_err(command, format!("bad fields {other:?}"))),
-        };
-        out.push(StreamEntry {
-            deliveries: 0,
-            stream: stream.clone(),
-            id,
-            fields,
-        });
-    }
-    Ok(())
-}
-
-/// `[next-cursor, [[id, fields], …], [deleted-id, …]]` → (next cursor, entries). The
-/// deleted IDs (Redis ≥ 7) were removed from the PEL by XAUTOCLAIM itself; they are
-/// returned as entries without fields so that their loss is reported, not silent.
-fn parse_autoclaim_reply(
-    stream: &Arc<str>,
-    reply: Value,
-) -> Result<(EntryId, Vec<StreamEntry>), ReadError> {
-    const CMD: &str = "XAUTOCLAIM";
-    let Value::Array(parts) = reply else {
-        return Err(reply_err(CMD, "reply is not an array"));
-    };
-    let mut parts = parts.into_iter();
-    let (Some(next), Some(claimed)) = (parts.next(), parts.next()) else {
-        return Err(reply_err(CMD, "reply is too short"));
-    };
-    let next = String::from_utf8(bytes(next, CMD)?)
-        .ok()
-        .and_then(|t| EntryId::parse(&t))
-        .ok_or_else(|| reply_err(CMD, "bad cursor"))?;
-    let mut out = Vec::new();
-    parse_entries(stream, claimed, CMD, &mut out)?;
-    if let Some(Value::Array(deleted)) = parts.next() {
-        for id in deleted {
-            let text = String::from_utf8(bytes(id, CMD)?).map_err(|_| reply_err(CMD, "bad ID"))?;
-            let id = EntryId::parse(&text).ok_or_else(|| reply_err(CMD, "bad ID"))?;
-            out.push(StreamEntry {
-                deliveries: 0,
-                stream: stream.clone(),
-                id,
-                fields: None,
-            });
-        }
-    }
-    Ok((next, out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn parses_resp2_read_reply_with_deleted_entry() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("s:0"),
-            Value::Array(vec![
-                Value::Array(vec![
-                    bulk("5-1"),
-                    Value::Array(vec![bulk("{\"id\":1}"), bulk("{}")]),
-                ]),
-                Value::Array(vec![bulk("6-0"), Value::Nil]),
-            ]),
-        ])]);
-        let entries = parse_read_reply(reply).expect("parses");
-        assert_eq!(entries.len(), 2);
-        assert_eq!(&*entries[0].stream, "s:0");
-        assert_eq!(entries[0].id, EntryId { ms: 5, seq: 1 });
-        let fields = entries[0].fields.as_ref().expect("fields");
-        assert_eq!(fields[0].0, b"{\"id\":1}");
-        assert!(entries[1].fields.is_none());
-        assert!(parse_read_reply(Value::Nil).expect("nil").is_empty());
-    }
-
-    #[test]
-    fn parses_autoclaim_with_cursor_and_deleted_ids() {
-        let reply = Value::Array(vec![
-            bulk("7-0"),
-            Value::Array(vec![Value::Array(vec![
-                bulk("5-0"),
-                Value::Array(vec![bulk("k"), bulk("v")]),
-            ])]),
-            Value::Array(vec![bulk("6-0")]),
-        ]);
-        let (next, entries) = parse_autoclaim_reply(&Arc::from("s"), reply).expect("parses");
-        assert_eq!(next, EntryId { ms: 7, seq: 0 });
-        assert_eq!(entries.len(), 2);
-        assert!(entries[0].fields.is_some());
-        assert_eq!(entries[1].id, EntryId { ms: 6, seq: 0 });
-        assert!(entries[1].fields.is_none(), "deleted while pending");
-    }
-
-    #[test]
-    fn rejects_malformed_replies_without_panicking() {
-        for reply in [
-            Value::Int(3),
-            Value::Array(vec![Value::Int(1)]),
-            Value::Array(vec![Value::Array(vec![bulk("s"), Value::Int(1)])]),
-            Value::Array(vec![Value::Array(vec![
-                bulk("s"),
-                Value::Array(vec![Value::Array(vec![bulk("x-y"), Value::Array(vec![])])]),
-            ])]),
-            Value::Array(vec![Value::Array(vec![
-                bulk("s"),
-                Value::Array(vec![Value::Array(vec![
-                    bulk("1-1"),
-                    Value::Array(vec![bulk("f")]),
-                ])]),
-            ])]),
-        ] {
-            assert!(parse_read_reply(reply).is_err());
-        }
     }
 }

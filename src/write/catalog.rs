@@ -4,7 +4,8 @@
 use sqlx::PgPool;
 
 use super::WriteError;
-use crate::map::{Column, ColumnType, TableName, TableSchema};
+use crate::map::{Column, ColumnType, TableSchema};
+use crate::table::TableName;
 
 /// The column redsink adds to each target table: the version of the change the row holds.
 pub const VERSION_COLUMN: &str = "_redsink_version";

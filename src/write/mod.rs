@@ -35,9 +35,11 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 
-use crate::batch::{Batch, BatchRow, DeadLetter};
-use crate::map::{RowChange, RowOp, TableName, TableSchema, quote_ident};
-use crate::read::EntryId;
+use crate::batch::{Batch, BatchRow};
+use crate::entry::{DeadLetter, EntryId};
+use crate::keyhash::fnv1a64;
+use crate::map::{RowChange, RowOp, TableSchema};
+use crate::table::{TableName, quote_ident};
 
 pub use catalog::VERSION_COLUMN;
 
@@ -645,7 +647,7 @@ const MAX_BUCKET_LOCKS: usize = 256;
 /// same time both see no conflict, and the row comes back at v5 after its delete.
 fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
     let id = |text: String| {
-        let h = crate::produce::fnv1a64(text.as_bytes());
+        let h = fnv1a64(text.as_bytes());
         i64::from_ne_bytes(h.to_ne_bytes())
     };
     let table_lock = |t: &TableName| id(format!("redsink\0{t}"));
@@ -660,7 +662,7 @@ fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
         // Which buckets the rows touch first, then one lock ID per bucket (not per row).
         let mut used = [false; LOCK_BUCKETS as usize];
         for row in &t.rows {
-            let bucket = crate::produce::fnv1a64(row.change.key_text.as_bytes()) % LOCK_BUCKETS;
+            let bucket = fnv1a64(row.change.key_text.as_bytes()) % LOCK_BUCKETS;
             used[bucket as usize] = true;
         }
         for (bucket, _) in used.iter().enumerate().filter(|(_, u)| **u) {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use sqlx::PgConnection;
 
 use super::{VERSION_COLUMN, WriteError};
-use crate::map::{RowChange, RowOp, TableSchema, quote_ident};
-use crate::read::EntryId;
+use crate::entry::EntryId;
+use crate::map::{RowChange, RowOp, TableSchema};
+use crate::table::quote_ident;
 
 fn version_col() -> String {
     quote_ident(VERSION_COLUMN)

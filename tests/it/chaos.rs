@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use redsink::produce::Orders;
+use redsink::demo::produce::Orders;
 
 use crate::common::{self, TestDb};
 use crate::load::{ORDERS, actual, expected, mapping, produce};
@@ -75,7 +75,7 @@ async fn three_instances_on_a_cluster_killed_and_restarted_lose_nothing() {
         .get_async_connection()
         .await
         .expect("connect");
-    redsink::produce::xadd_all(&mut r, (0..n).map(|j| orders.entry(j, &stream, 8)))
+    redsink::demo::produce::xadd_all(&mut r, (0..n).map(|j| orders.entry(j, &stream, 8)))
         .await
         .expect("XADD");
     let streams: Vec<String> = (0..8).map(|i| format!("{stream}:{i}")).collect();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redsink::produce::{Entry, Orders, xadd_all};
+use redsink::demo::produce::{Entry, Orders, xadd_all};
 
 use crate::common::{self, RedisCluster, Running, TestDb};
 use crate::load::{ORDERS, actual, expected};

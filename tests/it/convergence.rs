@@ -9,7 +9,8 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
 use redsink::batch::Batcher;
 use redsink::config::MappingConfig;
-use redsink::map::{Mapping, TableName};
+use redsink::map::Mapping;
+use redsink::table::TableName;
 use redsink::write::{self, Writer};
 
 use crate::common::TestDb;

@@ -3,8 +3,10 @@
 use std::time::{Duration, Instant};
 
 use redsink::batch::Batcher;
-use redsink::map::{Mapping, TableName};
-use redsink::read::{self, Reader, StreamEntry};
+use redsink::entry::StreamEntry;
+use redsink::map::Mapping;
+use redsink::read::Reader;
+use redsink::table::TableName;
 use redsink::write::{self, Writer};
 
 use crate::common::{self, TestDb};
@@ -14,7 +16,7 @@ use crate::{ITEMS, add_items, fingerprint, item, items, items_mapping, to_change
 async fn read_as(consumer: &str, stream: &str, want: usize) -> Vec<StreamEntry> {
     let redis: redsink::config::RedisConfig =
         toml::from_str(&format!("url = \"{}\"", common::redis_url())).expect("redis config");
-    let (deployment, control) = read::connect(&redis).await.expect("connect");
+    let (deployment, control) = redsink::redis::connect(&redis).await.expect("connect");
     let mut reader = Reader::new(deployment, control, "redsink", consumer);
     reader
         .add_streams(&[stream.to_string()], "0")

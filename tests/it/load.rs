@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use redsink::produce::{OrderState, Orders, xadd_all};
+use redsink::demo::produce::{OrderState, Orders, xadd_all};
 
 use crate::common::{self, TestDb};
 

@@ -101,11 +101,11 @@ pub async fn add_items_to(r: &mut redis::aio::MultiplexedConnection, stream: &st
 }
 
 /// The `n`-th entry (ID `n-0`) of stream `s` in compact format for item `id`.
-pub fn compact_entry(n: u64, id: i64, value: &str) -> redsink::read::StreamEntry {
-    redsink::read::StreamEntry {
+pub fn compact_entry(n: u64, id: i64, value: &str) -> redsink::entry::StreamEntry {
+    redsink::entry::StreamEntry {
         deliveries: 0,
         stream: std::sync::Arc::from("s"),
-        id: redsink::read::EntryId { ms: n, seq: 0 },
+        id: redsink::entry::EntryId { ms: n, seq: 0 },
         fields: Some(vec![(key(id).into_bytes(), value.as_bytes().to_vec())]),
     }
 }
@@ -114,7 +114,7 @@ pub fn compact_entry(n: u64, id: i64, value: &str) -> redsink::read::StreamEntry
 pub fn to_change(
     mapping: &redsink::map::Mapping,
     table: &std::sync::Arc<redsink::map::TableSchema>,
-    entry: &redsink::read::StreamEntry,
+    entry: &redsink::entry::StreamEntry,
 ) -> redsink::map::RowChange {
     let Ok(redsink::decode::Decoded::Change(ev)) =
         redsink::decode::decode(entry, &Default::default())

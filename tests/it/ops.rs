@@ -483,10 +483,10 @@ async fn trimming_handles_the_largest_sequence_number() {
         .expect("XGROUP CREATE");
     let db = TestDb::new().await;
     let config = common::config(&db, "c1", &items_mapping("unused"));
-    let mut control = redsink::read::connect_control(&config.redis)
+    let mut control = redsink::redis::connect_control(&config.redis)
         .await
         .expect("connect");
-    let trimmed = redsink::read::admin::trim_acked(&mut control, &stream)
+    let trimmed = redsink::redis::admin::trim_acked(&mut control, &stream)
         .await
         .expect("trim");
     assert_eq!(trimmed, 2);

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use redsink::produce::{Orders, xadd_all};
+use redsink::demo::produce::{Orders, xadd_all};
 
 use crate::common::{self, RedisServer, TestDb};
 use crate::load::{ORDERS, actual, expected, mapping};
@@ -112,7 +112,7 @@ async fn lock_timeouts_while_opening_or_committing_are_retried() {
     common::xadd(&mut r, &stream, &crate::key(1), &add(1)).await;
     // Somebody holds the table's advisory lock: the lock statement times out.
     let table_lock =
-        i64::from_ne_bytes(redsink::produce::fnv1a64(b"redsink\0public.items").to_ne_bytes());
+        i64::from_ne_bytes(redsink::keyhash::fnv1a64(b"redsink\0public.items").to_ne_bytes());
     let mut holder = db.pool.acquire().await.expect("conn");
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(table_lock)

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use redsink::batch::{Batch, Batcher};
 use redsink::config::MappingConfig;
-use redsink::map::{Mapping, TableName};
+use redsink::map::Mapping;
+use redsink::table::TableName;
 use redsink::write::{self, Writer};
 
 use crate::common::TestDb;

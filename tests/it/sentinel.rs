@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use redsink::produce::{Orders, xadd_all};
+use redsink::demo::produce::{Orders, xadd_all};
 
 use crate::common::{self, RedisSentinel, Running, SENTINEL_MASTER, TestDb};
 use crate::load::{ORDERS, actual, expected};

@@ -80,7 +80,7 @@ async fn syncs_over_tls_with_a_configured_ca() {
     assert_eq!(items(&db).await.len(), 3);
     // Without the CA the server's certificate is not trusted: redsink says so and retries.
     config.redis.tls_ca_file = None;
-    let err = redsink::read::connect_control(&config.redis)
+    let err = redsink::redis::connect_control(&config.redis)
         .await
         .err()
         .map(|e| format!("{e}: {}", redsink::pipeline::source_chain(&e)));

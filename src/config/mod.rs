@@ -5,6 +5,13 @@
 //! for the sections `redis`, `postgres`, `batch` and `decode` (for example
 //! `REDSINK_REDIS_URL`, `REDSINK_BATCH_MAX_DELAY`). `DATABASE_URL` is used for
 //! `postgres.url` when neither the file nor `REDSINK_POSTGRES_URL` sets it.
+//!
+//! A leaf: it parses and validates into plain types (imports only the `entry` and
+//! `table` leaves for their grammars); the steps compile those into their own.
+
+mod pattern;
+
+pub use pattern::StreamPattern;
 
 use std::fmt;
 use std::path::Path;
@@ -553,7 +560,7 @@ impl Config {
             return Err(invalid("redis.consumer", "must not be empty"));
         }
         let start = self.redis.start.as_str();
-        if start != "$" && crate::read::EntryId::parse(start).is_none() {
+        if start != "$" && crate::entry::EntryId::parse(start).is_none() {
             return Err(invalid(
                 "redis.start",
                 format!("`{start}` is neither \"0\", \"$\" nor an entry ID like 1700000000000-0"),
@@ -594,10 +601,10 @@ impl Config {
                 ));
             }
             for (j, s) in m.streams.iter().enumerate() {
-                crate::read::StreamPattern::parse(s)
+                StreamPattern::parse(s)
                     .map_err(|msg| invalid(format!("mapping[{i}].streams[{j}]"), msg))?;
             }
-            crate::map::TableTemplate::parse(&m.table)
+            crate::table::TableTemplate::parse(&m.table)
                 .map_err(|msg| invalid(format!("mapping[{i}].table"), msg))?;
             if let Some(key) = &m.key
                 && (key.is_empty() || key.iter().any(|k| k.is_empty()))

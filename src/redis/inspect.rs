@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use redis::Value;
 use serde::Serialize;
 
-use super::{Control, EntryId, ReadError};
+use super::{Control, RedisError};
+use crate::entry::EntryId;
 
 /// A stream, its groups and its dead-letter stream.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -39,7 +40,7 @@ pub struct ConsumerStatus {
 }
 
 /// The ID of the newest entry of `stream`, if it has any.
-pub async fn last_entry(conn: &mut Control, stream: &str) -> Result<Option<EntryId>, ReadError> {
+pub async fn last_entry(conn: &mut Control, stream: &str) -> Result<Option<EntryId>, RedisError> {
     let reply: Vec<(String, Value)> = query(
         conn,
         redis::cmd("XREVRANGE")
@@ -61,12 +62,12 @@ pub async fn stream_status(
     conn: &mut Control,
     stream: &str,
     dlq: &str,
-) -> Result<Option<StreamStatus>, ReadError> {
+) -> Result<Option<StreamStatus>, RedisError> {
     let exists: bool = redis::cmd("EXISTS")
         .arg(stream)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!("EXISTS {stream}")))?;
+        .map_err(RedisError::redis(format!("EXISTS {stream}")))?;
     if !exists {
         return Ok(None);
     }
@@ -132,10 +133,10 @@ async fn query<T: redis::FromRedisValue>(
     cmd: &redis::Cmd,
     name: &str,
     stream: &str,
-) -> Result<T, ReadError> {
+) -> Result<T, RedisError> {
     cmd.query_async(conn)
         .await
-        .map_err(ReadError::redis(format!("{name} {stream}")))
+        .map_err(RedisError::redis(format!("{name} {stream}")))
 }
 
 /// A reply field as text (empty when absent).

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Control, EntryId, ReadError};
+use super::{Control, RedisError};
+use crate::entry::EntryId;
 
 /// Fields redsink adds to a dead letter; everything else is the original entry.
 pub const DLQ_FIELDS: [&str; 4] = [
@@ -33,7 +34,7 @@ pub async fn leave_group(
     stream: &str,
     group: &str,
     consumer: &str,
-) -> Result<bool, ReadError> {
+) -> Result<bool, RedisError> {
     let dropped: i64 = redis::cmd("EVAL")
         .arg(LEAVE_SCRIPT)
         .arg(1)
@@ -42,7 +43,7 @@ pub async fn leave_group(
         .arg(consumer)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!(
+        .map_err(RedisError::redis(format!(
             "leaving group {group} on {stream}"
         )))?;
     if dropped > 0 {
@@ -81,7 +82,7 @@ pub async fn prune_consumers(
     group: &str,
     keep: Option<&str>,
     min_idle: Duration,
-) -> Result<Vec<String>, ReadError> {
+) -> Result<Vec<String>, RedisError> {
     let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
     redis::cmd("EVAL")
         .arg(PRUNE_SCRIPT)
@@ -93,7 +94,7 @@ pub async fn prune_consumers(
         .arg(keep.unwrap_or("\u{0}"))
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!(
+        .map_err(RedisError::redis(format!(
             "pruning idle consumers of {group} on {stream}"
         )))
 }
@@ -152,14 +153,14 @@ return redis.call('XTRIM', KEYS[1], 'MINID', '=', oldest[1] .. '-' .. oldest[2])
 
 /// Trims what every consumer group on `stream` has acknowledged (see the script);
 /// returns how many entries went.
-pub async fn trim_acked(conn: &mut Control, stream: &str) -> Result<u64, ReadError> {
+pub async fn trim_acked(conn: &mut Control, stream: &str) -> Result<u64, RedisError> {
     redis::cmd("EVAL")
         .arg(TRIM_ACKED_SCRIPT)
         .arg(1)
         .arg(stream)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!(
+        .map_err(RedisError::redis(format!(
             "trimming what every group acknowledged on {stream}"
         )))
 }
@@ -169,7 +170,7 @@ pub async fn trim_below(
     conn: &mut Control,
     stream: &str,
     min_id: EntryId,
-) -> Result<u64, ReadError> {
+) -> Result<u64, RedisError> {
     redis::cmd("XTRIM")
         .arg(stream)
         .arg("MINID")
@@ -177,12 +178,16 @@ pub async fn trim_below(
         .arg(min_id.to_string())
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!("XTRIM {stream} MINID {min_id}")))
+        .map_err(RedisError::redis(format!("XTRIM {stream} MINID {min_id}")))
 }
 
 /// Trims `stream` to its newest `max_len` entries (`XTRIM … MAXLEN = …`); returns how
 /// many went.
-pub async fn trim_to_len(conn: &mut Control, stream: &str, max_len: u64) -> Result<u64, ReadError> {
+pub async fn trim_to_len(
+    conn: &mut Control,
+    stream: &str,
+    max_len: u64,
+) -> Result<u64, RedisError> {
     redis::cmd("XTRIM")
         .arg(stream)
         .arg("MAXLEN")
@@ -190,7 +195,9 @@ pub async fn trim_to_len(conn: &mut Control, stream: &str, max_len: u64) -> Resu
         .arg(max_len)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!("XTRIM {stream} MAXLEN {max_len}")))
+        .map_err(RedisError::redis(format!(
+            "XTRIM {stream} MAXLEN {max_len}"
+        )))
 }
 
 /// Moves the group's last-delivered ID (XGROUP SETID): entries after `id` will be
@@ -200,7 +207,7 @@ pub async fn set_group_id(
     stream: &str,
     group: &str,
     id: &str,
-) -> Result<(), ReadError> {
+) -> Result<(), RedisError> {
     redis::cmd("XGROUP")
         .arg("SETID")
         .arg(stream)
@@ -208,7 +215,7 @@ pub async fn set_group_id(
         .arg(id)
         .query_async::<()>(conn)
         .await
-        .map_err(ReadError::redis(format!(
+        .map_err(RedisError::redis(format!(
             "XGROUP SETID {stream} {group} {id}"
         )))
 }
@@ -239,7 +246,7 @@ pub async fn dead_letters(
     start: &str,
     end: &str,
     count: usize,
-) -> Result<Vec<DeadLetterEntry>, ReadError> {
+) -> Result<Vec<DeadLetterEntry>, RedisError> {
     let entries: Vec<(String, Vec<Pair>)> = redis::cmd("XRANGE")
         .arg(dlq)
         .arg(start)
@@ -248,7 +255,7 @@ pub async fn dead_letters(
         .arg(i64::try_from(count).unwrap_or(i64::MAX))
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!("XRANGE {dlq}")))?;
+        .map_err(RedisError::redis(format!("XRANGE {dlq}")))?;
     Ok(entries
         .into_iter()
         .map(|(id, pairs)| {
@@ -292,9 +299,9 @@ pub async fn retry_dead_letter(
     conn: &mut Control,
     dlq: &str,
     letter: &DeadLetterEntry,
-) -> Result<String, ReadError> {
+) -> Result<String, RedisError> {
     if letter.stream.is_empty() || letter.raw.is_empty() {
-        return Err(ReadError::Invalid(format!(
+        return Err(RedisError::Invalid(format!(
             "dead letter {} of {dlq} has no source stream or no original fields: nothing to retry",
             letter.id
         )));
@@ -319,13 +326,13 @@ pub async fn retry_dead_letter(
         let new_id: String = xadd
             .query_async(conn)
             .await
-            .map_err(ReadError::redis(context()))?;
+            .map_err(RedisError::redis(context()))?;
         let _: i64 = redis::cmd("XDEL")
             .arg(dlq)
             .arg(&letter.id)
             .query_async(conn)
             .await
-            .map_err(ReadError::redis(context()))?;
+            .map_err(RedisError::redis(context()))?;
         return Ok(new_id);
     }
     let (new_id, _): (String, i64) = redis::pipe()
@@ -336,7 +343,7 @@ pub async fn retry_dead_letter(
         .arg(&letter.id)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(context()))?;
+        .map_err(RedisError::redis(context()))?;
     Ok(new_id)
 }
 
@@ -345,7 +352,7 @@ pub async fn purge_dead_letters(
     conn: &mut Control,
     dlq: &str,
     ids: &[String],
-) -> Result<u64, ReadError> {
+) -> Result<u64, RedisError> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -354,5 +361,5 @@ pub async fn purge_dead_letters(
         .arg(ids)
         .query_async(conn)
         .await
-        .map_err(ReadError::redis(format!("XDEL {dlq}")))
+        .map_err(RedisError::redis(format!("XDEL {dlq}")))
 }

@@ -9,20 +9,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use num_bigint::BigInt;
 
-use crate::read::conn::{Routed, pipeline_by_key};
+use crate::keyhash::fnv1a64;
+use crate::redis::{Routed, pipeline_by_key};
 
 /// Entries per pipelined XADD round trip.
 const PIPELINE: usize = 1000;
-
-/// FNV-1a 64-bit: stable across languages and releases, trivial to re-implement.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
 
 /// The shard stream of a key: `<stream>:<FNV-1a-64(key) mod shards>`.
 pub fn shard_stream(stream: &str, key_json: &str, shards: u32) -> String {
@@ -175,13 +166,6 @@ impl Orders {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv_matches_reference_vectors() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn orders_events_are_valid_debezium_json() {

@@ -1,4 +1,5 @@
-//! A stream entry as read, and its ID.
+//! The vocabulary every step shares (a leaf: imports no step): entry IDs, the raw
+//! stream entry as read, the pair an acknowledgement needs, and dead letters.
 
 use std::fmt;
 use std::sync::Arc;
@@ -42,6 +43,16 @@ pub struct StreamEntry {
     /// How often the group delivered it (XPENDING), when read again from a PEL or
     /// claimed; 0 for a first delivery, where it is 1 and not asked for.
     pub deliveries: u64,
+}
+
+/// What an acknowledgement needs: the stream and the entry's ID.
+pub type EntryRef = (Arc<str>, EntryId);
+
+/// An entry that cannot be applied, and why. Goes to the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub entry: StreamEntry,
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use tokio::sync::Mutex;
 
-use super::ReadError;
+use super::RedisError;
 use crate::config::{RedisConfig, RedisMode, is_tls_url};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,7 +46,7 @@ pub enum Deployment {
 }
 
 impl Deployment {
-    pub fn new(config: &RedisConfig) -> Result<Self, ReadError> {
+    pub fn new(config: &RedisConfig) -> Result<Self, RedisError> {
         let tls = Tls::read(config)?;
         match config.mode {
             RedisMode::Standalone => Ok(Self::Standalone(Box::new(tls.client(&config.url)?))),
@@ -78,7 +78,7 @@ impl Deployment {
     }
 
     /// The shared connection for every non-blocking command.
-    pub async fn control(&self) -> Result<Control, ReadError> {
+    pub async fn control(&self) -> Result<Control, RedisError> {
         match self {
             Self::Standalone(client) => {
                 let config = redis::aio::ConnectionManagerConfig::new()
@@ -89,13 +89,13 @@ impl Deployment {
                     .get_connection_manager_with_config(config)
                     .await
                     .map(Control::Single)
-                    .map_err(ReadError::redis("connecting to redis"))
+                    .map_err(RedisError::redis("connecting to redis"))
             }
             Self::Cluster { control, .. } => control
                 .get_async_connection()
                 .await
                 .map(Control::Cluster)
-                .map_err(ReadError::redis("connecting to the redis cluster")),
+                .map_err(RedisError::redis("connecting to the redis cluster")),
             Self::Sentinel(client) => {
                 let control = SentinelControl {
                     client: client.clone(),
@@ -105,7 +105,7 @@ impl Deployment {
                         .set_response_timeout(Some(RESPONSE_TIMEOUT)),
                 };
                 // Connect now, so that a wrong address or name is reported at start-up.
-                control.connection().await.map_err(ReadError::redis(
+                control.connection().await.map_err(RedisError::redis(
                     "connecting to the master through the sentinels",
                 ))?;
                 Ok(Control::Sentinel(control))
@@ -114,7 +114,7 @@ impl Deployment {
     }
 
     /// A new connection for one blocking read at a time: no response timeout.
-    pub async fn blocking(&self) -> Result<Blocking, ReadError> {
+    pub async fn blocking(&self) -> Result<Blocking, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
@@ -123,12 +123,12 @@ impl Deployment {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .map(Blocking::Single)
-                .map_err(ReadError::redis("connecting the reader to redis")),
+                .map_err(RedisError::redis("connecting the reader to redis")),
             Self::Cluster { blocking, .. } => blocking
                 .get_async_connection()
                 .await
                 .map(Blocking::Cluster)
-                .map_err(ReadError::redis(
+                .map_err(RedisError::redis(
                     "connecting the reader to the redis cluster",
                 )),
             Self::Sentinel(client) => client
@@ -137,7 +137,7 @@ impl Deployment {
                 .get_async_connection_with_config(&config)
                 .await
                 .map(Blocking::Single)
-                .map_err(ReadError::redis(
+                .map_err(RedisError::redis(
                     "connecting the reader to the master through the sentinels",
                 )),
         }
@@ -151,12 +151,12 @@ struct Tls {
 }
 
 impl Tls {
-    fn read(config: &RedisConfig) -> Result<Self, ReadError> {
-        let read = |path: &Option<String>, what: &str| -> Result<Option<Vec<u8>>, ReadError> {
+    fn read(config: &RedisConfig) -> Result<Self, RedisError> {
+        let read = |path: &Option<String>, what: &str| -> Result<Option<Vec<u8>>, RedisError> {
             path.as_ref()
                 .map(|p| {
                     std::fs::read(p)
-                        .map_err(|e| ReadError::Invalid(format!("redis.{what} {p}: {e}")))
+                        .map_err(|e| RedisError::Invalid(format!("redis.{what} {p}: {e}")))
                 })
                 .transpose()
         };
@@ -172,7 +172,7 @@ impl Tls {
             }),
             (None, None) => None,
             _ => {
-                return Err(ReadError::Invalid(
+                return Err(RedisError::Invalid(
                     "redis.tls_cert_file and redis.tls_key_file go together".into(),
                 ));
             }
@@ -191,12 +191,12 @@ impl Tls {
         }
     }
 
-    fn client(&self, url: &str) -> Result<redis::Client, ReadError> {
+    fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
         if self.configured() {
             redis::Client::build_with_tls(url, self.certificates())
-                .map_err(ReadError::redis("opening redis url with TLS"))
+                .map_err(RedisError::redis("opening redis url with TLS"))
         } else {
-            redis::Client::open(url).map_err(ReadError::redis("opening redis url"))
+            redis::Client::open(url).map_err(RedisError::redis("opening redis url"))
         }
     }
 
@@ -205,12 +205,12 @@ impl Tls {
         seeds: &[String],
         response: Duration,
         retries: u32,
-    ) -> Result<ClusterClient, ReadError> {
+    ) -> Result<ClusterClient, RedisError> {
         let first = seeds
             .first()
             .map(|s| s.as_str().into_connection_info())
             .transpose()
-            .map_err(ReadError::redis("parsing redis.url"))?;
+            .map_err(RedisError::redis("parsing redis.url"))?;
         let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(response)
@@ -232,7 +232,7 @@ impl Tls {
         }
         builder
             .build()
-            .map_err(ReadError::redis("opening the redis cluster seed nodes"))
+            .map_err(RedisError::redis("opening the redis cluster seed nodes"))
     }
 
     /// Sentinel: the sentinels' addresses and credentials come from `nodes`, the master's
@@ -242,17 +242,17 @@ impl Tls {
         url: &str,
         nodes: &[String],
         master: &str,
-    ) -> Result<SentinelClient, ReadError> {
+    ) -> Result<SentinelClient, RedisError> {
         let master_info = url
             .into_connection_info()
-            .map_err(ReadError::redis("parsing redis.url"))?;
+            .map_err(RedisError::redis("parsing redis.url"))?;
         let mut addrs = Vec::new();
         let mut sentinel_auth = None;
         for node in nodes {
             let info = node
                 .as_str()
                 .into_connection_info()
-                .map_err(ReadError::redis(format!(
+                .map_err(RedisError::redis(format!(
                     "parsing redis.nodes entry {}",
                     crate::config::redact_url(node)
                 )))?;
@@ -267,7 +267,7 @@ impl Tls {
         }
         let sentinel_tls = nodes.iter().any(|n| is_tls_url(n));
         let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
-            .map_err(ReadError::redis("configuring the sentinels"))?;
+            .map_err(RedisError::redis("configuring the sentinels"))?;
         let settings = master_info.redis_settings();
         b = b.set_client_to_redis_db(settings.db());
         if let Some(user) = settings.username() {
@@ -297,7 +297,7 @@ impl Tls {
             }
         }
         b.build()
-            .map_err(ReadError::redis("configuring the sentinels"))
+            .map_err(RedisError::redis("configuring the sentinels"))
     }
 }
 
@@ -315,7 +315,7 @@ impl Control {
     }
 
     /// Every key matching `glob` of type stream, on every master of a cluster.
-    pub async fn scan_streams(&mut self, glob: &str) -> Result<Vec<String>, ReadError> {
+    pub async fn scan_streams(&mut self, glob: &str) -> Result<Vec<String>, RedisError> {
         let mut out = Vec::new();
         // On a cluster, SCAN goes to each master in turn, addressed by a slot it serves
         // (so the connection's own slot map, addresses and TLS names apply).
@@ -325,7 +325,7 @@ impl Control {
                     .arg("NODES")
                     .query_async(conn)
                     .await
-                    .map_err(ReadError::redis("CLUSTER NODES"))?;
+                    .map_err(RedisError::redis("CLUSTER NODES"))?;
                 master_slots(&text).into_iter().map(Some).collect()
             }
             _ => vec![None],
@@ -351,14 +351,14 @@ impl Control {
                             )),
                         )
                         .await
-                        .map_err(ReadError::redis(context()))?,
+                        .map_err(RedisError::redis(context()))?,
                     _ => cmd
                         .query_async(&mut *self)
                         .await
-                        .map_err(ReadError::redis(context()))?,
+                        .map_err(RedisError::redis(context()))?,
                 };
                 let (next, keys): (u64, Vec<String>) =
-                    redis::from_redis_value(reply).map_err(|e| ReadError::Reply {
+                    redis::from_redis_value(reply).map_err(|e| RedisError::Reply {
                         command: "SCAN",
                         detail: e.to_string(),
                     })?;

@@ -1,0 +1,157 @@
+//! The Redis connection layer: standalone, cluster or sentinel deployments behind one
+//! shared connection type ([`Control`]), routing by hash slot, TLS and ACL users; the
+//! replies of stream commands parsed into [`StreamEntry`]s; and the commands that
+//! several users share (discovery, XRANGE, inspection, administration).
+//! Used by `read`, `ack`, the ops commands and the demo producer; imports no step.
+//! Errors: [`RedisError`], with `is_retryable` for the pipeline's backoff.
+
+pub mod admin;
+mod conn;
+pub mod inspect;
+pub(crate) mod reply;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::config::{RedisConfig, StreamPattern};
+use crate::entry::StreamEntry;
+
+pub use conn::{Blocking, Control, Deployment, Routed, pipeline_by_key, slot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis: {context}")]
+    Redis {
+        context: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("redis: {context}: read timed out after {timeout:?}")]
+    Timeout { context: String, timeout: Duration },
+    #[error("redis: unexpected reply to {command}: {detail}")]
+    Reply {
+        command: &'static str,
+        detail: String,
+    },
+    /// A request that cannot be carried out as asked (operator commands).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RedisError {
+    pub(crate) fn redis(context: impl Into<String>) -> impl FnOnce(redis::RedisError) -> Self {
+        let context = context.into();
+        move |source| Self::Redis { context, source }
+    }
+
+    /// Connection trouble, timeouts, a loading or failing-over server: back off and retry.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => true,
+            Self::Redis { source, .. } => redis_retryable(source),
+            Self::Reply { .. } | Self::Invalid(_) => false,
+        }
+    }
+}
+
+/// How long opening a reader's connection may take (a cluster connection also loads the
+/// slot map).
+pub(crate) const CONNECT_WITHIN: Duration = Duration::from_secs(15);
+
+/// A cluster refused the command without running it: the slot moved or is migrating, or
+/// the cluster is (briefly) down.
+pub(crate) fn refused_by_cluster(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"))
+}
+
+/// Shared by read, ack and the ops commands: which Redis errors are worth retrying.
+pub fn redis_retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(
+            e.code(),
+            Some(
+                "LOADING"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    // A slot that moved (failover, resharding) or is being migrated.
+                    | "MOVED"
+                    | "ASK"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    // A blocked read on a master that was just demoted (failover).
+                    | "UNBLOCKED"
+                    | "BUSY"
+                    | "NOGROUP"
+            )
+        )
+}
+
+/// Opens the shared (non-blocking) connection to the configured deployment.
+pub async fn connect_control(redis: &RedisConfig) -> Result<Control, RedisError> {
+    Ok(connect(redis).await?.1)
+}
+
+/// The configured deployment (for a reader's own connections) and its shared connection.
+pub async fn connect(redis: &RedisConfig) -> Result<(Deployment, Control), RedisError> {
+    let deployment = Deployment::new(redis)?;
+    let control = deployment.control().await?;
+    Ok((deployment, control))
+}
+
+/// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN
+/// (on every master of a cluster); each name once, in pattern order.
+pub async fn discover(
+    control: &mut Control,
+    patterns: &[StreamPattern],
+) -> Result<Vec<String>, RedisError> {
+    let mut names = Vec::new();
+    let mut seen = HashSet::new();
+    for p in patterns {
+        match p {
+            StreamPattern::Exact(name) => {
+                if seen.insert(name.clone()) {
+                    names.push(name.clone());
+                }
+            }
+            StreamPattern::Glob(glob) => {
+                for name in control.scan_streams(glob).await? {
+                    if seen.insert(name.clone()) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Up to `count` entries of `stream` from `start` to `end` (XRANGE syntax: an ID,
+/// `(ID` for after it, `-`, `+`), outside any consumer group.
+pub async fn range(
+    control: &mut Control,
+    stream: &Arc<str>,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> Result<Vec<StreamEntry>, RedisError> {
+    const CMD: &str = "XRANGE";
+    let reply: Value = redis::cmd(CMD)
+        .arg(stream.as_ref())
+        .arg(start)
+        .arg(end)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(control)
+        .await
+        .map_err(RedisError::redis(format!("XRANGE {stream} {start} {end}")))?;
+    let mut out = Vec::new();
+    reply::parse_entries(stream, reply, CMD, &mut out)?;
+    Ok(out)
+}
