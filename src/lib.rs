@@ -30,7 +30,6 @@
 
 pub mod ack;
 pub mod batch;
-pub mod check;
 pub mod config;
 pub mod decode;
 pub mod demo;
@@ -38,9 +37,9 @@ pub mod entry;
 pub mod keyhash;
 pub mod map;
 pub mod metrics;
+pub mod ops;
 pub mod pipeline;
 pub mod read;
 pub mod redis;
-pub mod status;
 pub mod table;
 pub mod write;

@@ -6,8 +6,8 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use redsink::config::Config;
+use redsink::ops::status;
 use redsink::redis::{self, Control, admin};
-use redsink::status;
 
 /// What every admin command needs: the config and which mapped streams to act on.
 #[derive(Args, Debug)]

@@ -1,6 +1,6 @@
 use anyhow::bail;
 
-use redsink::check;
+use redsink::ops::check;
 
 /// Validate the config against the real Redis and Postgres without changing anything:
 /// connections, permissions, every mapped table (exists, key, version column,

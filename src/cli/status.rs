@@ -1,6 +1,6 @@
 use std::fmt::Write as _;
 
-use redsink::status::{self, Status};
+use redsink::ops::status::{self, Status};
 
 /// Show each mapped stream: length, newest entry, dead-letter stream length, and per
 /// consumer group its lag, pending entries (and how long the oldest has waited),

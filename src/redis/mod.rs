@@ -132,6 +132,26 @@ pub async fn discover(
     Ok(names)
 }
 
+/// The streams of every mapping (`patterns[i]` are mapping `i`'s), each once with the
+/// index of the first mapping that names it, without dead-letter streams: what the
+/// sync reads, `replay` replays, `status` shows and `check` samples.
+pub async fn mapped_streams(
+    control: &mut Control,
+    patterns: &[&[StreamPattern]],
+    redis: &RedisConfig,
+) -> Result<Vec<(String, usize)>, RedisError> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (index, p) in patterns.iter().enumerate() {
+        for name in discover(control, p).await? {
+            if !redis.is_dlq(&name) && seen.insert(name.clone()) {
+                out.push((name, index));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Up to `count` entries of `stream` from `start` to `end` (XRANGE syntax: an ID,
 /// `(ID` for after it, `-`, `+`), outside any consumer group.
 pub async fn range(
