@@ -789,7 +789,7 @@ impl Core {
     async fn evolve(
         &mut self,
         name: &crate::table::TableName,
-        columns: &[crate::decode::DeclaredColumn],
+        columns: &[crate::table::DeclaredColumn],
         key: &[String],
         templated: bool,
         shutdown: &CancellationToken,

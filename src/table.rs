@@ -1,6 +1,7 @@
 //! Target-table names (a leaf, shared by config and the steps): `schema.table`
 //! names, SQL identifier quoting, and the grammar of a mapping's `table` template
-//! (its placeholders are filled per event by `map`).
+//! (its placeholders are filled per event by `map`), and a column as an event's
+//! schema declares it.
 
 use std::fmt;
 
@@ -44,6 +45,16 @@ impl fmt::Display for TableName {
 /// identifier redsink puts into SQL (sqlx has no identifier quoting).
 pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A column as an event's schema declares it: what schema evolution creates or adds
+/// (decode derives it, map renames it, write creates it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredColumn {
+    pub name: String,
+    /// The PostgreSQL type for it (decode's `sql_type`).
+    pub sql_type: String,
+    pub optional: bool,
 }
 
 /// The values a template's placeholders take from an event's `source` block.

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::config::DecodeConfig;
 use crate::entry::{EntryId, StreamEntry};
+use crate::table::DeclaredColumn;
 
 pub use logical::{Logical, sql_type};
 
@@ -125,15 +126,6 @@ impl Declared {
         };
         declared(fields)
     }
-}
-
-/// A column as an event's schema declares it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeclaredColumn {
-    pub name: String,
-    /// The PostgreSQL type for it ([`sql_type`]).
-    pub sql_type: String,
-    pub optional: bool,
 }
 
 /// The columns a row struct schema declares.

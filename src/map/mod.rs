@@ -162,7 +162,7 @@ impl Mapping {
     pub fn evolution(
         &self,
         event: &ChangeEvent,
-    ) -> Option<(Vec<crate::decode::DeclaredColumn>, Vec<String>)> {
+    ) -> Option<(Vec<crate::table::DeclaredColumn>, Vec<String>)> {
         if self.schema_evolution != crate::config::SchemaEvolution::Basic {
             return None;
         }
@@ -174,7 +174,7 @@ impl Mapping {
             .iter()
             .filter_map(|d| {
                 let name = self.columns.column_of(&d.name)?;
-                Some(crate::decode::DeclaredColumn {
+                Some(crate::table::DeclaredColumn {
                     name: name.to_string(),
                     ..d.clone()
                 })

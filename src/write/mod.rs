@@ -366,7 +366,7 @@ impl Writer {
     pub async fn evolve(
         &mut self,
         name: &TableName,
-        columns: &[crate::decode::DeclaredColumn],
+        columns: &[crate::table::DeclaredColumn],
         key: &[String],
     ) -> Result<(), WriteError> {
         let statement = match catalog::load_with(&self.pool, name, false).await {
