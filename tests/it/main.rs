@@ -8,8 +8,10 @@ mod cluster;
 mod convergence;
 mod crash;
 mod debezium;
+mod evolution;
 mod fixtures;
 mod load;
+mod mapping;
 mod ops;
 mod outage;
 mod poison;
@@ -17,8 +19,11 @@ mod privilege;
 mod race;
 mod replay;
 mod sentinel;
+mod serve;
 mod sync;
 mod tls;
+mod trim;
+mod versions;
 
 /// A Debezium PostgreSQL change event value without schemas.
 pub fn event(op: &str, lsn: u64, before: &str, after: &str) -> String {
