@@ -1,4 +1,9 @@
 //! Integration tests against real Redis and PostgreSQL servers (see tests/common).
+#![allow(
+    clippy::too_many_lines,
+    reason = "a scenario (XADD, run until drained, assert the rows and the Redis state) reads \
+              best top to bottom in one function; the helpers in tests/common keep the limit"
+)]
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -8,8 +13,10 @@ mod cluster;
 mod convergence;
 mod crash;
 mod debezium;
+mod evolution;
 mod fixtures;
 mod load;
+mod mapping;
 mod ops;
 mod outage;
 mod poison;
@@ -17,8 +24,11 @@ mod privilege;
 mod race;
 mod replay;
 mod sentinel;
+mod serve;
 mod sync;
 mod tls;
+mod trim;
+mod versions;
 
 /// A Debezium PostgreSQL change event value without schemas.
 pub fn event(op: &str, lsn: u64, before: &str, after: &str) -> String {
