@@ -119,17 +119,6 @@ impl WriteError {
             | Self::Evolve(_) => ErrorClass::Fatal,
         }
     }
-
-    /// The SQLSTATE, when Postgres sent one.
-    pub fn sqlstate(&self) -> Option<String> {
-        match self {
-            Self::Postgres { source, .. } | Self::VersionColumn { source, .. } => source
-                .as_database_error()
-                .and_then(|d| d.code())
-                .map(|c| c.to_string()),
-            _ => None,
-        }
-    }
 }
 
 /// Retry on anything about the connection or concurrency; data classes 22 and 23 are
