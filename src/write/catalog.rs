@@ -78,7 +78,7 @@ impl Catalog {
     }
 
     /// Reads a table's catalog facts again (a column may have been added), unless that
-    /// was done less than [`RELOAD_EVERY`] ago.
+    /// was done less than `RELOAD_EVERY` (5 s) ago.
     pub async fn reload(&mut self, name: &TableName) -> Result<Arc<TableSchema>, WriteError> {
         let now = Instant::now();
         if let (Some(t), Some(at)) = (self.tables.get(name), self.loaded_at.get(name))

@@ -1,4 +1,4 @@
-//! Write: [`Batch`] → [`Committed`], in one Postgres transaction.
+//! Write: [`Batch`](crate::batch::Batch) → [`Committed`], in one Postgres transaction.
 //! Input: per-table coalesced rows and the per-stream checkpoints; output: proof that
 //! the transaction committed, listing what to acknowledge and what to dead-letter.
 //! I/O: Postgres (a small pool). [`Catalog`] reads the target tables (and with schema
