@@ -36,7 +36,7 @@ use crate::map::{self, MapError, Mapping};
 use crate::metrics::{Counter, GroupGauges, Metrics};
 use crate::read::Reader;
 use crate::redis::{RedisError, admin};
-use crate::write::{self, ErrorClass, WriteError, Writer};
+use crate::write::{self, Catalog, ErrorClass, WriteError, Writer};
 
 /// How often glob patterns are re-scanned for new streams.
 const DISCOVER_EVERY: Duration = Duration::from_secs(30);
@@ -255,6 +255,7 @@ struct Core {
     config: Config,
     mappings: Vec<Mapping>,
     routes: HashMap<Arc<str>, usize>,
+    catalog: Catalog,
     writer: Writer,
     acker: Acker,
     batcher: Batcher,
@@ -592,12 +593,13 @@ impl Core {
         if replay_as.is_some() {
             acker = acker.dead_letters_only();
         }
-        let mut writer = Writer::new(pool, group);
+        let mut catalog = Catalog::new(pool.clone());
+        let writer = Writer::new(pool, group);
         for m in &mappings {
             if let Some(fixed) = m.table.fixed() {
                 let name = fixed.map_err(PipelineError::Config)?;
                 let read = retrying!(metrics, shutdown, "reading the catalog", {
-                    writer.table(&name)
+                    catalog.table(&name)
                 });
                 match read {
                     Ok(Some(_)) => {}
@@ -614,6 +616,7 @@ impl Core {
             config,
             mappings,
             routes: HashMap::new(),
+            catalog,
             writer,
             acker,
             batcher,
@@ -730,7 +733,7 @@ impl Core {
             Err(e) => return Err(e.into()),
         };
         // Only for a table not read yet: the declared columns are built on demand.
-        if !self.writer.knows(&table_name)
+        if !self.catalog.knows(&table_name)
             && let Some((columns, key)) = &mapping.evolution(&event)
             && let Some(prepared) = self
                 .evolve(&table_name, columns, key, templated, shutdown)
@@ -798,10 +801,10 @@ impl Core {
             // Rows of this table were mapped with the catalog about to change.
             self.flush(shutdown).await?;
         }
-        let writer = &mut self.writer;
+        let catalog = &mut self.catalog;
         let metrics = &self.metrics;
         match retrying!(metrics, shutdown, "evolving a table", {
-            writer.evolve(name, columns, key)
+            catalog.evolve(name, columns, key)
         }) {
             Ok(Some(())) => Ok(None),
             Ok(None) => Ok(Some(Prepared::Interrupted)),
@@ -828,15 +831,15 @@ impl Core {
             // replaced: write them first, so no batch mixes two schemas of a table.
             self.flush(shutdown).await?;
         }
-        let writer = &mut self.writer;
+        let catalog = &mut self.catalog;
         let metrics = &self.metrics;
         let result = if reload {
             retrying!(metrics, shutdown, "reading the catalog", {
-                writer.reload(name)
+                catalog.reload(name)
             })
         } else {
             retrying!(metrics, shutdown, "reading the catalog", {
-                writer.table(name)
+                catalog.table(name)
             })
         };
         match result {
@@ -860,7 +863,7 @@ impl Core {
             return Ok(());
         }
         let batch = self.batcher.take();
-        let writer = self.writer.for_writes();
+        let writer = self.writer.clone();
         let acker = self.acker.clone();
         let shutdown = shutdown.clone();
         let metrics = self.metrics.clone();

@@ -1,11 +1,19 @@
-//! What the target tables look like, read from the Postgres catalog, and the
-//! per-row version column redsink keeps in each of them.
+//! The catalog: what the target tables look like, read from Postgres' catalog and
+//! cached per table ([`Catalog`]), the per-row version column redsink keeps in each of
+//! them, and schema evolution (creating a table or adding the columns it lacks).
+//! I/O: catalog queries and DDL on the pool; no transaction of its own.
+//! Errors: [`WriteError`]: `TableMissing` and `VersionColumn` name the fix, `Evolve`
+//! a table that cannot be created; the rest as the statement's SQLSTATE says.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use super::WriteError;
 use crate::map::{Column, ColumnType, TableSchema};
-use crate::table::TableName;
+use crate::table::{DeclaredColumn, TableName, quote_ident};
 
 /// The column redsink adds to each target table: the version of the change the row holds.
 pub const VERSION_COLUMN: &str = "_redsink_version";
@@ -34,14 +42,177 @@ WHERE i.indrelid = $1::oid AND i.indisunique AND i.indpred IS NULL AND i.indexpr
 GROUP BY i.indexrelid, i.indisprimary
 ORDER BY i.indisprimary DESC, i.indexrelid";
 
+/// The catalog facts of each target table, read once and cached; schema evolution.
+pub struct Catalog {
+    pool: PgPool,
+    tables: HashMap<TableName, Arc<TableSchema>>,
+    /// When each table's catalog was last read again by [`Catalog::reload`].
+    loaded_at: HashMap<TableName, Instant>,
+}
+
+/// The least time between two reloads of one table's catalog.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+impl Catalog {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            tables: HashMap::new(),
+            loaded_at: HashMap::new(),
+        }
+    }
+
+    /// The catalog facts of a table, read once and cached.
+    pub async fn table(&mut self, name: &TableName) -> Result<Arc<TableSchema>, WriteError> {
+        if let Some(t) = self.tables.get(name) {
+            return Ok(t.clone());
+        }
+        let schema = Arc::new(load(&self.pool, name).await?);
+        self.tables.insert(name.clone(), schema.clone());
+        Ok(schema)
+    }
+
+    /// Whether the catalog of `name` is cached (read already).
+    pub fn knows(&self, name: &TableName) -> bool {
+        self.tables.contains_key(name)
+    }
+
+    /// Reads a table's catalog facts again (a column may have been added), unless that
+    /// was done less than `RELOAD_EVERY` (5 s) ago.
+    pub async fn reload(&mut self, name: &TableName) -> Result<Arc<TableSchema>, WriteError> {
+        let now = Instant::now();
+        if let (Some(t), Some(at)) = (self.tables.get(name), self.loaded_at.get(name))
+            && now.duration_since(*at) < RELOAD_EVERY
+        {
+            return Ok(t.clone());
+        }
+        self.tables.remove(name);
+        let table = self.table(name).await?;
+        self.loaded_at.insert(name.clone(), now);
+        Ok(table)
+    }
+
+    /// Schema evolution (`basic`): creates `name` with `columns` and a primary key on
+    /// `key` when it does not exist, else adds the columns it lacks (nullable). Never
+    /// drops or alters anything. Forgets the cached catalog of the table.
+    pub async fn evolve(
+        &mut self,
+        name: &TableName,
+        columns: &[DeclaredColumn],
+        key: &[String],
+    ) -> Result<(), WriteError> {
+        let statement = match load_with(&self.pool, name, false).await {
+            Err(WriteError::TableMissing { .. }) => Some(create_table_sql(name, columns, key)?),
+            Err(e) => return Err(e),
+            Ok((schema, _)) => add_columns_sql(name, &schema, columns),
+        };
+        if let Some(sql) = statement {
+            self.run_evolution(name, columns, sql).await?;
+        }
+        self.tables.remove(name);
+        self.loaded_at.remove(name);
+        Ok(())
+    }
+
+    /// Runs a schema evolution statement; an error is fine when the table has every
+    /// column now.
+    async fn run_evolution(
+        &self,
+        name: &TableName,
+        columns: &[DeclaredColumn],
+        sql: String,
+    ) -> Result<(), WriteError> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = done {
+            // Another instance may have created or extended it at the same moment
+            // (a unique violation in the catalog): fine if it is there now.
+            let now = load_with(&self.pool, name, false).await;
+            let complete = now
+                .is_ok_and(|(schema, _)| columns.iter().all(|c| schema.column(&c.name).is_some()));
+            if !complete {
+                return Err(WriteError::pg(format!("schema evolution: {sql}"))(e));
+            }
+        } else {
+            tracing::info!(table = %name, statement = %sql, "schema evolution");
+        }
+        Ok(())
+    }
+}
+
+/// `CREATE TABLE` with the declared columns (`NOT NULL` unless optional and not in the
+/// key), the version column and the primary key; an error when the event's schema does
+/// not declare every key column.
+fn create_table_sql(
+    name: &TableName,
+    columns: &[DeclaredColumn],
+    key: &[String],
+) -> Result<String, WriteError> {
+    if key.is_empty() || !key.iter().all(|k| columns.iter().any(|c| &c.name == k)) {
+        return Err(WriteError::Evolve(format!(
+            "cannot create table {name}: the event's schema does not declare its key columns {key:?}"
+        )));
+    }
+    let mut defs: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let null = if c.optional && !key.contains(&c.name) {
+                ""
+            } else {
+                " NOT NULL"
+            };
+            format!("{} {}{null}", quote_ident(&c.name), c.sql_type)
+        })
+        .collect();
+    defs.push(format!("{} bytea", quote_ident(VERSION_COLUMN)));
+    let keys: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+    Ok(format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        name.quoted(),
+        defs.join(", ")
+    ))
+}
+
+/// `ALTER TABLE … ADD COLUMN` for the declared columns the table lacks; `None` when it
+/// has them all.
+fn add_columns_sql(
+    name: &TableName,
+    schema: &TableSchema,
+    columns: &[DeclaredColumn],
+) -> Option<String> {
+    let missing: Vec<String> = columns
+        .iter()
+        .filter(|c| schema.column(&c.name).is_none())
+        .map(|c| {
+            format!(
+                "ADD COLUMN IF NOT EXISTS {} {}",
+                quote_ident(&c.name),
+                c.sql_type
+            )
+        })
+        .collect();
+    (!missing.is_empty()).then(|| format!("ALTER TABLE {} {}", name.quoted(), missing.join(", ")))
+}
+
+/// A table's catalog facts as `redsink check` sees them, without changing anything:
+/// the schema (minus the version column) and whether the version column is there.
+pub async fn inspect_table(
+    pool: &PgPool,
+    name: &TableName,
+) -> Result<(TableSchema, bool), WriteError> {
+    load_with(pool, name, false).await
+}
+
 /// Reads a table's columns and unique keys, adding the version column when it is missing.
-pub async fn load(pool: &PgPool, name: &TableName) -> Result<TableSchema, WriteError> {
+async fn load(pool: &PgPool, name: &TableName) -> Result<TableSchema, WriteError> {
     load_with(pool, name, true).await.map(|(schema, _)| schema)
 }
 
 /// [`load`], adding the version column only with `add_version`; also says whether the
 /// table had it.
-pub async fn load_with(
+async fn load_with(
     pool: &PgPool,
     name: &TableName,
     add_version: bool,

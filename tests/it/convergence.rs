@@ -11,7 +11,7 @@ use redsink::batch::Batcher;
 use redsink::config::MappingConfig;
 use redsink::map::Mapping;
 use redsink::table::TableName;
-use redsink::write::{self, Writer};
+use redsink::write::{self, Catalog, Writer};
 
 use crate::common::TestDb;
 use crate::{ITEMS, compact_entry, event, to_change};
@@ -69,7 +69,7 @@ fn any_delivery_order_duplication_and_batching_converges() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (db, mut writer, mapping) = rt.block_on(async {
+    let (db, mut catalog, writer, mapping) = rt.block_on(async {
         let db = TestDb::new().await;
         db.exec(ITEMS).await;
         let pool = write::connect(&db.url, 2).await.expect("pg");
@@ -78,12 +78,13 @@ fn any_delivery_order_duplication_and_batching_converges() {
             toml::from_str("streams = [\"s\"]\ntable = \"public.items\"").expect("mapping");
         (
             db,
+            Catalog::new(pool.clone()),
             Writer::new(pool, "redsink"),
             Mapping::compile(0, &config).expect("compiles"),
         )
     });
     let table = rt
-        .block_on(writer.table(&TableName::parse("public.items").expect("name")))
+        .block_on(catalog.table(&TableName::parse("public.items").expect("name")))
         .expect("table");
 
     let strategy = (

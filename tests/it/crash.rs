@@ -7,7 +7,7 @@ use redsink::entry::StreamEntry;
 use redsink::map::Mapping;
 use redsink::read::Reader;
 use redsink::table::TableName;
-use redsink::write::{self, Writer};
+use redsink::write::{self, Catalog, Writer};
 
 use crate::common::{self, TestDb};
 use crate::{ITEMS, add_items, fingerprint, item, items, items_mapping, to_change};
@@ -53,9 +53,10 @@ async fn a_crash_between_commit_and_xack_redelivers_as_a_no_op() {
     let entries = read_as("c1", &stream, 3).await;
     let pool = write::connect(&db.url, 2).await.expect("pg");
     write::migrate(&pool).await.expect("migrate");
-    let mut writer = Writer::new(pool, "redsink");
+    let mut catalog = Catalog::new(pool.clone());
+    let writer = Writer::new(pool, "redsink");
     let mapping = Mapping::compile(0, &config.mappings[0]).expect("mapping");
-    let table = writer
+    let table = catalog
         .table(&TableName::parse("public.items").expect("name"))
         .await
         .expect("table");

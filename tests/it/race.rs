@@ -6,23 +6,24 @@ use redsink::batch::{Batch, Batcher};
 use redsink::config::MappingConfig;
 use redsink::map::Mapping;
 use redsink::table::TableName;
-use redsink::write::{self, Writer};
+use redsink::write::{self, Catalog, Writer};
 
 use crate::common::TestDb;
 use crate::{ITEMS, compact_entry, event, item, items, to_change};
 
-async fn writer(db: &TestDb) -> Writer {
+/// One instance's catalog and writer, on a pool of its own.
+async fn instance(db: &TestDb) -> (Catalog, Writer) {
     let pool = write::connect(&db.url, 2).await.expect("pg");
     write::migrate(&pool).await.expect("migrate");
-    Writer::new(pool, "redsink")
+    (Catalog::new(pool.clone()), Writer::new(pool, "redsink"))
 }
 
 /// One batch of (key, value) events for public.items, through decode and map.
-async fn batch(writer: &mut Writer, events: &[(i64, String)]) -> Batch {
+async fn batch(catalog: &mut Catalog, events: &[(i64, String)]) -> Batch {
     let config: MappingConfig =
         toml::from_str("streams = [\"s\"]\ntable = \"public.items\"").expect("toml");
     let mapping = Mapping::compile(0, &config).expect("mapping");
-    let table = writer
+    let table = catalog
         .table(&TableName::parse("public.items").expect("name"))
         .await
         .expect("table");
@@ -44,14 +45,14 @@ async fn a_delete_racing_an_older_insert_of_the_same_row_wins() {
          CREATE TRIGGER slow BEFORE INSERT ON public.items FOR EACH ROW WHEN (NEW.name = 'slow') EXECUTE FUNCTION slow();",
     )
     .await;
-    let (mut a, mut b) = (writer(&db).await, writer(&db).await);
+    let ((mut catalog_a, a), (mut catalog_b, b)) = (instance(&db).await, instance(&db).await);
     let insert = batch(
-        &mut a,
+        &mut catalog_a,
         &[(1, event("c", 50, "null", &item(1, "slow", "B88=")))],
     )
     .await;
     let delete = batch(
-        &mut b,
+        &mut catalog_b,
         &[(1, event("d", 60, &item(1, "slow", "B88="), "null"))],
     )
     .await;

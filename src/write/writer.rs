@@ -1,0 +1,373 @@
+//! The writer: a [`Batch`] → [`Committed`], in one transaction on a connection of its
+//! own: `BEGIN` with the advisory locks ([`super::locks`]), one statement per table and
+//! row shape ([`super::sql`]), the checkpoints with `COMMIT`.
+//! I/O: Postgres; every statement sent is counted in [`Writer::round_trips`].
+//! Errors: [`WriteError`]; a data error makes [`Writer::write`] write the batch again
+//! with a savepoint per statement and per row, and only the rejected rows (with every
+//! entry coalesced into them) become dead letters.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use super::{Committed, ErrorClass, WriteError, locks, sql};
+use crate::batch::{Batch, BatchRow, TableRows};
+use crate::entry::DeadLetter;
+use crate::map::{RowChange, RowOp, TableSchema};
+use crate::table::TableName;
+
+/// Writes batches. Cheap to clone (a pool handle, the group and the round-trip counter,
+/// shared by the clones): the pipeline hands a clone to the task that writes.
+#[derive(Clone)]
+pub struct Writer {
+    pool: PgPool,
+    group: Arc<str>,
+    /// Statements sent to write batches (one simple query opens a transaction), shared
+    /// by the clones of a writer.
+    round_trips: Arc<AtomicU64>,
+}
+
+impl Writer {
+    pub fn new(pool: PgPool, group: &str) -> Self {
+        Self {
+            pool,
+            group: Arc::from(group),
+            round_trips: Arc::default(),
+        }
+    }
+
+    /// Statements sent to write batches so far (by this writer and its clones).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// One `SELECT 1` within `within`: is Postgres reachable? (For readiness while idle.)
+    pub async fn ping(&self, within: Duration) -> Result<(), WriteError> {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(within, query).await {
+            Ok(result) => result.map(|_| ()).map_err(WriteError::pg("SELECT 1")),
+            Err(_) => Err(WriteError::Postgres {
+                context: format!("SELECT 1: no answer within {within:?}"),
+                source: sqlx::Error::PoolTimedOut,
+            }),
+        }
+    }
+
+    fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies a batch in one transaction with its checkpoints. Safe to call again with
+    /// the same batch after an error: every statement is version-guarded.
+    pub async fn write(&self, batch: &Batch) -> Result<Committed, WriteError> {
+        let rejected = match self.attempt(batch, false).await {
+            Err(e) if e.class() == ErrorClass::Data => {
+                tracing::warn!(error = %e, "a row was rejected: writing the batch again row by row");
+                self.attempt(batch, true).await?
+            }
+            other => other?,
+        };
+        let mut dead = batch.dead.clone();
+        dead.extend(rejected);
+        Ok(Committed {
+            acks: batch.acks.clone(),
+            dead,
+            rows: batch.row_count(),
+        })
+    }
+
+    /// One transaction on a connection of its own; a connection whose transaction
+    /// failed is closed rather than returned to the pool (it may still be inside the
+    /// failed transaction).
+    async fn attempt(&self, batch: &Batch, isolate: bool) -> Result<Vec<DeadLetter>, WriteError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(WriteError::pg("acquiring a connection"))?;
+        let outcome = self.transaction(&mut conn, batch, isolate).await;
+        if outcome.is_err() {
+            conn.close_on_drop();
+        }
+        outcome
+    }
+
+    /// The transaction, in 3 round trips when nothing is rejected: `BEGIN` + the advisory
+    /// locks, one statement per table and row shape, the checkpoints + `COMMIT`. With
+    /// `isolate`, each statement runs under a savepoint and a statement that hits a data
+    /// error is retried row by row; the rows Postgres rejects are returned as dead
+    /// letters (with every entry coalesced into them).
+    async fn transaction(
+        &self,
+        tx: &mut PgConnection,
+        batch: &Batch,
+        isolate: bool,
+    ) -> Result<Vec<DeadLetter>, WriteError> {
+        self.trip();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql::begin_sql(&locks::lock_ids(batch))))
+            .execute(&mut *tx)
+            .await
+            .map_err(WriteError::pg("BEGIN and taking the row locks"))?;
+        let mut rejected = Rejected::default();
+        for table in &batch.tables {
+            if let Some(version) = &table.truncate {
+                self.truncate_table(tx, table, &version.0, isolate, &mut rejected)
+                    .await?;
+            }
+            for group in groups(&table.rows) {
+                // A row rejected in an earlier round is not written further.
+                let group: Vec<Item<'_>> = group
+                    .into_iter()
+                    .filter(|(_, row)| !rejected.rows.contains(&address(row)))
+                    .collect();
+                if group.is_empty() {
+                    continue;
+                }
+                self.write_group(tx, &table.table, &group, isolate, &mut rejected)
+                    .await?;
+            }
+        }
+        self.trip();
+        let commit = sql::commit_sql(&self.group, &batch.checkpoints)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(commit))
+            .execute(&mut *tx)
+            .await
+            .map_err(WriteError::pg("moving the checkpoints and COMMIT"))?;
+        Ok(rejected.dead)
+    }
+
+    /// A table's truncate. With `isolate`, under a savepoint: a truncate Postgres
+    /// refuses with a data error (a foreign key from another table, for example)
+    /// dead-letters the entries of the batch's truncates of the table.
+    async fn truncate_table(
+        &self,
+        tx: &mut PgConnection,
+        table: &TableRows,
+        version: &[u8],
+        isolate: bool,
+        rejected: &mut Rejected,
+    ) -> Result<(), WriteError> {
+        if !isolate {
+            return self.truncate(tx, &table.table, version).await;
+        }
+        let refused = self
+            .in_savepoint(tx, &TRUNCATE, async |conn| {
+                self.truncate(conn, &table.table, version).await
+            })
+            .await?;
+        if let Some(e) = refused {
+            let cause = postgres_message(&e);
+            rejected
+                .dead
+                .extend(table.truncate_entries.iter().map(|entry| DeadLetter {
+                    entry: entry.clone(),
+                    reason: format!(
+                        "table {}: postgres refused the truncate: {cause}",
+                        table.table.name
+                    ),
+                }));
+        }
+        Ok(())
+    }
+
+    /// One group of rows in one statement. With `isolate`, under a savepoint; when the
+    /// statement hits a data error, row by row, each under a savepoint of its own: the
+    /// rows Postgres rejects become dead letters.
+    async fn write_group(
+        &self,
+        tx: &mut PgConnection,
+        table: &TableSchema,
+        group: &[Item<'_>],
+        isolate: bool,
+        rejected: &mut Rejected,
+    ) -> Result<(), WriteError> {
+        if !isolate {
+            return self.exec_group(tx, table, group).await;
+        }
+        let refused = self
+            .in_savepoint(tx, &GROUP, async |conn| {
+                self.exec_group(conn, table, group).await
+            })
+            .await?;
+        if refused.is_none() {
+            return Ok(());
+        }
+        for item in group {
+            let refused = self
+                .in_savepoint(tx, &ROW, async |conn| {
+                    self.exec_group(conn, table, &[*item]).await
+                })
+                .await?;
+            if let Some(e) = refused {
+                rejected.rows.insert(address(item.1));
+                rejected.dead.extend(reject(item.1, &table.name, &e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `statement` under `savepoint`: `None` when it succeeded (the savepoint is
+    /// released), `Some(error)` when it hit a data error (rolled back to the savepoint:
+    /// the transaction goes on without it); any other error ends the transaction.
+    async fn in_savepoint(
+        &self,
+        conn: &mut PgConnection,
+        savepoint: &Savepoint,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> Result<(), WriteError>,
+    ) -> Result<Option<WriteError>, WriteError> {
+        self.simple(conn, savepoint.open).await?;
+        match statement(&mut *conn).await {
+            Ok(()) => {
+                self.simple(conn, savepoint.release).await?;
+                Ok(None)
+            }
+            Err(e) if e.class() == ErrorClass::Data => {
+                self.simple(conn, savepoint.rollback).await?;
+                Ok(Some(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A statement without parameters (the savepoints'), named in its own error.
+    async fn simple(
+        &self,
+        conn: &mut PgConnection,
+        statement: &'static str,
+    ) -> Result<(), WriteError> {
+        self.trip();
+        sqlx::query(statement)
+            .execute(conn)
+            .await
+            .map(|_| ())
+            .map_err(WriteError::pg(statement))
+    }
+
+    async fn exec_group(
+        &self,
+        conn: &mut PgConnection,
+        table: &TableSchema,
+        items: &[Item<'_>],
+    ) -> Result<(), WriteError> {
+        self.trip();
+        let changes: Vec<&RowChange> = items.iter().map(|(c, _)| *c).collect();
+        sql::write_rows(conn, table, &changes).await
+    }
+
+    async fn truncate(
+        &self,
+        conn: &mut PgConnection,
+        table: &TableSchema,
+        version: &[u8],
+    ) -> Result<(), WriteError> {
+        self.trip();
+        sql::truncate(conn, table, version).await
+    }
+}
+
+/// A savepoint's three statements, written out: each is sent as it stands and names
+/// its own error.
+struct Savepoint {
+    open: &'static str,
+    release: &'static str,
+    rollback: &'static str,
+}
+
+const TRUNCATE: Savepoint = Savepoint {
+    open: "SAVEPOINT redsink_truncate",
+    release: "RELEASE SAVEPOINT redsink_truncate",
+    rollback: "ROLLBACK TO SAVEPOINT redsink_truncate",
+};
+const GROUP: Savepoint = Savepoint {
+    open: "SAVEPOINT redsink_group",
+    release: "RELEASE SAVEPOINT redsink_group",
+    rollback: "ROLLBACK TO SAVEPOINT redsink_group",
+};
+const ROW: Savepoint = Savepoint {
+    open: "SAVEPOINT redsink_row",
+    release: "RELEASE SAVEPOINT redsink_row",
+    rollback: "ROLLBACK TO SAVEPOINT redsink_row",
+};
+
+/// What an attempt that isolates rows has rejected so far.
+#[derive(Default)]
+struct Rejected {
+    /// The dead letters, in the order Postgres rejected them.
+    dead: Vec<DeadLetter>,
+    /// The rejected rows by [`address`]: they stay put in the batch for the whole attempt.
+    rows: HashSet<usize>,
+}
+
+/// A batch row's address, which identifies it during an attempt.
+fn address(row: &BatchRow) -> usize {
+    std::ptr::from_ref(row).addr()
+}
+
+/// A change to write and the batch row it belongs to (for dead-lettering).
+type Item<'a> = (&'a RowChange, &'a BatchRow);
+
+/// Changes that one statement can write together: same operation, key and column
+/// set, in rounds: round k holds the k-th change of each row's chain, so a row's
+/// changes are written in order.
+fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
+    let mut out: Vec<Vec<Item<'_>>> = Vec::new();
+    let rounds = rows.iter().map(|r| r.before.len() + 1).max().unwrap_or(0);
+    for round in 0..rounds {
+        let mut index: HashMap<(bool, &[usize], &[usize]), usize> = HashMap::new();
+        for row in rows {
+            let Some(change) = row.chain().nth(round) else {
+                continue;
+            };
+            let shape = match &change.op {
+                RowOp::Delete { .. } => (true, change.key_columns.as_slice(), &[][..]),
+                RowOp::Upsert { columns, .. } => {
+                    (false, change.key_columns.as_slice(), columns.as_slice())
+                }
+            };
+            match index.get(&shape) {
+                Some(&i) => out[i].push((change, row)),
+                None => {
+                    index.insert(shape, out.len());
+                    out.push(vec![(change, row)]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Postgres' own message for an error, without our context.
+fn postgres_message(error: &WriteError) -> String {
+    match error {
+        WriteError::Postgres { source, .. } => source
+            .as_database_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| source.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// The winner and every entry coalesced into it go to the dead-letter stream together:
+/// acknowledging the older ones alone would lose them.
+fn reject(row: &BatchRow, table: &TableName, error: &WriteError) -> Vec<DeadLetter> {
+    let cause = postgres_message(error);
+    let winner = row.entries.first().map(|e| e.id);
+    row.entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| DeadLetter {
+            entry: entry.clone(),
+            reason: if i == 0 {
+                format!("table {table}: postgres rejected the row: {cause}")
+            } else {
+                format!(
+                    "table {table}: superseded in its batch by entry {} which postgres rejected: {cause}",
+                    winner.map(|w| w.to_string()).unwrap_or_default()
+                )
+            },
+        })
+        .collect()
+}
