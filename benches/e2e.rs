@@ -262,6 +262,63 @@ impl Redsink {
     }
 }
 
+/// Creates `group` on each stream at `start` (creating the stream); an existing
+/// group is fine.
+async fn create_groups(
+    redis: &mut MultiplexedConnection,
+    streams: &[String],
+    group: &str,
+    start: &str,
+) {
+    for s in streams {
+        let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(s)
+            .arg(group)
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async(redis)
+            .await;
+    }
+}
+
+/// The naive consumer's statement for one event: an upsert, or a delete.
+async fn naive_apply(tx: &mut sqlx::PgConnection, raw: &[u8]) -> Res<()> {
+    const UPSERT: &str = "INSERT INTO public.orders (id, customer_id, status, amount, note, created_at, updated_at, attrs)
+               VALUES ($1, $2, $3, $4::numeric, $5, $6::timestamptz, to_timestamp($7::float8 / 1e6), $8::jsonb)
+               ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
+                 amount = EXCLUDED.amount, note = EXCLUDED.note, created_at = EXCLUDED.created_at,
+                 updated_at = EXCLUDED.updated_at, attrs = EXCLUDED.attrs";
+    let v: serde_json::Value = serde_json::from_slice(raw)?;
+    let p = &v["after"];
+    if p.is_null() {
+        sqlx::query("DELETE FROM public.orders WHERE id = $1")
+            .bind(v["before"]["id"].as_i64())
+            .execute(&mut *tx)
+            .await?;
+        return Ok(());
+    }
+    let amount = {
+        use base64::Engine as _;
+        let raw =
+            base64::engine::general_purpose::STANDARD.decode(p["amount"].as_str().unwrap_or(""))?;
+        let cents = num_bigint::BigInt::from_signed_bytes_be(&raw);
+        format!("{}", cents) // scale applied below
+    };
+    sqlx::query(UPSERT)
+        .bind(p["id"].as_i64())
+        .bind(p["customer_id"].as_i64())
+        .bind(p["status"].as_str())
+        .bind(format!("{amount}e-2"))
+        .bind(p["note"].as_str())
+        .bind(p["created_at"].as_str())
+        .bind(p["updated_at"].as_i64().map(|u| u as f64))
+        .bind(p["attrs"].as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// A consumer as teams write it by hand: read a batch, upsert each event with its own
 /// statement inside one transaction, XACK. Returns events/s.
 async fn run_naive(
@@ -270,20 +327,7 @@ async fn run_naive(
     streams: &[String],
     events: u64,
 ) -> Res<f64> {
-    for s in streams {
-        let _: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(s)
-            .arg("naive")
-            .arg("0")
-            .query_async(redis)
-            .await;
-    }
-    let sql = "INSERT INTO public.orders (id, customer_id, status, amount, note, created_at, updated_at, attrs)
-               VALUES ($1, $2, $3, $4::numeric, $5, $6::timestamptz, to_timestamp($7::float8 / 1e6), $8::jsonb)
-               ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
-                 amount = EXCLUDED.amount, note = EXCLUDED.note, created_at = EXCLUDED.created_at,
-                 updated_at = EXCLUDED.updated_at, attrs = EXCLUDED.attrs";
+    create_groups(redis, streams, "naive", "0").await;
     let start = Instant::now();
     let mut done = 0u64;
     while done < events {
@@ -311,36 +355,9 @@ async fn run_naive(
             for entry in &key.ids {
                 ids.push(entry.id.clone());
                 done += 1;
-                let Some(redis::Value::BulkString(raw)) = entry.map.values().next() else {
-                    continue;
-                };
-                let v: serde_json::Value = serde_json::from_slice(raw)?;
-                let p = &v["after"];
-                if p.is_null() {
-                    sqlx::query("DELETE FROM public.orders WHERE id = $1")
-                        .bind(v["before"]["id"].as_i64())
-                        .execute(&mut *tx)
-                        .await?;
-                    continue;
+                if let Some(redis::Value::BulkString(raw)) = entry.map.values().next() {
+                    naive_apply(&mut tx, raw).await?;
                 }
-                let amount = {
-                    use base64::Engine as _;
-                    let raw = base64::engine::general_purpose::STANDARD
-                        .decode(p["amount"].as_str().unwrap_or(""))?;
-                    let cents = num_bigint::BigInt::from_signed_bytes_be(&raw);
-                    format!("{}", cents) // scale applied below
-                };
-                sqlx::query(sql)
-                    .bind(p["id"].as_i64())
-                    .bind(p["customer_id"].as_i64())
-                    .bind(p["status"].as_str())
-                    .bind(format!("{amount}e-2"))
-                    .bind(p["note"].as_str())
-                    .bind(p["created_at"].as_str())
-                    .bind(p["updated_at"].as_i64().map(|u| u as f64))
-                    .bind(p["attrs"].as_str())
-                    .execute(&mut *tx)
-                    .await?;
             }
             acks.push((key.key.clone(), ids));
         }
@@ -398,6 +415,31 @@ async fn run_pg_alone(orders: &Orders, events: u64) -> Res<f64> {
     Ok(events as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Fresh streams and table, `o.naive_events` events, then the naive consumer: events/s.
+async fn measure_naive(
+    o: &Options,
+    workload: &str,
+    redis: &mut MultiplexedConnection,
+    prefix: &str,
+    streams: &[String],
+) -> Res<f64> {
+    let pool = reset(redis, prefix).await?;
+    let naive_orders = Orders {
+        keys: if workload == "update" {
+            (o.naive_events / 5).max(1)
+        } else {
+            o.naive_events
+        },
+        delete_every: None,
+    };
+    xadd_all(
+        redis,
+        (0..o.naive_events).map(|j| naive_orders.entry(j, prefix, o.shards)),
+    )
+    .await?;
+    run_naive(redis, &pool, streams, o.naive_events).await
+}
+
 async fn throughput(o: &Options, workload: &str) -> Res<()> {
     let mut redis = redis::Client::open(redis_url())?
         .get_multiplexed_async_connection()
@@ -430,21 +472,7 @@ async fn throughput(o: &Options, workload: &str) -> Res<()> {
         .fetch_one(&pool)
         .await?;
 
-    let pool = reset(&mut redis, prefix).await?;
-    let naive_orders = Orders {
-        keys: if workload == "update" {
-            (o.naive_events / 5).max(1)
-        } else {
-            o.naive_events
-        },
-        delete_every: None,
-    };
-    xadd_all(
-        &mut redis,
-        (0..o.naive_events).map(|j| naive_orders.entry(j, prefix, o.shards)),
-    )
-    .await?;
-    let naive_eps = run_naive(&mut redis, &pool, &streams, o.naive_events).await?;
+    let naive_eps = measure_naive(o, workload, &mut redis, prefix, &streams).await?;
     let pg_eps = run_pg_alone(&orders, o.events).await?;
 
     let (batches, pg, rd) = r.trips;
@@ -468,33 +496,14 @@ async fn throughput(o: &Options, workload: &str) -> Res<()> {
     Ok(())
 }
 
-async fn latency(o: &Options, rate: u64) -> Res<()> {
-    let mut redis = redis::Client::open(redis_url())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let prefix = "bench.latency";
-    let streams = streams(prefix, o.shards);
-    let pool = reset(&mut redis, prefix).await?;
-    pool.execute(
-        "ALTER TABLE public.orders ADD COLUMN written_at timestamptz;
-         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$;
-         CREATE TRIGGER stamp BEFORE INSERT OR UPDATE ON public.orders FOR EACH ROW EXECUTE FUNCTION stamp();",
-    )
-    .await?;
-    // Create the groups first so redsink reads only what the producer sends from now on.
-    for s in &streams {
-        let _: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(s)
-            .arg("redsink")
-            .arg("$")
-            .arg("MKSTREAM")
-            .query_async(&mut redis)
-            .await;
-    }
-    let redsink = Redsink::start(prefix, o.max_batch)?;
-    // Produce: every 10 ms, rate/100 events; each note carries its XADD time (µs).
+/// Produces at `rate` for `o.seconds`: every 10 ms, rate/100 events; each note
+/// carries its XADD time (µs).
+async fn produce_stamped(
+    redis: &mut MultiplexedConnection,
+    o: &Options,
+    rate: u64,
+    prefix: &str,
+) -> Res<()> {
     let total = rate * o.seconds;
     let orders = Orders {
         keys: total,
@@ -516,8 +525,29 @@ async fn latency(o: &Options, rate: u64) -> Res<()> {
             })
             .collect();
         j += batch.len() as u64;
-        xadd_all(&mut redis, batch).await?;
+        xadd_all(redis, batch).await?;
     }
+    Ok(())
+}
+
+async fn latency(o: &Options, rate: u64) -> Res<()> {
+    let mut redis = redis::Client::open(redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let prefix = "bench.latency";
+    let streams = streams(prefix, o.shards);
+    let pool = reset(&mut redis, prefix).await?;
+    pool.execute(
+        "ALTER TABLE public.orders ADD COLUMN written_at timestamptz;
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN NEW.written_at := clock_timestamp(); RETURN NEW; END $$;
+         CREATE TRIGGER stamp BEFORE INSERT OR UPDATE ON public.orders FOR EACH ROW EXECUTE FUNCTION stamp();",
+    )
+    .await?;
+    // Create the groups first so redsink reads only what the producer sends from now on.
+    create_groups(&mut redis, &streams, "redsink", "$").await;
+    let redsink = Redsink::start(prefix, o.max_batch)?;
+    produce_stamped(&mut redis, o, rate, prefix).await?;
     let r = redsink.finish(&mut redis, &streams).await?;
     let mut lat: Vec<f64> = sqlx::query_scalar(
         "SELECT ((extract(epoch FROM written_at) * 1e6 - note::bigint) / 1000.0)::float8 FROM public.orders",
