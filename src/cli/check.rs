@@ -1,3 +1,5 @@
+//! `redsink check`: prints the findings and the least privileges; the work is in `ops::check`.
+
 use anyhow::bail;
 
 use redsink::ops::check;

@@ -1,3 +1,5 @@
+//! `redsink migrate`: applies redsink's own migrations (the `redsink` schema) and exits.
+
 pub async fn migrate(config: &super::ConfigArg) -> anyhow::Result<()> {
     let config = config.load()?;
     let pool = redsink::write::connect(&config.postgres.url, 1).await?;

@@ -1,7 +1,9 @@
 //! Commands of the `redsink` binary, one file each.
 
-mod admin;
 mod check;
+mod consumers;
+mod dlq;
+mod group;
 mod migrate;
 mod produce;
 mod replay;
@@ -15,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use redsink::config::Config;
+use redsink::ops;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +64,26 @@ impl ConfigArg {
     }
 }
 
+/// `--config` and `--stream`: what every group, consumer and dead-letter command needs.
+#[derive(clap::Args, Debug)]
+pub struct Target {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only this stream (a name or a pattern as in a mapping); repeatable. Default:
+    /// every stream of every mapping.
+    #[arg(long = "stream")]
+    streams: Vec<String>,
+}
+
+impl Target {
+    /// The config, the connection and the streams to act on.
+    async fn open(&self) -> anyhow::Result<(Config, ops::Target)> {
+        let config = self.config.load()?;
+        let target = ops::Target::open(&config, &self.streams).await?;
+        Ok((config, target))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the sync until SIGINT/SIGTERM.
@@ -86,13 +109,13 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Consumer-group administration.
     #[command(subcommand)]
-    Group(admin::GroupCommand),
+    Group(group::GroupCommand),
     /// Consumer administration.
     #[command(subcommand)]
-    Consumers(admin::ConsumersCommand),
+    Consumers(consumers::ConsumersCommand),
     /// Dead letters: list, show, retry (back through the normal path), purge.
     #[command(subcommand)]
-    Dlq(admin::DlqCommand),
+    Dlq(dlq::DlqCommand),
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -103,9 +126,9 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Replay(args) => replay::replay(args, shutdown_on_signal()).await,
         Command::Status(args) => status::status(args).await,
         Command::Check(args) => check::check(args).await,
-        Command::Group(command) => admin::group(command).await,
-        Command::Consumers(command) => admin::consumers(command).await,
-        Command::Dlq(command) => admin::dlq(command).await,
+        Command::Group(command) => group::group(command).await,
+        Command::Consumers(command) => consumers::consumers(command).await,
+        Command::Dlq(command) => dlq::dlq(command).await,
     }
 }
 

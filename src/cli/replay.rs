@@ -1,3 +1,5 @@
+//! `redsink replay`: arguments, progress and summary; the work is in `pipeline::replay`.
+
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 

@@ -1,3 +1,5 @@
+//! `redsink run`: loads the config and runs the sync until the shutdown token fires.
+
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(config: &super::ConfigArg, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -1,3 +1,5 @@
+//! `redsink status`: the report as text or JSON; the work is in `ops::status`.
+
 use std::fmt::Write as _;
 
 use redsink::ops::status::{self, Status};

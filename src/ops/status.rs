@@ -3,12 +3,10 @@
 
 use serde::Serialize;
 
+use super::TargetError;
 use crate::config::Config;
-use crate::map::Mapping;
 use crate::redis::inspect::{self, StreamStatus};
-
-use crate::config::StreamPattern;
-use crate::redis::{Control, RedisError, connect_control, discover};
+use crate::redis::{RedisError, connect_control};
 use crate::write::{self, Checkpoint, WriteError};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +15,8 @@ pub enum StatusError {
     Read(#[from] RedisError),
     #[error(transparent)]
     Write(#[from] WriteError),
-    #[error("config: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Streams(#[from] TargetError),
 }
 
 /// One mapped stream.
@@ -41,47 +39,7 @@ pub struct Status {
     pub missing: Vec<String>,
 }
 
-/// The existing streams of every mapping (dead-letter streams left out), with the index
-/// of the first mapping that covers each; with `only` (names or patterns), just those.
-pub async fn mapped_streams(
-    config: &Config,
-    control: &Control,
-    only: &[String],
-) -> Result<Vec<(String, usize)>, StatusError> {
-    let mut control = control.clone();
-    let mut filter = Vec::new();
-    for s in only {
-        filter.extend(
-            StreamPattern::parse(s).map_err(|e| StatusError::Config(format!("--stream: {e}")))?,
-        );
-    }
-    let wanted = if filter.is_empty() {
-        None
-    } else {
-        Some(discover(&mut control, &filter).await?)
-    };
-    let mut out: Vec<(String, usize)> = Vec::new();
-    for (i, m) in config.mappings.iter().enumerate() {
-        let mapping = Mapping::compile(i, m)
-            .map_err(|e| StatusError::Config(format!("mapping[{i}]: {e}")))?;
-        for name in discover(&mut control, &mapping.streams).await? {
-            let skip = config.redis.is_dlq(&name)
-                || out.iter().any(|(s, _)| *s == name)
-                || wanted.as_ref().is_some_and(|w| !w.contains(&name));
-            if !skip {
-                out.push((name, i));
-            }
-        }
-    }
-    if out.is_empty() && !only.is_empty() {
-        return Err(StatusError::Config(format!(
-            "no mapped stream matches {}",
-            only.join(", ")
-        )));
-    }
-    Ok(out)
-}
-
+/// Reads the state of every mapped stream from Redis and the checkpoints from Postgres.
 pub async fn status(config: &Config) -> Result<Status, StatusError> {
     let mut control = connect_control(&config.redis).await?;
     let pool = write::connect(&config.postgres.url, 1).await?;
@@ -91,7 +49,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         streams: Vec::new(),
         missing: Vec::new(),
     };
-    for (name, i) in mapped_streams(config, &control, &[]).await? {
+    for (name, i) in super::selected_streams(config, &control, &[]).await? {
         let dlq = config.redis.dlq_stream(&name);
         match inspect::stream_status(&mut control, &name, &dlq).await? {
             Some(redis) => report.streams.push(StreamReport {

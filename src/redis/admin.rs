@@ -1,20 +1,12 @@
-//! Group and dead-letter administration for the operator commands (`group reset`,
-//! `consumers prune`, `dlq …`) and for the pipeline's own consumer pruning.
+//! The raw Redis commands of group, consumer and stream administration: leaving a
+//! group, pruning consumers and trimming (Lua scripts, so each look-and-change is
+//! atomic), XGROUP SETID, and XRANGE/XADD/XDEL of whole entries. Used by the pipeline's
+//! chores and by the operator commands in `ops` (which own what a dead letter is).
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::{Control, RedisError};
 use crate::entry::EntryId;
-
-/// Fields redsink adds to a dead letter; everything else is the original entry.
-pub const DLQ_FIELDS: [&str; 4] = [
-    "redsink.error",
-    "redsink.stream",
-    "redsink.entry_id",
-    "redsink.group",
-];
 
 /// Removes consumer ARGV[2] of group ARGV[1] from stream KEYS[1] if it has nothing
 /// pending, in one script (nothing can be delivered to it between the check and the
@@ -221,145 +213,83 @@ pub async fn set_group_id(
 }
 
 /// A field and its value, as bytes.
-type Pair = (Vec<u8>, Vec<u8>);
+pub type Pair = (Vec<u8>, Vec<u8>);
 
-/// One entry of a dead-letter stream.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DeadLetterEntry {
-    /// Its ID in the dead-letter stream.
-    pub id: String,
-    pub error: String,
-    /// Where it came from.
-    pub stream: String,
-    pub entry_id: String,
-    pub group: String,
-    /// The original fields (shown as text, lossily for binary values).
-    pub fields: Vec<(String, String)>,
-    #[serde(skip)]
-    raw: Vec<Pair>,
-}
-
-/// Up to `count` dead letters of `dlq` from `start` (an ID, `(ID` for after it, or `-`).
-pub async fn dead_letters(
+/// Up to `count` entries of `key` from `start` to `end` (XRANGE syntax), each as its ID
+/// and its fields as bytes (binary values kept as they are, for moving them back).
+pub async fn range_fields(
     conn: &mut Control,
-    dlq: &str,
-    start: &str,
-    end: &str,
+    key: &str,
+    (start, end): (&str, &str),
     count: usize,
-) -> Result<Vec<DeadLetterEntry>, RedisError> {
-    let entries: Vec<(String, Vec<Pair>)> = redis::cmd("XRANGE")
-        .arg(dlq)
+) -> Result<Vec<(String, Vec<Pair>)>, RedisError> {
+    redis::cmd("XRANGE")
+        .arg(key)
         .arg(start)
         .arg(end)
         .arg("COUNT")
         .arg(i64::try_from(count).unwrap_or(i64::MAX))
         .query_async(conn)
         .await
-        .map_err(RedisError::redis(format!("XRANGE {dlq}")))?;
-    Ok(entries
-        .into_iter()
-        .map(|(id, pairs)| {
-            let get = |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(f, _)| f == name.as_bytes())
-                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
-            let raw: Vec<Pair> = pairs
-                .iter()
-                .filter(|(f, _)| !DLQ_FIELDS.iter().any(|d| f == d.as_bytes()))
-                .cloned()
-                .collect();
-            DeadLetterEntry {
-                error: get("redsink.error"),
-                stream: get("redsink.stream"),
-                entry_id: get("redsink.entry_id"),
-                group: get("redsink.group"),
-                fields: raw
-                    .iter()
-                    .map(|(f, v)| {
-                        (
-                            String::from_utf8_lossy(f).into_owned(),
-                            String::from_utf8_lossy(v).into_owned(),
-                        )
-                    })
-                    .collect(),
-                raw,
-                id,
-            }
-        })
-        .collect())
+        .map_err(RedisError::redis(format!("XRANGE {key}")))
 }
 
-/// Puts a dead letter's original fields back on its source stream (a new entry, read
-/// by the group like any other) and deletes it from `dlq`, in one MULTI/EXEC.
-/// Returns the new entry's ID.
-pub async fn retry_dead_letter(
+/// Adds `fields` to stream `to` as a new entry and deletes entry `id` of `from`, in one
+/// MULTI/EXEC; `context` names the move in an error. Returns the new entry's ID.
+///
+/// On a cluster, streams in different hash slots cannot share a transaction: then it
+/// adds, then deletes, and a failure in between leaves the old entry in place (moving
+/// it again adds the entry again).
+pub async fn move_entry(
     conn: &mut Control,
-    dlq: &str,
-    letter: &DeadLetterEntry,
+    (from, id): (&str, &str),
+    to: &str,
+    fields: &[Pair],
+    context: &str,
 ) -> Result<String, RedisError> {
-    if letter.stream.is_empty() || letter.raw.is_empty() {
-        return Err(RedisError::Invalid(format!(
-            "dead letter {} of {dlq} has no source stream or no original fields: nothing to retry",
-            letter.id
-        )));
-    }
     let mut xadd = redis::cmd("XADD");
-    xadd.arg(&letter.stream).arg("*");
-    for (f, v) in &letter.raw {
+    xadd.arg(to).arg("*");
+    for (f, v) in fields {
         xadd.arg(f.as_slice()).arg(v.as_slice());
     }
-    let context = || {
-        format!(
-            "moving dead letter {} of {dlq} back to {}",
-            letter.id, letter.stream
-        )
-    };
-    if conn.is_cluster()
-        && super::conn::slot(letter.stream.as_bytes()) != super::conn::slot(dlq.as_bytes())
-    {
-        // Different hash slots cannot share a transaction: add, then delete. A failure
-        // in between leaves the dead letter in place (a retry adds the entry again,
-        // which the version guard makes harmless).
+    if conn.is_cluster() && super::conn::slot(to.as_bytes()) != super::conn::slot(from.as_bytes()) {
         let new_id: String = xadd
             .query_async(conn)
             .await
-            .map_err(RedisError::redis(context()))?;
+            .map_err(RedisError::redis(context))?;
         let _: i64 = redis::cmd("XDEL")
-            .arg(dlq)
-            .arg(&letter.id)
+            .arg(from)
+            .arg(id)
             .query_async(conn)
             .await
-            .map_err(RedisError::redis(context()))?;
+            .map_err(RedisError::redis(context))?;
         return Ok(new_id);
     }
     let (new_id, _): (String, i64) = redis::pipe()
         .atomic()
         .add_command(xadd)
         .cmd("XDEL")
-        .arg(dlq)
-        .arg(&letter.id)
+        .arg(from)
+        .arg(id)
         .query_async(conn)
         .await
-        .map_err(RedisError::redis(context()))?;
+        .map_err(RedisError::redis(context))?;
     Ok(new_id)
 }
 
-/// Deletes dead letters by ID; returns how many existed.
-pub async fn purge_dead_letters(
+/// Deletes entries of `key` by ID (XDEL); returns how many existed.
+pub async fn delete_entries(
     conn: &mut Control,
-    dlq: &str,
+    key: &str,
     ids: &[String],
 ) -> Result<u64, RedisError> {
     if ids.is_empty() {
         return Ok(0);
     }
     redis::cmd("XDEL")
-        .arg(dlq)
+        .arg(key)
         .arg(ids)
         .query_async(conn)
         .await
-        .map_err(RedisError::redis(format!("XDEL {dlq}")))
+        .map_err(RedisError::redis(format!("XDEL {key}")))
 }
