@@ -9,9 +9,9 @@
 //! A leaf: it parses and validates into plain types (imports only the `entry` and
 //! `table` leaves for their grammars); the steps compile those into their own.
 //!
-//! This file holds the TOML structs, enums and defaults; [`load`] reads the file, the
-//! URL files and the environment, [`validate`] checks what serde cannot, [`redact`]
-//! keeps secrets out of logs, [`de`] parses durations, numbers and lists.
+//! This file holds the TOML structs, enums and defaults; `load` reads the file, the
+//! environment and the URL files, `validate` checks what serde cannot, `redact` keeps
+//! secrets out of logs, `de` parses durations, numbers and lists.
 
 mod de;
 mod load;
