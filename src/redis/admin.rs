@@ -317,9 +317,7 @@ pub async fn retry_dead_letter(
             letter.id, letter.stream
         )
     };
-    if conn.is_cluster()
-        && super::conn::slot(letter.stream.as_bytes()) != super::conn::slot(dlq.as_bytes())
-    {
+    if conn.is_cluster() && super::slot(letter.stream.as_bytes()) != super::slot(dlq.as_bytes()) {
         // Different hash slots cannot share a transaction: add, then delete. A failure
         // in between leaves the dead letter in place (a retry adds the entry again,
         // which the version guard makes harmless).
