@@ -82,42 +82,8 @@ pub async fn stream_status(
     )
     .await?;
     let mut groups = Vec::new();
-    for info in infos {
-        let group = text(info.get("name"));
-        let consumers: Vec<HashMap<String, Value>> = query(
-            conn,
-            redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group),
-            "XINFO CONSUMERS",
-            stream,
-        )
-        .await?;
-        let oldest: Vec<(String, String, u64, u64)> = query(
-            conn,
-            redis::cmd("XPENDING")
-                .arg(stream)
-                .arg(&group)
-                .arg("-")
-                .arg("+")
-                .arg(1),
-            "XPENDING",
-            stream,
-        )
-        .await?;
-        groups.push(GroupStatus {
-            lag: number(info.get("lag")),
-            pending: number(info.get("pending")).unwrap_or(0),
-            last_delivered: text(info.get("last-delivered-id")),
-            oldest_pending_idle_ms: oldest.first().map(|(_, _, idle, _)| *idle),
-            consumers: consumers
-                .iter()
-                .map(|c| ConsumerStatus {
-                    name: text(c.get("name")),
-                    pending: number(c.get("pending")).unwrap_or(0),
-                    idle_ms: number(c.get("idle")).unwrap_or(0),
-                })
-                .collect(),
-            group,
-        });
+    for info in &infos {
+        groups.push(group_status(conn, stream, info).await?);
     }
     Ok(Some(StreamStatus {
         stream: stream.to_string(),
@@ -126,6 +92,50 @@ pub async fn stream_status(
         groups,
         dlq_length,
     }))
+}
+
+/// One group of `stream`, from its XINFO GROUPS entry, XINFO CONSUMERS and its oldest
+/// pending entry (XPENDING).
+async fn group_status(
+    conn: &mut Control,
+    stream: &str,
+    info: &HashMap<String, Value>,
+) -> Result<GroupStatus, RedisError> {
+    let group = text(info.get("name"));
+    let consumers: Vec<HashMap<String, Value>> = query(
+        conn,
+        redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group),
+        "XINFO CONSUMERS",
+        stream,
+    )
+    .await?;
+    let oldest: Vec<(String, String, u64, u64)> = query(
+        conn,
+        redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&group)
+            .arg("-")
+            .arg("+")
+            .arg(1),
+        "XPENDING",
+        stream,
+    )
+    .await?;
+    Ok(GroupStatus {
+        lag: number(info.get("lag")),
+        pending: number(info.get("pending")).unwrap_or(0),
+        last_delivered: text(info.get("last-delivered-id")),
+        oldest_pending_idle_ms: oldest.first().map(|(_, _, idle, _)| *idle),
+        consumers: consumers
+            .iter()
+            .map(|c| ConsumerStatus {
+                name: text(c.get("name")),
+                pending: number(c.get("pending")).unwrap_or(0),
+                idle_ms: number(c.get("idle")).unwrap_or(0),
+            })
+            .collect(),
+        group,
+    })
 }
 
 async fn query<T: redis::FromRedisValue>(
