@@ -252,7 +252,7 @@ pub async fn move_entry(
     for (f, v) in fields {
         xadd.arg(f.as_slice()).arg(v.as_slice());
     }
-    if conn.is_cluster() && super::conn::slot(to.as_bytes()) != super::conn::slot(from.as_bytes()) {
+    if conn.is_cluster() && super::slot(to.as_bytes()) != super::slot(from.as_bytes()) {
         let new_id: String = xadd
             .query_async(conn)
             .await

@@ -4,11 +4,19 @@
 //! several users share (discovery, XRANGE, inspection, administration).
 //! Used by `read`, `ack`, the ops commands and the demo producer; imports no step.
 //! Errors: [`RedisError`], with `is_retryable` for the pipeline's backoff.
+//!
+//! Files: `deployment` (how to reach Redis: clients, TLS, ACL users), `control` (the
+//! shared connection, Sentinel re-resolution, the blocking readers' connection), `route`
+//! (hash slots, pipelines per slot), `reply` (stream replies → entries), `admin` and
+//! `inspect` (group administration, stream state); this file: errors and the commands
+//! several users share (discovery, XRANGE).
 
 pub mod admin;
-mod conn;
+mod control;
+mod deployment;
 pub mod inspect;
 pub(crate) mod reply;
+mod route;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,7 +27,9 @@ use redis::Value;
 use crate::config::{RedisConfig, StreamPattern};
 use crate::entry::StreamEntry;
 
-pub use conn::{Blocking, Control, Deployment, Routed, pipeline_by_key, slot};
+pub use control::{Blocking, Control};
+pub use deployment::Deployment;
+pub use route::{Routed, pipeline_by_key, slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {

@@ -1,0 +1,214 @@
+use super::*;
+
+#[test]
+fn urls_come_from_files_and_never_show_their_password() {
+    let dir = std::env::temp_dir().join(format!("redsink-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok();
+    let secret = dir.join("pg_url");
+    std::fs::write(&secret, "postgres://app:s3cret@db:5432/replica\n").ok();
+    let text = format!(
+        "[redis]\nurl = \"redis://r\"\n[postgres]\nurl_file = \"{}\"\n[[mapping]]\nstreams = [\"s\"]\ntable = \"public.t\"\n",
+        secret.display()
+    );
+    let config = Config::from_toml(&text, "test", std::iter::empty());
+    let config = config.map_err(|e| e.to_string());
+    assert_eq!(
+        config.as_ref().map(|c| c.postgres.url.as_str()),
+        Ok("postgres://app:s3cret@db:5432/replica")
+    );
+    let shown = format!("{:?}", config.as_ref().ok());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let both = text.replace("[postgres]\n", "[postgres]\nurl = \"postgres://x\"\n");
+    let err = Config::from_toml(&both, "test", std::iter::empty())
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.is_some_and(|e| e.contains("not both")));
+    let env = [(
+        "REDSINK_POSTGRES_URL_FILE".to_string(),
+        secret.display().to_string(),
+    )];
+    let from_env = text.replace(&format!("url_file = \"{}\"\n", secret.display()), "");
+    let config = Config::from_toml(&from_env, "test", env).map_err(|e| e.to_string());
+    assert_eq!(
+        config.map(|c| c.postgres.url),
+        Ok("postgres://app:s3cret@db:5432/replica".to_string())
+    );
+    // A URL file from the environment replaces the file's URL.
+    let with_url = text.replace(
+        &format!("url_file = \"{}\"\n", secret.display()),
+        "url = \"postgres://baked@x/y\"\n",
+    );
+    let env = [(
+        "REDSINK_POSTGRES_URL_FILE".to_string(),
+        secret.display().to_string(),
+    )];
+    let config = Config::from_toml(&with_url, "test", env).map_err(|e| e.to_string());
+    assert_eq!(
+        config.map(|c| c.postgres.url),
+        Ok("postgres://app:s3cret@db:5432/replica".to_string())
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+const BASE: &str = r#"
+[redis]
+url = "redis://127.0.0.1:6379"
+[postgres]
+url = "postgres://postgres:secret@127.0.0.1:5432/replica"
+[[mapping]]
+streams = ["shop.public.orders:{0..7}"]
+table = "public.orders"
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml(
+        text,
+        "test.toml",
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn defaults_apply() {
+    let c = load(BASE, &[]).expect("valid");
+    assert_eq!(c.redis.group, "redsink");
+    assert_eq!(c.redis.start, "0");
+    assert_eq!(c.batch.max_batch, 1024);
+    assert_eq!(c.decode.null_value, "default");
+    assert!(c.consumer().contains('-'));
+    assert_eq!(c.mappings[0].version, VersionSource::Auto);
+}
+
+#[test]
+fn env_overrides_keys() {
+    let c = load(
+        BASE,
+        &[
+            ("REDSINK_REDIS_URL", "redis://other:6380"),
+            ("REDSINK_BATCH_MAX_BATCH", "10"),
+            ("REDSINK_BATCH_MAX_DELAY", "5ms"),
+            ("REDSINK_TEST_IGNORED", "x"),
+            ("DATABASE_URL", "postgres://ignored"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.redis.url, "redis://other:6380");
+    assert_eq!(c.batch.max_batch, 10);
+    assert_eq!(c.batch.max_delay, Duration::from_millis(5));
+    assert!(
+        c.postgres.url.contains("replica"),
+        "file wins over DATABASE_URL"
+    );
+}
+
+#[test]
+fn database_url_is_a_fallback() {
+    let text = BASE.replace(
+        "url = \"postgres://postgres:secret@127.0.0.1:5432/replica\"",
+        "",
+    );
+    let c = load(&text, &[("DATABASE_URL", "postgres://x@h/db")]).expect("valid");
+    assert_eq!(c.postgres.url, "postgres://x@h/db");
+    let c = load(
+        &text,
+        &[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("REDSINK_POSTGRES_URL", "postgres://y@h/db"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.postgres.url, "postgres://y@h/db");
+    let err = load(&text, &[]).expect_err("no url");
+    assert!(err.to_string().contains("postgres.url"), "{err}");
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let cases = [
+        (BASE.replace("{0..7}", "{7..0}"), "mapping[0].streams[0]"),
+        (
+            BASE.replace("public.orders\"", "${source.nope}\""),
+            "mapping[0].table",
+        ),
+        (
+            format!("{BASE}\n[batch]\nmax_batch = 0\n"),
+            "batch.max_batch",
+        ),
+        (
+            format!("{BASE}\n[batch]\nmax_delay = \"soon\"\n"),
+            "max_delay",
+        ),
+        (
+            BASE.replace("[redis]", "[redis]\nstart = \"x\""),
+            "redis.start",
+        ),
+        (BASE.replace("[redis]", "[redis]\ncolour = 1"), "colour"),
+    ];
+    for (text, key) in cases {
+        let err = load(&text, &[]).expect_err(key).to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn redis_modes_need_their_keys() {
+    let sentinel = BASE.replace(
+        "[redis]",
+        "[redis]\nmode = \"sentinel\"\nmaster_name = \"mymaster\"\nnodes = [\"redis://s1:26379\"]",
+    );
+    let c = load(&sentinel, &[]).expect("valid sentinel config");
+    assert_eq!(c.redis.mode, RedisMode::Sentinel);
+    let c = load(
+        &BASE.replace("[redis]", "[redis]\nmode = \"cluster\""),
+        &[("REDSINK_REDIS_NODES", "redis://b:6379, redis://c:6379")],
+    )
+    .expect("valid cluster config");
+    assert_eq!(c.redis.nodes, ["redis://b:6379", "redis://c:6379"]);
+    // TLS files with a TLS URL in any spelling; an empty one from the environment unsets.
+    let tls = BASE.replace(
+        "[redis]\nurl = \"redis://127.0.0.1:6379\"",
+        "[redis]\nurl = \"REDISS://127.0.0.1:6379\"\ntls_ca_file = \"/ca.pem\"",
+    );
+    assert!(load(&tls, &[]).is_ok());
+    let c = load(
+        &tls,
+        &[
+            ("REDSINK_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDSINK_REDIS_TLS_CA_FILE", ""),
+        ],
+    )
+    .expect("TLS switched off from the environment");
+    assert!(c.redis.tls_ca_file.is_none());
+    // `[redis]` lines that are wrong together, and the key the error names.
+    let cases = [
+        (
+            "mode = \"sentinel\"\nnodes = [\"redis://s\"]",
+            "redis.master_name",
+        ),
+        ("mode = \"sentinel\"\nmaster_name = \"m\"", "redis.nodes"),
+        ("master_name = \"m\"", "redis.master_name"),
+        ("nodes = [\"redis://b\"]", "redis.nodes"),
+        ("mode = \"replicated\"", "replicated"),
+        (
+            "mode = \"cluster\"\nnodes = [\"rediss://b\", \"redis://c\"]",
+            "redis.nodes",
+        ),
+        ("tls_ca_file = \"/ca.pem\"", "redis.tls_ca_file"),
+        ("tls_cert_file = \"/c.pem\"", "redis.tls_cert_file"),
+    ];
+    for (lines, key) in cases {
+        let text = BASE.replace("[redis]", &format!("[redis]\n{lines}"));
+        let err = load(&text, &[]).expect_err(key).to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn secrets_are_redacted() {
+    let c = load(BASE, &[]).expect("valid");
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("secret"), "{debug}");
+    assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
+    assert_eq!(redact_url("redis://pw@h:1"), "redis://***@h:1");
+    assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+}

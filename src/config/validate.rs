@@ -1,0 +1,201 @@
+//! Validation: what serde cannot check (ranges, grammars, keys that go together), one
+//! section at a time. The first failing check is reported, naming its key; the order of
+//! the checks is part of the behaviour (which error an operator sees first).
+
+use super::{
+    BatchConfig, Config, ConfigError, MappingConfig, PostgresConfig, RedisConfig, RedisMode,
+    StreamPattern, invalid, is_tls_url,
+};
+
+impl Config {
+    /// Checks what serde cannot: ranges, templates, non-empty names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis.url.trim().is_empty() {
+            return Err(invalid("redis.url", "must not be empty"));
+        }
+        if self.postgres.url.trim().is_empty() {
+            return Err(invalid(
+                "postgres.url",
+                "is not set: set it in the file, in REDSINK_POSTGRES_URL or in DATABASE_URL",
+            ));
+        }
+        self.redis.validate_mode()?;
+        self.redis.validate_group()?;
+        self.postgres.validate()?;
+        self.batch.validate()?;
+        if self.mappings.is_empty() {
+            return Err(invalid(
+                "mapping",
+                "no [[mapping]] is configured: add one with `streams` and `table`",
+            ));
+        }
+        for (i, m) in self.mappings.iter().enumerate() {
+            m.validate(i)?;
+        }
+        Ok(())
+    }
+}
+
+impl RedisConfig {
+    /// The keys of `redis.mode` go together; TLS files need a `rediss://` URL.
+    fn validate_mode(&self) -> Result<(), ConfigError> {
+        self.validate_master_name()?;
+        self.validate_schemes()?;
+        if self.mode == RedisMode::Standalone && !self.nodes.is_empty() {
+            return Err(invalid(
+                "redis.nodes",
+                "is only used with mode = \"cluster\" (seed nodes) or \"sentinel\" (the sentinels)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sentinel needs `master_name` and `nodes`; the other modes take no `master_name`.
+    fn validate_master_name(&self) -> Result<(), ConfigError> {
+        match (self.mode, &self.master_name) {
+            (RedisMode::Sentinel, None) => {
+                return Err(invalid(
+                    "redis.master_name",
+                    "is required with mode = \"sentinel\": the name the sentinels monitor (`sentinel monitor <name> …`)",
+                ));
+            }
+            (RedisMode::Sentinel, Some(_)) if self.nodes.is_empty() => {
+                return Err(invalid(
+                    "redis.nodes",
+                    "is required with mode = \"sentinel\": the sentinels' URLs, e.g. [\"redis://sentinel-1:26379\"]",
+                ));
+            }
+            (RedisMode::Standalone | RedisMode::Cluster, Some(_)) => {
+                return Err(invalid(
+                    "redis.master_name",
+                    "is only used with mode = \"sentinel\"",
+                ));
+            }
+            _ => {}
+        }
+        if self
+            .master_name
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            return Err(invalid("redis.master_name", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// One scheme (`redis://` or `rediss://`) for all URLs; TLS files only with `rediss://`.
+    fn validate_schemes(&self) -> Result<(), ConfigError> {
+        let tls = |u: &String| is_tls_url(u);
+        if self.nodes.iter().any(tls) && !self.nodes.iter().all(tls) {
+            return Err(invalid(
+                "redis.nodes",
+                "mixes redis:// and rediss:// URLs: use one scheme for all of them",
+            ));
+        }
+        if self.mode == RedisMode::Cluster
+            && !self.nodes.is_empty()
+            && tls(&self.url) != tls(&self.nodes[0])
+        {
+            return Err(invalid(
+                "redis.nodes",
+                "use the same scheme as redis.url (redis:// or rediss://) for every seed node",
+            ));
+        }
+        let any_tls = tls(&self.url) || self.nodes.iter().any(tls);
+        let set = [
+            ("redis.tls_ca_file", &self.tls_ca_file),
+            ("redis.tls_cert_file", &self.tls_cert_file),
+            ("redis.tls_key_file", &self.tls_key_file),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.is_some());
+        if let (false, Some((key, _))) = (any_tls, set) {
+            return Err(invalid(
+                key,
+                "is set but no URL uses rediss://: TLS files apply to rediss:// URLs only \
+                 (unset it, e.g. with an empty REDSINK_REDIS_TLS_CA_FILE, or use rediss://)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The consumer group and how it is read: names, start, block, dead-letter suffix.
+    fn validate_group(&self) -> Result<(), ConfigError> {
+        if self.group.trim().is_empty() {
+            return Err(invalid("redis.group", "must not be empty"));
+        }
+        if let Some(c) = &self.consumer
+            && c.trim().is_empty()
+        {
+            return Err(invalid("redis.consumer", "must not be empty"));
+        }
+        let start = self.start.as_str();
+        if start != "$" && crate::entry::EntryId::parse(start).is_none() {
+            return Err(invalid(
+                "redis.start",
+                format!("`{start}` is neither \"0\", \"$\" nor an entry ID like 1700000000000-0"),
+            ));
+        }
+        if self.block.is_zero() {
+            return Err(invalid(
+                "redis.block",
+                "must be above zero (0 would block forever)",
+            ));
+        }
+        if self.dlq_suffix.is_empty() {
+            return Err(invalid(
+                "redis.dlq_suffix",
+                "must not be empty: the DLQ would be the stream itself",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PostgresConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool_size == 0 {
+            return Err(invalid("postgres.pool_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl BatchConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.max_batch) {
+            return Err(invalid("batch.max_batch", "must be between 1 and 100000"));
+        }
+        if self.max_delay.is_zero() {
+            return Err(invalid("batch.max_delay", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+impl MappingConfig {
+    /// Mapping `i` (its keys are named `mapping[i].…`): stream patterns, table template, key.
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        if self.streams.is_empty() {
+            return Err(invalid(
+                format!("mapping[{i}].streams"),
+                "must not be empty",
+            ));
+        }
+        for (j, s) in self.streams.iter().enumerate() {
+            StreamPattern::parse(s)
+                .map_err(|msg| invalid(format!("mapping[{i}].streams[{j}]"), msg))?;
+        }
+        crate::table::TableTemplate::parse(&self.table)
+            .map_err(|msg| invalid(format!("mapping[{i}].table"), msg))?;
+        if let Some(key) = &self.key
+            && (key.is_empty() || key.iter().any(|k| k.is_empty()))
+        {
+            return Err(invalid(
+                format!("mapping[{i}].key"),
+                "must list at least one non-empty column name",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! Other consumers: entries they left pending are taken over (XAUTOCLAIM) once idle
+//! for `claim_idle`; consumers idle with nothing pending are removed from the group,
+//! and this one leaves it at shutdown when its PEL is empty.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+
+use super::Reader;
+use crate::entry::{EntryId, StreamEntry};
+use crate::redis::reply::parse_autoclaim_reply;
+use crate::redis::{RedisError, admin};
+
+/// The most entries one XAUTOCLAIM takes over per stream and round (it scans at most
+/// ten times as many pending entries).
+const CLAIM_COUNT: usize = 500;
+
+impl Reader {
+    /// Takes over entries that have been pending on any consumer of the group for
+    /// longer than `min_idle` (a consumer that died) and returns them for processing.
+    /// Each stream's scan resumes where the previous round stopped. Entries deleted
+    /// from the stream while pending come back without fields (the decoder reports them).
+    /// A stream whose XAUTOCLAIM fails is logged and retried next round.
+    /// At most `limit` entries are taken over per round.
+    pub async fn claim_idle(&mut self, min_idle: Duration, limit: usize) -> Vec<StreamEntry> {
+        let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let streams: Vec<Arc<str>> = self.streams.iter().map(|(s, _)| s.clone()).collect();
+        for stream in streams {
+            let count = CLAIM_COUNT.min(limit.saturating_sub(out.len()));
+            if count == 0 {
+                break;
+            }
+            let start = self
+                .claim_cursors
+                .get(&stream)
+                .copied()
+                .unwrap_or(EntryId::ZERO);
+            let reply: Result<Value, _> = redis::cmd("XAUTOCLAIM")
+                .arg(stream.as_ref())
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(idle_ms)
+                .arg(start.to_string())
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut self.control)
+                .await;
+            let parsed = reply
+                .map_err(RedisError::redis(format!("XAUTOCLAIM on {stream}")))
+                .and_then(|r| parse_autoclaim_reply(&stream, r));
+            match parsed {
+                Ok((next, mut claimed)) => {
+                    self.claim_cursors.insert(stream.clone(), next);
+                    if let Err(e) = self.fill_deliveries(&stream, &mut claimed).await {
+                        tracing::warn!(stream = %stream, error = %e, "reading delivery counts failed");
+                    }
+                    if !claimed.is_empty() {
+                        tracing::warn!(
+                            stream = %stream,
+                            count = claimed.len(),
+                            "claimed entries left pending by another consumer"
+                        );
+                    }
+                    out.extend(claimed);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "claiming idle entries failed")
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes from the group the other consumers that have been idle for `min_idle`
+    /// with nothing pending (instances that were killed), so `XINFO CONSUMERS` lists
+    /// live instances. A live instance is never idle for long (it reads every `block`),
+    /// and one removed by mistake is re-created by its next read.
+    pub async fn prune_consumers(&mut self, min_idle: Duration) -> usize {
+        let mut pruned = 0;
+        for (stream, _) in &self.streams {
+            let keep = Some(self.consumer.as_str());
+            match admin::prune_consumers(&mut self.control, stream, &self.group, keep, min_idle)
+                .await
+            {
+                Ok(names) => {
+                    for name in &names {
+                        tracing::info!(stream = %stream, consumer = %name, "removed an idle consumer with nothing pending");
+                    }
+                    pruned += names.len();
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "pruning idle consumers failed")
+                }
+            }
+        }
+        pruned
+    }
+
+    /// Removes this consumer from the group on every stream where it has nothing
+    /// pending (XGROUP DELCONSUMER would drop pending entries), so `XINFO CONSUMERS`
+    /// lists live instances only. Reads still in flight are waited for first (what they
+    /// deliver is pending, and keeps us in the group). Errors are logged: the next start
+    /// cleans up anyway.
+    pub async fn leave_group(&mut self) {
+        self.settle().await;
+        let mut left = 0;
+        for (stream, _) in &self.streams {
+            match admin::leave_group(&mut self.control, stream, &self.group, &self.consumer).await {
+                Ok(true) => left += 1,
+                Ok(false) => {
+                    tracing::info!(stream = %stream, "entries still pending: staying in the group")
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "leaving the group failed");
+                    if e.is_retryable() {
+                        // Redis is unreachable: do not wait on every stream in turn.
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(consumer = %self.consumer, streams = left, "left the consumer group");
+    }
+}

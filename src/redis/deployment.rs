@@ -1,0 +1,287 @@
+//! How to reach the configured Redis: one server, a Redis Cluster, or the master that
+//! Redis Sentinel names ([`Deployment`], built from `[redis]` with its TLS files and ACL
+//! users), and the connections it opens: [`Deployment::control`] the shared one (see
+//! `control`), [`Deployment::blocking`] one without a response timeout for one blocking
+//! XREADGROUP (the caller puts an outer timeout around it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::cluster::ClusterClient;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use tokio::sync::Mutex;
+
+use super::control::SentinelControl;
+use super::{Blocking, Control, RedisError};
+use crate::config::{RedisConfig, RedisMode, is_tls_url};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach the configured Redis.
+#[derive(Clone)]
+pub enum Deployment {
+    Standalone(Box<redis::Client>),
+    Cluster {
+        control: Box<ClusterClient>,
+        /// Without a (short) response timeout, for blocking reads.
+        blocking: Box<ClusterClient>,
+    },
+    Sentinel(Arc<Mutex<SentinelClient>>),
+}
+
+impl Deployment {
+    pub fn new(config: &RedisConfig) -> Result<Self, RedisError> {
+        let tls = Tls::read(config)?;
+        match config.mode {
+            RedisMode::Standalone => Ok(Self::Standalone(Box::new(tls.client(&config.url)?))),
+            RedisMode::Cluster => {
+                let mut seeds = vec![config.url.clone()];
+                seeds.extend(config.nodes.iter().cloned());
+                Ok(Self::Cluster {
+                    control: Box::new(tls.cluster(&seeds, RESPONSE_TIMEOUT, 4)?),
+                    // The outer timeout of each blocking read is what limits it. No
+                    // retries: a read re-sent after a lost reply would leave what the
+                    // first delivered in our PEL unseen; the error makes the pipeline
+                    // re-read the PEL instead (MOVED and ASK come back as errors too).
+                    blocking: Box::new(tls.cluster(&seeds, Duration::from_secs(24 * 3600), 0)?),
+                })
+            }
+            RedisMode::Sentinel => {
+                let name = config.master_name.as_deref().unwrap_or_default();
+                Ok(Self::Sentinel(Arc::new(Mutex::new(tls.sentinel(
+                    &config.url,
+                    &config.nodes,
+                    name,
+                )?))))
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    /// The shared connection for every non-blocking command.
+    pub async fn control(&self) -> Result<Control, RedisError> {
+        match self {
+            Self::Standalone(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(2);
+                client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map(Control::Single)
+                    .map_err(RedisError::redis("connecting to redis"))
+            }
+            Self::Cluster { control, .. } => control
+                .get_async_connection()
+                .await
+                .map(Control::Cluster)
+                .map_err(RedisError::redis("connecting to the redis cluster")),
+            Self::Sentinel(client) => {
+                let control = SentinelControl::new(
+                    client.clone(),
+                    AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+                );
+                // Connect now, so that a wrong address or name is reported at start-up.
+                control.connection().await.map_err(RedisError::redis(
+                    "connecting to the master through the sentinels",
+                ))?;
+                Ok(Control::Sentinel(control))
+            }
+        }
+    }
+
+    /// A new connection for one blocking read at a time: no response timeout.
+    pub async fn blocking(&self) -> Result<Blocking, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        match self {
+            Self::Standalone(client) => client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map(Blocking::Single)
+                .map_err(RedisError::redis("connecting the reader to redis")),
+            Self::Cluster { blocking, .. } => blocking
+                .get_async_connection()
+                .await
+                .map(Blocking::Cluster)
+                .map_err(RedisError::redis(
+                    "connecting the reader to the redis cluster",
+                )),
+            Self::Sentinel(client) => client
+                .lock()
+                .await
+                .get_async_connection_with_config(&config)
+                .await
+                .map(Blocking::Single)
+                .map_err(RedisError::redis(
+                    "connecting the reader to the master through the sentinels",
+                )),
+        }
+    }
+}
+
+/// The TLS files of `[redis]`, read once.
+struct Tls {
+    ca: Option<Vec<u8>>,
+    client: Option<redis::ClientTlsConfig>,
+}
+
+impl Tls {
+    fn read(config: &RedisConfig) -> Result<Self, RedisError> {
+        let read = |path: &Option<String>, what: &str| -> Result<Option<Vec<u8>>, RedisError> {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p)
+                        .map_err(|e| RedisError::Invalid(format!("redis.{what} {p}: {e}")))
+                })
+                .transpose()
+        };
+        let ca = read(&config.tls_ca_file, "tls_ca_file")?;
+        let cert = read(&config.tls_cert_file, "tls_cert_file")?;
+        let key = read(&config.tls_key_file, "tls_key_file")?;
+        // rustls (rediss://) needs a process-wide crypto provider; a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match (cert, key) {
+            (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(RedisError::Invalid(
+                    "redis.tls_cert_file and redis.tls_key_file go together".into(),
+                ));
+            }
+        };
+        Ok(Self { ca, client })
+    }
+
+    fn configured(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client.clone(),
+            root_cert: self.ca.clone(),
+        }
+    }
+
+    fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        if self.configured() {
+            redis::Client::build_with_tls(url, self.certificates())
+                .map_err(RedisError::redis("opening redis url with TLS"))
+        } else {
+            redis::Client::open(url).map_err(RedisError::redis("opening redis url"))
+        }
+    }
+
+    fn cluster(
+        &self,
+        seeds: &[String],
+        response: Duration,
+        retries: u32,
+    ) -> Result<ClusterClient, RedisError> {
+        let first = seeds
+            .first()
+            .map(|s| s.as_str().into_connection_info())
+            .transpose()
+            .map_err(RedisError::redis("parsing redis.url"))?;
+        let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(response)
+            .retries(retries);
+        if let Some(info) = &first {
+            let settings = info.redis_settings();
+            if let Some(user) = settings.username() {
+                builder = builder.username(user);
+            }
+            if let Some(password) = settings.password() {
+                builder = builder.password(password);
+            }
+        }
+        if seeds.iter().any(|s| is_tls_url(s)) {
+            builder = builder.tls(redis::TlsMode::Secure);
+        }
+        if self.configured() {
+            builder = builder.certs(self.certificates());
+        }
+        builder
+            .build()
+            .map_err(RedisError::redis("opening the redis cluster seed nodes"))
+    }
+
+    /// Sentinel: the sentinels' addresses and credentials come from `nodes`, the master's
+    /// credentials, database and TLS from `url`.
+    fn sentinel(
+        &self,
+        url: &str,
+        nodes: &[String],
+        master: &str,
+    ) -> Result<SentinelClient, RedisError> {
+        let master_info = url
+            .into_connection_info()
+            .map_err(RedisError::redis("parsing redis.url"))?;
+        let mut addrs = Vec::new();
+        let mut sentinel_auth = None;
+        for node in nodes {
+            let info = node
+                .as_str()
+                .into_connection_info()
+                .map_err(RedisError::redis(format!(
+                    "parsing redis.nodes entry {}",
+                    crate::config::redact_url(node)
+                )))?;
+            let s = info.redis_settings();
+            if sentinel_auth.is_none() && (s.username().is_some() || s.password().is_some()) {
+                sentinel_auth = Some((
+                    s.username().map(str::to_string),
+                    s.password().map(str::to_string),
+                ));
+            }
+            addrs.push(info.addr().clone());
+        }
+        let sentinel_tls = nodes.iter().any(|n| is_tls_url(n));
+        let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+            .map_err(RedisError::redis("configuring the sentinels"))?;
+        let settings = master_info.redis_settings();
+        b = b.set_client_to_redis_db(settings.db());
+        if let Some(user) = settings.username() {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(password) = settings.password() {
+            b = b.set_client_to_redis_password(password);
+        }
+        if let Some((user, password)) = sentinel_auth {
+            if let Some(user) = user {
+                b = b.set_client_to_sentinel_username(user);
+            }
+            if let Some(password) = password {
+                b = b.set_client_to_sentinel_password(password);
+            }
+        }
+        if is_tls_url(url) {
+            b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            if self.configured() {
+                b = b.set_client_to_redis_certificates(self.certificates());
+            }
+        }
+        if sentinel_tls {
+            b = b.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+            if self.configured() {
+                b = b.set_client_to_sentinel_certificates(self.certificates());
+            }
+        }
+        b.build()
+            .map_err(RedisError::redis("configuring the sentinels"))
+    }
+}
