@@ -20,7 +20,7 @@
 //!
 //! Pure. Errors are short phrases that map puts after the table and column.
 //! Here: the dispatch by logical type, else column type, and the shared helpers;
-//! [`numeric`], [`time`], [`bytes`] and [`collections`] convert by concern.
+//! `numeric`, `time`, `bytes` and `collections` convert by concern.
 
 mod bytes;
 mod collections;
