@@ -27,7 +27,7 @@ pub struct BatchRow {
     /// The newest change of the row in the batch.
     pub change: RowChange,
     /// Older changes of the row to write first, in version order: empty unless they
-    /// can make a difference (see [`BatchRow::fold`]).
+    /// can make a difference (see `BatchRow::fold`).
     pub before: Vec<RowChange>,
     pub entries: Vec<StreamEntry>,
     /// The other changes of the row in arrival order, sorted out by `fold`.

@@ -1,4 +1,6 @@
-//! Debezium / Kafka Connect logical types, read from a field's schema.
+//! A field's Debezium / Kafka Connect schema → its [`Logical`] type (how map reads the
+//! JSON value) and, for schema evolution, a PostgreSQL type ([`sql_type`]). Pure; a schema
+//! it does not know gives `None` or [`Logical::Plain`], never an error.
 
 use serde_json::Value;
 
@@ -92,52 +94,10 @@ impl Logical {
 /// The PostgreSQL type for a field of this Debezium / Kafka Connect schema, for schema
 /// evolution (creating a missing table or column); `None` when there is no good one.
 pub fn sql_type(schema: &Value) -> Option<String> {
-    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
-    let param = |k: &str| {
-        schema
-            .get("parameters")
-            .and_then(|p| p.get(k))
-            .and_then(|v| match v {
-                Value::String(s) => s.parse::<u32>().ok(),
-                other => other.as_u64().and_then(|n| u32::try_from(n).ok()),
-            })
-    };
-    let named = match schema.get("name").and_then(Value::as_str) {
-        Some("org.apache.kafka.connect.data.Decimal") => {
-            match (param("connect.decimal.precision"), param("scale")) {
-                (Some(p), Some(s)) if p > 0 && p <= 1000 && s <= p => format!("numeric({p},{s})"),
-                _ => "numeric".into(),
-            }
-        }
-        Some("io.debezium.data.VariableScaleDecimal") => "numeric".into(),
-        Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date") => "date".into(),
-        Some(
-            "io.debezium.time.Time"
-            | "io.debezium.time.MicroTime"
-            | "io.debezium.time.NanoTime"
-            | "org.apache.kafka.connect.data.Time",
-        ) => "time".into(),
-        Some(
-            "io.debezium.time.Timestamp"
-            | "io.debezium.time.MicroTimestamp"
-            | "io.debezium.time.NanoTimestamp"
-            | "org.apache.kafka.connect.data.Timestamp",
-        ) => "timestamp".into(),
-        Some("io.debezium.time.ZonedTimestamp") => "timestamptz".into(),
-        Some("io.debezium.time.ZonedTime") => "timetz".into(),
-        Some("io.debezium.time.MicroDuration" | "io.debezium.time.Interval") => "interval".into(),
-        Some("io.debezium.time.Year") => "integer".into(),
-        Some("io.debezium.data.Json") => "jsonb".into(),
-        Some("io.debezium.data.Uuid") => "uuid".into(),
-        Some("io.debezium.data.Xml") => "xml".into(),
-        Some("io.debezium.data.Bits") => "varbit".into(),
-        Some("io.debezium.data.Enum" | "io.debezium.data.EnumSet") => "text".into(),
-        Some(n) if n.starts_with("io.debezium.data.geometry.") => "bytea".into(),
-        _ => String::new(),
-    };
-    if !named.is_empty() {
+    if let Some(named) = named_sql_type(schema) {
         return Some(named);
     }
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
     Some(
         match ty {
             "int8" | "int16" => "smallint",
@@ -157,6 +117,55 @@ pub fn sql_type(schema: &Value) -> Option<String> {
         }
         .into(),
     )
+}
+
+/// The PostgreSQL type of a schema's logical type (its `name`); `None` for a name not
+/// listed or no name, where the plain `type` decides.
+fn named_sql_type(schema: &Value) -> Option<String> {
+    let named = match schema.get("name").and_then(Value::as_str)? {
+        "org.apache.kafka.connect.data.Decimal" => {
+            match (
+                param(schema, "connect.decimal.precision"),
+                param(schema, "scale"),
+            ) {
+                (Some(p), Some(s)) if p > 0 && p <= 1000 && s <= p => format!("numeric({p},{s})"),
+                _ => "numeric".into(),
+            }
+        }
+        "io.debezium.data.VariableScaleDecimal" => "numeric".into(),
+        "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => "date".into(),
+        "io.debezium.time.Time"
+        | "io.debezium.time.MicroTime"
+        | "io.debezium.time.NanoTime"
+        | "org.apache.kafka.connect.data.Time" => "time".into(),
+        "io.debezium.time.Timestamp"
+        | "io.debezium.time.MicroTimestamp"
+        | "io.debezium.time.NanoTimestamp"
+        | "org.apache.kafka.connect.data.Timestamp" => "timestamp".into(),
+        "io.debezium.time.ZonedTimestamp" => "timestamptz".into(),
+        "io.debezium.time.ZonedTime" => "timetz".into(),
+        "io.debezium.time.MicroDuration" | "io.debezium.time.Interval" => "interval".into(),
+        "io.debezium.time.Year" => "integer".into(),
+        "io.debezium.data.Json" => "jsonb".into(),
+        "io.debezium.data.Uuid" => "uuid".into(),
+        "io.debezium.data.Xml" => "xml".into(),
+        "io.debezium.data.Bits" => "varbit".into(),
+        "io.debezium.data.Enum" | "io.debezium.data.EnumSet" => "text".into(),
+        n if n.starts_with("io.debezium.data.geometry.") => "bytea".into(),
+        _ => return None,
+    };
+    Some(named)
+}
+
+/// A numeric schema parameter (Kafka Connect writes them as strings).
+fn param(schema: &Value, name: &str) -> Option<u32> {
+    schema
+        .get("parameters")
+        .and_then(|p| p.get(name))
+        .and_then(|v| match v {
+            Value::String(s) => s.parse::<u32>().ok(),
+            other => other.as_u64().and_then(|n| u32::try_from(n).ok()),
+        })
 }
 
 #[cfg(test)]

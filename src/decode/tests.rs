@@ -417,6 +417,11 @@ fn flattened_events_from_extract_new_record_state() {
         &config,
     ));
     assert_eq!(e.op, Op::Create, "no __op: an upsert");
+}
+
+#[test]
+fn flattened_events_with_schemas_and_malformed_ones() {
+    let config = DecodeConfig::default();
     // With the JSON converter's schemas: the schema is the row struct itself.
     let e = change(decode(
         &compact(

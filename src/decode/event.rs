@@ -1,0 +1,199 @@
+//! The vocabulary decode produces: a [`Decoded`] entry is a [`ChangeEvent`] (an [`Op`],
+//! row images of [`Field`]s, the [`Source`] block, the [`Declared`] schema) or a
+//! [`Skip`]. Plain data: building it is [`super::decode`]'s job; map consumes it.
+
+use serde_json::Value;
+
+use super::envelope::envelope_row_schema;
+use super::flattened::FLATTENED_PREFIX;
+use super::logical::{Logical, sql_type};
+use super::struct_fields;
+use crate::table::DeclaredColumn;
+
+/// What an entry turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per entry, moved once
+pub enum Decoded {
+    Change(ChangeEvent),
+    /// Recognised, applied to nothing, acked.
+    Skip(Skip),
+}
+
+/// Entries that are acknowledged without touching Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// A null value after a delete; the `op: d` event before it did the delete.
+    Tombstone,
+    /// `op: t` on a mapping with `truncate = "skip"`.
+    Truncate,
+    /// `op: d` on a mapping with `delete = "ignore"`.
+    Delete,
+    /// `op: m`, a logical decoding message.
+    Message,
+    Heartbeat,
+    SchemaChange,
+    TransactionMetadata,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Tombstone => "tombstone",
+            Skip::Truncate => "truncate",
+            Skip::Delete => "delete",
+            Skip::Message => "message",
+            Skip::Heartbeat => "heartbeat",
+            Skip::SchemaChange => "schema_change",
+            Skip::TransactionMetadata => "transaction_metadata",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    /// A snapshot read (`op: r`): applied like a create.
+    Read,
+    /// `op: t`: every row of the table goes.
+    Truncate,
+}
+
+impl Op {
+    /// Debezium's letter for the operation (`op` of the envelope).
+    pub fn letter(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+/// One row change as Debezium described it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    pub op: Op,
+    /// The message key's fields; `None` for a null key (a table without a key).
+    pub key: Option<Row>,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub source: Source,
+    /// The event's schema, for schema evolution: [`Declared::columns`].
+    pub declared: Declared,
+}
+
+/// An event's value schema, kept (not copied) so that the columns it declares are
+/// derived only when schema evolution asks for them, not for every event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declared {
+    schema: Option<Value>,
+    /// The schema is the row struct itself (an ExtractNewRecordState event), not an
+    /// envelope.
+    flattened: bool,
+}
+
+impl Declared {
+    pub(super) fn of(schema: Option<Value>, flattened: bool) -> Self {
+        Self { schema, flattened }
+    }
+
+    /// The row's columns as the schema declares them (empty without schemas).
+    pub fn columns(&self) -> Vec<DeclaredColumn> {
+        let fields = match &self.schema {
+            None => None,
+            Some(s) if self.flattened => Some(struct_fields(s)),
+            Some(s) => envelope_row_schema(s),
+        };
+        declared(fields)
+    }
+}
+
+/// The columns a row struct schema declares.
+fn declared(fields: Option<&[Value]>) -> Vec<DeclaredColumn> {
+    fields
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|f| {
+            let name = f.get("field").and_then(Value::as_str)?;
+            if name.starts_with(FLATTENED_PREFIX) {
+                return None;
+            }
+            Some(DeclaredColumn {
+                name: name.to_string(),
+                sql_type: sql_type(f)?,
+                optional: f.get("optional").and_then(Value::as_bool).unwrap_or(true),
+            })
+        })
+        .collect()
+}
+
+/// The parts of the `source` block redsink uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    pub connector: Option<String>,
+    pub db: Option<String>,
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub lsn: Option<u64>,
+    pub ts_ms: Option<i64>,
+    /// The connector-specific position fields, as text (numbers as their digits):
+    /// `sequence`, `file`, `pos`, `row`, `change_lsn`, `commit_lsn`, `event_serial_no`,
+    /// `scn`, `commit_scn`, `ord`.
+    pub position: Vec<(&'static str, String)>,
+}
+
+impl Source {
+    /// A position field (see [`Source::position`]).
+    pub fn position(&self, name: &str) -> Option<&str> {
+        self.position
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `source` fields that make up connectors' log positions, with their names in an
+/// event flattened by ExtractNewRecordState (`add.fields` prefixes them with `source_`).
+pub(super) const POSITION_FIELDS: [(&str, &str); 10] = [
+    ("sequence", "source_sequence"),
+    ("file", "source_file"),
+    ("pos", "source_pos"),
+    ("row", "source_row"),
+    ("change_lsn", "source_change_lsn"),
+    ("commit_lsn", "source_commit_lsn"),
+    ("event_serial_no", "source_event_serial_no"),
+    ("scn", "source_scn"),
+    ("commit_scn", "source_commit_scn"),
+    ("ord", "source_ord"),
+];
+
+/// A string or a number as text (how Debezium's scalar metadata fields may come).
+pub(super) fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Fields of a row image or key, in event order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row(pub Vec<Field>);
+
+impl Row {
+    pub fn get(&self, name: &str) -> Option<&Field> {
+        self.0.iter().find(|f| f.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub value: Value,
+    /// From the event schema; `None` without schemas or for plain types.
+    pub logical: Option<Logical>,
+}

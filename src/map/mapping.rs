@@ -1,0 +1,120 @@
+//! A configured `[[mapping]]` → a compiled [`Mapping`]: its stream patterns, table
+//! template, key, version scheme, delete and truncate modes and column mapping; and what
+//! it says of one event (the key column names, the declared columns for schema
+//! evolution). Pure. A config the mapping cannot compile is an error string for config
+//! validation; an event without a usable key is a [`MapError::Event`].
+
+use crate::config::{
+    DecimalHandling, DeleteMode, MappingConfig, SchemaEvolution, StreamPattern, TrimMode,
+    TruncateMode, VersionSource,
+};
+use crate::decode::ChangeEvent;
+use crate::table::{DeclaredColumn, TableTemplate};
+
+use super::{Columns, MapError};
+
+/// A configured mapping, compiled.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub index: usize,
+    pub streams: Vec<StreamPattern>,
+    pub table: TableTemplate,
+    pub key: Option<Vec<String>>,
+    pub version: VersionSource,
+    pub ignore_unknown_columns: bool,
+    pub truncate: TruncateMode,
+    pub decimal_handling: DecimalHandling,
+    pub delete: DeleteMode,
+    pub soft_delete_column: Option<String>,
+    pub columns: Columns,
+    pub schema_evolution: SchemaEvolution,
+}
+
+impl Mapping {
+    /// Compiles a validated [`MappingConfig`].
+    pub fn compile(index: usize, config: &MappingConfig) -> Result<Self, String> {
+        if config.trim == TrimMode::Off
+            && (config.trim_max_age.is_some() || config.trim_max_len.is_some())
+        {
+            return Err(
+                "trim_max_age and trim_max_len are ceilings of trimming: set trim = \"acked\" too"
+                    .into(),
+            );
+        }
+        let mut streams = Vec::new();
+        for s in &config.streams {
+            streams.extend(StreamPattern::parse(s)?);
+        }
+        Ok(Self {
+            index,
+            streams,
+            table: TableTemplate::parse(&config.table)?,
+            key: config.key.clone(),
+            version: config.version,
+            ignore_unknown_columns: config.ignore_unknown_columns,
+            truncate: config.truncate,
+            decimal_handling: config.decimal_handling,
+            delete: config.delete,
+            soft_delete_column: match (config.delete, &config.soft_delete_column) {
+                (DeleteMode::Soft, None) => {
+                    return Err(
+                        "delete = \"soft\" needs soft_delete_column (e.g. \"deleted_at\")".into(),
+                    );
+                }
+                (_, column) => column.clone(),
+            },
+            columns: Columns::compile(&config.columns)?,
+            schema_evolution: config.schema_evolution,
+        })
+    }
+
+    /// For schema evolution: the event's declared columns under their column names
+    /// (the column mapping applied) and the key columns; `None` without schemas.
+    pub fn evolution(&self, event: &ChangeEvent) -> Option<(Vec<DeclaredColumn>, Vec<String>)> {
+        if self.schema_evolution != SchemaEvolution::Basic {
+            return None;
+        }
+        let declared = event.declared.columns();
+        if declared.is_empty() {
+            return None;
+        }
+        let columns = declared
+            .iter()
+            .filter_map(|d| {
+                let name = self.columns.column_of(&d.name)?;
+                Some(DeclaredColumn {
+                    name: name.to_string(),
+                    ..d.clone()
+                })
+            })
+            .collect();
+        let key = self
+            .key_names(event)
+            .ok()?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Some((columns, key))
+    }
+
+    /// The key column names for this event: configured, or the message key's fields.
+    pub(super) fn key_names<'a>(
+        &'a self,
+        event: &'a ChangeEvent,
+    ) -> Result<Vec<&'a str>, MapError> {
+        if let Some(key) = &self.key {
+            return Ok(key.iter().map(String::as_str).collect());
+        }
+        match &event.key {
+            Some(key) if !key.0.is_empty() => Ok(key
+                .0
+                .iter()
+                .map(|f| self.columns.renamed(&f.name))
+                .collect()),
+            _ => Err(MapError::event(
+                "the event has a null message key (a source table without a primary key): \
+                 set mapping.key to the columns that identify a row",
+            )),
+        }
+    }
+}
