@@ -16,11 +16,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
 
-use crate::config::StreamPattern;
 use crate::entry::{EntryId, StreamEntry};
 use crate::redis::reply::{parse_autoclaim_reply, parse_read_reply};
 use crate::redis::{
-    Blocking, CONNECT_WITHIN, Control, Deployment, RedisError, admin, discover, inspect, range,
+    Blocking, CONNECT_WITHIN, Control, Deployment, RedisError, admin, inspect, range,
     refused_by_cluster, slot,
 };
 
@@ -106,14 +105,6 @@ impl Reader {
         } else {
             0
         }
-    }
-
-    /// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN.
-    pub async fn discover(
-        &mut self,
-        patterns: &[StreamPattern],
-    ) -> Result<Vec<String>, RedisError> {
-        discover(&mut self.control, patterns).await
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
