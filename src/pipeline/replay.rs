@@ -10,10 +10,13 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::events::Events;
 use super::{Core, PipelineError, Stats};
-use crate::config::Config;
-use crate::config::StreamPattern;
+use crate::config::{Config, StreamPattern};
 use crate::entry::EntryId;
+use crate::metrics::Metrics;
+use crate::read::Reader;
+use crate::redis::{RedisError, discover, mapped_streams};
 
 /// What to replay.
 #[derive(Debug, Clone, Default)]
@@ -42,11 +45,28 @@ pub struct ReplayProgress {
     pub last: EntryId,
 }
 
-/// One stream to replay: its ID range in milliseconds, for the progress.
-struct Lane {
+/// One stream's range of entries to replay, from `--from` to `end`.
+struct Span {
     stream: Arc<str>,
+    /// Where the progress counts from: the later of `--from` and the stream's first
+    /// entry, in milliseconds.
     start_ms: u64,
     end: EntryId,
+}
+
+impl Span {
+    /// The span's share of the progress: its width in milliseconds (at least 1).
+    fn width_ms(&self) -> u64 {
+        self.end.ms.saturating_sub(self.start_ms) + 1
+    }
+}
+
+/// A replay under way: the pipeline's steps and a reader outside the group.
+struct Replay {
+    core: Core,
+    reader: Reader,
+    /// The first entry ID to replay.
+    from: EntryId,
 }
 
 /// Re-applies `options`' range; returns the stats (`read`, `rows_written`, …). Stops
@@ -65,113 +85,154 @@ pub async fn replay(
         .map(|t| parse_bound(t, "--to", true))
         .transpose()?;
     let replay_as = format!("{}:replay", config.redis.group);
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let Some((mut core, mut reader)) =
-        Core::open(config, shutdown, Some(&replay_as), metrics).await?
-    else {
+    let events = Arc::new(Events::new(Arc::new(Metrics::new())));
+    let Some((core, reader)) = Core::open(config, shutdown, Some(&replay_as), events).await? else {
         return Ok(Stats::default());
     };
-    for &m in &options.mappings {
-        if m >= core.mappings.len() {
-            return Err(PipelineError::Config(format!(
-                "--mapping {m}: the config has {} mappings (numbered from 0)",
-                core.mappings.len()
-            )));
-        }
-    }
-    let lanes = lanes(&mut core, &mut reader, options, from, to).await?;
-    if lanes.is_empty() {
+    let mut replay = Replay { core, reader, from };
+    replay.check_mappings(&options.mappings)?;
+    let spans = replay.spans(options, to).await?;
+    if spans.is_empty() {
         return Err(PipelineError::Config(
             "nothing to replay: no stream of the selected mappings matches".into(),
         ));
     }
-    let total_ms: u64 = lanes
-        .iter()
-        .map(|l| l.end.ms.saturating_sub(l.start_ms) + 1)
-        .sum();
+    let total_ms: u64 = spans.iter().map(Span::width_ms).sum();
     let mut done_ms: u64 = 0;
-    let chunk = core.config.batch.max_batch.max(1);
-    'lanes: for lane in &lanes {
-        let end = lane.end.to_string();
-        let mut start = from.to_string();
+    for span in &spans {
+        if !replay
+            .span(span, done_ms, total_ms, shutdown, progress)
+            .await?
+        {
+            break;
+        }
+        done_ms += span.width_ms();
+    }
+    replay.core.drain(shutdown).await?;
+    Ok(replay.core.stats(&replay.reader))
+}
+
+impl Replay {
+    /// Every `--mapping` names a mapping of the config.
+    fn check_mappings(&self, selected: &[usize]) -> Result<(), PipelineError> {
+        let count = self.core.mappings.len();
+        match selected.iter().find(|&&m| m >= count) {
+            Some(m) => Err(PipelineError::Config(format!(
+                "--mapping {m}: the config has {count} mappings (numbered from 0)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The streams to replay and the ID range of each; routes them in `core` (a stream
+    /// that two selected mappings name to the first).
+    async fn spans(
+        &mut self,
+        options: &ReplayOptions,
+        to: Option<EntryId>,
+    ) -> Result<Vec<Span>, PipelineError> {
+        let wanted = self.wanted(&options.streams).await?;
+        // An unselected mapping names no stream, so a stream goes to a selected one.
+        let patterns: Vec<&[StreamPattern]> = self
+            .core
+            .mappings
+            .iter()
+            .map(|m| {
+                let selected = options.mappings.is_empty() || options.mappings.contains(&m.index);
+                if selected { m.streams.as_slice() } else { &[] }
+            })
+            .collect();
+        let redis = &self.core.config.redis;
+        let found = mapped_streams(self.reader.control(), &patterns, redis).await?;
+        let mut spans = Vec::new();
+        for (name, index) in found {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
+                continue;
+            }
+            if let Some(span) = self.span_of(&name, to).await? {
+                self.core.routes.insert(span.stream.clone(), index);
+                spans.push(span);
+            }
+        }
+        Ok(spans)
+    }
+
+    /// The streams `--stream` names, if it was given.
+    async fn wanted(&mut self, streams: &[String]) -> Result<Option<Vec<String>>, PipelineError> {
+        let filter = streams
+            .iter()
+            .map(|s| StreamPattern::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PipelineError::Config(format!("--stream: {e}")))?
+            .concat();
+        if filter.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(discover(self.reader.control(), &filter).await?))
+    }
+
+    /// The range of `name` to replay: from `--from` to `to` or its newest entry;
+    /// `None` for an empty stream.
+    async fn span_of(
+        &mut self,
+        name: &str,
+        to: Option<EntryId>,
+    ) -> Result<Option<Span>, RedisError> {
+        let Some(newest) = self.reader.last_entry(name).await? else {
+            return Ok(None);
+        };
+        let end = to.map_or(newest, |t| t.min(newest));
+        let stream: Arc<str> = Arc::from(name);
+        // Progress counts from the first entry there is, not from `-` (1970).
+        let oldest = self.reader.range(&stream, "-", "+", 1).await?;
+        let start_ms = oldest
+            .first()
+            .map_or(self.from.ms, |e| e.id.ms.max(self.from.ms));
+        Ok(Some(Span {
+            stream,
+            start_ms,
+            end,
+        }))
+    }
+
+    /// Replays one span chunk by chunk, reporting progress after each (`done_ms` of
+    /// `total_ms` were done before it). `false` when shutdown stopped it.
+    async fn span(
+        &mut self,
+        span: &Span,
+        done_ms: u64,
+        total_ms: u64,
+        shutdown: &CancellationToken,
+        progress: &mut (dyn FnMut(&ReplayProgress) + Send),
+    ) -> Result<bool, PipelineError> {
+        let chunk = self.core.config.batch.max_batch.max(1);
+        let end = span.end.to_string();
+        let mut start = self.from.to_string();
         loop {
             if shutdown.is_cancelled() {
-                break 'lanes;
+                return Ok(false);
             }
-            let read = reader.range(&lane.stream, &start, &end, chunk).await?;
+            let read = self.reader.range(&span.stream, &start, &end, chunk).await?;
             let Some(last) = read.last().map(|e| e.id) else {
-                break;
+                return Ok(true);
             };
             let full = read.len() == chunk;
-            core.process(read, shutdown).await?;
+            self.core.process(read, shutdown).await?;
             progress(&ReplayProgress {
-                entries: core.stats.read,
+                entries: self.core.events.stats().read,
                 fraction: fraction(
-                    done_ms + last.ms.saturating_sub(lane.start_ms) + 1,
+                    done_ms + last.ms.saturating_sub(span.start_ms) + 1,
                     total_ms,
                 ),
-                stream: lane.stream.clone(),
+                stream: span.stream.clone(),
                 last,
             });
-            if !full || last >= lane.end {
-                break;
+            if !full || last >= span.end {
+                return Ok(true);
             }
             start = format!("({last}");
         }
-        done_ms += lane.end.ms.saturating_sub(lane.start_ms) + 1;
     }
-    core.drain(shutdown).await?;
-    Ok(core.stats(&reader))
-}
-
-/// The streams to replay and the ID range of each; routes them in `core`.
-async fn lanes(
-    core: &mut Core,
-    reader: &mut crate::read::Reader,
-    options: &ReplayOptions,
-    from: EntryId,
-    to: Option<EntryId>,
-) -> Result<Vec<Lane>, PipelineError> {
-    let filter = options
-        .streams
-        .iter()
-        .map(|s| StreamPattern::parse(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PipelineError::Config(format!("--stream: {e}")))?
-        .concat();
-    let wanted = if filter.is_empty() {
-        None
-    } else {
-        Some(reader.discover(&filter).await?)
-    };
-    let mut lanes = Vec::new();
-    for m in &core.mappings {
-        if !options.mappings.is_empty() && !options.mappings.contains(&m.index) {
-            continue;
-        }
-        for name in reader.discover(&m.streams).await? {
-            let is_dlq = core.config.redis.is_dlq(&name);
-            let is_wanted = wanted.as_ref().is_none_or(|w| w.contains(&name));
-            if is_dlq || !is_wanted || core.routes.contains_key(name.as_str()) {
-                continue;
-            }
-            let Some(newest) = reader.last_entry(&name).await? else {
-                continue;
-            };
-            let end = to.map_or(newest, |t| t.min(newest));
-            let stream: Arc<str> = Arc::from(name.as_str());
-            // Progress counts from the first entry there is, not from `-` (1970).
-            let oldest = reader.range(&stream, "-", "+", 1).await?;
-            let start_ms = oldest.first().map_or(from.ms, |e| e.id.ms.max(from.ms));
-            core.routes.insert(stream.clone(), m.index);
-            lanes.push(Lane {
-                stream,
-                start_ms,
-                end,
-            });
-        }
-    }
-    Ok(lanes)
 }
 
 fn fraction(done: u64, total: u64) -> f64 {

@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 
-use crate::config::StreamPattern;
 use crate::entry::{EntryId, StreamEntry};
-use crate::redis::{Blocking, Control, Deployment, RedisError, discover, inspect, range, slot};
+use crate::redis::{Blocking, Control, Deployment, RedisError, inspect, range, slot};
 
 use lanes::LaneRead;
 
@@ -100,14 +99,6 @@ impl Reader {
         } else {
             0
         }
-    }
-
-    /// Expands patterns into stream names: ranges and exact names as they are, globs by SCAN.
-    pub async fn discover(
-        &mut self,
-        patterns: &[StreamPattern],
-    ) -> Result<Vec<String>, RedisError> {
-        discover(&mut self.control, patterns).await
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.

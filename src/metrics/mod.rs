@@ -1,8 +1,7 @@
-//! Prometheus metrics and the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
-//!
-//! A small registry of our own (counters by one label, gauges, fixed-bucket histograms)
-//! rendered in the Prometheus text format 0.0.4; the listener is a minimal HTTP/1.1
-//! server on tokio (GET only, one request per connection).
+//! Prometheus metrics: a small registry of our own (counters by one label, gauges,
+//! fixed-bucket histograms) rendered in the Prometheus text format 0.0.4, and the
+//! readiness they imply; [`serve`] answers `/metrics`, `/healthz` and `/readyz`.
+//! A leaf: imports no step. The pipeline's events count into it (`pipeline::events`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,9 +9,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+mod histogram;
+mod serve;
+
+pub use serve::serve;
+
+use histogram::{ENTRIES, Histogram, SECONDS};
 
 /// Counters, each with one label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,73 +89,6 @@ impl Counter {
         }
     }
 }
-
-/// A histogram with fixed buckets.
-struct Histogram {
-    name: &'static str,
-    help: &'static str,
-    bounds: &'static [f64],
-    state: Mutex<HistogramState>,
-}
-
-#[derive(Default)]
-struct HistogramState {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(name: &'static str, help: &'static str, bounds: &'static [f64]) -> Self {
-        Self {
-            name,
-            help,
-            bounds,
-            state: Mutex::new(HistogramState {
-                counts: vec![0; bounds.len()],
-                ..HistogramState::default()
-            }),
-        }
-    }
-
-    fn observe_all(&self, values: impl IntoIterator<Item = f64>) {
-        let mut s = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for v in values {
-            if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-                s.counts[i] += 1;
-            }
-            s.sum += v;
-            s.count += 1;
-        }
-    }
-
-    fn render(&self, out: &mut String) {
-        let s = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} histogram", self.name);
-        let mut cumulative = 0;
-        for (bound, n) in self.bounds.iter().zip(&s.counts) {
-            cumulative += n;
-            let _ = writeln!(out, "{}_bucket{{le=\"{bound}\"}} {cumulative}", self.name);
-        }
-        let _ = writeln!(out, "{}_bucket{{le=\"+Inf\"}} {}", self.name, s.count);
-        let _ = writeln!(out, "{}_sum {}", self.name, s.sum);
-        let _ = writeln!(out, "{}_count {}", self.name, s.count);
-    }
-}
-
-const SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-];
-const ENTRIES: &[f64] = &[
-    1.0, 8.0, 32.0, 128.0, 512.0, 1024.0, 2048.0, 4096.0, 16384.0,
-];
 
 /// A consumer group's state on one stream, polled from Redis.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -372,6 +307,22 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self, stall_after: Duration) -> String {
         let mut out = String::new();
+        self.render_state(&mut out, stall_after);
+        self.render_counters(&mut out);
+        for h in [
+            &self.batch_entries,
+            &self.commit_seconds,
+            &self.latency_seconds,
+        ] {
+            h.render(&mut out);
+        }
+        self.render_groups(&mut out);
+        self.render_dlq(&mut out);
+        out
+    }
+
+    /// The build and whether the instance is ready.
+    fn render_state(&self, out: &mut String, stall_after: Duration) {
         let _ = writeln!(
             out,
             "# HELP redsink_build_info The running redsink's version."
@@ -389,36 +340,33 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE redsink_ready gauge");
         let _ = writeln!(out, "redsink_ready {ready}");
-        {
-            let c = self
-                .counters
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for counter in Counter::ALL {
-                let _ = writeln!(out, "# HELP {} {}", counter.name(), counter.help());
-                let _ = writeln!(out, "# TYPE {} counter", counter.name());
-                for ((_, label), n) in c
-                    .range((counter, String::new())..)
-                    .take_while(|((k, _), _)| *k == counter)
-                {
-                    let _ = writeln!(
-                        out,
-                        "{}{{{}=\"{}\"}} {n}",
-                        counter.name(),
-                        counter.label(),
-                        escape(label)
-                    );
-                }
+    }
+
+    /// Every counter, described even before it counts anything.
+    fn render_counters(&self, out: &mut String) {
+        let c = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for counter in Counter::ALL {
+            let _ = writeln!(out, "# HELP {} {}", counter.name(), counter.help());
+            let _ = writeln!(out, "# TYPE {} counter", counter.name());
+            for ((_, label), n) in c
+                .range((counter, String::new())..)
+                .take_while(|((k, _), _)| *k == counter)
+            {
+                let _ = writeln!(
+                    out,
+                    "{}{{{}=\"{}\"}} {n}",
+                    counter.name(),
+                    counter.label(),
+                    escape(label)
+                );
             }
         }
-        for h in [
-            &self.batch_entries,
-            &self.commit_seconds,
-            &self.latency_seconds,
-        ] {
-            h.render(&mut out);
-        }
-        self.render_groups(&mut out);
+    }
+
+    fn render_dlq(&self, out: &mut String) {
         let d = self
             .dlq
             .lock()
@@ -435,96 +383,7 @@ impl Metrics {
                 escape(stream)
             );
         }
-        out
     }
-}
-
-/// At most this many requests are served at once; more connections are closed.
-const MAX_CONNECTIONS: usize = 32;
-/// A request's head must arrive, and the answer be written, within this time.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    stall_after: Duration,
-    shutdown: CancellationToken,
-) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let mut socket = match accepted {
-            Ok((socket, _)) => socket,
-            Err(e) => {
-                // Out of file descriptors, for example: do not spin.
-                tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // too many at once: dropping the socket closes it
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ =
-                tokio::time::timeout(REQUEST_TIMEOUT, answer(&mut socket, &metrics, stall_after))
-                    .await;
-        });
-    }
-}
-
-/// Reads one request head (at most 4 KiB), writes the answer and closes.
-async fn answer(
-    socket: &mut tokio::net::TcpStream,
-    metrics: &Metrics,
-    stall_after: Duration,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = socket.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(stall_after),
-        ),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => match metrics.readiness(stall_after) {
-            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-        },
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(response.as_bytes()).await?;
-    socket.shutdown().await
 }
 
 #[cfg(test)]

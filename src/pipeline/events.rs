@@ -1,0 +1,170 @@
+//! What the pipeline observes, each counted and logged in one place: a method per event
+//! bumps the Prometheus counter (by stream or table), adds to the run's [`Stats`] and
+//! writes the log line where there is one, so the metrics, the stats and the logs
+//! cannot drift apart.
+//!
+//! | event | `/metrics` counter | [`Stats`] | log |
+//! |---|---|---|---|
+//! | [`read`](Events::read) | `entries_read` by stream | `read` | |
+//! | [`claimed`](Events::claimed) | `entries_claimed` by stream | `claimed` | |
+//! | [`skipped`](Events::skipped) | `entries_skipped` by stream | `skipped` | debug |
+//! | [`committed`](Events::committed) | `rows_written` by table, `entries_acked` and `entries_dead_lettered` by stream, the batch histograms | `batches`, `rows_written`, `acked`, `dead_lettered` | debug |
+//! | [`retrying`](Events::retrying) | `retries` by operation; `/readyz` fails | | warn |
+//! | [`trimmed`](Events::trimmed), [`trim_dropped`](Events::trim_dropped) | `entries_trimmed`, `trim_dropped_unacked` by stream | | warn (dropped) |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::Stats;
+use super::retry::source_chain;
+use crate::batch::Batch;
+use crate::decode::Skip;
+use crate::entry::StreamEntry;
+use crate::metrics::{Counter, Metrics};
+use crate::write::{Committed, WriteError};
+
+/// The operation name of the idle instance's Postgres probe in the retry metrics and
+/// `/readyz`.
+const REACHING_POSTGRES: &str = "reaching postgres";
+
+/// One run's events: its metrics (shared with the HTTP listener) and its totals (shared
+/// with the task that writes the batch in flight).
+pub(super) struct Events {
+    metrics: Arc<Metrics>,
+    stats: Mutex<Stats>,
+}
+
+impl Events {
+    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            stats: Mutex::default(),
+        }
+    }
+
+    /// The metrics, for what is not an event of the flow (gauges, liveness).
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The totals so far (the round trips are the caller's to fill in).
+    pub(super) fn stats(&self) -> Stats {
+        self.tally().clone()
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Entries read from the streams (new, re-read or claimed).
+    pub(super) fn read(&self, entries: &[StreamEntry]) {
+        self.tally().read += entries.len() as u64;
+        let mut per_stream: Vec<(&Arc<str>, u64)> = Vec::new();
+        for e in entries {
+            match per_stream.iter_mut().find(|(s, _)| *s == &e.stream) {
+                Some((_, n)) => *n += 1,
+                None => per_stream.push((&e.stream, 1)),
+            }
+        }
+        for (stream, n) in per_stream {
+            self.metrics.add(Counter::Read, stream, n);
+        }
+    }
+
+    /// Entries taken over from idle consumers (they are read next).
+    pub(super) fn claimed(&self, entries: &[StreamEntry]) {
+        self.tally().claimed += entries.len() as u64;
+        for e in entries {
+            self.metrics.add(Counter::Claimed, &e.stream, 1);
+        }
+    }
+
+    /// An entry recognised and skipped (acknowledged with its batch, nothing written).
+    pub(super) fn skipped(&self, entry: &StreamEntry, skip: Skip) {
+        self.tally().skipped += 1;
+        self.metrics.add(Counter::Skipped, &entry.stream, 1);
+        tracing::debug!(stream = %entry.stream, entry = %entry.id, kind = skip.as_str(), "skipped");
+    }
+
+    /// A batch written, committed, dead-lettered and acknowledged, `took` to write.
+    pub(super) fn committed(&self, batch: &Batch, committed: &Committed, took: Duration) {
+        {
+            let mut stats = self.tally();
+            stats.batches += 1;
+            stats.rows_written += committed.rows() as u64;
+            stats.dead_lettered += committed.dead().len() as u64;
+            stats.acked += committed.acks().len() as u64;
+        }
+        let metrics = &self.metrics;
+        metrics.committed(batch.acks.len(), took, &batch.source_ts_ms);
+        for t in &batch.tables {
+            metrics.add(
+                Counter::RowsWritten,
+                &t.table.name.to_string(),
+                t.rows.len() as u64,
+            );
+        }
+        let mut acked: HashMap<&str, u64> = HashMap::new();
+        for (stream, _) in committed.acks() {
+            *acked.entry(stream).or_default() += 1;
+        }
+        for (stream, n) in acked {
+            metrics.add(Counter::Acked, stream, n);
+        }
+        let mut dead: HashMap<&str, u64> = HashMap::new();
+        for d in committed.dead() {
+            *dead.entry(&d.entry.stream).or_default() += 1;
+        }
+        for (stream, n) in dead {
+            metrics.add(Counter::DeadLettered, stream, n);
+        }
+        tracing::debug!(
+            rows = committed.rows(),
+            acked = committed.acks().len(),
+            "batch committed"
+        );
+    }
+
+    /// `what` failed with `error` and will be tried again (`/readyz` fails meanwhile).
+    pub(super) fn retrying(&self, what: &str, error: &dyn std::error::Error) {
+        self.metrics.retrying(what);
+        tracing::warn!(error = %error, cause = %source_chain(error), "{} failed, retrying", what);
+    }
+
+    /// `what` succeeded, or failed for good: it is no longer failing on.
+    pub(super) fn recovered(&self, what: &str) {
+        self.metrics.recovered(what);
+    }
+
+    /// An idle instance's Postgres answered its probe.
+    pub(super) fn postgres_answers(&self) {
+        self.metrics.recovered(REACHING_POSTGRES);
+    }
+
+    /// An idle instance's Postgres did not answer its probe (`/readyz` fails).
+    pub(super) fn postgres_silent(&self, error: &WriteError) {
+        tracing::warn!(error = %error, cause = %source_chain(error), "postgres does not answer");
+        self.metrics.retrying(REACHING_POSTGRES);
+    }
+
+    /// Entries trimmed from `stream` after every group acknowledged them.
+    pub(super) fn trimmed(&self, stream: &str, n: u64) {
+        self.metrics.add(Counter::Trimmed, stream, n);
+    }
+
+    /// Entries some group had not acknowledged that a trim ceiling dropped from `stream`.
+    pub(super) fn trim_dropped(&self, stream: &str, dropped: u64) {
+        if dropped == 0 {
+            return;
+        }
+        self.metrics
+            .add(Counter::TrimDroppedUnacked, stream, dropped);
+        tracing::warn!(
+            stream = %stream,
+            dropped,
+            "a trim ceiling dropped entries some group had not acknowledged: they are \
+             dead-lettered as deleted if they were pending, and never seen if not yet read"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The pipeline: wires read → decode → map → batch → write → ack, and is the only
+//! place that retries. No SQL and no Redis commands here.
+//!
+//! The loop, in priority order:
+//! 1. shutdown requested → flush, commit, ack, leave the group (when nothing of ours is
+//!    pending), return;
+//! 2. the batch is full or its oldest entry has waited `max_delay` → flush;
+//! 3. periodically: claim entries idle on dead consumers, re-discover glob streams;
+//! 4. read the next entries (blocking at most until the flush deadline) while the
+//!    previous read's go through decode → map → batch.
+//!
+//! A flush hands the batch to a task that writes and acknowledges it while the loop
+//! fills the next one; at most one batch is in flight, so batches commit in order.
+//!
+//! Reads are never cancelled (a cancelled XREADGROUP can strand entries in the PEL);
+//! shutdown is noticed between reads, so it takes at most `redis.block`.
+//!
+//! # Files
+//!
+//! ```text
+//! mod.rs      run, the loop and its intake (this file)
+//! open.rs     connect both sides, migrate, check the fixed tables → Core
+//! prepare.rs  decode → map → batch of each entry read (schema evolution, catalog reloads)
+//! flush.rs    hand a batch to the writer task: write, dead-letter, acknowledge
+//! chores.rs   the periodic ones: claim, prune, discover, trim, gauges, progress
+//! events.rs   each observed event counted (metrics and Stats) and logged in one place
+//! retry.rs    backoff, which errors are transient, retrying!
+//! replay.rs   re-apply a range of stream history outside the group
+//! ```
+
+mod chores;
+mod events;
+mod flush;
+mod open;
+mod prepare;
+mod replay;
+mod retry;
+
+pub use replay::{ReplayOptions, ReplayProgress, replay};
+pub use retry::source_chain;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use self::chores::Timers;
+use self::events::Events;
+use self::retry::{Retry, retrying};
+use crate::ack::{AckError, Acker};
+use crate::batch::Batcher;
+use crate::config::Config;
+use crate::entry::StreamEntry;
+use crate::map::{MapError, Mapping};
+use crate::metrics::Metrics;
+use crate::read::Reader;
+use crate::redis::RedisError;
+use crate::write::{Catalog, WriteError, Writer};
+
+/// The operation name of reads in the retry metrics and `/readyz`.
+const READING: &str = "reading from redis";
+/// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
+const STALL_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Read(#[from] RedisError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Ack(#[from] AckError),
+    #[error("stream {stream} entry {entry}: {source}")]
+    Entry {
+        stream: Arc<str>,
+        entry: String,
+        #[source]
+        source: Box<PipelineError>,
+    },
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("config: {0}")]
+    Config(String),
+    /// The task writing the batch in flight was cancelled (the runtime is shutting down).
+    #[error("the writer task ended")]
+    WriterTask(#[source] tokio::task::JoinError),
+}
+
+/// Counters of one run (also logged every few seconds).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub read: u64,
+    pub rows_written: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+    pub acked: u64,
+    pub batches: u64,
+    pub claimed: u64,
+    /// Statements sent to Postgres to write batches (a transaction's opening is one).
+    pub pg_round_trips: u64,
+    /// Commands and pipelines sent to Redis to read entries and to acknowledge them.
+    pub redis_round_trips: u64,
+}
+
+/// Runs the sync until `shutdown` is cancelled (then flushes and returns) or a fatal
+/// error occurs.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, PipelineError> {
+    let metrics = Arc::new(Metrics::new());
+    let stop_http = CancellationToken::new();
+    let http = listen(&config, &metrics, &stop_http).await?;
+    let events = Arc::new(Events::new(metrics));
+    let result = match Pipeline::start(config, &shutdown, events).await {
+        Ok(Some(mut pipeline)) => {
+            let result = pipeline.run_loop(&shutdown).await;
+            let stats = pipeline.stats();
+            tracing::info!(stats = ?stats, "stopped");
+            result.map(|()| stats)
+        }
+        Ok(None) => Ok(Stats::default()),
+        Err(e) => Err(e),
+    };
+    stop_http.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    result
+}
+
+/// Starts serving `/metrics`, `/healthz` and `/readyz` when `http.address` is set.
+async fn listen(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, PipelineError> {
+    let Some(address) = &config.http.address else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        PipelineError::Config(format!(
+            "http.address {address}: cannot listen: {e} (is the port taken?)"
+        ))
+    })?;
+    tracing::info!(address, "serving /metrics, /healthz and /readyz");
+    let stall_after = config.redis.block + STALL_AFTER;
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        stall_after,
+        stop.clone(),
+    ))))
+}
+
+struct Pipeline {
+    reader: Reader,
+    /// Entries read while the previous read's were being decoded: processed next.
+    prefetched: Vec<StreamEntry>,
+    core: Core,
+}
+
+/// Everything but the reader, so a read can run while entries are decoded.
+struct Core {
+    config: Config,
+    mappings: Vec<Mapping>,
+    routes: HashMap<Arc<str>, usize>,
+    /// The target tables' catalog facts, cached (the loop's; the write task needs none).
+    catalog: Catalog,
+    writer: Writer,
+    acker: Acker,
+    batcher: Batcher,
+    /// The batch being written and acknowledged while the next one fills: `true` once
+    /// acknowledged, `false` when abandoned at shutdown.
+    in_flight: Option<tokio::task::JoinHandle<Result<bool, PipelineError>>>,
+    /// Shutdown came while an entry waited for an outage to end: entries after it were
+    /// left pending, so entries read later are not processed either.
+    interrupted: bool,
+    events: Arc<Events>,
+}
+
+impl Pipeline {
+    /// Connects both sides (retrying while they are unreachable), migrates, creates the
+    /// groups and checks every fixed target table. `None` if shutdown came first.
+    async fn start(
+        config: Config,
+        shutdown: &CancellationToken,
+        events: Arc<Events>,
+    ) -> Result<Option<Self>, PipelineError> {
+        let Some((core, reader)) = Core::open(config, shutdown, None, events.clone()).await? else {
+            return Ok(None);
+        };
+        let mut pipeline = Self {
+            reader,
+            prefetched: Vec::new(),
+            core,
+        };
+        if retrying!(events, shutdown, "discovering streams", {
+            pipeline.discover()
+        })?
+        .is_none()
+        {
+            return Ok(None);
+        }
+        tracing::info!(
+            consumer = pipeline.core.config.consumer(),
+            group = %pipeline.core.config.redis.group,
+            streams = pipeline.core.routes.len(),
+            "started"
+        );
+        Ok(Some(pipeline))
+    }
+
+    fn stats(&self) -> Stats {
+        self.core.stats(&self.reader)
+    }
+
+    async fn run_loop(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
+        let mut timers = Timers::new();
+        let mut read_retry: Option<Retry> = None;
+        self.core.events.metrics().set_started();
+        loop {
+            self.core.events.metrics().tick();
+            // 1. shutdown
+            if shutdown.is_cancelled() {
+                let mut read = std::mem::take(&mut self.prefetched);
+                // Lanes' reads still in flight end within `block`: apply what they bring.
+                read.extend(self.reader.finish_reads().await);
+                if !self.core.interrupted {
+                    self.core.process(read, shutdown).await?;
+                }
+                if self.core.drain(shutdown).await? {
+                    self.reader.leave_group().await;
+                }
+                return Ok(());
+            }
+            // 2. flush deadline or full batch
+            if self.core.batcher.should_flush(Instant::now()) {
+                self.core.flush(shutdown).await?;
+            }
+            // 3. housekeeping
+            self.housekeeping(shutdown, &mut timers).await?;
+            // 4. intake
+            self.intake(shutdown, &mut read_retry).await?;
+        }
+    }
+
+    /// Reads the next entries while the previous read's go through decode → map →
+    /// batch, so reading from Redis overlaps decoding (and the write in flight).
+    async fn intake(
+        &mut self,
+        shutdown: &CancellationToken,
+        read_retry: &mut Option<Retry>,
+    ) -> Result<(), PipelineError> {
+        let entries = std::mem::take(&mut self.prefetched);
+        let core = &mut self.core;
+        let mut block = match core.batcher.deadline() {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+            None => core.config.redis.block,
+        };
+        if !entries.is_empty() {
+            // They start a batch (or join one) whose deadline is at most max_delay away.
+            block = block.min(core.config.batch.max_delay.max(Duration::from_millis(1)));
+        }
+        // COUNT applies per stream: a batch's worth shared between them. Unacknowledged
+        // entries stay bounded: this read, the entries being decoded, the batch and
+        // the one in flight, each at most about `max_batch`.
+        let count = (core.config.batch.max_batch / core.routes.len().max(1)).max(1);
+        let (read, processed) = tokio::join!(
+            self.reader.read(block, count),
+            core.process(entries, shutdown)
+        );
+        processed?;
+        match read {
+            Ok(entries) => {
+                *read_retry = None;
+                self.core.events.recovered(READING);
+                self.prefetched = entries;
+            }
+            Err(e) if e.is_retryable() => {
+                self.core.events.retrying(READING, &e);
+                // What was read is still applied and acked; then the PEL is re-read,
+                // because the failed read may have delivered entries we never saw.
+                self.core.drain(shutdown).await?;
+                let retry = read_retry.get_or_insert_with(Retry::new);
+                if !retry.wait(shutdown).await {
+                    return Ok(());
+                }
+                if let Err(e) = self.reader.rewind().await {
+                    tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// The stats so far, with the round trips of the writer, `reader` and the acker.
+    fn stats(&self, reader: &Reader) -> Stats {
+        Stats {
+            pg_round_trips: self.writer.round_trips(),
+            redis_round_trips: reader.round_trips() + self.acker.round_trips(),
+            ..self.events.stats()
+        }
+    }
+}

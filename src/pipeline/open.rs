@@ -1,0 +1,129 @@
+//! Opening: compiles the mappings, connects to Postgres and migrates it, connects to
+//! Redis, and checks every fixed target table, retrying while a side is unreachable.
+//! Gives the [`Core`] and the [`Reader`], or `None` when shutdown came first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::events::Events;
+use super::retry::retrying;
+use super::{Core, PipelineError};
+use crate::ack::Acker;
+use crate::batch::Batcher;
+use crate::config::{Config, SchemaEvolution};
+use crate::map::Mapping;
+use crate::read::Reader;
+use crate::write::{self, Catalog, WriteError, Writer};
+
+impl Core {
+    /// Connects both sides (retrying while they are unreachable), migrates and checks
+    /// every fixed target table. With `replay_as`, checkpoints and dead letters are
+    /// recorded under that name and nothing is acknowledged. `None` if shutdown came first.
+    pub(super) async fn open(
+        config: Config,
+        shutdown: &CancellationToken,
+        replay_as: Option<&str>,
+        events: Arc<Events>,
+    ) -> Result<Option<(Self, Reader)>, PipelineError> {
+        let mappings = compile(&config)?;
+        let group = replay_as.unwrap_or(&config.redis.group);
+        let Some((mut catalog, writer)) =
+            connect_postgres(&config, group, shutdown, &events).await?
+        else {
+            return Ok(None);
+        };
+        let redis_config = config.redis.clone();
+        let Some((deployment, control)) = retrying!(events, shutdown, "connecting to redis", {
+            crate::redis::connect(&redis_config)
+        })?
+        else {
+            return Ok(None);
+        };
+        let reader = Reader::new(deployment, control.clone(), group, config.consumer());
+        let mut acker = Acker::new(control, group, &config.redis.dlq_suffix);
+        if replay_as.is_some() {
+            acker = acker.dead_letters_only();
+        }
+        if !check_tables(&mut catalog, &mappings, shutdown, &events).await? {
+            return Ok(None);
+        }
+        let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
+        let core = Core {
+            config,
+            mappings,
+            routes: HashMap::new(),
+            catalog,
+            writer,
+            acker,
+            batcher,
+            in_flight: None,
+            interrupted: false,
+            events,
+        };
+        Ok(Some((core, reader)))
+    }
+}
+
+/// The compiled `[[mapping]]`s, in order (a mapping's index is its position).
+fn compile(config: &Config) -> Result<Vec<Mapping>, PipelineError> {
+    config
+        .mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            Mapping::compile(i, m).map_err(|e| PipelineError::Config(format!("mapping[{i}]: {e}")))
+        })
+        .collect()
+}
+
+/// Connects the pool and migrates; the catalog and the writer of `group`'s
+/// checkpoints, or `None` if shutdown came first.
+async fn connect_postgres(
+    config: &Config,
+    group: &str,
+    shutdown: &CancellationToken,
+    events: &Events,
+) -> Result<Option<(Catalog, Writer)>, PipelineError> {
+    let url = config.postgres.url.clone();
+    let pool_size = config.postgres.pool_size;
+    let Some(pool) = retrying!(events, shutdown, "connecting to postgres", {
+        write::connect(&url, pool_size)
+    })?
+    else {
+        return Ok(None);
+    };
+    if retrying!(events, shutdown, "migrating", write::migrate(&pool))?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some((Catalog::new(pool.clone()), Writer::new(pool, group))))
+}
+
+/// Reads the catalog of every fixed target table: a missing one is fatal unless schema
+/// evolution will create it. `false` if shutdown came first.
+async fn check_tables(
+    catalog: &mut Catalog,
+    mappings: &[Mapping],
+    shutdown: &CancellationToken,
+    events: &Events,
+) -> Result<bool, PipelineError> {
+    for m in mappings {
+        let Some(fixed) = m.table.fixed() else {
+            continue;
+        };
+        let name = fixed.map_err(PipelineError::Config)?;
+        let read = retrying!(events, shutdown, "reading the catalog", {
+            catalog.table(&name)
+        });
+        match read {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(false),
+            // Schema evolution creates it from the first event.
+            Err(WriteError::TableMissing { .. })
+                if m.schema_evolution == SchemaEvolution::Basic => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}

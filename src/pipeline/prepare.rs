@@ -1,0 +1,291 @@
+//! decode → map → batch of each entry read: an entry becomes a row change, a truncate,
+//! a skip or a dead letter in the batch. The table's catalog is read on first use and
+//! again when an event names a column it lacks; schema evolution creates or extends a
+//! table first. A problem of one event dead-letters it; a table-wide one (no such fixed
+//! table, no unique key) stops the pipeline.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::retry::retrying;
+use super::{Core, PipelineError};
+use crate::config::{DeleteMode, TruncateMode};
+use crate::decode::{self, ChangeEvent, Decoded, Op, Skip};
+use crate::entry::{EntryId, StreamEntry};
+use crate::map::{self, MapError, TableSchema};
+use crate::table::{DeclaredColumn, TableName};
+use crate::write::{ErrorClass, WriteError};
+
+/// What becomes of one entry.
+pub(super) enum Prepared {
+    /// A row change and its event's `source.ts_ms`.
+    Row(map::RowChange, Option<i64>),
+    Truncate(map::Truncate),
+    Skip(Skip),
+    Dead(String),
+    /// Shutdown came during an outage: leave this entry pending.
+    Interrupted,
+}
+
+/// Where an event goes: its mapping and the table it names.
+struct Target {
+    /// Index into the mappings.
+    mapping: usize,
+    table: TableName,
+    /// The table name came from the event (a template): a missing table only affects it.
+    templated: bool,
+}
+
+impl Core {
+    /// decode → map → batch for each entry.
+    /// Stops early (leaving the rest pending) when shutdown is requested during an outage.
+    pub(super) async fn process(
+        &mut self,
+        entries: Vec<StreamEntry>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        self.events.read(&entries);
+        for entry in entries {
+            if self.batcher.room() == 0 {
+                self.flush(shutdown).await?;
+            }
+            if let Some(reason) = self.delivered_too_often(&entry).await {
+                self.batcher.push_dead(entry, reason, now);
+                continue;
+            }
+            match self.prepare(&entry, shutdown).await {
+                Ok(Prepared::Interrupted) => {
+                    self.interrupted = true;
+                    return Ok(());
+                }
+                Ok(Prepared::Row(change, source_ts_ms)) => {
+                    // An entry read twice (own PEL and a claim) counts once for latency.
+                    if self.batcher.push_row(change, entry, now) {
+                        self.batcher.note_source_ts(source_ts_ms);
+                    }
+                }
+                Ok(Prepared::Truncate(t)) => {
+                    tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");
+                    self.batcher.push_truncate(t, entry, now);
+                }
+                Ok(Prepared::Skip(skip)) => {
+                    self.events.skipped(&entry, skip);
+                    self.batcher.push_skip(&entry.stream, entry.id, now);
+                }
+                Ok(Prepared::Dead(reason)) => self.batcher.push_dead(entry, reason, now),
+                Err(e) => {
+                    return Err(PipelineError::Entry {
+                        stream: entry.stream.clone(),
+                        entry: entry.id.to_string(),
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the entry goes to the dead-letter stream unprocessed, when it was delivered
+    /// more than `max_deliveries` times (it may be what crashes or stalls instances).
+    async fn delivered_too_often(&mut self, entry: &StreamEntry) -> Option<String> {
+        let max = self.config.redis.max_deliveries;
+        if max == 0 || entry.deliveries <= max {
+            return None;
+        }
+        let last = match self.acker.last_error(&entry.stream, entry.id).await {
+            Some(error) => format!("last error {error}"),
+            None => "no error noted: the instances that had it stopped without one \
+                     (killed, crashed or stalled)"
+                .to_string(),
+        };
+        Some(format!(
+            "delivered {} times without being acknowledged (max_deliveries = {max}); {last}",
+            entry.deliveries
+        ))
+    }
+
+    /// decode → map of one entry.
+    async fn prepare(
+        &mut self,
+        entry: &StreamEntry,
+        shutdown: &CancellationToken,
+    ) -> Result<Prepared, PipelineError> {
+        let event = match decode::decode(entry, &self.config.decode) {
+            Ok(Decoded::Change(event)) => event,
+            Ok(Decoded::Skip(skip)) => return Ok(Prepared::Skip(skip)),
+            Err(e) => return Ok(Prepared::Dead(e.reason)),
+        };
+        let target = match self.target(entry, &event)? {
+            Ok(target) => target,
+            Err(prepared) => return Ok(prepared),
+        };
+        let table = match self.schema(&target, &event, shutdown).await? {
+            Ok(table) => table,
+            Err(prepared) => return Ok(prepared),
+        };
+        let mapping = &self.mappings[target.mapping];
+        if event.op == Op::Delete && mapping.delete == DeleteMode::Ignore {
+            return Ok(Prepared::Skip(Skip::Delete));
+        }
+        if event.op == Op::Truncate {
+            if mapping.truncate == TruncateMode::Skip {
+                return Ok(Prepared::Skip(Skip::Truncate));
+            }
+            return match map::map_truncate(mapping, &event, entry.id, &table) {
+                Ok(t) => Ok(Prepared::Truncate(t)),
+                Err(MapError::Event(reason)) => Ok(Prepared::Dead(reason)),
+                Err(e) => Err(e.into()),
+            };
+        }
+        self.map_row(&target, &event, entry.id, &table, shutdown)
+            .await
+    }
+
+    /// The mapping of the entry's stream and the table the event goes to.
+    /// `Err(prepared)`: the event names no valid table (a dead letter).
+    fn target(
+        &self,
+        entry: &StreamEntry,
+        event: &ChangeEvent,
+    ) -> Result<Result<Target, Prepared>, PipelineError> {
+        let Some(&index) = self.routes.get(&entry.stream) else {
+            return Err(PipelineError::Config(format!(
+                "no mapping covers stream {}",
+                entry.stream
+            )));
+        };
+        let mapping = &self.mappings[index];
+        match map::resolve_table(&mapping.table, event, &entry.stream) {
+            Ok(table) => Ok(Ok(Target {
+                mapping: index,
+                table,
+                templated: mapping.table.is_templated(),
+            })),
+            Err(MapError::Event(reason)) => Ok(Err(Prepared::Dead(reason))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The target table's catalog facts, after schema evolution has created the table
+    /// or added the event's columns if it is on and the table was not read yet.
+    /// `Err(prepared)`: what to do with the entry instead.
+    async fn schema(
+        &mut self,
+        target: &Target,
+        event: &ChangeEvent,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<Arc<TableSchema>, Prepared>, PipelineError> {
+        // Only for a table not read yet: the declared columns are built on demand.
+        if !self.catalog.knows(&target.table)
+            && let Some((columns, key)) = &self.mappings[target.mapping].evolution(event)
+            && let Some(prepared) = self.evolve(target, columns, key, shutdown).await?
+        {
+            return Ok(Err(prepared));
+        }
+        self.table(target, false, shutdown).await
+    }
+
+    /// map of a row change. An unknown column may have been added since the catalog
+    /// was read: the catalog is read again (at most every few seconds per table) before
+    /// the event is given up as a dead letter.
+    async fn map_row(
+        &mut self,
+        target: &Target,
+        event: &ChangeEvent,
+        id: EntryId,
+        table: &Arc<TableSchema>,
+        shutdown: &CancellationToken,
+    ) -> Result<Prepared, PipelineError> {
+        let mapped = match map::map_event(&self.mappings[target.mapping], event, id, table) {
+            Err(MapError::UnknownColumn(_)) => {
+                if let Some((columns, key)) = &self.mappings[target.mapping].evolution(event)
+                    && let Some(prepared) = self.evolve(target, columns, key, shutdown).await?
+                {
+                    return Ok(prepared);
+                }
+                match self.table(target, true, shutdown).await? {
+                    Ok(table) => map::map_event(&self.mappings[target.mapping], event, id, &table),
+                    Err(prepared) => return Ok(prepared),
+                }
+            }
+            other => other,
+        };
+        match mapped {
+            Ok(change) => Ok(Prepared::Row(change, event.source.ts_ms)),
+            Err(MapError::Event(reason) | MapError::UnknownColumn(reason)) => {
+                Ok(Prepared::Dead(reason))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Schema evolution for one event (retrying transient errors); `Some(prepared)`:
+    /// what to do with the entry instead (the event cannot create the table, or
+    /// shutdown came).
+    async fn evolve(
+        &mut self,
+        target: &Target,
+        columns: &[DeclaredColumn],
+        key: &[String],
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Prepared>, PipelineError> {
+        let name = &target.table;
+        if self.batcher.has_table(name) {
+            // Rows of this table were mapped with the catalog about to change.
+            self.flush(shutdown).await?;
+        }
+        let catalog = &mut self.catalog;
+        let events = &self.events;
+        match retrying!(events, shutdown, "evolving a table", {
+            catalog.evolve(name, columns, key)
+        }) {
+            Ok(Some(())) => Ok(None),
+            Ok(None) => Ok(Some(Prepared::Interrupted)),
+            // A templated name comes from the event: only this event is affected. A
+            // fixed table that cannot be created is a table-wide problem: stop.
+            Err(e) if target.templated && e.class() != ErrorClass::Retry => {
+                Ok(Some(Prepared::Dead(e.to_string())))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The catalog facts of a table (`reload`: read again). `Err(prepared)`: what to
+    /// do with the entry instead (shutdown came, or a templated table is missing).
+    async fn table(
+        &mut self,
+        target: &Target,
+        reload: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<Arc<TableSchema>, Prepared>, PipelineError> {
+        let name = &target.table;
+        if reload && self.batcher.has_table(name) {
+            // The batch's rows of this table were mapped with the schema about to be
+            // replaced: write them first, so no batch mixes two schemas of a table.
+            self.flush(shutdown).await?;
+        }
+        let catalog = &mut self.catalog;
+        let events = &self.events;
+        let result = if reload {
+            retrying!(events, shutdown, "reading the catalog", {
+                catalog.reload(name)
+            })
+        } else {
+            retrying!(events, shutdown, "reading the catalog", {
+                catalog.table(name)
+            })
+        };
+        match result {
+            Ok(Some(table)) => Ok(Ok(table)),
+            Ok(None) => Ok(Err(Prepared::Interrupted)),
+            // A name from a template comes from the event: only this event is affected.
+            Err(e @ WriteError::TableMissing { .. }) if target.templated => {
+                Ok(Err(Prepared::Dead(e.to_string())))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
