@@ -48,6 +48,18 @@ pub struct StreamEntry {
 /// What an acknowledgement needs: the stream and the entry's ID.
 pub type EntryRef = (Arc<str>, EntryId);
 
+/// The fields redsink adds to a dead letter (after the entry's own): the reason, the
+/// stream and entry ID it came from, and the group that gave up on it. `ack` writes
+/// them, the `dlq` commands read them.
+pub mod dead_letter_field {
+    pub const ERROR: &str = "redsink.error";
+    pub const STREAM: &str = "redsink.stream";
+    pub const ENTRY_ID: &str = "redsink.entry_id";
+    pub const GROUP: &str = "redsink.group";
+    /// All of them, in the order they are written.
+    pub const ALL: [&str; 4] = [ERROR, STREAM, ENTRY_ID, GROUP];
+}
+
 /// An entry that cannot be applied, and why. Goes to the dead-letter stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

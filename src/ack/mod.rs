@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::entry::{DeadLetter, EntryId};
+use crate::entry::{DeadLetter, EntryId, dead_letter_field};
 use crate::redis::{Control, pipeline_by_key, redis_retryable};
 use crate::write::Committed;
 
@@ -158,13 +158,13 @@ impl Acker {
             for (field, value) in d.entry.fields.iter().flatten() {
                 cmd.arg(field.as_slice()).arg(value.as_slice());
             }
-            cmd.arg("redsink.error")
+            cmd.arg(dead_letter_field::ERROR)
                 .arg(&d.reason)
-                .arg("redsink.stream")
+                .arg(dead_letter_field::STREAM)
                 .arg(d.entry.stream.as_ref())
-                .arg("redsink.entry_id")
+                .arg(dead_letter_field::ENTRY_ID)
                 .arg(d.entry.id.to_string())
-                .arg("redsink.group")
+                .arg(dead_letter_field::GROUP)
                 .arg(&self.group);
             tracing::warn!(
                 stream = %d.entry.stream,

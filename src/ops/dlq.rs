@@ -9,16 +9,12 @@
 use serde::Serialize;
 
 use crate::config::RedisConfig;
+use crate::entry::dead_letter_field;
 use crate::redis::admin::{self, Pair};
 use crate::redis::{Control, RedisError};
 
 /// Fields redsink adds to a dead letter; everything else is the original entry.
-pub const DLQ_FIELDS: [&str; 4] = [
-    "redsink.error",
-    "redsink.stream",
-    "redsink.entry_id",
-    "redsink.group",
-];
+pub const DLQ_FIELDS: [&str; 4] = dead_letter_field::ALL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -78,10 +74,10 @@ impl DeadLetterEntry {
             .cloned()
             .collect();
         Self {
-            error: get("redsink.error"),
-            stream: get("redsink.stream"),
-            entry_id: get("redsink.entry_id"),
-            group: get("redsink.group"),
+            error: get(dead_letter_field::ERROR),
+            stream: get(dead_letter_field::STREAM),
+            entry_id: get(dead_letter_field::ENTRY_ID),
+            group: get(dead_letter_field::GROUP),
             fields: raw
                 .iter()
                 .map(|(f, v)| {
