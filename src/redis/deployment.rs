@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::cluster::ClusterClient;
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 use tokio::sync::Mutex;
@@ -177,11 +178,15 @@ impl Tls {
     }
 
     fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        let info = url
+            .into_connection_info()
+            .map_err(RedisError::redis("parsing redis.url"))?
+            .set_tcp_settings(tcp_settings());
         if self.configured() {
-            redis::Client::build_with_tls(url, self.certificates())
+            redis::Client::build_with_tls(info, self.certificates())
                 .map_err(RedisError::redis("opening redis url with TLS"))
         } else {
-            redis::Client::open(url).map_err(RedisError::redis("opening redis url"))
+            redis::Client::open(info).map_err(RedisError::redis("opening redis url"))
         }
     }
 
@@ -199,7 +204,8 @@ impl Tls {
         let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(response)
-            .retries(retries);
+            .retries(retries)
+            .tcp_settings(tcp_settings());
         if let Some(info) = &first {
             let settings = info.redis_settings();
             if let Some(user) = settings.username() {
@@ -254,7 +260,10 @@ impl Tls {
         let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
             .map_err(RedisError::redis("configuring the sentinels"))?;
         let settings = master_info.redis_settings();
-        b = b.set_client_to_redis_db(settings.db());
+        b = b
+            .set_client_to_redis_db(settings.db())
+            .set_client_to_redis_tcp_settings(tcp_settings())
+            .set_client_to_sentinel_tcp_settings(tcp_settings());
         if let Some(user) = settings.username() {
             b = b.set_client_to_redis_username(user);
         }
@@ -284,4 +293,12 @@ impl Tls {
         b.build()
             .map_err(RedisError::redis("configuring the sentinels"))
     }
+}
+
+/// The settings of every TCP socket redsink opens to Redis: `TCP_NODELAY` on. redis-rs
+/// turns it off explicitly; with Nagle's algorithm a command written in more than one
+/// piece waits for the server's delayed ACK, about 40 ms a round trip even on localhost
+/// (docs/BENCHMARKS.md).
+pub fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }

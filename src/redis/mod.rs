@@ -28,7 +28,7 @@ use crate::config::{RedisConfig, StreamPattern};
 use crate::entry::StreamEntry;
 
 pub use control::{Blocking, Control};
-pub use deployment::Deployment;
+pub use deployment::{Deployment, tcp_settings};
 pub use route::{Routed, pipeline_by_key, slot};
 
 #[derive(Debug, thiserror::Error)]

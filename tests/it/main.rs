@@ -25,6 +25,7 @@ mod race;
 mod replay;
 mod sentinel;
 mod serve;
+mod sockets;
 mod sync;
 mod tls;
 mod trim;
