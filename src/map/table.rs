@@ -39,7 +39,8 @@ pub struct ColumnType {
     /// `numeric(p,s)`: `s`.
     /// Negative for `numeric(p,-s)` (Postgres 15+): rounded to tens, hundreds, …
     pub scale: Option<i32>,
-    /// Fractional second digits of `time`/`timestamp(p)`.
+    /// Fractional second digits of `time`/`timestamp(p)`; the length of `bit(n)` and
+    /// `varbit(n)`, which restores the leading zeros Debezium leaves out.
     pub precision: Option<u32>,
 }
 

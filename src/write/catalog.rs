@@ -293,7 +293,8 @@ async fn add_version_column(pool: &PgPool, name: &TableName) -> Result<(), Write
     Ok(())
 }
 
-/// `numeric(p,s)` → scale (signed); `time(p)`/`timestamp(p)` → fractional digits.
+/// `numeric(p,s)` → scale (signed); `time(p)`/`timestamp(p)` → fractional digits;
+/// `bit(n)`/`varbit(n)` → n (the typmod is the length itself).
 fn modifiers(type_name: &str, typmod: i32) -> (Option<i32>, Option<u32>) {
     if typmod < 0 {
         return (None, None);
@@ -326,5 +327,8 @@ mod tests {
         );
         assert_eq!(modifiers("timestamp", 3), (None, Some(3)));
         assert_eq!(modifiers("int4", -1), (None, None));
+        assert_eq!(modifiers("bit", 12), (None, Some(12)));
+        assert_eq!(modifiers("varbit", 8), (None, Some(8)));
+        assert_eq!(modifiers("varbit", -1), (None, None));
     }
 }

@@ -33,13 +33,21 @@ CREATE TABLE SCHEMA.kinds (
   hs public.hstore, lt public.ltree
 );
 CREATE TABLE SCHEMA.people (id int PRIMARY KEY, name text, note text);
+CREATE TABLE SCHEMA.bits (
+  id int PRIMARY KEY, b1 bit(1), b8 bit(8), b12 bit(12), b64 bit(64),
+  v8 varbit(8), v12 varbit(12), v1 varbit(1), by bytea
+);
 ";
 
 /// What each side is compared on: one canonical JSON document per row (money as
 /// numeric, intervals as seconds: Debezium sends an interval as microseconds, so
 /// `1 day` comes back as `24:00:00`, the same duration; times with zone in UTC:
 /// Debezium normalises `timetz` to UTC).
-const CANONICAL: [(&str, &str); 2] = [
+///
+/// A `varbit(n)` value arrives without its own length (Debezium sends the value's
+/// bytes and the column's length, docs/TYPES.md) and is written with `n` bits, so both
+/// sides compare it left-padded to `n`.
+const CANONICAL: [(&str, &str); 3] = [
     (
         "kinds",
         "SELECT to_jsonb(q)::text FROM (SELECT id, i2, i4, f4, f8, b, t, vc, ch, by, bits, vbits, \
@@ -51,7 +59,35 @@ const CANONICAL: [(&str, &str); 2] = [
         "people",
         "SELECT to_jsonb(q)::text FROM (SELECT id, name, note FROM SCHEMA.people) q ORDER BY (q.id)",
     ),
+    (
+        "bits",
+        "SELECT to_jsonb(q)::text FROM (SELECT id, b1, b8, b12, b64, lpad(v8::text, 8, '0') AS v8, \
+         lpad(v12::text, 12, '0') AS v12, v1, by FROM SCHEMA.bits) q ORDER BY (q.id)",
+    ),
 ];
+
+/// All-zero, high-bit and empty values of bit(n), varbit(n) and bytea, in the snapshot
+/// (ids < 10) and streamed (ids ≥ 10, then an update to zeros). Debezium sends a bit
+/// string as the shortest bytes of its value, so zero is `""` (the column's length
+/// restores the zeros), and `bit(1)`/`varbit(1)` as a boolean.
+const BITS_ROWS: &str = "
+  (ID0, B'0', B'00000000', B'000000000000', repeat('0', 64)::bit(64), B'', B'0', B'0', '\\x00'),
+  (ID1, B'1', B'10000000', B'100000000000', ('1' || repeat('0', 63))::bit(64), B'10000000',
+   B'100000000001', B'1', '\\x80ff'),
+  (ID2, B'1', B'11111111', B'111111111111', repeat('1', 64)::bit(64), B'00000000',
+   B'000000000000', B'0', ''),
+  (ID3, B'0', B'00000001', B'000000000001', (repeat('0', 63) || '1')::bit(64), B'1', B'1000',
+   NULL, '\\xff00'),
+  (ID4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+
+/// `BITS_ROWS` with the ids `base`..`base + 4`.
+fn bits_rows(base: i32) -> String {
+    let mut rows = BITS_ROWS.to_string();
+    for i in 0..5 {
+        rows = rows.replace(&format!("ID{i}"), &(base + i).to_string());
+    }
+    format!("INSERT INTO public.bits VALUES {rows}")
+}
 
 const ROW_1: &str = "INSERT INTO public.kinds VALUES (1, -32768, 2147483647, 1.5, 'NaN', true, \
   'héllo ✓', 'twenty chars at most', 'ab', '\\xdeadbeef', B'1010', B'10100101', 1234567890.12, \
@@ -139,11 +175,21 @@ async fn a_real_debezium_capture_lands_exactly_in_all_four_formats() {
         // carries the placeholder for it.
         "UPDATE public.people SET note = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g) WHERE id = 2",
         "UPDATE public.people SET name = 'toasted' WHERE id = 2",
-        "INSERT INTO public.people VALUES (999999, 'marker', NULL)",
     ];
     for sql in statements {
         exec(&source, sql).await;
     }
+    exec(&source, &bits_rows(10)).await;
+    exec(
+        &source,
+        "UPDATE public.bits SET b8 = B'00000000', b12 = B'000000000000', v8 = B'' WHERE id = 11",
+    )
+    .await;
+    exec(
+        &source,
+        "INSERT INTO public.people VALUES (999999, 'marker', NULL)",
+    )
+    .await;
 
     let mut mappings = String::new();
     for (infix, schema) in VARIANTS {
@@ -206,7 +252,7 @@ async fn source_database(pg: &PgServer) -> PgPool {
         "INSERT INTO public.people SELECT g, 'p' || g, NULL FROM generate_series(1, 50) g",
     )
     .await;
-
+    exec(&source, &bits_rows(0)).await;
     source
 }
 
@@ -225,7 +271,7 @@ fn start_capture(python: &str, pg: &PgServer, prefix: &str) -> Capture {
             "--pg-db",
             "source",
         ])
-        .args(["--tables", "public.kinds,public.people"])
+        .args(["--tables", "public.kinds,public.people,public.bits"])
         .args(["--redis-url", &common::redis_url(), "--prefix", prefix])
         .args(["--shards", "2", "--slot", &slot])
         .stdout(std::process::Stdio::piped())

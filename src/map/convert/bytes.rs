@@ -11,6 +11,43 @@ use super::{kind, short};
 /// The longest bit string we build (Postgres allows 83,886,080; events are far smaller).
 const MAX_BITS: usize = 1 << 20;
 
+/// A value for a `bit(n)`/`varbit(n)` column (`length` = n) that no schema describes.
+///
+/// | JSON | read as |
+/// |---|---|
+/// | boolean | one bit: Debezium's encoding of `bit(1)` and `varbit(1)` |
+/// | base64 of at most ⌈n/8⌉ bytes, `""` included | Debezium's `Bits`: padded to n bits |
+/// | other 0s and 1s | bit text, as is (Postgres checks its length) |
+///
+/// Debezium sends the shortest bytes of the value, so zero is `""`: the column's length
+/// restores the leading zeros. A string of 0s and 1s can also be base64 (`"0101"` is 3
+/// bytes); it is read as base64 only when those bytes fit the column, which a bit(n)
+/// text of n digits never does.
+pub(super) fn bit_column(value: &Value, length: Option<u32>) -> Result<String, String> {
+    match value {
+        Value::Bool(b) => match length {
+            None | Some(1) => Ok(if *b { "1" } else { "0" }.into()),
+            Some(n) => Err(format!(
+                "a boolean fits a bit(1) or varbit(1) column, not one of {n} bits"
+            )),
+        },
+        Value::String(s) if is_bit_text(s, length) => Ok(s.clone()),
+        _ => bits(value, length),
+    }
+}
+
+/// Whether `s` is bit text (`1010`) rather than base64 of at most `length` bits.
+fn is_bit_text(s: &str, length: Option<u32>) -> bool {
+    if s.is_empty() || !s.bytes().all(|b| b == b'0' || b == b'1') {
+        return false;
+    }
+    let Some(n) = length else {
+        return true;
+    };
+    let max_bytes = usize::try_from(n.div_ceil(8)).unwrap_or(usize::MAX);
+    BASE64.decode(s).map_or(true, |raw| raw.len() > max_bytes)
+}
+
 /// `io.debezium.data.Bits`: base64 of the bits as a little-endian integer → `1010`.
 pub(super) fn bits(value: &Value, length: Option<u32>) -> Result<String, String> {
     let Value::String(s) = value else {
@@ -142,6 +179,80 @@ mod tests {
                 &bit4
             )
             .is_err()
+        );
+    }
+
+    /// Debezium without schemas, as captured from 3.6: a bit string is the shortest
+    /// little-endian bytes of its value (`""` for zero), base64; the column gives the length.
+    #[test]
+    fn schemaless_bits_are_padded_to_the_column_length() {
+        let cases = [
+            ("bit", 8, "", "00000000"),
+            ("bit", 8, "gA==", "10000000"),
+            ("bit", 8, "/w==", "11111111"),
+            ("bit", 8, "AQ==", "00000001"),
+            ("bit", 12, "", "000000000000"),
+            ("bit", 12, "AAg=", "100000000000"),
+            ("bit", 12, "AQ==", "000000000001"),
+            ("bit", 12, "/w8=", "111111111111"),
+            ("bit", 64, "AQ==", &format!("{:0>64}", "1")),
+            ("bit", 64, "AAAAAAAAAIA=", &format!("{:0<64}", "1")),
+            ("varbit", 8, "", "00000000"),
+            ("varbit", 12, "AQg=", "100000000001"),
+            ("varbit", 12, "CA==", "000000001000"),
+            // A string of 0s and 1s that cannot be base64 of the column's bits is text.
+            ("bit", 4, "1010", "1010"),
+            ("varbit", 8, "101", "101"),
+            ("varbit", 8, "1", "1"),
+        ];
+        for (name, n, json, want) in cases {
+            let got = conv(json!(json), None, &ty(name, None, Some(n)));
+            assert_eq!(got, Ok(Some(want.to_string())), "{name}({n}) {json:?}");
+        }
+    }
+
+    #[test]
+    fn bits_longer_than_the_column_are_errors() {
+        let bit8 = ty("bit", None, Some(8));
+        // 0x0100: bit 8 is set, one more than bit(8) holds.
+        let err = conv(json!("AAE="), None, &bit8).expect_err("too long");
+        assert!(err.contains("more than 8 bits"), "{err}");
+        assert!(conv(json!("AAE="), None, &ty("varbit", None, Some(8))).is_err());
+        // bit(12): the high byte may only use its low 4 bits.
+        assert!(conv(json!("/x8="), None, &ty("bit", None, Some(12))).is_err());
+        assert!(conv(json!("not base64!"), None, &bit8).is_err());
+    }
+
+    /// Debezium sends `bit(1)` and `varbit(1)` as a boolean, with and without schemas.
+    #[test]
+    fn booleans_are_single_bits() {
+        for name in ["bit", "varbit"] {
+            let one = ty(name, None, Some(1));
+            assert_eq!(conv(json!(true), None, &one), Ok(Some("1".to_string())));
+            assert_eq!(conv(json!(false), None, &one), Ok(Some("0".to_string())));
+            let plain = Some(Logical::Plain);
+            assert_eq!(conv(json!(true), plain, &one), Ok(Some("1".to_string())));
+        }
+        let err = conv(json!(true), None, &ty("bit", None, Some(8))).expect_err("8 bits");
+        assert!(err.contains("bit(1)"), "{err}");
+    }
+
+    /// With schemas, `io.debezium.data.Bits` carries the length.
+    #[test]
+    fn bits_with_a_schema_length() {
+        let bits = |length| {
+            Some(Logical::Bits {
+                length: Some(length),
+            })
+        };
+        let varbit = ty("varbit", None, None);
+        assert_eq!(
+            conv(json!(""), bits(8), &varbit),
+            Ok(Some("00000000".to_string()))
+        );
+        assert_eq!(
+            conv(json!("AAg="), bits(12), &varbit),
+            Ok(Some("100000000000".to_string()))
         );
     }
 

@@ -15,6 +15,7 @@
 //! | `Timestamp`, `MicroTimestamp`, `NanoTimestamp` / timestamp(p) | ms (p ≤ 3), µs, ns since epoch | `2026-02-01 08:30:00.000000` |
 //! | `MicroDuration` / interval | µs | `183600000000 microseconds` |
 //! | bytes / bytea | base64 | `\xdeadbeef` |
+//! | `Bits` / bit(n), varbit(n) | base64 little-endian, shortest (`""` = 0); boolean for 1 bit | `00000000` |
 //! | arrays | JSON array | `{"a","b"}` |
 //! | anything else | string, number, bool, JSON | as is (JSON compact) |
 //!
@@ -31,7 +32,7 @@ use serde_json::Value;
 
 use super::table::ColumnType;
 use crate::decode::Logical;
-use bytes::{bits, bytes, geometry};
+use bytes::{bit_column, bits, bytes, geometry};
 use collections::{array_literal, hstore};
 use numeric::{decimal, float, integer};
 use time::{date, duration, time, time_nanos, timestamp, timestamp_nanos};
@@ -127,12 +128,7 @@ fn scalar(value: &Value, logical: Option<&Logical>, target: Target<'_>) -> Resul
         },
         "geometry" | "geography" => geometry(value, true),
         "hstore" => hstore(value),
-        "bit" | "varbit" => match value {
-            Value::String(s) if !s.bytes().all(|b| b == b'0' || b == b'1') => {
-                bits(value, ty.precision)
-            }
-            _ => plain(value),
-        },
+        "bit" | "varbit" => bit_column(value, ty.precision),
         _ => plain(value),
     }
 }
