@@ -27,6 +27,7 @@ mod sentinel;
 mod serve;
 mod sync;
 mod tls;
+mod tombstones;
 mod trim;
 mod versions;
 
