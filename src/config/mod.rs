@@ -126,6 +126,10 @@ pub struct PostgresConfig {
     pub url: String,
     #[serde(default = "default_pool_size", deserialize_with = "de_u32")]
     pub pool_size: u32,
+    /// How often tombstones and truncations that no event can still need are removed
+    /// (docs/OPERATIONS.md); zero turns the collection off.
+    #[serde(default = "default_gc_every", deserialize_with = "de_duration")]
+    pub gc_every: Duration,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -370,6 +374,9 @@ fn default_dlq_suffix() -> String {
 }
 fn default_pool_size() -> u32 {
     4
+}
+fn default_gc_every() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_batch() -> usize {
     1024

@@ -52,6 +52,7 @@ impl fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("url", &redact_url(&self.url))
             .field("pool_size", &self.pool_size)
+            .field("gc_every", &self.gc_every)
             .finish()
     }
 }

@@ -72,6 +72,13 @@ impl Mapping {
         self.scheme(event) == VersionSource::EntryId
     }
 
+    /// The lowest version this event's position can give (its delete's): a bound below
+    /// which no later event of its stream can fall (docs/OPERATIONS.md, tombstones).
+    /// An event without a usable position is a [`MapError::Event`].
+    pub fn horizon(&self, event: &ChangeEvent, id: EntryId) -> Result<Version, MapError> {
+        self.version(event, id, Version::OP_DELETE)
+    }
+
     pub(super) fn version(
         &self,
         event: &ChangeEvent,

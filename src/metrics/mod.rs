@@ -28,10 +28,12 @@ pub enum Counter {
     Retries,
     Trimmed,
     TrimDroppedUnacked,
+    TombstonesRemoved,
+    TruncationsRemoved,
 }
 
 impl Counter {
-    const ALL: [Counter; 9] = [
+    const ALL: [Counter; 11] = [
         Counter::Read,
         Counter::Skipped,
         Counter::DeadLettered,
@@ -41,6 +43,8 @@ impl Counter {
         Counter::Retries,
         Counter::Trimmed,
         Counter::TrimDroppedUnacked,
+        Counter::TombstonesRemoved,
+        Counter::TruncationsRemoved,
     ];
 
     fn name(self) -> &'static str {
@@ -54,12 +58,16 @@ impl Counter {
             Counter::Retries => "redsink_retries_total",
             Counter::Trimmed => "redsink_entries_trimmed_total",
             Counter::TrimDroppedUnacked => "redsink_trim_dropped_unacked_total",
+            Counter::TombstonesRemoved => "redsink_tombstones_removed_total",
+            Counter::TruncationsRemoved => "redsink_truncations_removed_total",
         }
     }
 
     fn label(self) -> &'static str {
         match self {
-            Counter::RowsWritten => "table",
+            Counter::RowsWritten | Counter::TombstonesRemoved | Counter::TruncationsRemoved => {
+                "table"
+            }
             Counter::Retries => "operation",
             _ => "stream",
         }
@@ -85,6 +93,12 @@ impl Counter {
             }
             Counter::TrimDroppedUnacked => {
                 "Entries not yet acknowledged by some group that a trim_max_age/trim_max_len ceiling dropped."
+            }
+            Counter::TombstonesRemoved => {
+                "Tombstones of deleted rows removed once below the table's horizon (no event older can arrive)."
+            }
+            Counter::TruncationsRemoved => {
+                "Truncation records removed once below the table's horizon (no event older can arrive)."
             }
         }
     }

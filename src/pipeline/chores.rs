@@ -1,6 +1,7 @@
 //! The loop's periodic chores (priority 3): collect the batch in flight once done; claim
 //! entries idle on dead consumers and prune idle consumers; discover new streams; poll
-//! the groups' state for the metrics; trim acknowledged entries; log progress. Each
+//! the groups' state for the metrics; trim acknowledged entries; collect tombstones
+//! below the horizon (`horizon.rs`, every `postgres.gc_every`); log progress. Each
 //! runs when its period has passed; a failure is logged and tried next period.
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub(super) struct Timers {
     discover: Option<Instant>,
     gauges: Option<Instant>,
     trim: Option<Instant>,
+    collect: Option<Instant>,
     progress: Option<Instant>,
 }
 
@@ -41,6 +43,7 @@ impl Timers {
             discover: now,
             gauges: None,
             trim: now,
+            collect: now,
             progress: now,
         }
     }
@@ -86,6 +89,12 @@ impl Pipeline {
         }
         if Timers::due(&mut timers.trim, TRIM_EVERY) {
             self.trim().await;
+        }
+        let gc_every = self.core.config.postgres.gc_every;
+        if !gc_every.is_zero() && Timers::due(&mut timers.collect, gc_every) {
+            let mut horizons = std::mem::take(&mut self.horizons);
+            self.collect(&mut horizons).await;
+            self.horizons = horizons;
         }
         if Timers::due(&mut timers.progress, PROGRESS_EVERY) {
             tracing::info!(stats = ?self.stats(), "progress");

@@ -11,6 +11,7 @@
 //! | [`committed`](Events::committed) | `rows_written` by table, `entries_acked` and `entries_dead_lettered` by stream, the batch histograms | `batches`, `rows_written`, `acked`, `dead_lettered` | debug |
 //! | [`retrying`](Events::retrying) | `retries` by operation; `/readyz` fails | | warn |
 //! | [`trimmed`](Events::trimmed), [`trim_dropped`](Events::trim_dropped) | `entries_trimmed`, `trim_dropped_unacked` by stream | | warn (dropped) |
+//! | [`collected`](Events::collected) | `tombstones_removed`, `truncations_removed` by table | | info |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +23,8 @@ use crate::batch::Batch;
 use crate::decode::Skip;
 use crate::entry::StreamEntry;
 use crate::metrics::{Counter, Metrics};
-use crate::write::{Committed, WriteError};
+use crate::table::TableName;
+use crate::write::{Collected, Committed, WriteError};
 
 /// The operation name of the idle instance's Postgres probe in the retry metrics and
 /// `/readyz`.
@@ -165,6 +167,23 @@ impl Events {
             dropped,
             "a trim ceiling dropped entries some group had not acknowledged: they are \
              dead-lettered as deleted if they were pending, and never seen if not yet read"
+        );
+    }
+
+    /// Tombstones and truncations of `table` removed below its horizon.
+    pub(super) fn collected(&self, table: &TableName, collected: Collected) {
+        if collected == Collected::default() {
+            return;
+        }
+        let name = table.to_string();
+        let metrics = &self.metrics;
+        metrics.add(Counter::TombstonesRemoved, &name, collected.tombstones);
+        metrics.add(Counter::TruncationsRemoved, &name, collected.truncations);
+        tracing::info!(
+            table = %name,
+            tombstones = collected.tombstones,
+            truncations = collected.truncations,
+            "removed what no event can still need"
         );
     }
 }

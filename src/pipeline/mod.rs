@@ -5,7 +5,8 @@
 //! 1. shutdown requested → flush, commit, ack, leave the group (when nothing of ours is
 //!    pending), return;
 //! 2. the batch is full or its oldest entry has waited `max_delay` → flush;
-//! 3. periodically: claim entries idle on dead consumers, re-discover glob streams;
+//! 3. periodically: claim entries idle on dead consumers, re-discover glob streams,
+//!    trim, collect tombstones below the horizon;
 //! 4. read the next entries (blocking at most until the flush deadline) while the
 //!    previous read's go through decode → map → batch.
 //!
@@ -23,6 +24,7 @@
 //! prepare.rs  decode → map → batch of each entry read (schema evolution, catalog reloads)
 //! flush.rs    hand a batch to the writer task: write, dead-letter, acknowledge
 //! chores.rs   the periodic ones: claim, prune, discover, trim, gauges, progress
+//! horizon.rs  the collection of tombstones and truncations below each table's horizon
 //! events.rs   each observed event counted (metrics and Stats) and logged in one place
 //! retry.rs    backoff, which errors are transient, retrying!
 //! replay.rs   re-apply a range of stream history outside the group
@@ -31,6 +33,7 @@
 mod chores;
 mod events;
 mod flush;
+mod horizon;
 mod open;
 mod prepare;
 mod replay;
@@ -153,6 +156,8 @@ async fn listen(
 
 struct Pipeline {
     reader: Reader,
+    /// Each table's horizon of the previous collection round.
+    horizons: horizon::Horizons,
     /// Entries read while the previous read's were being decoded: processed next.
     prefetched: Vec<StreamEntry>,
     core: Core,
@@ -190,6 +195,7 @@ impl Pipeline {
         };
         let mut pipeline = Self {
             reader,
+            horizons: horizon::Horizons::default(),
             prefetched: Vec::new(),
             core,
         };

@@ -56,6 +56,11 @@ pub async fn last_entry(conn: &mut Control, stream: &str) -> Result<Option<Entry
     Ok(reply.first().and_then(|(id, _)| EntryId::parse(id)))
 }
 
+/// XLEN of `stream` (0 when it does not exist).
+pub async fn length(conn: &mut Control, stream: &str) -> Result<u64, RedisError> {
+    query(conn, redis::cmd("XLEN").arg(stream), "XLEN", stream).await
+}
+
 /// XLEN, XINFO GROUPS, XINFO CONSUMERS and XPENDING of `stream`; `None` if it does not
 /// exist.
 pub async fn stream_status(

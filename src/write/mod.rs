@@ -3,7 +3,8 @@
 //! the transaction committed, listing what to acknowledge and what to dead-letter.
 //! I/O: Postgres (a small pool). [`Catalog`] reads the target tables (and with schema
 //! evolution creates or extends them); [`Writer`] writes batches (`writer.rs`, with the
-//! advisory locks in `locks.rs` and the statements in `sql.rs`); this file holds the
+//! advisory locks in `locks.rs` and the statements in `sql.rs`; `horizon.rs` collects
+//! the tombstones and truncations no event can still need); this file holds the
 //! errors, the receipt, the connection, the migrations and the checkpoints.
 //! Errors: [`WriteError`], classified by [`WriteError::class`]: retry (connection,
 //! serialization, deadlock), or fatal (missing table, privileges). A data error (a
@@ -27,6 +28,7 @@
 //! `redsink.truncations`; an upsert older than its table's truncate is a no-op.
 
 mod catalog;
+mod horizon;
 mod locks;
 mod sql;
 mod writer;
@@ -41,6 +43,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use crate::entry::{DeadLetter, EntryId};
 
 pub use catalog::{Catalog, VERSION_COLUMN, inspect_table};
+pub use horizon::{Collected, PgClock};
 pub use writer::Writer;
 
 /// The migrations for redsink's own tables (`migrations/`).

@@ -23,7 +23,7 @@ use crate::table::TableName;
 /// shared by the clones): the pipeline hands a clone to the task that writes.
 #[derive(Clone)]
 pub struct Writer {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     group: Arc<str>,
     /// Statements sent to write batches (one simple query opens a transaction), shared
     /// by the clones of a writer.

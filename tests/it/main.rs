@@ -28,6 +28,7 @@ mod serve;
 mod sockets;
 mod sync;
 mod tls;
+mod tombstones;
 mod trim;
 mod versions;
 
