@@ -23,6 +23,7 @@ mod poison;
 mod privilege;
 mod race;
 mod replay;
+mod secrets;
 mod sentinel;
 mod serve;
 mod sync;
