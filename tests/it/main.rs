@@ -17,6 +17,7 @@ mod evolution;
 mod fixtures;
 mod load;
 mod mapping;
+mod migrations;
 mod ops;
 mod outage;
 mod poison;
