@@ -28,14 +28,14 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            message: super::redact::redact_text(&e.to_string()),
         })?;
         apply_env(&mut doc, env);
         read_url_files(&mut doc)?;
         let mut config: Config =
             Config::deserialize(toml::Value::Table(doc)).map_err(|e| ConfigError::Parse {
                 path: origin.to_string(),
-                message: e.to_string(),
+                message: super::redact::redact_text(&e.to_string()),
             })?;
         if config.redis.consumer.is_none() {
             config.redis.consumer = Some(default_consumer());

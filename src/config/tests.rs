@@ -212,3 +212,45 @@ fn secrets_are_redacted() {
     assert_eq!(redact_url("redis://pw@h:1"), "redis://***@h:1");
     assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
 }
+
+#[test]
+fn postgres_urls_sqlx_cannot_take_are_refused_without_their_secret() {
+    let base = "postgres://postgres:secret@127.0.0.1:5432/replica";
+    let cases = [
+        ("host=h user=u password=s3cret dbname=db", "key=value"),
+        ("postgres://u:p?s3cret@h/db", "percent-encode"),
+        ("mysql://u:s3cret@h/db", "postgres://"),
+        (
+            "postgres://u@h/db?sslpassword=s3cret",
+            "sslpassword is not supported",
+        ),
+        (
+            "postgres://u@h/db?passwd=s3cret",
+            "unknown parameter `passwd`",
+        ),
+    ];
+    for (url, says) in cases {
+        let text = BASE.replace(base, url);
+        assert_ne!(text, BASE);
+        let err = load(&text, &[]).expect_err(url).to_string();
+        assert!(
+            err.contains("postgres.url") && err.contains(says),
+            "{url}: {err}"
+        );
+        assert!(!err.contains("s3cret"), "{url}: {err}");
+    }
+    let ok = BASE.replace(base, "postgresql://u@h/db?password=s3cret&sslmode=require");
+    load(&ok, &[]).expect("a password parameter is fine");
+}
+
+#[test]
+fn a_parse_error_does_not_quote_a_password() {
+    let text = BASE.replace(
+        "url = \"postgres://postgres:secret@127.0.0.1:5432/replica\"",
+        "url = \"postgres://u:s3cret@h/db",
+    );
+    let err = load(&text, &[])
+        .expect_err("unterminated string")
+        .to_string();
+    assert!(err.contains("line") && !err.contains("s3cret"), "{err}");
+}

@@ -154,8 +154,51 @@ impl RedisConfig {
 
 impl PostgresConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_url()?;
         if self.pool_size == 0 {
             return Err(invalid("postgres.pool_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl PostgresConfig {
+    /// A `postgres://` URL whose secrets sqlx understands. Messages never quote the URL:
+    /// it may hold a password.
+    fn validate_url(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(self.url.trim()).ok().filter(|u| {
+            u.scheme().eq_ignore_ascii_case("postgres")
+                || u.scheme().eq_ignore_ascii_case("postgresql")
+        });
+        let Some(url) = url else {
+            return Err(invalid(
+                "postgres.url",
+                "must be a URL, postgres://user:password@host:port/database (key=value \
+                 connection strings are not supported; percent-encode `@ : / ? #` in a password)",
+            ));
+        };
+        // sqlx ignores parameters it does not know, and logs their values: a secret among
+        // them (libpq's sslpassword, a misspelt password) would reach the log.
+        for (key, _) in url.query_pairs() {
+            if key == "sslpassword" {
+                return Err(invalid(
+                    "postgres.url",
+                    "sslpassword is not supported (the client key must not be encrypted): \
+                     decrypt the key (`openssl pkey -in key.pem -out plain.pem`), point \
+                     sslkey at it and remove sslpassword",
+                ));
+            }
+            if key != "password" && super::redact::is_secret_key(&key) {
+                return Err(invalid(
+                    "postgres.url",
+                    format!(
+                        "unknown parameter `{key}`, which looks like it holds a secret (sqlx \
+                         would ignore it and log its value): give the password in the \
+                         userinfo (postgres://user:password@host), in `password=`, or in a \
+                         file named by PGPASSFILE"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

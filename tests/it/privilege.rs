@@ -180,3 +180,41 @@ pub fn section(text: &str, title: &str) -> String {
     }
     out.join("\n")
 }
+
+/// A Redis that requires a password, and a config without one: `check` must not report
+/// all-clear (every probe fails with NOAUTH, not NOPERM), it names the cause and exits 1.
+#[tokio::test]
+async fn check_fails_against_a_redis_that_requires_a_password() {
+    let server = common::RedisServer::start();
+    let mut r = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("pw")
+        .query_async(&mut r)
+        .await
+        .expect("CONFIG SET requirepass");
+    let db = TestDb::new().await;
+    db.exec(crate::ITEMS).await;
+    let prefix = common::unique("s");
+    let text = common::config_text(&db, "c1", &crate::items_mapping(&prefix))
+        .replace(&common::redis_url(), &server.url());
+    let (code, out, err) = common::redsink_cli(&text, &["check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let problem = out
+        .lines()
+        .find(|l| l.starts_with("problem: redis"))
+        .unwrap_or_else(|| panic!("no redis problem:\n{out}"));
+    assert!(
+        problem.contains("NOAUTH") && problem.contains("password"),
+        "{problem}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("ok: redis")),
+        "nothing about redis is ok:\n{out}"
+    );
+}

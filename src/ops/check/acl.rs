@@ -194,25 +194,105 @@ fn probes(key: &str, dlq: &str, mode: RedisMode) -> Vec<(&'static str, Pipeline)
     out
 }
 
-/// Who the Redis user is, and whether it may run every command on every mapped key.
-pub(super) async fn check_redis(
-    config: &Config,
-    mappings: &[Mapping],
-    mut conn: Control,
-    report: &mut Report,
-) {
-    let user: Result<String, _> = redis::cmd("ACL").arg("WHOAMI").query_async(&mut conn).await;
-    let who = user.map_or_else(
-        |_| "the configured user".to_string(),
-        |u| format!("user {u}"),
-    );
-    report.ok(format!("redis: connected as {who}"));
-    // One key per stream pattern: an existing stream if there is one, else a name the
-    // pattern matches.
+/// What one probe's reply says about the user.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// It ran, or Redis refused it after the ACL check for the reason the probe was
+    /// built to meet (an unknown group, a missing key, an invalid ID).
+    Allowed,
+    /// NOPERM: the user lacks the command or the key.
+    Denied,
+    /// Anything else (NOAUTH, WRONGPASS, READONLY, an unknown command, a key of the
+    /// wrong type, a lost connection): a problem `run` would meet too.
+    Failed,
+}
+
+/// Replies a probe is built to get, past the ACL check (Redis 6.2 to 8 wording).
+const EXPECTED_ERRORS: [&str; 4] = [
+    "no such key",
+    "requires the key to exist",
+    "invalid stream id",
+    "must be greater than",
+];
+
+/// The server's error code and detail, also out of a pipeline's failure (each probe is a
+/// pipeline of one, and redis-rs gives no code for a pipeline's unknown error kinds).
+fn server_reply(e: &redis::RedisError) -> Option<(String, String)> {
+    let errors = e.clone().into_server_errors()?;
+    let (_, first) = errors.first()?;
+    Some((
+        first.code().to_string(),
+        first.details().unwrap_or_default().to_string(),
+    ))
+}
+
+fn verdict(result: &redis::RedisResult<redis::Value>) -> Verdict {
+    let Err(e) = result else {
+        return Verdict::Allowed;
+    };
+    let Some((code, detail)) = server_reply(e) else {
+        return Verdict::Failed;
+    };
+    let detail = detail.to_ascii_lowercase();
+    match code.as_str() {
+        "NOPERM" => Verdict::Denied,
+        "NOGROUP" => Verdict::Allowed,
+        "ERR" if EXPECTED_ERRORS.iter().any(|m| detail.contains(m)) => Verdict::Allowed,
+        _ => Verdict::Failed,
+    }
+}
+
+/// Whether Redis refused because the connection is not (or wrongly) authenticated.
+fn is_auth_error(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || server_reply(e).is_some_and(|(code, _)| code == "NOAUTH" || code == "WRONGPASS")
+}
+
+/// A probe's error in one line: the server's reply, or what redis-rs says.
+fn describe(e: &redis::RedisError) -> String {
+    server_reply(e).map_or_else(
+        || e.to_string(),
+        |(code, detail)| format!("{code} {detail}"),
+    )
+}
+
+/// What to do about an authentication error.
+fn auth_problem(e: &redis::RedisError) -> String {
+    format!(
+        "redis: not authenticated ({}): the server requires a password: put the user and \
+         password in redis.url (redis://user:password@host:port) or redis.url_file",
+        server_reply(e).map_or_else(|| "authentication failed".to_string(), |(code, _)| code)
+    )
+}
+
+/// Who the Redis user is; `None` (with the problem reported) when the connection cannot
+/// run commands at all.
+async fn whoami(conn: &mut Control, report: &mut Report) -> Option<String> {
+    let user: redis::RedisResult<String> = redis::cmd("ACL").arg("WHOAMI").query_async(conn).await;
+    match user {
+        Ok(u) => Some(format!("user {u}")),
+        Err(e) if is_auth_error(&e) => {
+            report.problem(auth_problem(&e));
+            None
+        }
+        // The least-privilege rule does not grant ACL WHOAMI: the probes tell the rest.
+        Err(e) if server_reply(&e).is_some_and(|(code, _)| code == "NOPERM" || code == "ERR") => {
+            Some("the configured user".to_string())
+        }
+        Err(e) => {
+            report.problem(format!("redis: ACL WHOAMI failed: {}", describe(&e)));
+            None
+        }
+    }
+}
+
+/// One key per stream pattern: an existing stream if there is one, else a name the
+/// pattern matches.
+async fn probe_keys(mappings: &[Mapping], conn: &mut Control) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
     for m in mappings {
         for p in &m.streams {
-            let found = discover(&mut conn, std::slice::from_ref(p)).await.ok();
+            let found = discover(conn, std::slice::from_ref(p)).await.ok();
             let name = match (found.and_then(|f| f.into_iter().next()), p) {
                 (Some(name), _) => name,
                 (None, StreamPattern::Exact(name)) => name.clone(),
@@ -223,27 +303,99 @@ pub(super) async fn check_redis(
             }
         }
     }
+    keys
+}
+
+/// Who the Redis user is, and whether it may run every command on every mapped key.
+pub(super) async fn check_redis(
+    config: &Config,
+    mappings: &[Mapping],
+    mut conn: Control,
+    report: &mut Report,
+) {
+    let Some(who) = whoami(&mut conn, report).await else {
+        return;
+    };
+    report.ok(format!("redis: connected as {who}"));
+    let keys = probe_keys(mappings, &mut conn).await;
     let mut denied: Vec<String> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     for key in &keys {
         let dlq = config.redis.dlq_stream(key);
         for (command, probe) in probes(key, &dlq, config.redis.mode) {
             let result: redis::RedisResult<redis::Value> = probe.query_async(&mut conn).await;
-            if let Err(e) = result
-                && e.code() == Some("NOPERM")
-            {
-                denied.push(format!("{command} on {key}"));
+            match (verdict(&result), result) {
+                (Verdict::Denied, _) => denied.push(format!("{command} on {key}")),
+                (Verdict::Failed, Err(e)) if is_auth_error(&e) => {
+                    report.problem(auth_problem(&e));
+                    return;
+                }
+                (Verdict::Failed, Err(e)) => {
+                    failed.push(format!("{command} on {key}: {}", describe(&e)));
+                }
+                _ => {}
             }
         }
     }
-    if denied.is_empty() {
-        report.ok(format!(
-            "redis: {who} may run every command redsink needs on {}",
-            keys.join(", ")
+    if !failed.is_empty() {
+        report.problem(format!(
+            "redis: unexpected errors (`run` would meet them too): {}",
+            failed.join("; ")
         ));
-    } else {
+    }
+    if !denied.is_empty() {
         report.problem(format!(
             "redis: {who} may not run: {} — apply the rule below",
             denied.join(", ")
         ));
+    } else if failed.is_empty() {
+        report.ok(format!(
+            "redis: {who} may run every command redsink needs on {}",
+            keys.join(", ")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Verdict, verdict};
+
+    /// A reply as Redis sends it, through redis-rs' parser.
+    fn reply(line: &str) -> redis::RedisResult<redis::Value> {
+        redis::parse_redis_value(format!("-{line}\r\n").as_bytes())?.extract_error()
+    }
+
+    #[test]
+    fn only_the_errors_a_probe_is_built_to_meet_are_allowed() {
+        let cases = [
+            (
+                "NOGROUP No such key 'k' or consumer group 'g'",
+                Verdict::Allowed,
+            ),
+            ("ERR no such key", Verdict::Allowed),
+            (
+                "ERR The ID specified in XADD must be greater than 0-0",
+                Verdict::Allowed,
+            ),
+            (
+                "NOPERM User u has no permissions to run the 'xack' command",
+                Verdict::Denied,
+            ),
+            ("NOAUTH Authentication required.", Verdict::Failed),
+            ("WRONGPASS invalid username-password pair", Verdict::Failed),
+            (
+                "READONLY You can't write against a read only replica.",
+                Verdict::Failed,
+            ),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                Verdict::Failed,
+            ),
+            ("ERR unknown command 'XAUTOCLAIM'", Verdict::Failed),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(verdict(&reply(line)), expected, "{line}");
+        }
+        assert_eq!(verdict(&Ok(redis::Value::Nil)), Verdict::Allowed);
     }
 }
