@@ -16,7 +16,7 @@
 //!
 //! Options: `--events N` (default 1000000), `--shards S` (8), `--workloads insert,update`,
 //! `--naive-events N` (default min(events, 200000): the naive consumer is slow),
-//! `--latency RATE`, `--seconds T` (10), `--max-batch B` (4096).
+//! `--latency RATE`, `--seconds T` (10), `--max-batch B` (default: none, redsink runs its default config).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -46,7 +46,8 @@ struct Options {
     naive_events: u64,
     latency: Option<u64>,
     seconds: u64,
-    max_batch: usize,
+    /// `[batch] max_batch` for redsink; `None`: its default config, as users run it.
+    max_batch: Option<usize>,
 }
 
 fn options() -> Res<Options> {
@@ -57,7 +58,7 @@ fn options() -> Res<Options> {
         naive_events: 0,
         latency: None,
         seconds: 10,
-        max_batch: 4096,
+        max_batch: None,
     };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = args.next() {
@@ -69,7 +70,7 @@ fn options() -> Res<Options> {
             "--naive-events" => o.naive_events = value()?.parse()?,
             "--latency" => o.latency = Some(value()?.parse()?),
             "--seconds" => o.seconds = value()?.parse()?,
-            "--max-batch" => o.max_batch = value()?.parse()?,
+            "--max-batch" => o.max_batch = Some(value()?.parse()?),
             other => return Err(format!("unknown option {other}").into()),
         }
     }

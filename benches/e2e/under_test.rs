@@ -56,18 +56,19 @@ pub(crate) struct Redsink {
 }
 
 impl Redsink {
-    pub(crate) fn start(prefix: &str, max_batch: usize) -> Res<Self> {
+    /// redsink with its default config (no `[batch]` keys) unless `max_batch` is given.
+    pub(crate) fn start(prefix: &str, max_batch: Option<usize>) -> Res<Self> {
         let dir = std::env::temp_dir().join(format!("redsink-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let config: PathBuf = dir.join("bench.toml");
         std::fs::write(
             &config,
             format!(
-                "[redis]\nurl = \"{}\"\nconsumer = \"bench\"\n[postgres]\nurl = \"{}\"\n\
-                 [batch]\nmax_batch = {max_batch}\nmax_delay = \"20ms\"\n\
+                "[redis]\nurl = \"{}\"\nconsumer = \"bench\"\n[postgres]\nurl = \"{}\"\n{}\
                  [[mapping]]\nstreams = [\"{prefix}:*\"]\ntable = \"public.orders\"\n",
                 redis_url(),
                 pg_url("redsink_bench"),
+                max_batch.map_or(String::new(), |b| format!("[batch]\nmax_batch = {b}\n")),
             ),
         )?;
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_redsink"))

@@ -34,6 +34,7 @@ impl Core {
         let acker = self.acker.clone();
         let shutdown = shutdown.clone();
         let events = self.events.clone();
+        self.in_flight_since = Some(Instant::now());
         self.in_flight = Some(tokio::spawn(write_and_ack(
             writer, acker, batch, shutdown, events,
         )));
@@ -51,6 +52,7 @@ impl Core {
 
     /// Waits for the batch in flight, if any: `true` when it was acknowledged.
     pub(super) async fn wait_in_flight(&mut self) -> Result<bool, PipelineError> {
+        self.in_flight_since = None;
         let Some(handle) = self.in_flight.take() else {
             return Ok(true);
         };

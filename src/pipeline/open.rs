@@ -59,6 +59,7 @@ impl Core {
             acker,
             batcher,
             in_flight: None,
+            in_flight_since: None,
             interrupted: false,
             events,
         };
