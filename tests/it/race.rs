@@ -13,7 +13,7 @@ use crate::{ITEMS, compact_entry, event, item, items, to_change};
 
 /// One instance's catalog and writer, on a pool of its own.
 pub(crate) async fn instance(db: &TestDb) -> (Catalog, Writer) {
-    let pool = write::connect(&db.url, 2).await.expect("pg");
+    let pool = write::connect(&db.postgres(2)).await.expect("pg");
     write::migrate(&pool).await.expect("migrate");
     (Catalog::new(pool.clone()), Writer::new(pool, "redsink"))
 }
