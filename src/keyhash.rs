@@ -1,5 +1,5 @@
 //! The key hash (a leaf): FNV-1a 64-bit of a key's text. The producer's shard
-//! convention (`shard = hash(key JSON) mod shards`) and the writer's lock buckets
+//! convention (`shard = hash(key JSON) mod shards`) and the writer's key locks
 //! both use it, so it lives here rather than in either.
 
 /// FNV-1a 64-bit: stable across languages and releases, trivial to re-implement.

@@ -14,7 +14,7 @@
 //! |---|---|
 //! | [`entry`] | leaf: entry IDs, the raw stream entry, the pair an ack needs, dead letters |
 //! | [`table`] | leaf: table names and quoting, the `table` template grammar, declared columns |
-//! | [`keyhash`] | leaf: the key hash of the producer's shards and the writer's lock buckets |
+//! | [`keyhash`] | leaf: the key hash of the producer's shards and the writer's key locks |
 //! | [`config`] | leaf: TOML → plain, validated types; env overrides; secrets redacted |
 //! | [`metrics`] | leaf: the Prometheus metrics and the `/healthz` `/readyz` `/metrics` server |
 //! | [`redis`] | source side: connections (standalone, cluster, sentinel), routing by slot, replies, admin commands |

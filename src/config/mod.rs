@@ -119,6 +119,8 @@ pub struct RedisConfig {
     pub tls_key_file: Option<String>,
 }
 
+/// The replica database, and the session settings that bound every wait of redsink's
+/// connections (each `0` = off, Postgres' meaning).
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
@@ -130,6 +132,54 @@ pub struct PostgresConfig {
     /// (docs/OPERATIONS.md); zero turns the collection off.
     #[serde(default = "default_gc_every", deserialize_with = "de_duration")]
     pub gc_every: Duration,
+    /// A lock wait longer than this fails (SQLSTATE 55P03) and the batch is retried:
+    /// another instance's long or stuck transaction cannot hold a batch forever.
+    #[serde(default = "default_lock_timeout", deserialize_with = "de_duration")]
+    pub lock_timeout: Duration,
+    /// Postgres ends a session idle this long inside a transaction, releasing its
+    /// locks: an instance that froze mid-transaction (paused, partitioned) holds the
+    /// others up only this long. Its batch is retried, never acknowledged.
+    #[serde(
+        default = "default_idle_in_transaction",
+        deserialize_with = "de_duration"
+    )]
+    pub idle_in_transaction_session_timeout: Duration,
+    /// A statement running longer than this is cancelled and its batch retried.
+    #[serde(
+        default = "default_statement_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub statement_timeout: Duration,
+    /// The server's TCP keepalive idle time and interval (3 probes; also
+    /// `tcp_user_timeout` = 4 × this): Postgres notices a vanished instance and ends its
+    /// session, even mid-statement.
+    #[serde(default = "default_keepalive", deserialize_with = "de_duration")]
+    pub keepalive: Duration,
+}
+
+impl PostgresConfig {
+    /// This config with a pool of `n` connections (the one-shot commands need one).
+    pub fn with_pool_size(&self, n: u32) -> Self {
+        Self {
+            pool_size: n,
+            ..self.clone()
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    /// The defaults of every key, with no URL.
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: default_pool_size(),
+            lock_timeout: default_lock_timeout(),
+            idle_in_transaction_session_timeout: default_idle_in_transaction(),
+            statement_timeout: default_statement_timeout(),
+            keepalive: default_keepalive(),
+            gc_every: default_gc_every(),
+        }
+    }
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -377,6 +427,18 @@ fn default_pool_size() -> u32 {
 }
 fn default_gc_every() -> Duration {
     Duration::from_secs(30)
+}
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_in_transaction() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_batch() -> usize {
     1024

@@ -112,6 +112,13 @@ impl fmt::Debug for PostgresConfig {
             .field("url", &redact_url(&self.url))
             .field("pool_size", &self.pool_size)
             .field("gc_every", &self.gc_every)
+            .field("lock_timeout", &self.lock_timeout)
+            .field(
+                "idle_in_transaction_session_timeout",
+                &self.idle_in_transaction_session_timeout,
+            )
+            .field("statement_timeout", &self.statement_timeout)
+            .field("keepalive", &self.keepalive)
             .finish()
     }
 }

@@ -102,6 +102,35 @@ fn env_overrides_keys() {
 }
 
 #[test]
+fn postgres_timeouts_have_defaults_and_env_overrides() {
+    let c = load(BASE, &[]).expect("valid");
+    assert_eq!(c.postgres.lock_timeout, Duration::from_secs(10));
+    assert_eq!(
+        c.postgres.idle_in_transaction_session_timeout,
+        Duration::from_secs(10)
+    );
+    assert_eq!(c.postgres.statement_timeout, Duration::from_secs(300));
+    assert_eq!(c.postgres.keepalive, Duration::from_secs(10));
+    let c = load(
+        BASE,
+        &[
+            ("REDSINK_POSTGRES_LOCK_TIMEOUT", "2s"),
+            ("REDSINK_POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", "3s"),
+            ("REDSINK_POSTGRES_STATEMENT_TIMEOUT", "0s"),
+            ("REDSINK_POSTGRES_KEEPALIVE", "1m"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.postgres.lock_timeout, Duration::from_secs(2));
+    assert_eq!(
+        c.postgres.idle_in_transaction_session_timeout,
+        Duration::from_secs(3)
+    );
+    assert_eq!(c.postgres.statement_timeout, Duration::ZERO);
+    assert_eq!(c.postgres.keepalive, Duration::from_secs(60));
+}
+
+#[test]
 fn database_url_is_a_fallback() {
     let text = BASE.replace(
         "url = \"postgres://postgres:secret@127.0.0.1:5432/replica\"",

@@ -42,7 +42,7 @@ pub struct Status {
 /// Reads the state of every mapped stream from Redis and the checkpoints from Postgres.
 pub async fn status(config: &Config) -> Result<Status, StatusError> {
     let mut control = connect_control(&config.redis).await?;
-    let pool = write::connect(&config.postgres.url, 1).await?;
+    let pool = write::connect(&config.postgres.with_pool_size(1)).await?;
     let checkpoints = write::checkpoints(&pool).await?;
     pool.close().await;
     let mut report = Status {

@@ -87,10 +87,8 @@ async fn connect_postgres(
     shutdown: &CancellationToken,
     events: &Events,
 ) -> Result<Option<(Catalog, Writer)>, PipelineError> {
-    let url = config.postgres.url.clone();
-    let pool_size = config.postgres.pool_size;
     let Some(pool) = retrying!(events, shutdown, "connecting to postgres", {
-        write::connect(&url, pool_size)
+        write::connect(&config.postgres)
     })?
     else {
         return Ok(None);

@@ -1,5 +1,6 @@
 //! The advisory locks a batch's transaction takes before its data statements, so two
-//! instances writing the same keys take turns (see [`lock_ids`] for why).
+//! instances writing the same keys take turns, and instances writing different keys
+//! never wait for each other (see [`lock_ids`] for why).
 //! Pure: a batch → sorted (lock ID, shared) pairs, which [`super::sql::begin_sql`]
 //! turns into the transaction's first statement. Errors: none.
 
@@ -7,29 +8,26 @@ use crate::batch::Batch;
 use crate::keyhash::fnv1a64;
 use crate::table::TableName;
 
-/// Advisory-lock buckets per table: instances writing keys of the same bucket at once
-/// take turns. Fixed, because every instance must map a key to the same lock.
-const LOCK_BUCKETS: u64 = 16;
-/// Above this many bucket locks a batch locks whole tables instead, so a batch over
-/// many tables cannot exhaust Postgres' shared lock table.
-const MAX_BUCKET_LOCKS: usize = 256;
+/// Above this many key locks a batch locks whole tables instead. Every advisory lock
+/// takes a slot of Postgres' shared lock table, which all sessions share: by default
+/// `max_locks_per_transaction` (64) × about 120 backends, ~7,700 slots (a PostgreSQL
+/// 15 server took 12,000 in one transaction and refused 16,000). 1024 is the default
+/// `batch.max_batch`, so a default batch never falls back; docs/SCALING.md has the sums.
+pub const MAX_KEY_LOCKS: usize = 1024;
 
 /// The advisory locks a batch takes, sorted by ID (so two batches cannot deadlock), as
 /// (ID, shared). Per table either its table lock exclusively (a truncate, or a batch
-/// over many tables), or its table lock shared plus one exclusive lock per key bucket
-/// it touches. Exclusive and shared table locks exclude each other, so both kinds of
-/// batches are safe against each other.
+/// with more than [`MAX_KEY_LOCKS`] keys), or its table lock shared plus one exclusive
+/// lock per key it writes. Exclusive and shared table locks exclude each other, so
+/// both kinds of batches are safe against each other; two batches of shared table
+/// locks wait for each other only on a key both write (or on two keys whose 64-bit
+/// lock IDs collide, which only costs a wait).
 ///
 /// Why: the version guard compares with what the statement sees. Without the locks,
 /// instance A inserting v5 of an absent row and instance B deleting it at v6 at the
 /// same time both see no conflict, and the row comes back at v5 after its delete.
 pub fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
-    let id = |text: String| {
-        let h = fnv1a64(text.as_bytes());
-        i64::from_ne_bytes(h.to_ne_bytes())
-    };
-    let table_lock = |t: &TableName| id(format!("redsink\0{t}"));
-    let mut buckets: Vec<(i64, bool)> = Vec::new();
+    let mut keys: Vec<(i64, bool)> = Vec::new();
     let mut tables: Vec<(i64, bool)> = Vec::new();
     for t in &batch.tables {
         if t.truncate.is_some() {
@@ -37,27 +35,135 @@ pub fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
             continue;
         }
         tables.push((table_lock(&t.table.name), true));
-        // Which buckets the rows touch first, then one lock ID per bucket (not per row).
-        let mut used = [false; LOCK_BUCKETS as usize];
-        for row in &t.rows {
-            let bucket = fnv1a64(row.change.key_text.as_bytes()) % LOCK_BUCKETS;
-            used[bucket as usize] = true;
-        }
-        for (bucket, _) in used.iter().enumerate().filter(|(_, u)| **u) {
-            buckets.push((id(format!("redsink\0{}\0{bucket}", t.table.name)), false));
-        }
+        keys.extend(
+            t.rows
+                .iter()
+                .map(|row| (key_lock(&t.table.name, &row.change.key_text), false)),
+        );
     }
-    buckets.sort_unstable();
-    buckets.dedup();
-    if buckets.len() > MAX_BUCKET_LOCKS {
-        buckets.clear();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.len() > MAX_KEY_LOCKS {
+        keys.clear();
         for lock in &mut tables {
             lock.1 = false;
         }
     }
     let mut ids = tables;
-    ids.extend(buckets);
+    ids.extend(keys);
+    // Exclusive (false) sorts first: a collision keeps the stronger mode.
     ids.sort_unstable();
     ids.dedup_by_key(|(id, _)| *id);
     ids
+}
+
+/// The lock of a whole table.
+fn table_lock(table: &TableName) -> i64 {
+    lock_id(&format!("redsink\0{table}"))
+}
+
+/// The lock of one key of a table (its key text, as the tombstones store it).
+fn key_lock(table: &TableName, key_text: &str) -> i64 {
+    lock_id(&format!("redsink\0{table}\0{key_text}"))
+}
+
+fn lock_id(text: &str) -> i64 {
+    i64::from_ne_bytes(fnv1a64(text.as_bytes()).to_ne_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::batch::Batcher;
+    use crate::entry::{EntryId, StreamEntry};
+    use crate::map::{Column, ColumnType, RowChange, RowOp, TableSchema, Version};
+
+    fn table(name: &str) -> Arc<TableSchema> {
+        let col = |n: &str| Column {
+            name: n.into(),
+            sql_type: "text".into(),
+            ty: ColumnType {
+                name: "text".into(),
+                scale: None,
+                precision: None,
+            },
+            is_array: false,
+        };
+        Arc::new(TableSchema {
+            name: TableName::parse(name).expect("valid"),
+            columns: vec![col("id"), col("a")],
+            unique_keys: vec![vec![0]],
+        })
+    }
+
+    /// A batch upserting `keys` of public.t.
+    fn batch(keys: impl IntoIterator<Item = u64>) -> Batch {
+        let mut b = Batcher::new(100_000, Duration::from_secs(1));
+        for (n, key) in keys.into_iter().enumerate() {
+            let change = RowChange {
+                table: table("public.t"),
+                key_columns: vec![0],
+                key_text: format!("[\"{key}\"]"),
+                version: Version(vec![1]),
+                op: RowOp::Upsert {
+                    columns: vec![0, 1],
+                    values: vec![Some(key.to_string()), Some("x".into())],
+                },
+            };
+            let entry = StreamEntry {
+                deliveries: 0,
+                stream: Arc::from("s"),
+                id: EntryId {
+                    ms: n as u64 + 1,
+                    seq: 0,
+                },
+                fields: Some(vec![]),
+            };
+            b.push_row(change, entry, Instant::now());
+        }
+        b.take()
+    }
+
+    #[test]
+    fn a_batch_locks_its_table_shared_and_each_of_its_keys() {
+        let ids = lock_ids(&batch([1, 2, 3, 2]));
+        let t = table_lock(&TableName::parse("public.t").expect("valid"));
+        assert_eq!(ids.len(), 4, "the table and three keys: {ids:?}");
+        assert!(ids.contains(&(t, true)));
+        assert_eq!(ids.iter().filter(|(_, shared)| !shared).count(), 3);
+        assert!(
+            ids.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, no repeats"
+        );
+    }
+
+    #[test]
+    fn batches_of_disjoint_keys_share_no_exclusive_lock() {
+        let (a, b) = (lock_ids(&batch(0..500)), lock_ids(&batch(500..1000)));
+        let exclusive = |ids: &[(i64, bool)]| -> Vec<i64> {
+            ids.iter().filter(|(_, s)| !s).map(|(id, _)| *id).collect()
+        };
+        let (ea, eb) = (exclusive(&a), exclusive(&b));
+        assert!(a.iter().all(|(id, _)| !eb.contains(id)));
+        assert!(b.iter().all(|(id, _)| !ea.contains(id)));
+        let same = lock_ids(&batch([7]));
+        assert!(
+            exclusive(&same).iter().all(|id| ea.contains(id)),
+            "key 7 again"
+        );
+    }
+
+    #[test]
+    fn too_many_keys_lock_the_table_exclusively() {
+        let ids = lock_ids(&batch(0..MAX_KEY_LOCKS as u64 + 1));
+        let t = table_lock(&TableName::parse("public.t").expect("valid"));
+        assert_eq!(ids, vec![(t, false)]);
+        assert_eq!(
+            lock_ids(&batch(0..MAX_KEY_LOCKS as u64)).len(),
+            MAX_KEY_LOCKS + 1
+        );
+    }
 }

@@ -41,6 +41,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use crate::config::PostgresConfig;
 use crate::entry::{DeadLetter, EntryId};
 
 pub use catalog::{Catalog, VERSION_COLUMN, inspect_table};
@@ -141,7 +142,10 @@ impl WriteError {
 }
 
 /// Retry on anything about the connection or concurrency; data classes 22 and 23 are
-/// the row's fault; the rest needs an operator.
+/// the row's fault; the rest needs an operator. The session timeouts' errors are
+/// retried: 55P03 (`lock_timeout`), 57014 (`statement_timeout`), 25P03 (Postgres ended
+/// a session idle in its transaction: this instance froze, its batch was rolled back),
+/// 25P04 and 57P05 (`transaction_timeout`, `idle_session_timeout` set by an operator).
 pub fn classify(e: &sqlx::Error) -> ErrorClass {
     match e {
         sqlx::Error::Io(_)
@@ -153,9 +157,8 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             match code.as_str() {
-                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "57014" => {
-                    ErrorClass::Retry
-                }
+                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "57P05" | "57014"
+                | "25P03" | "25P04" => ErrorClass::Retry,
                 c if c.starts_with("08") || c.starts_with("53") => ErrorClass::Retry,
                 // 21000: two keys that differ as text but not as values (char(n)
                 // padding, 1 and 1.0) in one statement; 54000: a value too large to index.
@@ -195,18 +198,45 @@ impl Committed {
     }
 }
 
-/// Connects the pool: session time zone UTC (naive Debezium timestamps are UTC).
-pub async fn connect(url: &str, pool_size: u32) -> Result<PgPool, WriteError> {
-    let options = PgConnectOptions::from_str(url)
+/// Connects a pool of `config.pool_size` connections to `config.url`, each session
+/// with [`session_settings`].
+pub async fn connect(config: &PostgresConfig) -> Result<PgPool, WriteError> {
+    let options = PgConnectOptions::from_str(&config.url)
         .map_err(WriteError::pg("parsing postgres.url"))?
         .application_name("redsink")
-        .options([("timezone", "UTC")]);
+        .options(session_settings(config));
     PgPoolOptions::new()
-        .max_connections(pool_size)
+        .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .map_err(WriteError::pg("connecting to postgres"))
+}
+
+/// The settings of each session (sent at connection start-up, so no round trip): time
+/// zone UTC (naive Debezium timestamps are UTC), and the timeouts and server-side TCP
+/// keepalives that bound every wait (`[postgres]` in docs/CONFIG.md; `0` = off). sqlx
+/// 0.9 has no client-side keepalive, so the server's are what notice a vanished peer.
+pub fn session_settings(config: &PostgresConfig) -> Vec<(&'static str, String)> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    // Keepalive settings are whole seconds; a sub-second value rounds up, not to "off".
+    let keepalive = config.keepalive.as_secs() + u64::from(config.keepalive.subsec_nanos() > 0);
+    vec![
+        ("timezone", "UTC".into()),
+        ("lock_timeout", ms(config.lock_timeout)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(config.idle_in_transaction_session_timeout),
+        ),
+        ("statement_timeout", ms(config.statement_timeout)),
+        ("tcp_keepalives_idle", keepalive.to_string()),
+        ("tcp_keepalives_interval", keepalive.to_string()),
+        (
+            "tcp_keepalives_count",
+            if keepalive > 0 { "3" } else { "0" }.into(),
+        ),
+        ("tcp_user_timeout", (keepalive * 4000).to_string()),
+    ]
 }
 
 /// A stream's checkpoint: the newest entry a group has applied (moved in the batch's
@@ -314,6 +344,8 @@ pub async fn internal_tables_present(pool: &PgPool) -> Result<bool, WriteError> 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// The first statement of `sql` that could fail or change something when run twice.
     fn not_idempotent(sql: &str) -> Option<String> {
         let sql: String = sql
@@ -359,5 +391,34 @@ mod tests {
         ] {
             assert!(not_idempotent(bad).is_some(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sessions_bound_every_wait() {
+        let config = PostgresConfig {
+            keepalive: Duration::from_millis(1500),
+            ..Default::default()
+        };
+        let settings = session_settings(&config);
+        let get = |k: &str| {
+            settings
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("timezone"), Some("UTC"));
+        assert_eq!(get("lock_timeout"), Some("10000ms"));
+        assert_eq!(get("idle_in_transaction_session_timeout"), Some("10000ms"));
+        assert_eq!(get("statement_timeout"), Some("300000ms"));
+        assert_eq!(get("tcp_keepalives_idle"), Some("2"), "rounded up");
+        assert_eq!(get("tcp_keepalives_count"), Some("3"));
+        assert_eq!(get("tcp_user_timeout"), Some("8000"));
+        let off = PostgresConfig {
+            keepalive: Duration::ZERO,
+            ..Default::default()
+        };
+        let settings = session_settings(&off);
+        assert!(settings.contains(&("tcp_keepalives_idle", "0".into())));
+        assert!(settings.contains(&("tcp_user_timeout", "0".into())));
     }
 }

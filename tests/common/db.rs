@@ -35,6 +35,15 @@ impl TestDb {
         Self { name, url, pool }
     }
 
+    /// A `[postgres]` config of this database: every default, a pool of `pool_size`.
+    pub fn postgres(&self, pool_size: u32) -> redsink::config::PostgresConfig {
+        redsink::config::PostgresConfig {
+            url: self.url.clone(),
+            pool_size,
+            ..Default::default()
+        }
+    }
+
     pub async fn exec(&self, sql: &str) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
             .execute(&self.pool)

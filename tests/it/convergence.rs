@@ -72,7 +72,7 @@ fn any_delivery_order_duplication_and_batching_converges() {
     let (db, mut catalog, writer, mapping) = rt.block_on(async {
         let db = TestDb::new().await;
         db.exec(ITEMS).await;
-        let pool = write::connect(&db.url, 2).await.expect("pg");
+        let pool = write::connect(&db.postgres(2)).await.expect("pg");
         write::migrate(&pool).await.expect("migrate");
         let config: MappingConfig =
             toml::from_str("streams = [\"s\"]\ntable = \"public.items\"").expect("mapping");

@@ -51,7 +51,7 @@ async fn a_crash_between_commit_and_xack_redelivers_as_a_no_op() {
 
     // The first life of consumer c1: read, decode, map, batch, commit ... and die before XACK.
     let entries = read_as("c1", &stream, 3).await;
-    let pool = write::connect(&db.url, 2).await.expect("pg");
+    let pool = write::connect(&db.postgres(2)).await.expect("pg");
     write::migrate(&pool).await.expect("migrate");
     let mut catalog = Catalog::new(pool.clone());
     let writer = Writer::new(pool, "redsink");

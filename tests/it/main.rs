@@ -16,6 +16,7 @@ mod debezium;
 mod evolution;
 mod fixtures;
 mod load;
+mod locks;
 mod mapping;
 mod migrations;
 mod ops;

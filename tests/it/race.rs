@@ -12,14 +12,14 @@ use crate::common::TestDb;
 use crate::{ITEMS, compact_entry, event, item, items, to_change};
 
 /// One instance's catalog and writer, on a pool of its own.
-async fn instance(db: &TestDb) -> (Catalog, Writer) {
-    let pool = write::connect(&db.url, 2).await.expect("pg");
+pub(crate) async fn instance(db: &TestDb) -> (Catalog, Writer) {
+    let pool = write::connect(&db.postgres(2)).await.expect("pg");
     write::migrate(&pool).await.expect("migrate");
     (Catalog::new(pool.clone()), Writer::new(pool, "redsink"))
 }
 
 /// One batch of (key, value) events for public.items, through decode and map.
-async fn batch(catalog: &mut Catalog, events: &[(i64, String)]) -> Batch {
+pub(crate) async fn batch(catalog: &mut Catalog, events: &[(i64, String)]) -> Batch {
     let config: MappingConfig =
         toml::from_str("streams = [\"s\"]\ntable = \"public.items\"").expect("toml");
     let mapping = Mapping::compile(0, &config).expect("mapping");

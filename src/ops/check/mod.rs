@@ -75,20 +75,23 @@ pub async fn check(config: &Config) -> Report {
             None
         }
     };
-    let pool = match tokio::time::timeout(TIMEOUT, write::connect(&config.postgres.url, 1)).await {
-        Ok(Ok(pool)) => Some(pool),
-        Ok(Err(e)) => {
-            report.problem(format!(
-                "postgres: {e}: {}",
-                crate::pipeline::source_chain(&e)
-            ));
-            None
-        }
-        Err(_) => {
-            report.problem("postgres: no answer within 10 s: check postgres.url");
-            None
-        }
-    };
+    let pool =
+        match tokio::time::timeout(TIMEOUT, write::connect(&config.postgres.with_pool_size(1)))
+            .await
+        {
+            Ok(Ok(pool)) => Some(pool),
+            Ok(Err(e)) => {
+                report.problem(format!(
+                    "postgres: {e}: {}",
+                    crate::pipeline::source_chain(&e)
+                ));
+                None
+            }
+            Err(_) => {
+                report.problem("postgres: no answer within 10 s: check postgres.url");
+                None
+            }
+        };
     if let Some(conn) = &redis {
         acl::check_redis(config, &mappings, conn.clone(), &mut report).await;
     }
