@@ -35,6 +35,7 @@ mod events;
 mod flush;
 mod horizon;
 mod open;
+mod pace;
 mod prepare;
 mod replay;
 mod retry;
@@ -61,12 +62,6 @@ use crate::read::Reader;
 use crate::redis::RedisError;
 use crate::write::{Catalog, WriteError, Writer};
 
-/// How long a read waits for more entries while a batch is waiting to be written: a
-/// read that finds nothing in this time means the sync has caught up (`caught_up`).
-const CAUGHT_UP_POLL: Duration = Duration::from_millis(1);
-/// A write in flight for longer than this is slow (an outage is being retried): reads
-/// stop polling for its end.
-const SLOW_WRITE: Duration = Duration::from_secs(1);
 /// The operation name of reads in the retry metrics and `/readyz`.
 const READING: &str = "reading from redis";
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
@@ -184,6 +179,8 @@ struct Core {
     in_flight: Option<tokio::task::JoinHandle<Result<bool, PipelineError>>>,
     /// When the batch in flight was handed to the write task.
     in_flight_since: Option<Instant>,
+    /// The last read filled its COUNT on some stream: more is waiting there.
+    backlog: bool,
     /// Shutdown came while an entry waited for an outage to end: entries after it were
     /// left pending, so entries read later are not processed either.
     interrupted: bool,
@@ -246,31 +243,20 @@ impl Pipeline {
                 }
                 return Ok(());
             }
-            // 2. full batch, flush deadline, or nothing more waiting
-            if self.core.batcher.should_flush(Instant::now()) || self.caught_up() {
+            // 2. full batch, flush deadline, or caught up with nothing being written
+            if self.core.batcher.should_flush(Instant::now()) || self.core.caught_up() {
                 self.core.flush(shutdown).await?;
             }
             // 3. housekeeping
             self.housekeeping(shutdown, &mut timers).await?;
-            // 4. intake
+            // 4. caught up while a batch is being written: wait for that write, then
+            // write what came meanwhile (group commit)
+            if self.prefetched.is_empty() {
+                self.core.await_write_while_caught_up().await;
+            }
+            // 5. intake
             self.intake(shutdown, &mut read_retry).await?;
         }
-    }
-
-    /// Adaptive batching: the batch has entries, the last read found nothing more
-    /// waiting, and no batch is being written. Then waiting for `max_delay` would only
-    /// add latency: a trickle is written at once, while under a backlog reads keep
-    /// returning entries and batches fill up to `max_batch` (and while one batch is
-    /// written, the next one fills: group commit). `max_batch` and `max_delay` remain
-    /// ceilings.
-    fn caught_up(&self) -> bool {
-        !self.core.batcher.is_empty()
-            && self.prefetched.is_empty()
-            && self
-                .core
-                .in_flight
-                .as_ref()
-                .is_none_or(tokio::task::JoinHandle::is_finished)
     }
 
     /// Reads the next entries while the previous read's go through decode → map →
@@ -282,27 +268,7 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let entries = std::mem::take(&mut self.prefetched);
         let core = &mut self.core;
-        let mut block = match core.batcher.deadline() {
-            Some(deadline) => deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-            None => core.config.redis.block,
-        };
-        if !entries.is_empty() || !core.batcher.is_empty() {
-            // A batch is waiting: only look whether more is there, so it is written as
-            // soon as nothing more is waiting and the previous write is done (see
-            // `caught_up`). A write that takes long (an outage being retried) is not
-            // polled for: then the batch waits for its deadline, as it fills.
-            let writing_long = core
-                .in_flight_since
-                .is_some_and(|t| t.elapsed() > SLOW_WRITE);
-            let poll = if writing_long {
-                core.config.batch.max_delay
-            } else {
-                CAUGHT_UP_POLL
-            };
-            block = block.min(poll.max(Duration::from_millis(1)));
-        }
+        let block = core.read_wait(!entries.is_empty());
         // COUNT applies per stream: a batch's worth shared between them. Unacknowledged
         // entries stay bounded: this read, the entries being decoded, the batch and
         // the one in flight, each at most about `max_batch`.
@@ -316,6 +282,7 @@ impl Pipeline {
             Ok(entries) => {
                 *read_retry = None;
                 self.core.events.recovered(READING);
+                self.core.backlog = pace::is_backlog(&entries, count);
                 self.prefetched = entries;
             }
             Err(e) if e.is_retryable() => {

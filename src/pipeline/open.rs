@@ -60,6 +60,7 @@ impl Core {
             batcher,
             in_flight: None,
             in_flight_since: None,
+            backlog: false,
             interrupted: false,
             events,
         };

@@ -103,7 +103,11 @@ impl Reader {
                 }
             };
             let mut cmd = self.xreadgroup(count);
-            cmd.arg("BLOCK").arg(block_ms).arg("STREAMS");
+            // Zero: take what is there (the caller has a batch waiting).
+            if !block.is_zero() {
+                cmd.arg("BLOCK").arg(block_ms);
+            }
+            cmd.arg("STREAMS");
             for s in &streams {
                 cmd.arg(s.as_ref());
             }

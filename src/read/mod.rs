@@ -190,8 +190,9 @@ impl Reader {
     }
 
     /// Reads up to `count` entries per stream: our own pending entries while there are
-    /// any (no blocking), then new ones, blocking up to `block`. A lane's read still in
-    /// flight from an earlier call counts toward the bound: at most one per lane.
+    /// any (no blocking), then new ones, blocking up to `block` (zero: no `BLOCK`, only
+    /// what is there). A lane's read still in flight from an earlier call counts toward
+    /// the bound: at most one per lane.
     ///
     /// Cancel safety: not cancel safe. A cancelled read can leave entries in our PEL that
     /// were never returned; they are read again after [`Reader::rewind`] or a restart.
@@ -220,7 +221,7 @@ impl Reader {
             // Every lane is waiting out a redirect (a slot being migrated).
             let until = self.cooling.values().min().copied();
             let wait = until.map_or(block, |t| t.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(wait.min(block)).await;
+            tokio::time::sleep(wait.min(block).max(Duration::from_millis(1))).await;
             return Ok(Vec::new());
         }
         self.land_answered().await
