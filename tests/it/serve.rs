@@ -204,3 +204,56 @@ async fn readyz_fails_when_postgres_goes_away_while_idle() {
     running.stop().await.expect("stop");
     common::cleanup_streams(&prefix).await;
 }
+
+/// Idle clients (connected, sending nothing) cannot starve the probes: with 40 of them
+/// holding connections open, every /healthz and /readyz probe is answered.
+#[tokio::test]
+async fn probes_are_answered_while_idle_connections_are_held_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let address = format!("127.0.0.1:{}", common::free_port());
+    let extra = format!(
+        "[http]\naddress = \"{address}\"\n{}",
+        items_mapping(&prefix)
+    );
+    let running = common::Running::start(common::config(&db, "c1", &extra));
+    wait_http(&address, "/readyz", 200).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Let the server accept them all before probing.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for round in 0..3 {
+        for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+            let probe = async {
+                let mut socket = tokio::net::TcpStream::connect(&address).await?;
+                socket
+                    .write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+                    .await?;
+                let mut response = String::new();
+                socket.read_to_string(&mut response).await?;
+                std::io::Result::Ok(response)
+            };
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(3), probe).await;
+            let response = match answer {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => panic!("probe {round} of {path}: {e}"),
+                Err(_) => panic!("probe {round} of {path}: no answer within 3 s"),
+            };
+            assert!(
+                response.starts_with("HTTP/1.1 200") && response.ends_with(body),
+                "probe {round} of {path}: {response:?}"
+            );
+        }
+    }
+    drop(idle);
+    running.stop().await.expect("stop");
+    common::cleanup_streams(&prefix).await;
+}
