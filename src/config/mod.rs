@@ -394,7 +394,16 @@ pub fn is_tls_url(url: &str) -> bool {
     scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
 }
 
+/// What `redsink replay` records its checkpoints and dead letters under:
+/// `<group>:replay` (not a consumer group: a replay reads outside the group).
+pub const REPLAY_SUFFIX: &str = ":replay";
+
 impl RedisConfig {
+    /// The name a replay records its checkpoints and dead letters under.
+    pub fn replay_group(&self) -> String {
+        format!("{}{REPLAY_SUFFIX}", self.group)
+    }
+
     /// The dead-letter stream of `stream`: `<stream><dlq_suffix>`.
     pub fn dlq_stream(&self, stream: &str) -> String {
         format!("{stream}{}", self.dlq_suffix)

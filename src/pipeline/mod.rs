@@ -94,6 +94,9 @@ pub struct Stats {
     pub rows_written: u64,
     pub skipped: u64,
     pub dead_lettered: u64,
+    /// Dead letters a replay left out: their dead-letter stream already held them (by
+    /// source entry ID, or the same original fields).
+    pub already_dead_lettered: u64,
     pub acked: u64,
     pub batches: u64,
     pub claimed: u64,
