@@ -82,6 +82,19 @@ pub enum PipelineError {
     Map(#[from] MapError),
     #[error("config: {0}")]
     Config(String),
+    /// Two instances under one name would re-read each other's pending entries.
+    #[error(
+        "consumer {consumer} of group {group} is in use by another live instance (a Redis \
+         connection named {client} read {idle_s} s ago): give each instance its own \
+         redis.consumer (REDSINK_REDIS_CONSUMER), or leave it unset for the default \
+         <hostname>-<pid>"
+    )]
+    ConsumerInUse {
+        consumer: String,
+        group: String,
+        client: String,
+        idle_s: u64,
+    },
     /// The task writing the batch in flight was cancelled (the runtime is shutting down).
     #[error("the writer task ended")]
     WriterTask(#[source] tokio::task::JoinError),
@@ -200,6 +213,10 @@ impl Pipeline {
             pipeline.discover()
         })?
         .is_none()
+        {
+            return Ok(None);
+        }
+        if !open::check_consumer_name(&mut pipeline.reader, &pipeline.core.config, shutdown).await?
         {
             return Ok(None);
         }

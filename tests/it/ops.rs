@@ -244,8 +244,35 @@ async fn group_reset_redelivers_and_consumers_prune_removes_idle_ones() {
         .query_async(&mut r)
         .await
         .expect("XACK");
+    // `--idle 0s` is raised to the safe floor (3 × block + 5 s = 5.6 s here).
+    let r2 = r.clone();
+    let stream2 = stream.clone();
+    common::wait_for(
+        "consumer gone idle for 5.6 s",
+        std::time::Duration::from_secs(20),
+        || {
+            let (mut r, stream) = (r2.clone(), stream2.clone());
+            async move {
+                let list: Vec<std::collections::HashMap<String, redis::Value>> =
+                    redis::cmd("XINFO")
+                        .arg("CONSUMERS")
+                        .arg(&stream)
+                        .arg("redsink")
+                        .query_async(&mut r)
+                        .await
+                        .unwrap_or_default();
+                list.iter()
+                    .any(|c| matches!(c.get("idle"), Some(redis::Value::Int(i)) if *i > 5700))
+            }
+        },
+    )
+    .await;
     let (code, out, err) = common::redsink_cli(&text, &["consumers", "prune", "--idle", "0s"]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("--idle 0s is below the safe floor of 5s 600ms"),
+        "{err}"
+    );
     assert!(out.contains("removed consumer gone"), "{out}");
     assert!(
         common::consumers(&mut r, &stream, "redsink")
