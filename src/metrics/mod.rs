@@ -28,10 +28,11 @@ pub enum Counter {
     Retries,
     Trimmed,
     TrimDroppedUnacked,
+    GroupsRecreated,
 }
 
 impl Counter {
-    const ALL: [Counter; 9] = [
+    const ALL: [Counter; 10] = [
         Counter::Read,
         Counter::Skipped,
         Counter::DeadLettered,
@@ -41,6 +42,7 @@ impl Counter {
         Counter::Retries,
         Counter::Trimmed,
         Counter::TrimDroppedUnacked,
+        Counter::GroupsRecreated,
     ];
 
     fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Counter {
             Counter::Retries => "redsink_retries_total",
             Counter::Trimmed => "redsink_entries_trimmed_total",
             Counter::TrimDroppedUnacked => "redsink_trim_dropped_unacked_total",
+            Counter::GroupsRecreated => "redsink_groups_recreated_total",
         }
     }
 
@@ -82,6 +85,9 @@ impl Counter {
             Counter::Retries => "Failed attempts that are retried with backoff, by operation.",
             Counter::Trimmed => {
                 "Entries trimmed from the stream after every group acknowledged them."
+            }
+            Counter::GroupsRecreated => {
+                "Times the consumer group was gone from a stream being read and was created again (stream deleted, or Redis lost it): entries may be lost."
             }
             Counter::TrimDroppedUnacked => {
                 "Entries not yet acknowledged by some group that a trim_max_age/trim_max_len ceiling dropped."

@@ -10,6 +10,7 @@
 //! | [`skipped`](Events::skipped) | `entries_skipped` by stream | `skipped` | debug |
 //! | [`committed`](Events::committed) | `rows_written` by table, `entries_acked` and `entries_dead_lettered` by stream, the batch histograms | `batches`, `rows_written`, `acked`, `dead_lettered`, `already_dead_lettered` (a replay's, not written again) | debug |
 //! | [`retrying`](Events::retrying) | `retries` by operation; `/readyz` fails | | warn |
+//! | [`group_recreated`](Events::group_recreated) | `groups_recreated` by stream | | warn |
 //! | [`trimmed`](Events::trimmed), [`trim_dropped`](Events::trim_dropped) | `entries_trimmed`, `trim_dropped_unacked` by stream | | warn (dropped) |
 
 use std::collections::HashMap;
@@ -160,6 +161,18 @@ impl Events {
     pub(super) fn postgres_silent(&self, error: &WriteError) {
         tracing::warn!(error = %error, cause = %source_chain(error), "postgres does not answer");
         self.metrics.retrying(REACHING_POSTGRES);
+    }
+
+    /// The group on `stream`, which this instance was reading, was gone and had to be
+    /// created again: the stream was deleted, or Redis restarted without persistence.
+    pub(super) fn group_recreated(&self, stream: &str) {
+        self.metrics.add(Counter::GroupsRecreated, stream, 1);
+        tracing::warn!(
+            stream = %stream,
+            "the stream lost its consumer group while being read (deleted, or redis restarted \
+             without persistence): the group was created again from 0; entries added before \
+             the loss and not yet applied may be gone (replay them from the source if so)"
+        );
     }
 
     /// Entries trimmed from `stream` after every group acknowledged them.

@@ -306,8 +306,15 @@ impl Pipeline {
                 if !retry.wait(shutdown).await {
                     return Ok(());
                 }
-                if let Err(e) = self.reader.rewind().await {
-                    tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
+                match self.reader.rewind().await {
+                    Ok(recreated) => {
+                        for stream in &recreated {
+                            self.core.events.group_recreated(stream);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
+                    }
                 }
             }
             Err(e) => return Err(e.into()),

@@ -144,6 +144,7 @@ pub(super) async fn check_consumer_name(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<bool, PipelineError> {
+    reader.tag_clients(&streams_tag(config));
     let live_within = config.redis.live_within().as_secs().max(1);
     let active = |idle: Option<Vec<u64>>| {
         idle.unwrap_or_default()
@@ -173,4 +174,14 @@ pub(super) async fn check_consumer_name(
         }),
         None => Ok(true),
     }
+}
+
+/// A short tag of what the instance reads: its mappings' stream patterns, hashed.
+fn streams_tag(config: &Config) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in &config.mappings {
+        m.streams.hash(&mut h);
+    }
+    format!("{:08x}", h.finish() as u32)
 }

@@ -99,13 +99,25 @@ impl Reader {
         pruned
     }
 
-    /// The client name of this reader's blocking connections: `redsink:<group>:<consumer>`
-    /// (CLIENT SETNAME allows no spaces or newlines: those become `_`).
+    /// Sets what ends the client name of the blocking connections opened from now on:
+    /// what the instance reads (its streams' patterns, hashed), so that instances of
+    /// unrelated deployments that share a group and consumer name on one Redis are not
+    /// taken for each other.
+    pub fn tag_clients(&mut self, tag: &str) {
+        self.client_tag = tag.to_string();
+    }
+
+    /// The client name of this reader's blocking connections:
+    /// `redsink:<group>:<consumer>:<tag>` (CLIENT SETNAME allows no spaces or newlines:
+    /// those become `_`).
     pub fn client_name(&self) -> String {
-        format!("redsink:{}:{}", self.group, self.consumer)
-            .chars()
-            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-            .collect()
+        format!(
+            "redsink:{}:{}:{}",
+            self.group, self.consumer, self.client_tag
+        )
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect()
     }
 
     /// How long ago (seconds) each connection of a reader under this group and consumer

@@ -55,7 +55,7 @@ async fn a_second_instance_under_a_live_consumer_name_refuses_to_start() {
         Err(_) => panic!("the second instance started under the live one's name"),
     };
     assert!(error.contains("consumer same"), "{error}");
-    assert!(error.contains("redsink:redsink:same"), "{error}");
+    assert!(error.contains("redsink:redsink:same:"), "{error}");
     assert!(error.contains("redis.consumer"), "{error}");
     assert!(!first.is_finished(), "the first instance runs on");
     first
