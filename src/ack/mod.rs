@@ -6,19 +6,22 @@
 //! `Committed` (XADD to the DLQ may then repeat: dead letters are at-least-once).
 //!
 //! A dead letter carries the entry's original fields plus `redsink.error`,
-//! `redsink.stream`, `redsink.entry_id` and `redsink.group`.
+//! `redsink.stream`, `redsink.entry_id` and `redsink.group`. A replay's acker leaves
+//! out the dead letters that their dead-letter stream already holds ([`known`]).
 //!
 //! Errors that leave entries unacknowledged (a batch that failed, or was abandoned in an
 //! outage) are noted per entry in the hash `<dlq stream>:errors`, so that an entry later
 //! dead-lettered for being delivered too often says what went wrong. A note is removed
 //! when its entry is dead-lettered; the hash expires 7 days after its last note.
 
+mod known;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::entry::{DeadLetter, EntryId, dead_letter_field};
-use crate::redis::{Control, pipeline_by_key, redis_retryable};
+use crate::redis::{Control, RedisError, pipeline_by_key, redis_retryable};
 use crate::write::Committed;
 
 /// How long the last errors of unacknowledged entries are kept (refreshed by each note).
@@ -37,12 +40,19 @@ pub enum AckError {
         #[source]
         source: redis::RedisError,
     },
+    #[error("redis: {context}")]
+    Store {
+        context: String,
+        #[source]
+        source: Box<RedisError>,
+    },
 }
 
 impl AckError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Redis { source, .. } => redis_retryable(source),
+            Self::Store { source, .. } => source.is_retryable(),
         }
     }
 }
@@ -57,6 +67,8 @@ pub struct Acker {
     round_trips: Arc<AtomicU64>,
     /// `false` for a replay: its entries were read with XRANGE, outside the group.
     xack: bool,
+    /// For a replay: what the dead-letter streams hold, not to be dead-lettered again.
+    known: Option<known::Known>,
 }
 
 impl Acker {
@@ -67,13 +79,16 @@ impl Acker {
             dlq_suffix: dlq_suffix.to_string(),
             round_trips: Arc::default(),
             xack: true,
+            known: None,
         }
     }
 
     /// An acker that writes dead letters but never XACKs (for replays, which read
-    /// outside the consumer group).
+    /// outside the consumer group), and leaves out those already in their dead-letter
+    /// stream (by source entry ID or original fields: see [`known`]).
     pub fn dead_letters_only(mut self) -> Self {
         self.xack = false;
+        self.known = Some(known::Known::default());
         self
     }
 
@@ -140,18 +155,26 @@ impl Acker {
     }
 
     /// Dead letters first, then XACK: an entry leaves the PEL only once it is either
-    /// in Postgres or in its dead-letter stream.
-    pub async fn ack(&mut self, committed: &Committed) -> Result<(), AckError> {
-        self.dead_letter(committed.dead()).await?;
-        self.xack(committed.acks()).await
+    /// in Postgres or in its dead-letter stream. Returns the dead letters left out
+    /// because their dead-letter stream already held them (a replay's only).
+    pub async fn ack(&mut self, committed: &Committed) -> Result<Vec<DeadLetter>, AckError> {
+        let already = self.dead_letter(committed.dead()).await?;
+        self.xack(committed.acks()).await?;
+        Ok(already)
     }
 
-    async fn dead_letter(&mut self, dead: &[DeadLetter]) -> Result<(), AckError> {
+    /// Writes `dead` to the dead-letter streams, but for those a replay finds there
+    /// already (returned).
+    async fn dead_letter(&mut self, dead: &[DeadLetter]) -> Result<Vec<DeadLetter>, AckError> {
         if dead.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
+        }
+        let (dead, already) = self.not_yet_dead(dead).await?;
+        if dead.is_empty() {
+            return Ok(already);
         }
         let mut commands = Vec::with_capacity(dead.len());
-        for d in dead {
+        for d in &dead {
             let dlq = self.dlq_stream(&d.entry.stream);
             let mut cmd = redis::cmd("XADD");
             cmd.arg(&dlq).arg("*");
@@ -187,7 +210,38 @@ impl Acker {
                 source,
             })?;
         self.round_trips.fetch_add(sent as u64, Ordering::Relaxed);
-        Ok(())
+        if let Some(known) = &self.known {
+            let suffix = &self.dlq_suffix;
+            known.note(&dead, |s| format!("{s}{suffix}"));
+        }
+        Ok(already)
+    }
+
+    /// `dead` split into those to write and those a replay finds in their dead-letter
+    /// stream already (logged, left out).
+    async fn not_yet_dead<'a>(
+        &mut self,
+        dead: &'a [DeadLetter],
+    ) -> Result<(Vec<&'a DeadLetter>, Vec<DeadLetter>), AckError> {
+        let Some(known) = &self.known else {
+            return Ok((dead.iter().collect(), Vec::new()));
+        };
+        let suffix = &self.dlq_suffix;
+        let (new, already) = known
+            .split(&mut self.conn, dead, |s| format!("{s}{suffix}"))
+            .await
+            .map_err(|e| AckError::Store {
+                context: "reading what the dead-letter streams hold".into(),
+                source: Box::new(e),
+            })?;
+        for d in &already {
+            tracing::info!(
+                stream = %d.entry.stream,
+                entry = %d.entry.id,
+                "already in the dead-letter stream: not dead-lettered again"
+            );
+        }
+        Ok((new, already.into_iter().cloned().collect()))
     }
 
     async fn xack(&mut self, acks: &[(Arc<str>, EntryId)]) -> Result<(), AckError> {

@@ -9,7 +9,8 @@ use redsink::ops;
 #[derive(Subcommand, Debug)]
 pub enum ConsumersCommand {
     /// Remove consumers with nothing pending that have been idle for at least `--idle`
-    /// (a live instance reads every `redis.block`, so it is never that idle).
+    /// (a live instance reads every `redis.block`, so it is never that idle); never
+    /// below `3 × redis.block + 5 s`, a floor that a lower `--idle` is raised to.
     Prune {
         #[command(flatten)]
         target: super::Target,
@@ -30,7 +31,21 @@ pub async fn consumers(command: ConsumersCommand) -> anyhow::Result<()> {
     } = command;
     let (config, mut target) = target.open().await?;
     let group = ops::group::group_or_default(&config, group);
-    let idle = ops::consumers::idle_or_default(&config, idle);
+    let asked_by = if idle.is_some() {
+        "--idle"
+    } else {
+        "redis.prune_idle"
+    };
+    let ops::consumers::PruneIdle { idle, raised_from } = ops::consumers::safe_idle(&config, idle);
+    if let Some(asked) = raised_from {
+        eprintln!(
+            "{asked_by} {} is below the safe floor of {} (3 × redis.block + 5 s: a live \
+             instance can be idle that long between two reads): using {}",
+            humantime::format_duration(asked),
+            humantime::format_duration(idle),
+            humantime::format_duration(idle),
+        );
+    }
     let mut total = 0;
     for stream in &target.streams {
         for name in ops::consumers::prune(&mut target.control, stream, &group, idle).await? {

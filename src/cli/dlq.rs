@@ -18,7 +18,8 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one dead letter whole: its error and its original fields.
+    /// Show one dead letter whole: its error and its original fields. An ID that
+    /// several dead-letter streams hold needs `--stream`.
     Show {
         #[command(flatten)]
         target: super::Target,

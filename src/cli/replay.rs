@@ -10,7 +10,8 @@ use redsink::pipeline::{self, ReplayOptions, ReplayProgress};
 /// Re-apply stream history with XRANGE (outside the consumer group) for a backfill or a
 /// repair. Safe while the live sync runs: every write is version-guarded, so entries
 /// already applied are no-ops. Nothing is acknowledged; dead letters go to the usual
-/// dead-letter streams, marked with the group `<group>:replay`.
+/// dead-letter streams, marked with the group `<group>:replay`, except those already
+/// there (same source entry ID, or the same fields put back by `dlq retry`).
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
     #[command(flatten)]
@@ -48,8 +49,12 @@ pub async fn replay(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Re
     } else {
         ""
     };
+    let already = match stats.already_dead_lettered {
+        0 => String::new(),
+        n => format!(" ({n} already dead-lettered: left as they were)"),
+    };
     println!(
-        "replayed {} entries in {seconds:.1}s: {} rows written, {} skipped, {} dead-lettered{interrupted}",
+        "replayed {} entries in {seconds:.1}s: {} rows written, {} skipped, {} dead-lettered{already}{interrupted}",
         stats.read, stats.rows_written, stats.skipped, stats.dead_lettered
     );
     Ok(())

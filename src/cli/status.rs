@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use redsink::config::REPLAY_SUFFIX;
 use redsink::ops::status::{self, Status};
 
 /// Show each mapped stream: length, newest entry, dead-letter stream length, and per
@@ -78,11 +79,13 @@ pub fn render(report: &Status) -> String {
             .iter()
             .filter(|c| !r.groups.iter().any(|g| g.group == c.consumer_group))
         {
-            let _ = writeln!(
-                out,
-                "  applied by {} (no such group now): {} at {}",
-                c.consumer_group, c.last_id, c.updated_at
-            );
+            // A replay reads outside any group: its checkpoint is not a lost group's.
+            let what = if c.consumer_group.ends_with(REPLAY_SUFFIX) {
+                format!("replayed ({})", c.consumer_group)
+            } else {
+                format!("applied by {} (no such group now)", c.consumer_group)
+            };
+            let _ = writeln!(out, "  {what}: {} at {}", c.last_id, c.updated_at);
         }
     }
     for m in &report.missing {

@@ -463,7 +463,30 @@ pub fn is_tls_url(url: &str) -> bool {
     scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
 }
 
+/// What `redsink replay` records its checkpoints and dead letters under:
+/// `<group>:replay` (not a consumer group: a replay reads outside the group).
+pub const REPLAY_SUFFIX: &str = ":replay";
+
 impl RedisConfig {
+    /// How recently a live instance has surely used its consumer: it reads every
+    /// `block`; three of them leave room for a slow round of chores.
+    pub fn live_within(&self) -> Duration {
+        self.block.saturating_mul(3)
+    }
+
+    /// The shortest idle time `consumers prune` removes a consumer after: a live
+    /// instance's loop can also wait up to 5 s on a Postgres probe between two reads,
+    /// and pruning a live instance's consumer hides it from `status` and from the
+    /// same-name check at start.
+    pub fn prune_floor(&self) -> Duration {
+        self.live_within().saturating_add(Duration::from_secs(5))
+    }
+
+    /// The name a replay records its checkpoints and dead letters under.
+    pub fn replay_group(&self) -> String {
+        format!("{}{REPLAY_SUFFIX}", self.group)
+    }
+
     /// The dead-letter stream of `stream`: `<stream><dlq_suffix>`.
     pub fn dlq_stream(&self, stream: &str) -> String {
         format!("{stream}{}", self.dlq_suffix)

@@ -30,10 +30,11 @@ pub enum Counter {
     TrimDroppedUnacked,
     TombstonesRemoved,
     TruncationsRemoved,
+    GroupsRecreated,
 }
 
 impl Counter {
-    const ALL: [Counter; 11] = [
+    const ALL: [Counter; 12] = [
         Counter::Read,
         Counter::Skipped,
         Counter::DeadLettered,
@@ -45,6 +46,7 @@ impl Counter {
         Counter::TrimDroppedUnacked,
         Counter::TombstonesRemoved,
         Counter::TruncationsRemoved,
+        Counter::GroupsRecreated,
     ];
 
     fn name(self) -> &'static str {
@@ -60,6 +62,7 @@ impl Counter {
             Counter::TrimDroppedUnacked => "redsink_trim_dropped_unacked_total",
             Counter::TombstonesRemoved => "redsink_tombstones_removed_total",
             Counter::TruncationsRemoved => "redsink_truncations_removed_total",
+            Counter::GroupsRecreated => "redsink_groups_recreated_total",
         }
     }
 
@@ -90,6 +93,9 @@ impl Counter {
             Counter::Retries => "Failed attempts that are retried with backoff, by operation.",
             Counter::Trimmed => {
                 "Entries trimmed from the stream after every group acknowledged them."
+            }
+            Counter::GroupsRecreated => {
+                "Times the consumer group was gone from a stream being read and was created again (stream deleted, or Redis lost it): entries may be lost."
             }
             Counter::TrimDroppedUnacked => {
                 "Entries not yet acknowledged by some group that a trim_max_age/trim_max_len ceiling dropped."

@@ -146,18 +146,30 @@ async fn find(
     letters(redis, control, streams, (id, id), 1).await
 }
 
-/// The dead letter `id` (of the first dead-letter stream that has one).
+/// The dead letter `id`; an ID found in several dead-letter streams (shards' streams
+/// can share IDs) is refused, asking for `--stream`, rather than one picked.
 pub async fn show(
     redis: &RedisConfig,
     control: &mut Control,
     streams: &[String],
     id: &str,
 ) -> Result<(String, DeadLetterEntry), DlqError> {
-    find(redis, control, streams, id)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| DlqError::NotFound { id: id.into() })
+    the_one(find(redis, control, streams, id).await?, id)
+}
+
+/// The one dead letter `found` with ID `id`: an error when there is none, or several.
+fn the_one(
+    mut found: Vec<(String, DeadLetterEntry)>,
+    id: &str,
+) -> Result<(String, DeadLetterEntry), DlqError> {
+    match found.len() {
+        0 => Err(DlqError::NotFound { id: id.into() }),
+        1 => Ok(found.remove(0)),
+        _ => Err(DlqError::Ambiguous {
+            id: id.into(),
+            dlqs: found.into_iter().map(|(d, _)| d).collect(),
+        }),
+    }
 }
 
 /// `ids` (each must exist, in one dead-letter stream only) or, with `all`, every dead
@@ -174,17 +186,7 @@ pub async fn chosen(
         (false, false) => {
             let mut out = Vec::new();
             for id in ids {
-                let found = find(redis, control, streams, id).await?;
-                match found.len() {
-                    0 => return Err(DlqError::NotFound { id: id.clone() }),
-                    1 => out.extend(found),
-                    _ => {
-                        return Err(DlqError::Ambiguous {
-                            id: id.clone(),
-                            dlqs: found.into_iter().map(|(d, _)| d).collect(),
-                        });
-                    }
-                }
+                out.push(the_one(find(redis, control, streams, id).await?, id)?);
             }
             Ok(out)
         }

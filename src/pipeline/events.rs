@@ -8,8 +8,9 @@
 //! | [`read`](Events::read) | `entries_read` by stream | `read` | |
 //! | [`claimed`](Events::claimed) | `entries_claimed` by stream | `claimed` | |
 //! | [`skipped`](Events::skipped) | `entries_skipped` by stream | `skipped` | debug |
-//! | [`committed`](Events::committed) | `rows_written` by table, `entries_acked` and `entries_dead_lettered` by stream, the batch histograms | `batches`, `rows_written`, `acked`, `dead_lettered` | debug |
+//! | [`committed`](Events::committed) | `rows_written` by table, `entries_acked` and `entries_dead_lettered` by stream, the batch histograms | `batches`, `rows_written`, `acked`, `dead_lettered`, `already_dead_lettered` (a replay's, not written again) | debug |
 //! | [`retrying`](Events::retrying) | `retries` by operation; `/readyz` fails | | warn |
+//! | [`group_recreated`](Events::group_recreated) | `groups_recreated` by stream | | warn |
 //! | [`trimmed`](Events::trimmed), [`trim_dropped`](Events::trim_dropped) | `entries_trimmed`, `trim_dropped_unacked` by stream | | warn (dropped) |
 //! | [`collected`](Events::collected) | `tombstones_removed`, `truncations_removed` by table | | info |
 
@@ -21,7 +22,7 @@ use super::Stats;
 use super::retry::source_chain;
 use crate::batch::Batch;
 use crate::decode::Skip;
-use crate::entry::StreamEntry;
+use crate::entry::{DeadLetter, StreamEntry};
 use crate::metrics::{Counter, Metrics};
 use crate::table::TableName;
 use crate::write::{Collected, Committed, WriteError};
@@ -89,13 +90,22 @@ impl Events {
         tracing::debug!(stream = %entry.stream, entry = %entry.id, kind = skip.as_str(), "skipped");
     }
 
-    /// A batch written, committed, dead-lettered and acknowledged, `took` to write.
-    pub(super) fn committed(&self, batch: &Batch, committed: &Committed, took: Duration) {
+    /// A batch written, committed, dead-lettered and acknowledged, `took` to write;
+    /// `already` of its dead letters were left out, found in the dead-letter stream
+    /// already (a replay's).
+    pub(super) fn committed(
+        &self,
+        batch: &Batch,
+        committed: &Committed,
+        already: &[DeadLetter],
+        took: Duration,
+    ) {
         {
             let mut stats = self.tally();
             stats.batches += 1;
             stats.rows_written += committed.rows() as u64;
-            stats.dead_lettered += committed.dead().len() as u64;
+            stats.dead_lettered += committed.dead().len().saturating_sub(already.len()) as u64;
+            stats.already_dead_lettered += already.len() as u64;
             stats.acked += committed.acks().len() as u64;
         }
         let metrics = &self.metrics;
@@ -117,6 +127,11 @@ impl Events {
         let mut dead: HashMap<&str, u64> = HashMap::new();
         for d in committed.dead() {
             *dead.entry(&d.entry.stream).or_default() += 1;
+        }
+        for d in already {
+            if let Some(n) = dead.get_mut(d.entry.stream.as_ref()) {
+                *n = n.saturating_sub(1);
+            }
         }
         for (stream, n) in dead {
             metrics.add(Counter::DeadLettered, stream, n);
@@ -148,6 +163,18 @@ impl Events {
     pub(super) fn postgres_silent(&self, error: &WriteError) {
         tracing::warn!(error = %error, cause = %source_chain(error), "postgres does not answer");
         self.metrics.retrying(REACHING_POSTGRES);
+    }
+
+    /// The group on `stream`, which this instance was reading, was gone and had to be
+    /// created again: the stream was deleted, or Redis restarted without persistence.
+    pub(super) fn group_recreated(&self, stream: &str) {
+        self.metrics.add(Counter::GroupsRecreated, stream, 1);
+        tracing::warn!(
+            stream = %stream,
+            "the stream lost its consumer group while being read (deleted, or redis restarted \
+             without persistence): the group was created again from 0; entries added before \
+             the loss and not yet applied may be gone (replay them from the source if so)"
+        );
     }
 
     /// Entries trimmed from `stream` after every group acknowledged them.

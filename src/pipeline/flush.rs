@@ -81,13 +81,14 @@ async fn write_and_ack(
         return Ok(false);
     };
     let took = started.elapsed();
-    if retrying!(events, shutdown, "acknowledging", { acker.ack(&committed) })?.is_none() {
+    let Some(already) = retrying!(events, shutdown, "acknowledging", { acker.ack(&committed) })?
+    else {
         tracing::warn!(
             "shutdown during a redis outage: committed entries stay pending and will be re-applied as no-ops"
         );
         return Ok(false);
-    }
-    events.committed(&batch, &committed, took);
+    };
+    events.committed(&batch, &committed, &already, took);
     Ok(true)
 }
 

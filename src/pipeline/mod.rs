@@ -86,6 +86,19 @@ pub enum PipelineError {
     Map(#[from] MapError),
     #[error("config: {0}")]
     Config(String),
+    /// Two instances under one name would re-read each other's pending entries.
+    #[error(
+        "consumer {consumer} of group {group} is in use by another live instance (a Redis \
+         connection named {client} read {idle_s} s ago): give each instance its own \
+         redis.consumer (REDSINK_REDIS_CONSUMER), or leave it unset for the default \
+         <hostname>-<pid>"
+    )]
+    ConsumerInUse {
+        consumer: String,
+        group: String,
+        client: String,
+        idle_s: u64,
+    },
     /// The task writing the batch in flight was cancelled (the runtime is shutting down).
     #[error("the writer task ended")]
     WriterTask(#[source] tokio::task::JoinError),
@@ -98,6 +111,9 @@ pub struct Stats {
     pub rows_written: u64,
     pub skipped: u64,
     pub dead_lettered: u64,
+    /// Dead letters a replay left out: their dead-letter stream already held them (by
+    /// source entry ID, or the same original fields).
+    pub already_dead_lettered: u64,
     pub acked: u64,
     pub batches: u64,
     pub claimed: u64,
@@ -211,6 +227,10 @@ impl Pipeline {
         {
             return Ok(None);
         }
+        if !open::check_consumer_name(&mut pipeline.reader, &pipeline.core.config, shutdown).await?
+        {
+            return Ok(None);
+        }
         tracing::info!(
             consumer = pipeline.core.config.consumer(),
             group = %pipeline.core.config.redis.group,
@@ -294,8 +314,15 @@ impl Pipeline {
                 if !retry.wait(shutdown).await {
                     return Ok(());
                 }
-                if let Err(e) = self.reader.rewind().await {
-                    tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
+                match self.reader.rewind().await {
+                    Ok(recreated) => {
+                        for stream in &recreated {
+                            self.core.events.group_recreated(stream);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
+                    }
                 }
             }
             Err(e) => return Err(e.into()),

@@ -1,9 +1,12 @@
 //! Opening: compiles the mappings, connects to Postgres and migrates it, connects to
 //! Redis, and checks every fixed target table, retrying while a side is unreachable.
-//! Gives the [`Core`] and the [`Reader`], or `None` when shutdown came first.
+//! Gives the [`Core`] and the [`Reader`], or `None` when shutdown came first. Once the
+//! streams are known, [`check_consumer_name`] refuses to start under a consumer name
+//! that another live instance reads with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -126,4 +129,59 @@ async fn check_tables(
         }
     }
     Ok(true)
+}
+
+/// Refuses to start when another live instance reads under our consumer name: it would
+/// re-read our pending entries (and we its), doubling the work. Its blocking readers'
+/// connections carry the name ([`Reader::namesakes`]). A previous life's connections
+/// can linger a moment after it crashed, until Redis sees them closed: so a namesake
+/// that used its connection within `live_within` is looked at again after a little more
+/// than one `block` (a live reader sends its next read by then; a closed connection is
+/// gone), and only one still there and active refuses the start. `false` if shutdown
+/// came first.
+pub(super) async fn check_consumer_name(
+    reader: &mut Reader,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<bool, PipelineError> {
+    reader.tag_clients(&streams_tag(config));
+    let live_within = config.redis.live_within().as_secs().max(1);
+    let active = |idle: Option<Vec<u64>>| {
+        idle.unwrap_or_default()
+            .into_iter()
+            .find(|i| *i <= live_within)
+    };
+    let Some(_) = active(reader.namesakes().await?) else {
+        return Ok(true);
+    };
+    let wait = config.redis.block + Duration::from_secs(1);
+    tracing::info!(
+        consumer = config.consumer(),
+        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "a connection under this consumer name is open (another instance, or a previous \
+         life's not yet closed): looking again shortly"
+    );
+    tokio::select! {
+        () = shutdown.cancelled() => return Ok(false),
+        () = tokio::time::sleep(wait) => {}
+    }
+    match active(reader.namesakes().await?) {
+        Some(idle_s) => Err(PipelineError::ConsumerInUse {
+            consumer: config.consumer().to_string(),
+            group: config.redis.group.clone(),
+            client: reader.client_name(),
+            idle_s,
+        }),
+        None => Ok(true),
+    }
+}
+
+/// A short tag of what the instance reads: its mappings' stream patterns, hashed.
+fn streams_tag(config: &Config) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in &config.mappings {
+        m.streams.hash(&mut h);
+    }
+    format!("{:08x}", h.finish() as u32)
 }

@@ -84,7 +84,7 @@ pub async fn replay(
         .as_deref()
         .map(|t| parse_bound(t, "--to", true))
         .transpose()?;
-    let replay_as = format!("{}:replay", config.redis.group);
+    let replay_as = config.redis.replay_group();
     let events = Arc::new(Events::new(Arc::new(Metrics::new())));
     let Some((core, reader)) = Core::open(config, shutdown, Some(&replay_as), events).await? else {
         return Ok(Stats::default());

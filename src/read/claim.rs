@@ -1,6 +1,7 @@
 //! Other consumers: entries they left pending are taken over (XAUTOCLAIM) once idle
 //! for `claim_idle`; consumers idle with nothing pending are removed from the group,
-//! and this one leaves it at shutdown when its PEL is empty.
+//! and this one leaves it at shutdown when its PEL is empty. At start, the connections
+//! named for this consumer tell whether another instance reads under its name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use redis::Value;
 use super::Reader;
 use crate::entry::{EntryId, StreamEntry};
 use crate::redis::reply::parse_autoclaim_reply;
-use crate::redis::{RedisError, admin};
+use crate::redis::{RedisError, admin, inspect};
 
 /// The most entries one XAUTOCLAIM takes over per stream and round (it scans at most
 /// ten times as many pending entries).
@@ -96,6 +97,38 @@ impl Reader {
             }
         }
         pruned
+    }
+
+    /// Sets what ends the client name of the blocking connections opened from now on:
+    /// what the instance reads (its streams' patterns, hashed), so that instances of
+    /// unrelated deployments that share a group and consumer name on one Redis are not
+    /// taken for each other.
+    pub fn tag_clients(&mut self, tag: &str) {
+        self.client_tag = tag.to_string();
+    }
+
+    /// The client name of this reader's blocking connections:
+    /// `redsink:<group>:<consumer>:<tag>` (CLIENT SETNAME allows no spaces or newlines:
+    /// those become `_`).
+    pub fn client_name(&self) -> String {
+        format!(
+            "redsink:{}:{}:{}",
+            self.group, self.consumer, self.client_tag
+        )
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect()
+    }
+
+    /// How long ago (seconds) each connection of a reader under this group and consumer
+    /// name sent its last command: another live instance under our name, or the
+    /// connections of a previous life that Redis has not yet seen closed. `None` when
+    /// the server refuses CLIENT LIST. Blocking reads are what keeps the name in use:
+    /// Redis 7.0 does not count an XREADGROUP that finds nothing as activity of the
+    /// consumer, so XINFO CONSUMERS cannot tell a live idle instance from a dead one.
+    pub async fn namesakes(&mut self) -> Result<Option<Vec<u64>>, RedisError> {
+        let name = self.client_name();
+        inspect::named_clients(&mut self.control, &name).await
     }
 
     /// Removes this consumer from the group on every stream where it has nothing

@@ -94,12 +94,14 @@ impl Reader {
                 Some(conn) => conn,
                 None => {
                     let connect = self.deployment.blocking();
-                    tokio::time::timeout(CONNECT_WITHIN, connect)
+                    let mut conn = tokio::time::timeout(CONNECT_WITHIN, connect)
                         .await
                         .map_err(|_| RedisError::Timeout {
                             context: "connecting a reader".into(),
                             timeout: CONNECT_WITHIN,
-                        })??
+                        })??;
+                    self.name_connection(&mut conn).await;
+                    conn
                 }
             };
             let mut cmd = self.xreadgroup(count);
@@ -132,6 +134,20 @@ impl Reader {
             );
         }
         Ok(())
+    }
+
+    /// Names a new blocking connection for the same-name check at start
+    /// ([`Reader::namesakes`]). Best effort: an ACL without `client|setname` only
+    /// weakens that check.
+    async fn name_connection(&mut self, conn: &mut Blocking) {
+        let named: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(self.client_name())
+            .query_async(conn)
+            .await;
+        if let Err(e) = named {
+            tracing::debug!(error = %e, "naming a reader's connection failed");
+        }
     }
 
     /// Waits for every read in flight to end (each within its timeout) and drops what

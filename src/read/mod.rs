@@ -60,6 +60,8 @@ pub struct Reader {
     claim_cursors: HashMap<Arc<str>, EntryId>,
     /// Commands sent to read entries (XREADGROUP, and XPENDING for delivery counts).
     round_trips: u64,
+    /// Ends the client name of the blocking connections (see [`Reader::client_name`]).
+    client_tag: String,
 }
 
 impl Reader {
@@ -78,6 +80,7 @@ impl Reader {
             cooling: HashMap::new(),
             claim_cursors: HashMap::new(),
             round_trips: 0,
+            client_tag: String::new(),
         }
     }
 
@@ -115,7 +118,9 @@ impl Reader {
         Ok(())
     }
 
-    async fn create_group(&mut self, stream: &str, start: &str) -> Result<(), RedisError> {
+    /// Creates the group on `stream` (MKSTREAM): `true` when it had to be created,
+    /// `false` when it was there.
+    async fn create_group(&mut self, stream: &str, start: &str) -> Result<bool, RedisError> {
         let result: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(stream)
@@ -127,9 +132,9 @@ impl Reader {
         match result {
             Ok(()) => {
                 tracing::info!(stream, group = %self.group, start, "created consumer group");
-                Ok(())
+                Ok(true)
             }
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
             Err(e)
                 if matches!(e.code(), Some("MOVED" | "ASK")) && !self.deployment.is_cluster() =>
             {

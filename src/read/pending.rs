@@ -16,7 +16,10 @@ impl Reader {
     /// After an error the reply to a read may have been lost, leaving entries in our
     /// PEL that we never saw: read the PEL again from the start. Call only when every
     /// entry read so far has been acked or is about to be (else it would be read twice).
-    pub async fn rewind(&mut self) -> Result<(), RedisError> {
+    /// Returns the streams whose group was gone and had to be created again: the
+    /// stream was deleted or Redis lost it (a restart without persistence), so entries
+    /// added before may never have been read.
+    pub async fn rewind(&mut self) -> Result<Vec<Arc<str>>, RedisError> {
         // Reads in flight are waited for (a dropped one could still deliver after the
         // re-read below) and their answers dropped: what they delivered is in our PEL.
         self.settle().await;
@@ -26,10 +29,13 @@ impl Reader {
             *cursor = Cursor::Pending(EntryId::ZERO);
         }
         // A stream deleted and re-created loses its group: make sure each one has it.
+        let mut recreated = Vec::new();
         for name in names {
-            self.create_group(&name, "0").await?;
+            if self.create_group(&name, "0").await? {
+                recreated.push(name);
+            }
         }
-        Ok(())
+        Ok(recreated)
     }
 
     pub(super) async fn read_pending(

@@ -107,13 +107,7 @@ async fn group_status(
     info: &HashMap<String, Value>,
 ) -> Result<GroupStatus, RedisError> {
     let group = text(info.get("name"));
-    let consumers: Vec<HashMap<String, Value>> = query(
-        conn,
-        redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group),
-        "XINFO CONSUMERS",
-        stream,
-    )
-    .await?;
+    let consumers = consumers(conn, stream, &group).await?;
     let oldest: Vec<(String, String, u64, u64)> = query(
         conn,
         redis::cmd("XPENDING")
@@ -131,16 +125,32 @@ async fn group_status(
         pending: number(info.get("pending")).unwrap_or(0),
         last_delivered: text(info.get("last-delivered-id")),
         oldest_pending_idle_ms: oldest.first().map(|(_, _, idle, _)| *idle),
-        consumers: consumers
-            .iter()
-            .map(|c| ConsumerStatus {
-                name: text(c.get("name")),
-                pending: number(c.get("pending")).unwrap_or(0),
-                idle_ms: number(c.get("idle")).unwrap_or(0),
-            })
-            .collect(),
+        consumers,
         group,
     })
+}
+
+/// The consumers of `group` on `stream` (XINFO CONSUMERS).
+pub async fn consumers(
+    conn: &mut Control,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<ConsumerStatus>, RedisError> {
+    let consumers: Vec<HashMap<String, Value>> = query(
+        conn,
+        redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group),
+        "XINFO CONSUMERS",
+        stream,
+    )
+    .await?;
+    Ok(consumers
+        .iter()
+        .map(|c| ConsumerStatus {
+            name: text(c.get("name")),
+            pending: number(c.get("pending")).unwrap_or(0),
+            idle_ms: number(c.get("idle")).unwrap_or(0),
+        })
+        .collect())
 }
 
 async fn query<T: redis::FromRedisValue>(
@@ -170,4 +180,32 @@ fn number(v: Option<&Value>) -> Option<u64> {
         Some(Value::BulkString(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
         _ => None,
     }
+}
+
+/// How long ago (seconds) each client named `name` sent its last command, from CLIENT
+/// LIST; `None` when the server refuses CLIENT LIST (an ACL without `client|list`).
+pub async fn named_clients(conn: &mut Control, name: &str) -> Result<Option<Vec<u64>>, RedisError> {
+    let list: redis::RedisResult<String> = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(conn)
+        .await;
+    let list = match list {
+        Ok(list) => list,
+        Err(e) if e.code() == Some("NOPERM") => return Ok(None),
+        Err(e) => return Err(RedisError::redis("CLIENT LIST".to_string())(e)),
+    };
+    let wanted = format!("name={name}");
+    Ok(Some(
+        list.lines()
+            .filter(|line| line.split(' ').any(|f| f == wanted))
+            .map(|line| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix("idle="))
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect(),
+    ))
 }

@@ -10,6 +10,7 @@ mod common;
 
 mod chaos;
 mod cluster;
+mod consumers;
 mod convergence;
 mod crash;
 mod debezium;

@@ -244,8 +244,35 @@ async fn group_reset_redelivers_and_consumers_prune_removes_idle_ones() {
         .query_async(&mut r)
         .await
         .expect("XACK");
+    // `--idle 0s` is raised to the safe floor (3 × block + 5 s = 5.6 s here).
+    let r2 = r.clone();
+    let stream2 = stream.clone();
+    common::wait_for(
+        "consumer gone idle for 5.6 s",
+        std::time::Duration::from_secs(20),
+        || {
+            let (mut r, stream) = (r2.clone(), stream2.clone());
+            async move {
+                let list: Vec<std::collections::HashMap<String, redis::Value>> =
+                    redis::cmd("XINFO")
+                        .arg("CONSUMERS")
+                        .arg(&stream)
+                        .arg("redsink")
+                        .query_async(&mut r)
+                        .await
+                        .unwrap_or_default();
+                list.iter()
+                    .any(|c| matches!(c.get("idle"), Some(redis::Value::Int(i)) if *i > 5700))
+            }
+        },
+    )
+    .await;
     let (code, out, err) = common::redsink_cli(&text, &["consumers", "prune", "--idle", "0s"]);
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("--idle 0s is below the safe floor of 5s 600ms"),
+        "{err}"
+    );
     assert!(out.contains("removed consumer gone"), "{out}");
     assert!(
         common::consumers(&mut r, &stream, "redsink")
@@ -268,4 +295,48 @@ async fn migrate_creates_redsinks_schema_and_is_idempotent() {
             .await
             .expect("query")
     );
+}
+
+/// Shards' dead-letter streams can hold the same ID: `show` then asks which, like
+/// `retry` and `purge`, instead of picking one.
+#[tokio::test]
+async fn dlq_show_asks_for_the_stream_when_an_id_is_in_two_dead_letter_streams() {
+    let db = TestDb::new().await;
+    let prefix = common::unique("s");
+    let (a, b) = (format!("{prefix}:a"), format!("{prefix}:b"));
+    let mut r = common::redis().await;
+    for stream in [&a, &b] {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{stream}:dlq"))
+            .arg("5-0")
+            .arg("k")
+            .arg("v")
+            .arg("redsink.error")
+            .arg(format!("bad in {stream}"))
+            .arg("redsink.stream")
+            .arg(stream)
+            .query_async(&mut r)
+            .await
+            .expect("XADD");
+    }
+    let mapping = format!(
+        "[[mapping]]\nstreams = [\"{prefix}:a\", \"{prefix}:b\"]\ntable = \"public.items\"\n"
+    );
+    let text = common::config_text(&db, "c1", &mapping);
+    let (code, out, err) = common::redsink_cli(&text, &["dlq", "show", "5-0"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains(&format!(
+            "dead letter 5-0 is in 2 dead-letter streams ({a}:dlq, {b}:dlq): say which with --stream"
+        )),
+        "{err}"
+    );
+    let (code, out, err) = common::redsink_cli(&text, &["dlq", "show", "5-0", "--stream", &b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("dead letter 5-0 of {b}:dlq")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("error: bad in {b}")), "{out}");
+    common::cleanup_streams(&prefix).await;
 }

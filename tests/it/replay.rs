@@ -186,3 +186,54 @@ async fn the_replay_command_prints_progress_and_a_summary() {
     assert!(err.contains("--from \"soon\""), "{err}");
     common::cleanup_streams(&prefix).await;
 }
+
+/// A replay does not dead-letter again what already waits in the dead-letter stream
+/// (by entry ID, or the same original fields put back by `dlq retry`), and `status`
+/// shows the replay's checkpoint as a replay, not as a group that vanished.
+#[tokio::test]
+async fn replay_does_not_dead_letter_again_what_the_dlq_holds() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let dlq = format!("{stream}:dlq");
+    let mut r = common::redis().await;
+    common::xadd(&mut r, &stream, "{}", "{not json").await;
+    crate::add_change(&mut r, &stream, 1, "c", 10, "null", &item(1, "a", P_19_99)).await;
+    common::xadd(&mut r, &stream, "{}", "{not json either").await;
+    let mapping = items_mapping(&prefix);
+    let config = common::config(&db, "c1", &mapping);
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    assert_eq!(common::xlen(&mut r, &dlq).await, 2);
+    let text = common::config_text(&db, "c1", &mapping);
+    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&dlq)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .expect("dlq");
+    // Retried, it fails again: the dead letter is back under the new entry's ID.
+    let (code, _, err) = common::redsink_cli(&text, &["dlq", "retry", &letters[0].0]);
+    assert_eq!(code, 0, "{err}");
+    common::sync(config.clone(), std::slice::from_ref(&stream)).await;
+    assert_eq!(common::xlen(&mut r, &dlq).await, 2);
+
+    let (code, out, err) = common::redsink_cli(&text, &["replay", "--from", "0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replayed 4 entries"), "{out}");
+    assert!(out.contains("0 dead-lettered"), "{out}");
+    assert!(out.contains("3 already dead-lettered"), "{out}");
+    assert_eq!(
+        common::xlen(&mut r, &dlq).await,
+        2,
+        "nothing the dead-letter stream holds is added again"
+    );
+    assert_eq!(items(&db).await.len(), 1);
+
+    let (code, out, err) = common::redsink_cli(&text, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("no such group"), "{out}");
+    assert!(out.contains("  replayed (redsink:replay): "), "{out}");
+    common::cleanup_streams(&prefix).await;
+}

@@ -204,3 +204,105 @@ async fn readyz_fails_when_postgres_goes_away_while_idle() {
     running.stop().await.expect("stop");
     common::cleanup_streams(&prefix).await;
 }
+
+/// Idle clients (connected, sending nothing) cannot starve the probes: with 40 of them
+/// holding connections open, every /healthz and /readyz probe is answered.
+#[tokio::test]
+async fn probes_are_answered_while_idle_connections_are_held_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let address = format!("127.0.0.1:{}", common::free_port());
+    let extra = format!(
+        "[http]\naddress = \"{address}\"\n{}",
+        items_mapping(&prefix)
+    );
+    let running = common::Running::start(common::config(&db, "c1", &extra));
+    wait_http(&address, "/readyz", 200).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Let the server accept them all before probing.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for round in 0..3 {
+        for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+            let probe = async {
+                let mut socket = tokio::net::TcpStream::connect(&address).await?;
+                socket
+                    .write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+                    .await?;
+                let mut response = String::new();
+                socket.read_to_string(&mut response).await?;
+                std::io::Result::Ok(response)
+            };
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(3), probe).await;
+            let response = match answer {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => panic!("probe {round} of {path}: {e}"),
+                Err(_) => panic!("probe {round} of {path}: no answer within 3 s"),
+            };
+            assert!(
+                response.starts_with("HTTP/1.1 200") && response.ends_with(body),
+                "probe {round} of {path}: {response:?}"
+            );
+        }
+    }
+    drop(idle);
+    running.stop().await.expect("stop");
+    common::cleanup_streams(&prefix).await;
+}
+
+/// A stream deleted while being read (or lost by a Redis restart without persistence)
+/// comes back without its group: redsink creates the group again, says so loudly and
+/// counts it, since entries may have been lost with it.
+#[tokio::test]
+async fn a_stream_recreated_without_its_group_is_counted() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let address = format!("127.0.0.1:{}", common::free_port());
+    let extra = format!(
+        "[http]\naddress = \"{address}\"\n{}",
+        items_mapping(&prefix)
+    );
+    crate::add_items(&stream, 2).await;
+    let running = common::Running::start(common::config(&db, "c1", &extra))
+        .until_drained(std::slice::from_ref(&stream), "redsink")
+        .await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut r)
+        .await
+        .expect("DEL");
+    crate::add_change(
+        &mut r,
+        &stream,
+        3,
+        "c",
+        20,
+        "null",
+        &crate::item(3, "c", crate::P_19_99),
+    )
+    .await;
+    common::wait_rows(&db, "public.items", 2).await;
+    let recreated = format!("redsink_groups_recreated_total{{stream=\"{stream}\"}}");
+    let mut scrape = String::new();
+    for _ in 0..200 {
+        scrape = http_get(&address, "/metrics").await.1;
+        if sample(&scrape, &recreated).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sample(&scrape, &recreated), Some(1.0), "{scrape}");
+    running.stop().await.expect("stop");
+    common::cleanup_streams(&prefix).await;
+}
