@@ -286,6 +286,11 @@ impl Batcher {
     }
 
     /// When the batch must be flushed at the latest (`None` when empty).
+    /// When the oldest entry of the batch arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.first_at
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
         self.first_at.map(|t| t + self.max_delay)
     }

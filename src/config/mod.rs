@@ -191,6 +191,11 @@ pub struct BatchConfig {
     /// Flush at the latest this long after the first buffered entry arrived.
     #[serde(default = "default_max_delay", deserialize_with = "de_duration")]
     pub max_delay: Duration,
+    /// How long a batch still waits for more entries once the sync has caught up
+    /// (Kafka's `linger.ms`). Zero (the default): written at once, so a trickle has the
+    /// latency of one write; more: fewer, larger commits for a slower trickle.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub linger: Duration,
 }
 
 impl Default for BatchConfig {
@@ -198,6 +203,7 @@ impl Default for BatchConfig {
         Self {
             max_batch: default_max_batch(),
             max_delay: default_max_delay(),
+            linger: Duration::ZERO,
         }
     }
 }

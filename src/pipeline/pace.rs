@@ -7,6 +7,9 @@
 //! at once, and under a backlog batches fill up to `max_batch`. `max_batch` and
 //! `max_delay` are ceilings, never waits a user has to tune.
 //!
+//! `batch.linger` (zero by default) makes a caught-up batch wait that long for more
+//! entries first, for users who prefer fewer commits to lower latency.
+//!
 //! While a batch waits, reads do not block: Redis checks blocking timeouts in its cron
 //! (`hz`, every 100 ms by default), so even `BLOCK 1` can take tens of milliseconds.
 
@@ -41,17 +44,28 @@ impl Core {
         if running { self.in_flight_since } else { None }
     }
 
-    /// The batch has entries, the last read found no backlog, and no write is in
-    /// flight: write it now rather than at its deadline.
+    /// When the batch has lingered (`batch.linger` after its oldest entry).
+    fn lingered_at(&self) -> Option<Instant> {
+        self.batcher.oldest().map(|t| t + self.config.batch.linger)
+    }
+
+    /// The batch has entries and has lingered, the last read found no backlog, and no
+    /// write is in flight: write it now rather than at its deadline.
     pub(super) fn caught_up(&self) -> bool {
-        !self.batcher.is_empty() && !self.backlog && self.writing().is_none()
+        !self.batcher.is_empty()
+            && !self.backlog
+            && self.writing().is_none()
+            && self.lingered_at().is_some_and(|t| Instant::now() >= t)
     }
 
     /// Caught up, with a batch waiting for the write in flight: wait for that write to
     /// end (at most until the batch's deadline, and not for a slow write), so the next
     /// one starts at once. Reading meanwhile would only poll Redis.
     pub(super) async fn await_write_while_caught_up(&self) {
-        if self.batcher.is_empty() || self.backlog {
+        if self.batcher.is_empty()
+            || self.backlog
+            || self.lingered_at().is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         let Some(deadline) = self.batcher.deadline() else {
@@ -75,6 +89,13 @@ impl Core {
         });
         if !entries && self.batcher.is_empty() {
             return until_deadline.unwrap_or(self.config.redis.block);
+        }
+        if let Some(lingered) = self.lingered_at().filter(|t| Instant::now() < *t) {
+            // Lingering: wait for more (a blocking read ends as soon as some arrive).
+            let until = lingered.saturating_duration_since(Instant::now());
+            return until_deadline
+                .map_or(until, |d| d.min(until))
+                .max(Duration::from_millis(1));
         }
         let slow = self.writing().is_some_and(|t| t.elapsed() > SLOW_WRITE);
         if slow {

@@ -100,11 +100,6 @@ async fn postgres_connections_cut_mid_sync_lose_nothing() {
 async fn lock_timeouts_while_opening_or_committing_are_retried() {
     let db = TestDb::new().await;
     db.exec(crate::ITEMS).await;
-    db.exec(&format!(
-        "ALTER DATABASE {} SET lock_timeout = '100ms'",
-        db.name
-    ))
-    .await;
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut r = common::redis().await;
@@ -119,7 +114,10 @@ async fn lock_timeouts_while_opening_or_committing_are_retried() {
         .execute(&mut *holder)
         .await
         .expect("lock");
-    let running = common::Running::start(common::config(&db, "c1", &crate::items_mapping(&prefix)));
+    // redsink sets lock_timeout on its sessions (postgres.lock_timeout).
+    let mut config = common::config(&db, "c1", &crate::items_mapping(&prefix));
+    config.postgres.lock_timeout = Duration::from_millis(100);
+    let running = common::Running::start(config);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         crate::items(&db).await.len(),

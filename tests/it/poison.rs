@@ -168,7 +168,9 @@ async fn a_column_added_while_a_batch_holds_rows_of_the_table_is_handled() {
     let prefix = common::unique("s");
     let stream = format!("{prefix}:items");
     let mut config = common::config(&db, "c1", &crate::items_mapping(&prefix));
+    // Row 1 lingers in the batch (adaptive batching would write it at once).
     config.batch.max_delay = std::time::Duration::from_secs(3);
+    config.batch.linger = std::time::Duration::from_secs(3);
     let running = common::Running::start(config);
     let mut r = common::redis().await;
     crate::add_change(
