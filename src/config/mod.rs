@@ -14,6 +14,7 @@
 //! secrets out of logs, `de` parses durations, numbers and lists.
 
 mod de;
+mod defaults;
 mod load;
 mod pattern;
 mod redact;
@@ -30,6 +31,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use de::{de_duration, de_list, de_opt_duration, de_u32, de_u64, de_usize};
+use defaults::{
+    default_block, default_claim_idle, default_dlq_suffix, default_gc_every, default_group,
+    default_idle_in_transaction, default_keepalive, default_lock_timeout, default_max_batch,
+    default_max_delay, default_max_deliveries, default_placeholder, default_pool_size,
+    default_prune_idle, default_start, default_statement_timeout,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -405,55 +412,6 @@ pub enum VersionSource {
     /// MongoDB: (`ts_ms`, `ord`): the oplog timestamp and the order within its second.
     #[serde(rename = "mongodb.ord")]
     MongodbOrd,
-}
-
-fn default_group() -> String {
-    "redsink".into()
-}
-fn default_start() -> String {
-    "0".into()
-}
-fn default_block() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_deliveries() -> u64 {
-    10
-}
-fn default_prune_idle() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_claim_idle() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_dlq_suffix() -> String {
-    ":dlq".into()
-}
-fn default_pool_size() -> u32 {
-    4
-}
-fn default_gc_every() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_lock_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_idle_in_transaction() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_statement_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_keepalive() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_batch() -> usize {
-    1024
-}
-fn default_max_delay() -> Duration {
-    Duration::from_millis(50)
-}
-fn default_placeholder() -> String {
-    "default".into()
 }
 
 impl Config {
