@@ -5,7 +5,9 @@
 //! machine and data:
 //! - redsink: the release binary, run until every entry is applied and acknowledged —
 //!   events/s, peak RSS, CPU seconds (from /proc);
-//! - naive: a hand-written consumer as teams write it today (XREADGROUP, one upsert
+//! - competent: the consumer a good team writes (benches/e2e/competent.rs: XREADGROUP
+//!   COUNT 500, newest version per key, one set-based guarded statement, pipelined XACK);
+//! - naive: a hand-written consumer as teams often write it (XREADGROUP, one upsert
 //!   statement per event in a transaction per batch, XACK);
 //! - postgres alone: what Postgres absorbs for the same rows when handed them directly
 //!   (COPY into a staging table, then one `INSERT … SELECT … ON CONFLICT DO UPDATE
@@ -27,9 +29,11 @@ use redis::aio::MultiplexedConnection;
 use redsink::demo::produce::{OrderState, Orders, xadd_all};
 use sqlx::{Executor, PgPool};
 
+mod competent;
 mod peers;
 mod under_test;
 
+use competent::run_competent;
 use peers::{create_groups, measure_naive, run_pg_alone};
 use under_test::Redsink;
 
@@ -180,18 +184,23 @@ async fn throughput(o: &Options, workload: &str) -> Res<()> {
         .fetch_one(&pool)
         .await?;
 
+    // The same entries, still in the streams, through the competent consumer.
+    pool.execute("TRUNCATE public.orders").await?;
+    let competent_eps = run_competent(&mut redis, &pool, &streams, o.events).await?;
     let naive_eps = measure_naive(o, workload, &mut redis, prefix, &streams).await?;
     let pg_eps = run_pg_alone(&orders, o.events).await?;
 
     let (batches, pg, rd) = r.trips;
     let per = |n: u64| n as f64 / batches.max(1) as f64;
     println!(
-        "| {workload} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1}× | {:.2}× | {:.0} | {:.1} | {:.1} | {batches} | {:.2} | {:.2} |",
+        "| {workload} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.1}× | {:.2}× | {:.0} | {:.1} | {:.1} | {batches} | {:.2} | {:.2} |",
         o.events,
         rows,
         redsink_eps,
+        competent_eps,
         naive_eps,
         pg_eps,
+        redsink_eps / competent_eps,
         redsink_eps / naive_eps,
         redsink_eps / pg_eps,
         r.rss_mib,
@@ -287,10 +296,10 @@ async fn main() -> Res<()> {
         return latency(&o, rate).await;
     }
     println!(
-        "| workload | events | rows | redsink ev/s | naive ev/s ({} events) | postgres alone ev/s | vs naive | vs postgres alone | redsink peak RSS MiB | redsink CPU s | produce s | batches | postgres round trips per batch | redis round trips per batch |",
+        "| workload | events | rows | redsink ev/s | competent consumer ev/s | naive ev/s ({} events) | postgres alone ev/s | vs competent | vs naive | vs postgres alone | redsink peak RSS MiB | redsink CPU s | produce s | batches | postgres round trips per batch | redis round trips per batch |",
         o.naive_events
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for w in &o.workloads {
         throughput(&o, w).await?;
     }
