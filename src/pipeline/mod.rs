@@ -23,6 +23,7 @@
 //! prepare.rs  decode → map → batch of each entry read (schema evolution, catalog reloads)
 //! flush.rs    hand a batch to the writer task: write, dead-letter, acknowledge
 //! chores.rs   the periodic ones: claim, prune, discover, trim, gauges, progress
+//! fatal.rs    a fatal stop: its error noted on the entries read, the innocent released
 //! events.rs   each observed event counted (metrics and Stats) and logged in one place
 //! retry.rs    backoff, which errors are transient, retrying!
 //! replay.rs   re-apply a range of stream history outside the group
@@ -30,6 +31,7 @@
 
 mod chores;
 mod events;
+mod fatal;
 mod flush;
 mod open;
 mod prepare;
@@ -51,7 +53,7 @@ use self::retry::{Retry, retrying};
 use crate::ack::{AckError, Acker};
 use crate::batch::Batcher;
 use crate::config::Config;
-use crate::entry::StreamEntry;
+use crate::entry::{EntryRef, StreamEntry};
 use crate::map::{MapError, Mapping};
 use crate::metrics::Metrics;
 use crate::read::Reader;
@@ -113,6 +115,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
     let result = match Pipeline::start(config, &shutdown, events).await {
         Ok(Some(mut pipeline)) => {
             let result = pipeline.run_loop(&shutdown).await;
+            if let Err(e) = &result {
+                pipeline.abandon(e).await;
+            }
             let stats = pipeline.stats();
             tracing::info!(stats = ?stats, "stopped");
             result.map(|()| stats)
@@ -174,6 +179,9 @@ struct Core {
     /// Shutdown came while an entry waited for an outage to end: entries after it were
     /// left pending, so entries read later are not processed either.
     interrupted: bool,
+    /// Entries read but neither batched nor acknowledged because an error stopped their
+    /// processing (the one it came with first): what a fatal stop releases.
+    unfinished: Vec<EntryRef>,
     events: Arc<Events>,
 }
 
@@ -270,7 +278,13 @@ impl Pipeline {
             self.reader.read(block, count),
             core.process(entries, shutdown)
         );
-        processed?;
+        if let Err(e) = processed {
+            // Read with a fatal error: kept so that the stop can release them.
+            if let Ok(entries) = read {
+                self.prefetched = entries;
+            }
+            return Err(e);
+        }
         match read {
             Ok(entries) => {
                 *read_retry = None;

@@ -28,6 +28,7 @@ mod serve;
 mod sync;
 mod tls;
 mod trim;
+mod unusable_key;
 mod versions;
 
 /// A Debezium PostgreSQL change event value without schemas.
