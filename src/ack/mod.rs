@@ -13,6 +13,10 @@
 //! outage) are noted per entry in the hash `<dlq stream>:errors`, so that an entry later
 //! dead-lettered for being delivered too often says what went wrong. A note is removed
 //! when its entry is dead-lettered; the hash expires 7 days after its last note.
+//!
+//! When the pipeline stops on a fatal error, the entries it read and did not fail on are
+//! released: their delivery count is set back, so that a stop is not counted as a
+//! delivery failure of entries that had nothing to do with it.
 
 mod known;
 
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::entry::{DeadLetter, EntryId, dead_letter_field};
-use crate::redis::{Control, RedisError, pipeline_by_key, redis_retryable};
+use crate::redis::{Control, RedisError, admin, pipeline_by_key, redis_retryable};
 use crate::write::Committed;
 
 /// How long the last errors of unacknowledged entries are kept (refreshed by each note).
@@ -134,6 +138,28 @@ impl Acker {
         if let Err(e) = pipeline_by_key(&mut self.conn, commands).await {
             tracing::warn!(error = %e, "could not note the error of unacknowledged entries");
         }
+    }
+
+    /// Gives back one delivery of `entries` (read by `consumer`, not acknowledged, not
+    /// the cause of the stop): after a fatal error they stay pending without having
+    /// been charged a delivery, so restarting until the problem is fixed cannot
+    /// dead-letter them for `max_deliveries`. Best effort, like [`Acker::note_error`].
+    pub async fn release(&mut self, consumer: &str, entries: &[(Arc<str>, EntryId)]) -> u64 {
+        let mut by_stream: BTreeMap<&str, Vec<EntryId>> = BTreeMap::new();
+        for (stream, id) in entries {
+            by_stream.entry(stream).or_default().push(*id);
+        }
+        let mut released = 0;
+        for (stream, ids) in by_stream {
+            match admin::release_entries(&mut self.conn, stream, &self.group, consumer, &ids).await
+            {
+                Ok(n) => released += n,
+                Err(e) => {
+                    tracing::warn!(stream, error = %e, "could not release unacknowledged entries")
+                }
+            }
+        }
+        released
     }
 
     /// The field of an entry's note: groups read the same entries and fail separately.

@@ -127,14 +127,7 @@ impl Columns {
         table: &TableSchema,
     ) -> Result<Vec<(usize, Option<String>)>, MapError> {
         let mut out = Vec::with_capacity(self.fixed.len() + self.from_event.len());
-        let index = |col: &str| {
-            table.column(col).ok_or_else(|| {
-                MapError::table(
-                    &table.name,
-                    format!("columns mapping names column `{col}`, which the table does not have"),
-                )
-            })
-        };
+        let index = |col: &str| extra_column(table, col);
         for (col, value) in &self.fixed {
             out.push((index(col)?, Some(value.clone())));
         }
@@ -159,6 +152,26 @@ impl Columns {
         }
         Ok(out)
     }
+
+    /// Checks that `table` has every `fixed` and `from_event` column.
+    pub fn check(&self, table: &TableSchema) -> Result<(), MapError> {
+        let names = self.fixed.iter().map(|(c, _)| c);
+        for col in names.chain(self.from_event.iter().map(|(c, _)| c)) {
+            extra_column(table, col)?;
+        }
+        Ok(())
+    }
+}
+
+/// The index of a `fixed` or `from_event` column: the table lacking it is a table-wide
+/// problem.
+fn extra_column(table: &TableSchema, col: &str) -> Result<usize, MapError> {
+    table.column(col).ok_or_else(|| {
+        MapError::table(
+            &table.name,
+            format!("columns mapping names column `{col}`, which the table does not have"),
+        )
+    })
 }
 
 /// A time in milliseconds since the epoch as text for a column of type `type_name`:

@@ -1,8 +1,10 @@
 //! One [`ChangeEvent`] of a mapping → a [`RowChange`] for its table (an upsert of
 //! column values as Postgres text, or a delete by key), or a truncate → a [`Truncate`].
 //! Pure. Errors: [`MapError::Event`] and [`MapError::UnknownColumn`] dead-letter the
-//! entry; [`MapError::Table`] (no unique key on the key columns, a missing soft-delete or
-//! mapped column) stops the pipeline.
+//! entry; [`MapError::Table`] (no unique key on the configured key columns, a missing
+//! soft-delete or mapped column, a table without any unique key) stops the pipeline when
+//! the table is fixed. Key columns taken from the message key that fit none of the
+//! table's unique keys are the event's problem (`Event`).
 
 use std::sync::Arc;
 
@@ -75,7 +77,15 @@ pub fn map_event(
     table: &Arc<TableSchema>,
 ) -> Result<RowChange, MapError> {
     let key_names = mapping.key_names(event)?;
-    let key_columns = table.conflict_key(&key_names)?;
+    let key_columns = table.conflict_key(&key_names).map_err(|e| {
+        // A configured key, or a table without any unique key (no event fits it), is
+        // the table's problem; a message key that fits none of its keys, the event's.
+        if mapping.key.is_some() || table.unique_keys.is_empty() {
+            e
+        } else {
+            e.of_message_key()
+        }
+    })?;
     let op_byte = if event.op == Op::Delete {
         Version::OP_DELETE
     } else {
@@ -188,7 +198,10 @@ fn convert_field(
 }
 
 /// The soft-delete column's index, with `delete = "soft"`.
-fn soft_column(mapping: &Mapping, table: &TableSchema) -> Result<Option<usize>, MapError> {
+pub(super) fn soft_column(
+    mapping: &Mapping,
+    table: &TableSchema,
+) -> Result<Option<usize>, MapError> {
     if mapping.delete != DeleteMode::Soft {
         return Ok(None);
     }

@@ -11,7 +11,7 @@ use crate::config::{
 use crate::decode::ChangeEvent;
 use crate::table::{DeclaredColumn, TableTemplate};
 
-use super::{Columns, MapError};
+use super::{Columns, MapError, TableSchema};
 
 /// A configured mapping, compiled.
 #[derive(Debug, Clone)]
@@ -97,6 +97,23 @@ impl Mapping {
         Some((columns, key))
     }
 
+    /// What this mapping's config says of a fixed target table, checked against its
+    /// catalog facts before anything is read: the configured `key` is its primary key or
+    /// a unique index, and the soft-delete, `fixed` and `from_event` columns exist. A
+    /// failure is a config problem, fatal at start ([`MapError::Table`], with the fix).
+    pub fn check_table(&self, table: &TableSchema) -> Result<(), MapError> {
+        if let Some(key) = &self.key {
+            let names: Vec<&str> = key.iter().map(String::as_str).collect();
+            table.conflict_key(&names)?;
+        }
+        if let Some(col) = super::event::soft_column(self, table)? {
+            // Its type must take a time (any time will do to find out).
+            super::columns::time_text(0, &table.columns[col].ty.name)
+                .map_err(|e| MapError::table(&table.name, e))?;
+        }
+        self.columns.check(table)
+    }
+
     /// The key column names for this event: configured, or the message key's fields.
     pub(super) fn key_names<'a>(
         &'a self,
@@ -116,5 +133,46 @@ impl Mapping {
                  set mapping.key to the columns that identify a row",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::tests::{ID, event, mapping, table};
+    use crate::decode::Op;
+    use crate::map::{MapError, map_event};
+
+    #[test]
+    fn a_message_key_that_fits_no_unique_key_is_the_events_problem() {
+        let keyed_by_name = event(Op::Create, Some(json!({"name": "a"})), None, None);
+        let err = map_event(&mapping(""), &keyed_by_name, ID, &table()).expect_err("not unique");
+        assert!(
+            matches!(&err, MapError::Event(r) if r.contains("public.items") && r.contains("(name)")),
+            "{err}"
+        );
+        // The same key configured: the table's (the config's) problem.
+        let err = map_event(&mapping("key = [\"name\"]"), &keyed_by_name, ID, &table());
+        assert!(matches!(err, Err(MapError::Table { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn the_config_is_checked_against_a_fixed_table() {
+        assert!(mapping("key = [\"id\"]").check_table(&table()).is_ok());
+        let named = |extra: &str, what: &str| {
+            mapping(extra)
+                .check_table(&table())
+                .is_err_and(|e| e.to_string().contains(what))
+        };
+        assert!(named(
+            "key = [\"name\"]",
+            "no primary key or unique index on (name)"
+        ));
+        assert!(named(
+            "delete = \"soft\"\nsoft_delete_column = \"gone\"",
+            "`gone`"
+        ));
+        assert!(named("columns.fixed = { origin = \"x\" }", "`origin`"));
     }
 }

@@ -3,7 +3,9 @@
 //! row's key, version and column values as Postgres text.
 //! Pure: no I/O (the catalog is looked up by the pipeline and passed in).
 //! Errors: [`MapError`]; `Event` errors dead-letter the entry, `Table` errors stop
-//! the pipeline (a table-wide problem would otherwise dead-letter every event).
+//! the pipeline (a table-wide problem would otherwise dead-letter every event) unless
+//! the event chose the table (a template) — what derives from an event's own content
+//! (its key fields, its table name) is that event's dead letter.
 //!
 //! The version decides which change of a row wins (see [`Version`]).
 //!
@@ -46,6 +48,10 @@ pub enum MapError {
     Table { table: String, reason: String },
 }
 
+/// Where the key columns of an event come from: the event's message key makes a key
+/// that does not fit the table that event's problem, not the table's.
+const FROM_MESSAGE_KEY: &str = "the key columns are the message key's fields";
+
 impl MapError {
     pub fn event(reason: impl Into<String>) -> Self {
         Self::Event(reason.into())
@@ -54,6 +60,16 @@ impl MapError {
         Self::Table {
             table: table.to_string(),
             reason: reason.into(),
+        }
+    }
+    /// The same problem, caused by the event's message key (its fields name the key
+    /// columns): only this event is affected.
+    fn of_message_key(self) -> Self {
+        match self {
+            Self::Table { table, reason } => {
+                Self::Event(format!("table {table}: {reason} ({FROM_MESSAGE_KEY})"))
+            }
+            other => other,
         }
     }
     fn column(table: &TableName, column: &str, reason: impl fmt::Display) -> Self {

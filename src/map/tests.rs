@@ -8,7 +8,7 @@ use crate::config::{MappingConfig, VersionSource};
 use crate::decode::{ChangeEvent, Field, Op, Row, Source};
 use crate::entry::EntryId;
 
-fn table() -> Arc<TableSchema> {
+pub(super) fn table() -> Arc<TableSchema> {
     let col = |n: &str, ty: &str| Column {
         name: n.into(),
         sql_type: ty.into(),
@@ -30,7 +30,7 @@ fn table() -> Arc<TableSchema> {
     })
 }
 
-fn mapping(extra: &str) -> Mapping {
+pub(super) fn mapping(extra: &str) -> Mapping {
     let config: MappingConfig = toml::from_str(&format!(
         "streams = [\"s:{{0..1}}\", \"db.*\"]\ntable = \"public.items\"\n{extra}"
     ))
@@ -51,7 +51,7 @@ fn row(fields: serde_json::Value) -> Row {
         .collect())
 }
 
-fn event(
+pub(super) fn event(
     op: Op,
     key: Option<serde_json::Value>,
     before: Option<serde_json::Value>,
@@ -71,7 +71,7 @@ fn event(
     }
 }
 
-const ID: EntryId = EntryId { ms: 5, seq: 1 };
+pub(super) const ID: EntryId = EntryId { ms: 5, seq: 1 };
 
 #[test]
 fn maps_an_upsert_to_text_values_and_a_key() {

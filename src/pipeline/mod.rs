@@ -4,11 +4,13 @@
 //! The loop, in priority order:
 //! 1. shutdown requested → flush, commit, ack, leave the group (when nothing of ours is
 //!    pending), return;
-//! 2. the batch is full or its oldest entry has waited `max_delay` → flush;
+//! 2. the batch is full, its oldest entry has waited `max_delay`, or the sync has caught
+//!    up and no batch is being written (adaptive batching, `pace.rs`) → flush;
 //! 3. periodically: claim entries idle on dead consumers, re-discover glob streams,
 //!    trim, collect tombstones below the horizon;
-//! 4. read the next entries (blocking at most until the flush deadline) while the
-//!    previous read's go through decode → map → batch.
+//! 4. caught up while a batch is being written: wait for that write (group commit);
+//! 5. read the next entries (blocking while no batch waits, else taking only what is
+//!    there) while the previous read's go through decode → map → batch.
 //!
 //! A flush hands the batch to a task that writes and acknowledges it while the loop
 //! fills the next one; at most one batch is in flight, so batches commit in order.
@@ -25,6 +27,8 @@
 //! flush.rs    hand a batch to the writer task: write, dead-letter, acknowledge
 //! chores.rs   the periodic ones: claim, prune, discover, trim, gauges, progress
 //! horizon.rs  the collection of tombstones and truncations below each table's horizon
+//! fatal.rs    a fatal stop: its error noted on the entries read, the innocent released
+//! pace.rs     adaptive batching: when a batch is written, how long a read may wait
 //! events.rs   each observed event counted (metrics and Stats) and logged in one place
 //! retry.rs    backoff, which errors are transient, retrying!
 //! replay.rs   re-apply a range of stream history outside the group
@@ -32,6 +36,7 @@
 
 mod chores;
 mod events;
+mod fatal;
 mod flush;
 mod horizon;
 mod open;
@@ -55,7 +60,7 @@ use self::retry::{Retry, retrying};
 use crate::ack::{AckError, Acker};
 use crate::batch::Batcher;
 use crate::config::Config;
-use crate::entry::StreamEntry;
+use crate::entry::{EntryRef, StreamEntry};
 use crate::map::{MapError, Mapping};
 use crate::metrics::Metrics;
 use crate::read::Reader;
@@ -133,6 +138,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
     let result = match Pipeline::start(config, &shutdown, events).await {
         Ok(Some(mut pipeline)) => {
             let result = pipeline.run_loop(&shutdown).await;
+            if let Err(e) = &result {
+                pipeline.abandon(e).await;
+            }
             let stats = pipeline.stats();
             tracing::info!(stats = ?stats, "stopped");
             result.map(|()| stats)
@@ -200,6 +208,9 @@ struct Core {
     /// Shutdown came while an entry waited for an outage to end: entries after it were
     /// left pending, so entries read later are not processed either.
     interrupted: bool,
+    /// Entries read but neither batched nor acknowledged because an error stopped their
+    /// processing (the one it came with first): what a fatal stop releases.
+    unfinished: Vec<EntryRef>,
     events: Arc<Events>,
 }
 
@@ -297,7 +308,13 @@ impl Pipeline {
             self.reader.read(block, count),
             core.process(entries, shutdown)
         );
-        processed?;
+        if let Err(e) = processed {
+            // Read with a fatal error: kept so that the stop can release them.
+            if let Ok(entries) = read {
+                self.prefetched = entries;
+            }
+            return Err(e);
+        }
         match read {
             Ok(entries) => {
                 *read_retry = None;

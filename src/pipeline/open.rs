@@ -65,6 +65,7 @@ impl Core {
             in_flight_since: None,
             backlog: false,
             interrupted: false,
+            unfinished: Vec::new(),
             events,
         };
         Ok(Some((core, reader)))
@@ -103,8 +104,11 @@ async fn connect_postgres(
     Ok(Some((Catalog::new(pool.clone()), Writer::new(pool, group))))
 }
 
-/// Reads the catalog of every fixed target table: a missing one is fatal unless schema
-/// evolution will create it. `false` if shutdown came first.
+/// Reads the catalog of every fixed target table and checks the mapping's config
+/// against it (the configured key is a unique key, the columns it names exist): a
+/// missing table is fatal unless schema evolution will create it, a mismatch is fatal.
+/// Both before anything is read, so no entry is charged a delivery for a config
+/// problem. `false` if shutdown came first.
 async fn check_tables(
     catalog: &mut Catalog,
     mappings: &[Mapping],
@@ -120,7 +124,7 @@ async fn check_tables(
             catalog.table(&name)
         });
         match read {
-            Ok(Some(_)) => {}
+            Ok(Some(table)) => m.check_table(&table)?,
             Ok(None) => return Ok(false),
             // Schema evolution creates it from the first event.
             Err(WriteError::TableMissing { .. })

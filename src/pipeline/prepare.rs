@@ -1,8 +1,20 @@
 //! decode → map → batch of each entry read: an entry becomes a row change, a truncate,
 //! a skip or a dead letter in the batch. The table's catalog is read on first use and
 //! again when an event names a column it lacks; schema evolution creates or extends a
-//! table first. A problem of one event dead-letters it; a table-wide one (no such fixed
-//! table, no unique key) stops the pipeline.
+//! table first. A problem of one event dead-letters it, and so does a table-wide one
+//! when the event chose the table (a template) or the key (its message key's fields);
+//! a table-wide one of a fixed table and the configured key (no such table, no unique
+//! key) stops the pipeline.
+//!
+//! | what fails | its cause comes from | outcome |
+//! |---|---|---|
+//! | decoding, a value, a null key, an unknown column | the event | dead letter |
+//! | message key fields that are none of the table's unique keys | the event | dead letter |
+//! | any table-wide problem of a templated table (missing, no such key column, no unique key, no soft-delete column) | the event (its table name) | dead letter |
+//! | creating a templated table from the event's schema (schema evolution) | the event | dead letter |
+//! | a fixed table: missing, configured key not unique, a configured column missing | the config | fatal (checked at start, again when the catalog is re-read) |
+//! | a fixed table without any primary key or unique index | the table | fatal |
+//! | catalog reads, privileges | the database or the config | retried, else fatal |
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +53,8 @@ struct Target {
 impl Core {
     /// decode → map → batch for each entry.
     /// Stops early (leaving the rest pending) when shutdown is requested during an outage.
+    /// On an error, the entry it came with and those after it are kept in `unfinished`
+    /// (read, not in the batch), for what a fatal stop does with them.
     pub(super) async fn process(
         &mut self,
         entries: Vec<StreamEntry>,
@@ -48,44 +62,66 @@ impl Core {
     ) -> Result<(), PipelineError> {
         let now = Instant::now();
         self.events.read(&entries);
-        for entry in entries {
-            if self.batcher.room() == 0 {
-                self.flush(shutdown).await?;
-            }
-            if let Some(reason) = self.delivered_too_often(&entry).await {
-                self.batcher.push_dead(entry, reason, now);
-                continue;
-            }
-            match self.prepare(&entry, shutdown).await {
-                Ok(Prepared::Interrupted) => {
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
+            let this = (entry.stream.clone(), entry.id);
+            match self.process_one(entry, now, shutdown).await {
+                Ok(true) => {}
+                Ok(false) => {
                     self.interrupted = true;
                     return Ok(());
                 }
-                Ok(Prepared::Row(change, source_ts_ms)) => {
-                    // An entry read twice (own PEL and a claim) counts once for latency.
-                    if self.batcher.push_row(change, entry, now) {
-                        self.batcher.note_source_ts(source_ts_ms);
-                    }
-                }
-                Ok(Prepared::Truncate(t)) => {
-                    tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");
-                    self.batcher.push_truncate(t, entry, now);
-                }
-                Ok(Prepared::Skip(skip)) => {
-                    self.events.skipped(&entry, skip);
-                    self.batcher.push_skip(&entry.stream, entry.id, now);
-                }
-                Ok(Prepared::Dead(reason)) => self.batcher.push_dead(entry, reason, now),
                 Err(e) => {
-                    return Err(PipelineError::Entry {
-                        stream: entry.stream.clone(),
-                        entry: entry.id.to_string(),
-                        source: Box::new(e),
-                    });
+                    self.unfinished.push(this);
+                    self.unfinished.extend(entries.map(|e| (e.stream, e.id)));
+                    return Err(e);
                 }
             }
         }
         Ok(())
+    }
+
+    /// decode → map → batch of one entry: `false` when shutdown came during an outage
+    /// (the entry stays pending).
+    async fn process_one(
+        &mut self,
+        entry: StreamEntry,
+        now: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        if self.batcher.room() == 0 {
+            self.flush(shutdown).await?;
+        }
+        if let Some(reason) = self.delivered_too_often(&entry).await {
+            self.batcher.push_dead(entry, reason, now);
+            return Ok(true);
+        }
+        match self.prepare(&entry, shutdown).await {
+            Ok(Prepared::Interrupted) => return Ok(false),
+            Ok(Prepared::Row(change, source_ts_ms)) => {
+                // An entry read twice (own PEL and a claim) counts once for latency.
+                if self.batcher.push_row(change, entry, now) {
+                    self.batcher.note_source_ts(source_ts_ms);
+                }
+            }
+            Ok(Prepared::Truncate(t)) => {
+                tracing::info!(stream = %entry.stream, entry = %entry.id, table = %t.table.name, "truncate");
+                self.batcher.push_truncate(t, entry, now);
+            }
+            Ok(Prepared::Skip(skip)) => {
+                self.events.skipped(&entry, skip);
+                self.batcher.push_skip(&entry.stream, entry.id, now);
+            }
+            Ok(Prepared::Dead(reason)) => self.batcher.push_dead(entry, reason, now),
+            Err(e) => {
+                return Err(PipelineError::Entry {
+                    stream: entry.stream.clone(),
+                    entry: entry.id.to_string(),
+                    source: Box::new(e),
+                });
+            }
+        }
+        Ok(true)
     }
 
     /// Why the entry goes to the dead-letter stream unprocessed, when it was delivered
@@ -136,8 +172,7 @@ impl Core {
             }
             return match map::map_truncate(mapping, &event, entry.id, &table) {
                 Ok(t) => Ok(Prepared::Truncate(t)),
-                Err(MapError::Event(reason)) => Ok(Prepared::Dead(reason)),
-                Err(e) => Err(e.into()),
+                Err(e) => dead_or_fatal(&target, e),
             };
         }
         self.map_row(&target, &event, entry.id, &table, shutdown)
@@ -215,10 +250,7 @@ impl Core {
         };
         match mapped {
             Ok(change) => Ok(Prepared::Row(change, event.source.ts_ms)),
-            Err(MapError::Event(reason) | MapError::UnknownColumn(reason)) => {
-                Ok(Prepared::Dead(reason))
-            }
-            Err(e) => Err(e.into()),
+            Err(e) => dead_or_fatal(target, e),
         }
     }
 
@@ -287,5 +319,15 @@ impl Core {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A map error's outcome: the event's dead letter when its cause comes from the event
+/// (its content, or a table name a template took from it), else a fatal error.
+fn dead_or_fatal(target: &Target, e: MapError) -> Result<Prepared, PipelineError> {
+    match e {
+        MapError::Event(reason) | MapError::UnknownColumn(reason) => Ok(Prepared::Dead(reason)),
+        MapError::Table { .. } if target.templated => Ok(Prepared::Dead(e.to_string())),
+        MapError::Table { .. } => Err(e.into()),
     }
 }

@@ -51,6 +51,54 @@ pub async fn leave_group(
     Ok(dropped >= 0)
 }
 
+/// Gives back a delivery: for each entry ID in ARGV[3..] still pending for consumer
+/// ARGV[2] of group ARGV[1] on KEYS[1] and still in the stream, sets its delivery count
+/// one lower (not below 0), keeping its owner and idle time (XCLAIM to the same consumer
+/// with IDLE, RETRYCOUNT and JUSTID). An entry another consumer claimed meanwhile is
+/// left alone; so is one deleted from the stream (XCLAIM would drop it from the PEL
+/// silently, and its loss must reach the dead-letter stream). Returns how many changed.
+const RELEASE_SCRIPT: &str = r"
+local released = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
+  if #p == 1 and #redis.call('XRANGE', KEYS[1], id, id) == 1 then
+    local count = math.max(tonumber(p[1][4]) - 1, 0)
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id,
+      'IDLE', p[1][3], 'RETRYCOUNT', count, 'JUSTID')
+    released = released + 1
+  end
+end
+return released
+";
+
+/// Gives back one delivery of each of `ids` (see the script): entries this consumer read
+/// but did not fail on, when it stops, so that restarts do not bring them nearer to
+/// `max_deliveries`. Returns how many were released.
+pub async fn release_entries(
+    conn: &mut Control,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    ids: &[EntryId],
+) -> Result<u64, RedisError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RELEASE_SCRIPT)
+        .arg(1)
+        .arg(stream)
+        .arg(group)
+        .arg(consumer);
+    for id in ids {
+        cmd.arg(id.to_string());
+    }
+    cmd.query_async(conn)
+        .await
+        .map_err(RedisError::redis(format!(
+            "releasing {} entries of {stream}",
+            ids.len()
+        )))
+}
+
 /// Lists the consumers and removes the idle ones with nothing pending in one script, so
 /// that nothing can be delivered to a consumer between the check and its removal.
 const PRUNE_SCRIPT: &str = r"

@@ -34,6 +34,7 @@ mod sync;
 mod tls;
 mod tombstones;
 mod trim;
+mod unusable_key;
 mod versions;
 
 /// A Debezium PostgreSQL change event value without schemas.
