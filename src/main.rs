@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,15 +23,24 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the tokio runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the tokio runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(cli::dispatch(args.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once: a JSON log gets an ERROR record, a terminal or text log one line. A
+            // closed stderr is no reason to panic (exit code 101): the code says it.
+            match args.log_format {
+                cli::LogFormat::Json => tracing::error!("{e:#}"),
+                cli::LogFormat::Text => {
+                    let _ = writeln!(std::io::stderr(), "error: {e:#}");
+                }
+            }
             ExitCode::FAILURE
         }
     }

@@ -32,7 +32,10 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     let problems = report.problems();
     if problems > 0 {
-        bail!("{problems} problems (see above)");
+        bail!(
+            "{} (see above)",
+            super::count(problems, "problem", "problems")
+        );
     }
     Ok(())
 }

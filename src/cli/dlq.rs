@@ -83,7 +83,7 @@ async fn list(target: &super::Target, count: usize, json: bool) -> anyhow::Resul
                 l.id, l.stream, l.entry_id, l.error
             );
         }
-        println!("{} dead letters", all.len());
+        println!("{}", super::count(all.len(), "dead letter", "dead letters"));
     }
     Ok(())
 }

@@ -175,3 +175,18 @@ fn shutdown_on_signal() -> CancellationToken {
     });
     token
 }
+
+/// `n` and the noun for it: "1 problem", "2 problems".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_read_well() {
+        assert_eq!(super::count(1, "problem", "problems"), "1 problem");
+        assert_eq!(super::count(0, "problem", "problems"), "0 problems");
+        assert_eq!(super::count(2, "dead letter", "dead letters"), "2 dead letters");
+    }
+}

@@ -64,7 +64,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             .context("connecting to redis")?;
         send(&mut conn, &args).await?
     };
-    println!("added {added} entries");
+    println!("added {}", super::count(added, "entry", "entries"));
     Ok(())
 }
 
@@ -81,6 +81,16 @@ async fn send<C: Routed>(conn: &mut C, args: &ProduceArgs) -> anyhow::Result<usi
     } else {
         let path = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
         let entries = read_lines(&path, args.stream.as_deref(), args.shards)?;
+        if entries.is_empty() {
+            bail!(
+                "nothing to add: {} has no entries (give JSON lines, or --generate-orders N --stream S)",
+                if path.as_os_str() == "-" {
+                    "standard input".to_string()
+                } else {
+                    path.display().to_string()
+                }
+            );
+        }
         Ok(xadd_all(conn, entries).await?)
     }
 }

@@ -9,6 +9,7 @@
 mod common;
 
 mod chaos;
+mod cli;
 mod cluster;
 mod consumers;
 mod convergence;
