@@ -64,6 +64,8 @@ use crate::write::{Catalog, WriteError, Writer};
 
 /// The operation name of reads in the retry metrics and `/readyz`.
 const READING: &str = "reading from redis";
+/// The operation name of re-reading the pending entries after a read error.
+const REWINDING: &str = "re-reading the pending entries";
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
 const STALL_AFTER: Duration = Duration::from_secs(60);
 
@@ -298,6 +300,9 @@ impl Pipeline {
             core.process(entries, shutdown)
         );
         processed?;
+        for event in self.reader.take_lane_events() {
+            self.core.events.lane(event);
+        }
         match read {
             Ok(entries) => {
                 *read_retry = None;
@@ -316,13 +321,12 @@ impl Pipeline {
                 }
                 match self.reader.rewind().await {
                     Ok(recreated) => {
+                        self.core.events.recovered(REWINDING);
                         for stream in &recreated {
                             self.core.events.group_recreated(stream);
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
-                    }
+                    Err(e) => self.core.events.retrying(REWINDING, &e),
                 }
             }
             Err(e) => return Err(e.into()),

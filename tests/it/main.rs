@@ -15,6 +15,7 @@ mod convergence;
 mod crash;
 mod debezium;
 mod evolution;
+mod failover;
 mod fixtures;
 mod load;
 mod locks;
