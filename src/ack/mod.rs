@@ -1,7 +1,8 @@
 //! Ack: [`Committed`] → XADD of dead letters, then XACK of every entry.
 //! Input: the proof of a Postgres commit; output: entries removed from the group's PEL.
 //! I/O: Redis (the shared, non-blocking connection), one pipelined round trip each
-//! (on a cluster, one per hash slot, sent concurrently).
+//! (on a cluster, one per hash slot, sent concurrently; a slot whose master is away
+//! holds up no other: what it cannot take is acknowledged later, see `owed`).
 //! Errors: [`AckError`]; all retryable ones are retried by the pipeline with the same
 //! `Committed` (XADD to the DLQ may then repeat: dead letters are at-least-once).
 //!
@@ -19,10 +20,11 @@
 //! delivery failure of entries that had nothing to do with it.
 
 mod known;
+mod owed;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::entry::{DeadLetter, EntryId, dead_letter_field};
 use crate::redis::{Control, RedisError, admin, pipeline_by_key, redis_retryable};
@@ -73,6 +75,8 @@ pub struct Acker {
     xack: bool,
     /// For a replay: what the dead-letter streams hold, not to be dead-lettered again.
     known: Option<known::Known>,
+    /// On a cluster: what slots that were away could not take yet, shared by the clones.
+    owed: Arc<Mutex<owed::Owed>>,
 }
 
 impl Acker {
@@ -84,6 +88,7 @@ impl Acker {
             round_trips: Arc::default(),
             xack: true,
             known: None,
+            owed: Arc::default(),
         }
     }
 
@@ -183,7 +188,14 @@ impl Acker {
     /// Dead letters first, then XACK: an entry leaves the PEL only once it is either
     /// in Postgres or in its dead-letter stream. Returns the dead letters left out
     /// because their dead-letter stream already held them (a replay's only).
+    ///
+    /// On a cluster each hash slot is acknowledged on its own: what a slot whose master
+    /// is away cannot take is kept and sent again later (`owed`), and the call succeeds.
     pub async fn ack(&mut self, committed: &Committed) -> Result<Vec<DeadLetter>, AckError> {
+        if self.xack && self.conn.is_cluster() {
+            self.ack_by_slot(committed).await?;
+            return Ok(Vec::new());
+        }
         let already = self.dead_letter(committed.dead()).await?;
         self.xack(committed.acks()).await?;
         Ok(already)
@@ -201,27 +213,7 @@ impl Acker {
         }
         let mut commands = Vec::with_capacity(dead.len());
         for d in &dead {
-            let dlq = self.dlq_stream(&d.entry.stream);
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(&dlq).arg("*");
-            for (field, value) in d.entry.fields.iter().flatten() {
-                cmd.arg(field.as_slice()).arg(value.as_slice());
-            }
-            cmd.arg(dead_letter_field::ERROR)
-                .arg(&d.reason)
-                .arg(dead_letter_field::STREAM)
-                .arg(d.entry.stream.as_ref())
-                .arg(dead_letter_field::ENTRY_ID)
-                .arg(d.entry.id.to_string())
-                .arg(dead_letter_field::GROUP)
-                .arg(&self.group);
-            tracing::warn!(
-                stream = %d.entry.stream,
-                entry = %d.entry.id,
-                dlq = %dlq,
-                error = %d.reason,
-                "dead-lettered entry"
-            );
+            let (dlq, cmd) = self.dead_letter_command(d);
             // Its last error, if one was noted, now lives in the dead letter.
             let errors = errors_key(&dlq);
             commands.push((dlq.into_bytes(), cmd));
@@ -241,6 +233,32 @@ impl Acker {
             known.note(&dead, |s| format!("{s}{suffix}"));
         }
         Ok(already)
+    }
+
+    /// The XADD of `d` to its dead-letter stream (returned with it), logged.
+    fn dead_letter_command(&self, d: &DeadLetter) -> (String, redis::Cmd) {
+        let dlq = self.dlq_stream(&d.entry.stream);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&dlq).arg("*");
+        for (field, value) in d.entry.fields.iter().flatten() {
+            cmd.arg(field.as_slice()).arg(value.as_slice());
+        }
+        cmd.arg(dead_letter_field::ERROR)
+            .arg(&d.reason)
+            .arg(dead_letter_field::STREAM)
+            .arg(d.entry.stream.as_ref())
+            .arg(dead_letter_field::ENTRY_ID)
+            .arg(d.entry.id.to_string())
+            .arg(dead_letter_field::GROUP)
+            .arg(&self.group);
+        tracing::warn!(
+            stream = %d.entry.stream,
+            entry = %d.entry.id,
+            dlq = %dlq,
+            error = %d.reason,
+            "dead-lettered entry"
+        );
+        (dlq, cmd)
     }
 
     /// `dead` split into those to write and those a replay finds in their dead-letter

@@ -132,9 +132,15 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The log filter when `REDSINK_LOG` is unset: redsink's own lines from `info`, the Redis
+/// client library's from `error` only. redis-rs logs each reconnection attempt of a
+/// cluster connection as a WARN (dozens per failover); redsink says once per outage
+/// what failed and when it recovered. `REDSINK_LOG=info` or `debug` shows them again.
+const DEFAULT_LOG: &str = "info,redis=error";
+
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REDSINK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -75,6 +75,7 @@ impl Pipeline {
         {
             self.core.wait_in_flight().await?;
         }
+        self.core.settle_owed_acks();
         let claim_every = (self.core.config.redis.claim_idle / 2).max(Duration::from_secs(1));
         if Timers::due(&mut timers.claim, claim_every) {
             self.claim(shutdown).await?;

@@ -10,6 +10,8 @@
 //! | [`skipped`](Events::skipped) | `entries_skipped` by stream | `skipped` | debug |
 //! | [`committed`](Events::committed) | `rows_written` by table, `entries_acked` and `entries_dead_lettered` by stream, the batch histograms | `batches`, `rows_written`, `acked`, `dead_lettered`, `already_dead_lettered` (a replay's, not written again) | debug |
 //! | [`retrying`](Events::retrying) | `retries` by operation; `/readyz` fails | | warn |
+//! | [`lane`](Events::lane): a cluster lane's outage began | `retries` by operation `reading slot <n>`; `/readyz` fails | | warn, once per outage |
+//! | [`lane`](Events::lane): the outage ended | `/readyz` no longer fails for it | | info, with the outage's length |
 //! | [`group_recreated`](Events::group_recreated) | `groups_recreated` by stream | | warn |
 //! | [`trimmed`](Events::trimmed), [`trim_dropped`](Events::trim_dropped) | `entries_trimmed`, `trim_dropped_unacked` by stream | | warn (dropped) |
 //! | [`collected`](Events::collected) | `tombstones_removed`, `truncations_removed` by table | | info |
@@ -24,6 +26,7 @@ use crate::batch::Batch;
 use crate::decode::Skip;
 use crate::entry::{DeadLetter, StreamEntry};
 use crate::metrics::{Counter, Metrics};
+use crate::read::LaneEvent;
 use crate::table::TableName;
 use crate::write::{Collected, Committed, WriteError};
 
@@ -146,7 +149,51 @@ impl Events {
     /// `what` failed with `error` and will be tried again (`/readyz` fails meanwhile).
     pub(super) fn retrying(&self, what: &str, error: &dyn std::error::Error) {
         self.metrics.retrying(what);
-        tracing::warn!(error = %error, cause = %source_chain(error), "{} failed, retrying", what);
+        // An error without a source (a timeout) says it all in its message.
+        match source_chain(error) {
+            cause if cause.is_empty() => {
+                tracing::warn!(error = %error, "{} failed, retrying", what)
+            }
+            cause => tracing::warn!(error = %error, cause = %cause, "{} failed, retrying", what),
+        }
+    }
+
+    /// A cluster lane's outage began or ended (its master is away, or back). The other
+    /// lanes go on meanwhile; one line when it begins, one when it ends.
+    pub(super) fn lane(&self, event: LaneEvent) {
+        match event {
+            LaneEvent::Failed {
+                slot,
+                streams,
+                error,
+            } => {
+                let what = format!("reading slot {slot}");
+                self.metrics.retrying(&what);
+                let streams = names(&streams);
+                match source_chain(&error) {
+                    cause if cause.is_empty() => tracing::warn!(
+                        slot, streams = %streams, error = %error,
+                        "reading from redis (slot {slot}) failed: only its streams wait, retrying"
+                    ),
+                    cause => tracing::warn!(
+                        slot, streams = %streams, error = %error, cause = %cause,
+                        "reading from redis (slot {slot}) failed: only its streams wait, retrying"
+                    ),
+                }
+            }
+            LaneEvent::Recovered {
+                slot,
+                streams,
+                after,
+            } => {
+                self.metrics.recovered(&format!("reading slot {slot}"));
+                let after_s = (after.as_secs_f64() * 10.0).round() / 10.0;
+                tracing::info!(
+                    slot, streams = %names(&streams), outage_s = after_s,
+                    "reading from redis (slot {slot}) recovered after {after_s:.1} s"
+                );
+            }
+        }
     }
 
     /// `what` succeeded, or failed for good: it is no longer failing on.
@@ -213,4 +260,13 @@ impl Events {
             "removed what no event can still need"
         );
     }
+}
+
+/// Stream names for a log line: comma-separated.
+fn names(streams: &[Arc<str>]) -> String {
+    streams
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<&str>>()
+        .join(",")
 }

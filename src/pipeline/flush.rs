@@ -41,6 +41,21 @@ impl Core {
         Ok(())
     }
 
+    /// On a cluster, acknowledgements that a slot whose master was away could not take
+    /// go with the next batch; with no batch to write, they go on their own, in the
+    /// place of the batch in flight (so that acknowledgements stay in order).
+    pub(super) fn settle_owed_acks(&mut self) {
+        if self.in_flight.is_some() || !self.batcher.is_empty() || !self.acker.owes_due() {
+            return;
+        }
+        let mut acker = self.acker.clone();
+        self.in_flight_since = Some(Instant::now());
+        self.in_flight = Some(tokio::spawn(async move {
+            acker.settle_owed().await?;
+            Ok(true)
+        }));
+    }
+
     /// Flushes and waits: `true` when everything read so far is acknowledged.
     pub(super) async fn drain(
         &mut self,

@@ -69,6 +69,8 @@ use crate::write::{Catalog, WriteError, Writer};
 
 /// The operation name of reads in the retry metrics and `/readyz`.
 const READING: &str = "reading from redis";
+/// The operation name of re-reading the pending entries after a read error.
+const REWINDING: &str = "re-reading the pending entries";
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
 const STALL_AFTER: Duration = Duration::from_secs(60);
 
@@ -308,6 +310,9 @@ impl Pipeline {
             self.reader.read(block, count),
             core.process(entries, shutdown)
         );
+        for event in self.reader.take_lane_events() {
+            self.core.events.lane(event);
+        }
         if let Err(e) = processed {
             // Read with a fatal error: kept so that the stop can release them.
             if let Ok(entries) = read {
@@ -333,13 +338,12 @@ impl Pipeline {
                 }
                 match self.reader.rewind().await {
                     Ok(recreated) => {
+                        self.core.events.recovered(REWINDING);
                         for stream in &recreated {
                             self.core.events.group_recreated(stream);
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-reading the pending entries failed, retrying");
-                    }
+                    Err(e) => self.core.events.retrying(REWINDING, &e),
                 }
             }
             Err(e) => return Err(e.into()),

@@ -1,6 +1,8 @@
 //! The blocking reads of new entries, one per lane (a cluster hash slot; one lane for
 //! all streams elsewhere), kept in flight across calls of [`Reader::read`]: a lane that
-//! is still waiting when another returns entries is not sent again.
+//! is still waiting when another returns entries is not sent again. A cluster lane
+//! whose read failed re-reads its own pending entries here too, on its own connection
+//! (`outage`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,15 +13,19 @@ use futures_util::stream::StreamExt;
 use redis::Value;
 
 use super::{Cursor, Reader};
-use crate::entry::StreamEntry;
+use crate::entry::{EntryId, StreamEntry};
 use crate::redis::reply::parse_read_reply;
-use crate::redis::{Blocking, CONNECT_WITHIN, RedisError, refused_by_cluster};
+use crate::redis::{Blocking, CONNECT_WITHIN, Deployment, RedisError, refused_by_cluster};
 
-/// The answer to one lane's blocking read, with the connection it used.
+/// The answer to one lane's read, with the connection it used (none when connecting
+/// failed).
 pub(super) struct LaneRead {
     lane: u16,
-    conn: Blocking,
+    conn: Option<Blocking>,
     result: Result<Value, RedisError>,
+    /// For a lane recovering from an outage: the pending entries it re-read, per stream
+    /// from this ID (`None`: a read of new entries).
+    pending: Option<Vec<(Arc<str>, EntryId)>>,
 }
 
 impl Reader {
@@ -39,7 +45,18 @@ impl Reader {
         let mut error = None;
         for answer in done {
             let lane = answer.lane;
-            match self.land(answer) {
+            let pending = answer.pending.clone();
+            let landed = match self.land(answer) {
+                Ok(mut entries) => match pending {
+                    Some(pending) => self
+                        .fill_lane_deliveries(&pending, &mut entries)
+                        .await
+                        .map(|()| entries),
+                    None => Ok(entries),
+                },
+                Err(e) => Err(e),
+            };
+            match landed {
                 Ok(entries) => out.extend(entries),
                 // The slot moved or is being migrated: the read was refused, so nothing
                 // was delivered. Only this lane waits a moment and reconnects (a fresh
@@ -49,6 +66,9 @@ impl Reader {
                     self.cooling
                         .insert(lane, Instant::now() + Duration::from_millis(100));
                 }
+                // The slot's master is unreachable or failing over: only this lane waits
+                // and then re-reads its own pending entries.
+                Err(e) if self.fails_alone(&e) => self.lane_failed(lane, e),
                 // What other lanes returned is in our PEL: the rewind after this error
                 // reads it again.
                 Err(e) => error = error.or(Some(e)),
@@ -61,25 +81,49 @@ impl Reader {
     }
 
     /// Takes one lane's answer: the lane is free again, and its connection is kept for
-    /// the next read only after a success (a broken connection does not heal).
+    /// the next read only after a success (a broken connection does not heal). A lane
+    /// that re-read its pending entries moves its streams' cursors past them.
     fn land(&mut self, answer: LaneRead) -> Result<Vec<StreamEntry>, RedisError> {
-        let LaneRead { lane, conn, result } = answer;
+        let LaneRead {
+            lane,
+            conn,
+            result,
+            pending,
+        } = answer;
         self.busy.remove(&lane);
         let entries = result.and_then(parse_read_reply)?;
-        self.idle.insert(lane, conn);
+        if let Some(conn) = conn {
+            self.idle.insert(lane, conn);
+        }
+        if let Some(pending) = &pending {
+            self.advance(pending, &entries);
+        }
+        self.lane_answered(lane);
         Ok(entries)
     }
 
-    /// Sends a blocking read for each lane with no read in flight.
-    pub(super) async fn start_reads(
+    /// The delivery counts of the pending entries a recovering lane re-read.
+    async fn fill_lane_deliveries(
         &mut self,
-        block: Duration,
-        count: usize,
+        pending: &[(Arc<str>, EntryId)],
+        entries: &mut [StreamEntry],
     ) -> Result<(), RedisError> {
-        let mut lanes: BTreeMap<u16, Vec<Arc<str>>> = BTreeMap::new();
+        for (stream, _) in pending {
+            self.fill_deliveries(stream, entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a read for each lane with no read in flight and none waiting: a blocking
+    /// read of new entries, or for a lane recovering from an outage a re-read of its
+    /// pending entries. Connecting is part of the read, so a lane whose master is away
+    /// holds up no other.
+    pub(super) fn start_reads(&mut self, block: Duration, count: usize) {
+        let mut lanes: BTreeMap<u16, Vec<(Arc<str>, Cursor)>> = BTreeMap::new();
         for (s, c) in &self.streams {
-            if *c == Cursor::New {
-                lanes.entry(self.lane(s)).or_default().push(s.clone());
+            let lane = self.lane(s);
+            if *c == Cursor::New || self.in_outage(lane) {
+                lanes.entry(lane).or_default().push((s.clone(), *c));
             }
         }
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -90,63 +134,49 @@ impl Reader {
             if self.busy.contains(&lane) || self.cooling.contains_key(&lane) {
                 continue;
             }
-            let mut conn = match self.idle.remove(&lane) {
-                Some(conn) => conn,
-                None => {
-                    let connect = self.deployment.blocking();
-                    let mut conn = tokio::time::timeout(CONNECT_WITHIN, connect)
-                        .await
-                        .map_err(|_| RedisError::Timeout {
-                            context: "connecting a reader".into(),
-                            timeout: CONNECT_WITHIN,
-                        })??;
-                    self.name_connection(&mut conn).await;
-                    conn
-                }
-            };
+            let pending: Option<Vec<(Arc<str>, EntryId)>> = self.in_outage(lane).then(|| {
+                streams
+                    .iter()
+                    .filter_map(|(s, c)| match c {
+                        Cursor::Pending(id) => Some((s.clone(), *id)),
+                        Cursor::New => None,
+                    })
+                    .collect()
+            });
             let mut cmd = self.xreadgroup(count);
-            // Zero: take what is there (the caller has a batch waiting).
-            if !block.is_zero() {
+            // Zero: take what is there (the caller has a batch waiting). A re-read of
+            // pending entries never blocks.
+            if !block.is_zero() && pending.is_none() {
                 cmd.arg("BLOCK").arg(block_ms);
             }
             cmd.arg("STREAMS");
-            for s in &streams {
+            for (s, _) in &streams {
                 cmd.arg(s.as_ref());
             }
-            for _ in &streams {
-                cmd.arg(">");
+            for (_, c) in &streams {
+                match c {
+                    Cursor::Pending(id) => cmd.arg(id.to_string()),
+                    Cursor::New => cmd.arg(">"),
+                };
             }
             self.round_trips += 1;
             self.busy.insert(lane);
+            let conn = self.idle.remove(&lane);
+            let connect = conn
+                .is_none()
+                .then(|| (self.deployment.clone(), self.client_name()));
             self.in_flight.push(
                 async move {
-                    let reply = cmd.query_async::<Value>(&mut conn);
-                    let result = match tokio::time::timeout(timeout, reply).await {
-                        Err(_) => Err(RedisError::Timeout {
-                            context: "XREADGROUP".into(),
-                            timeout,
-                        }),
-                        Ok(r) => r.map_err(RedisError::redis("XREADGROUP")),
-                    };
-                    LaneRead { lane, conn, result }
+                    let (conn, result) = lane_read(conn, connect, cmd, timeout).await;
+                    LaneRead {
+                        lane,
+                        conn,
+                        result,
+                        pending,
+                    }
                 }
                 .boxed(),
             );
-        }
-        Ok(())
-    }
-
-    /// Names a new blocking connection for the same-name check at start
-    /// ([`Reader::namesakes`]). Best effort: an ACL without `client|setname` only
-    /// weakens that check.
-    async fn name_connection(&mut self, conn: &mut Blocking) {
-        let named: redis::RedisResult<()> = redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(self.client_name())
-            .query_async(conn)
-            .await;
-        if let Err(e) = named {
-            tracing::debug!(error = %e, "naming a reader's connection failed");
         }
     }
 
@@ -171,4 +201,56 @@ impl Reader {
         }
         out
     }
+}
+
+/// One lane's read on its connection, or on a new one (`connect`: the deployment and
+/// the client name to give it), within `timeout` (the connection has no response
+/// timeout of its own: it would cut `BLOCK` short).
+async fn lane_read(
+    conn: Option<Blocking>,
+    connect: Option<(Deployment, String)>,
+    cmd: redis::Cmd,
+    timeout: Duration,
+) -> (Option<Blocking>, Result<Value, RedisError>) {
+    let mut conn = match (conn, connect) {
+        (Some(conn), _) => conn,
+        (None, Some((deployment, name))) => match open(&deployment, &name).await {
+            Ok(conn) => conn,
+            Err(e) => return (None, Err(e)),
+        },
+        (None, None) => {
+            let e = RedisError::Invalid("a lane's read has no connection".into());
+            return (None, Err(e));
+        }
+    };
+    let reply = cmd.query_async::<Value>(&mut conn);
+    let result = match tokio::time::timeout(timeout, reply).await {
+        Err(_) => Err(RedisError::Timeout {
+            context: "XREADGROUP".into(),
+            timeout,
+        }),
+        Ok(r) => r.map_err(RedisError::redis("XREADGROUP")),
+    };
+    (Some(conn), result)
+}
+
+/// A new connection for a lane's reads, named `name` for the same-name check at start
+/// ([`Reader::namesakes`]). Naming is best effort: an ACL without `client|setname`
+/// only weakens that check.
+async fn open(deployment: &Deployment, name: &str) -> Result<Blocking, RedisError> {
+    let mut conn = tokio::time::timeout(CONNECT_WITHIN, deployment.blocking())
+        .await
+        .map_err(|_| RedisError::Timeout {
+            context: "connecting a reader".into(),
+            timeout: CONNECT_WITHIN,
+        })??;
+    let named: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(name)
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = named {
+        tracing::debug!(error = %e, "naming a reader's connection failed");
+    }
+    Ok(conn)
 }

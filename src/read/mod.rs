@@ -10,10 +10,12 @@
 //! This file holds the [`Reader`], its cursors and the read round; `lanes` keeps the
 //! blocking reads in flight (one per hash-slot lane), `pending` re-reads our own PEL
 //! with its delivery counts, `claim` takes over what other consumers left (XAUTOCLAIM)
-//! and tidies the group's consumers.
+//! and tidies the group's consumers, `outage` lets one cluster lane fail and recover
+//! alone.
 
 mod claim;
 mod lanes;
+mod outage;
 mod pending;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +29,7 @@ use crate::entry::{EntryId, StreamEntry};
 use crate::redis::{Blocking, Control, Deployment, RedisError, inspect, range, slot};
 
 use lanes::LaneRead;
+pub use outage::LaneEvent;
 
 /// Where the reader is in one stream: draining its own PEL, or reading new entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +57,13 @@ pub struct Reader {
     /// Blocking reads sent and not yet answered, one per lane at most.
     in_flight: FuturesUnordered<BoxFuture<'static, LaneRead>>,
     busy: HashSet<u16>,
-    /// Lanes whose last read was redirected (MOVED/ASK), not read again before then.
+    /// Lanes whose last read was redirected (MOVED/ASK) or failed, not read again
+    /// before then.
     cooling: HashMap<u16, Instant>,
+    /// Cluster lanes that failed and have not answered since (see `outage`).
+    outages: HashMap<u16, outage::Outage>,
+    /// Outages begun or ended, for the pipeline to log ([`Reader::take_lane_events`]).
+    lane_events: Vec<LaneEvent>,
     /// Where each stream's next XAUTOCLAIM scan starts.
     claim_cursors: HashMap<Arc<str>, EntryId>,
     /// Commands sent to read entries (XREADGROUP, and XPENDING for delivery counts).
@@ -78,6 +86,8 @@ impl Reader {
             in_flight: FuturesUnordered::new(),
             busy: HashSet::new(),
             cooling: HashMap::new(),
+            outages: HashMap::new(),
+            lane_events: Vec::new(),
             claim_cursors: HashMap::new(),
             round_trips: 0,
             client_tag: String::new(),
@@ -97,11 +107,7 @@ impl Reader {
 
     /// The lane `stream` is read in.
     fn lane(&self, stream: &str) -> u16 {
-        if self.deployment.is_cluster() {
-            slot(stream.as_bytes())
-        } else {
-            0
-        }
+        lane_of(&self.deployment, stream)
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
@@ -206,12 +212,14 @@ impl Reader {
         block: Duration,
         count: usize,
     ) -> Result<Vec<StreamEntry>, RedisError> {
+        // A lane in an outage re-reads its pending entries on its own connection, among
+        // the lanes' reads, so that waiting for its master holds up no other lane.
         let pending: Vec<(Arc<str>, EntryId)> = self
             .streams
             .iter()
             .filter_map(|(s, c)| match c {
-                Cursor::Pending(id) => Some((s.clone(), *id)),
-                Cursor::New => None,
+                Cursor::Pending(id) if !self.in_outage(self.lane(s)) => Some((s.clone(), *id)),
+                _ => None,
             })
             .collect();
         if !pending.is_empty() {
@@ -221,14 +229,23 @@ impl Reader {
             tokio::time::sleep(block).await;
             return Ok(Vec::new());
         }
-        self.start_reads(block, count).await?;
+        self.start_reads(block, count);
         if self.in_flight.is_empty() {
-            // Every lane is waiting out a redirect (a slot being migrated).
+            // Every lane is waiting out a redirect (a slot being migrated) or an outage.
             let until = self.cooling.values().min().copied();
             let wait = until.map_or(block, |t| t.saturating_duration_since(Instant::now()));
             tokio::time::sleep(wait.min(block).max(Duration::from_millis(1))).await;
             return Ok(Vec::new());
         }
         self.land_answered().await
+    }
+}
+
+/// The lane `stream` is read in: its hash slot on a cluster, else the one lane 0.
+fn lane_of(deployment: &Deployment, stream: &str) -> u16 {
+    if deployment.is_cluster() {
+        slot(stream.as_bytes())
+    } else {
+        0
     }
 }

@@ -51,29 +51,56 @@ impl Reader {
                 .push((s.clone(), *id));
         }
         let mut entries = Vec::new();
-        for streams in lanes.values() {
-            let mut cmd = self.xreadgroup(count);
-            cmd.arg("STREAMS");
-            for (s, _) in streams {
-                cmd.arg(s.as_ref());
+        let mut read = Vec::new();
+        for (lane, streams) in lanes {
+            match self.read_lane_pending(&streams, count).await {
+                Ok(got) => {
+                    entries.extend(got);
+                    read.extend(streams);
+                }
+                // On a cluster, a master that is away stops only its own lane, which
+                // re-reads these entries when it is back.
+                Err(e) if self.fails_alone(&e) => self.lane_failed(lane, e),
+                Err(e) => return Err(e),
             }
-            for (_, id) in streams {
-                cmd.arg(id.to_string());
-            }
-            self.round_trips += 1;
-            let reply: Value = cmd
-                .query_async(&mut self.control)
-                .await
-                .map_err(RedisError::redis("XREADGROUP (own pending entries)"))?;
-            entries.extend(parse_read_reply(reply)?);
         }
         // These were delivered before: ask how often (for max_deliveries).
-        for (stream, _) in pending {
+        for (stream, _) in &read {
             self.fill_deliveries(stream, &mut entries).await?;
         }
-        // Advance each stream's cursor past what came back; a stream with nothing left
-        // pending switches to new entries.
-        for (stream, _) in pending {
+        self.advance(&read, &entries);
+        if !entries.is_empty() {
+            tracing::info!(count = entries.len(), "re-reading own pending entries");
+        }
+        Ok(entries)
+    }
+
+    /// One lane's pending entries of `streams`, each after its ID.
+    async fn read_lane_pending(
+        &mut self,
+        streams: &[(Arc<str>, EntryId)],
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, RedisError> {
+        let mut cmd = self.xreadgroup(count);
+        cmd.arg("STREAMS");
+        for (s, _) in streams {
+            cmd.arg(s.as_ref());
+        }
+        for (_, id) in streams {
+            cmd.arg(id.to_string());
+        }
+        self.round_trips += 1;
+        let reply: Value = cmd
+            .query_async(&mut self.control)
+            .await
+            .map_err(RedisError::redis("XREADGROUP (own pending entries)"))?;
+        parse_read_reply(reply)
+    }
+
+    /// Moves each stream's cursor past the pending entries that came back for it
+    /// (`entries`); a stream with nothing left pending switches to new entries.
+    pub(super) fn advance(&mut self, read: &[(Arc<str>, EntryId)], entries: &[StreamEntry]) {
+        for (stream, _) in read {
             let last = entries
                 .iter()
                 .filter(|e| e.stream == *stream)
@@ -86,10 +113,6 @@ impl Reader {
                 };
             }
         }
-        if !entries.is_empty() {
-            tracing::info!(count = entries.len(), "re-reading own pending entries");
-        }
-        Ok(entries)
     }
 
     /// Sets `deliveries` of this consumer's pending entries of `stream` among `entries`,

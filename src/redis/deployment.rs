@@ -44,8 +44,8 @@ impl Deployment {
                     control: Box::new(tls.cluster(&seeds, RESPONSE_TIMEOUT, 4)?),
                     // The outer timeout of each blocking read is what limits it. No
                     // retries: a read re-sent after a lost reply would leave what the
-                    // first delivered in our PEL unseen; the error makes the pipeline
-                    // re-read the PEL instead (MOVED and ASK come back as errors too).
+                    // first delivered in our PEL unseen; after the error the lane re-reads
+                    // its own PEL instead (MOVED and ASK come back as errors too).
                     blocking: Box::new(tls.cluster(&seeds, Duration::from_secs(24 * 3600), 0)?),
                 })
             }

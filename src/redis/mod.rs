@@ -29,7 +29,7 @@ use crate::entry::StreamEntry;
 
 pub use control::{Blocking, Control};
 pub use deployment::{Deployment, tcp_settings};
-pub use route::{Routed, pipeline_by_key, slot};
+pub use route::{Routed, SlotOutcome, pipeline_by_key, pipeline_per_slot, slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {

@@ -68,6 +68,54 @@ pub async fn pipeline_by_key<C: Routed>(
     Ok(sent)
 }
 
+/// What one slot's pipeline of [`pipeline_per_slot`] came to.
+pub struct SlotOutcome {
+    pub slot: u16,
+    /// The indices (in the caller's list) of the commands it carried.
+    pub commands: Vec<usize>,
+    /// `None`: no answer within the time allowed (the commands may still run).
+    pub result: Option<redis::RedisResult<()>>,
+}
+
+/// Sends `commands` (each with the key it is routed by) on a cluster connection as one
+/// pipeline per hash slot, concurrently, each given `within` to answer, and says how
+/// each slot's pipeline went, so that a master that is away holds up only its own
+/// slots. Slots in `skip` are not sent (their outcome is `None`).
+pub async fn pipeline_per_slot(
+    conn: &mut Control,
+    commands: Vec<(Vec<u8>, Cmd)>,
+    within: std::time::Duration,
+    skip: impl Fn(u16) -> bool,
+) -> Vec<SlotOutcome> {
+    let mut by_slot: std::collections::BTreeMap<u16, (Vec<usize>, Pipeline)> = Default::default();
+    for (i, (key, cmd)) in commands.into_iter().enumerate() {
+        let (indices, pipe) = by_slot
+            .entry(slot(&key))
+            .or_insert_with(|| (Vec::new(), redis::pipe()));
+        indices.push(i);
+        pipe.add_command(cmd).ignore();
+    }
+    join_all(by_slot.into_iter().map(|(slot, (commands, pipe))| {
+        let mut conn = conn.clone();
+        let send = !skip(slot);
+        async move {
+            let result = if send {
+                tokio::time::timeout(within, pipe.query_async::<()>(&mut conn))
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            SlotOutcome {
+                slot,
+                commands,
+                result,
+            }
+        }
+    }))
+    .await
+}
+
 /// `<id> <addr> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges…>` lines of
 /// `CLUSTER NODES` → the first slot of each master that serves slots.
 pub(super) fn master_slots(text: &str) -> Vec<u16> {

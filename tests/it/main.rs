@@ -16,6 +16,7 @@ mod convergence;
 mod crash;
 mod debezium;
 mod evolution;
+mod failover;
 mod fixtures;
 mod load;
 mod locks;
