@@ -193,6 +193,9 @@ mod tests {
     fn counts_read_well() {
         assert_eq!(super::count(1, "problem", "problems"), "1 problem");
         assert_eq!(super::count(0, "problem", "problems"), "0 problems");
-        assert_eq!(super::count(2, "dead letter", "dead letters"), "2 dead letters");
+        assert_eq!(
+            super::count(2, "dead letter", "dead letters"),
+            "2 dead letters"
+        );
     }
 }

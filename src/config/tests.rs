@@ -283,3 +283,43 @@ fn a_parse_error_does_not_quote_a_password() {
         .to_string();
     assert!(err.contains("line") && !err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn urls_and_addresses_of_the_wrong_kind_are_refused_at_load() {
+    let cases = [
+        (
+            BASE.replace("redis://127.0.0.1:6379", "http://127.0.0.1:6379"),
+            "redis.url",
+        ),
+        (
+            format!("{BASE}\n[http]\naddress = \"localhost\"\n"),
+            "http.address",
+        ),
+        (
+            format!("{BASE}\n[http]\naddress = \":9187\"\n"),
+            "http.address",
+        ),
+        (
+            format!("{BASE}\n[http]\naddress = \"0.0.0.0:x\"\n"),
+            "http.address",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = load(&text, &[]).expect_err(key).to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    for fine in ["0.0.0.0:9187", "localhost:9187", "[::1]:9187"] {
+        let text = format!("{BASE}\n[http]\naddress = \"{fine}\"\n");
+        assert!(load(&text, &[]).is_ok(), "{fine}");
+    }
+    for fine in [
+        "rediss://h:6380",
+        "unix:///tmp/redis.sock",
+        "valkey://h:6379",
+    ] {
+        assert!(
+            load(&BASE.replace("redis://127.0.0.1:6379", fine), &[]).is_ok(),
+            "{fine}"
+        );
+    }
+}

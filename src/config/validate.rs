@@ -3,9 +3,12 @@
 //! the checks is part of the behaviour (which error an operator sees first).
 
 use super::{
-    BatchConfig, Config, ConfigError, MappingConfig, PostgresConfig, RedisConfig, RedisMode,
-    StreamPattern, invalid, is_tls_url,
+    BatchConfig, Config, ConfigError, HttpConfig, MappingConfig, PostgresConfig, RedisConfig,
+    RedisMode, StreamPattern, invalid, is_tls_url,
 };
+
+/// The URL schemes redis-rs connects with.
+const REDIS_SCHEMES: [&str; 6] = ["redis", "rediss", "valkey", "valkeys", "redis+unix", "unix"];
 
 impl Config {
     /// Checks what serde cannot: ranges, templates, non-empty names.
@@ -23,6 +26,7 @@ impl Config {
         self.redis.validate_group()?;
         self.postgres.validate()?;
         self.batch.validate()?;
+        self.http.validate()?;
         if self.mappings.is_empty() {
             return Err(invalid(
                 "mapping",
@@ -83,8 +87,27 @@ impl RedisConfig {
         Ok(())
     }
 
-    /// One scheme (`redis://` or `rediss://`) for all URLs; TLS files only with `rediss://`.
+    /// Redis URLs only (not `http://`); one scheme (`redis://` or `rediss://`) for all
+    /// of them; TLS files only with `rediss://`.
     fn validate_schemes(&self) -> Result<(), ConfigError> {
+        let urls = std::iter::once(("redis.url".to_string(), &self.url)).chain(
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("redis.nodes[{i}]"), n)),
+        );
+        for (key, url) in urls {
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            if !scheme.is_some_and(|s| REDIS_SCHEMES.contains(&s.as_str())) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{}` is not a Redis URL: write redis://host:6379 (rediss:// for TLS)",
+                        super::redact_url(url)
+                    ),
+                ));
+            }
+        }
         let tls = |u: &String| is_tls_url(u);
         if self.nodes.iter().any(tls) && !self.nodes.iter().all(tls) {
             return Err(invalid(
@@ -211,6 +234,28 @@ impl BatchConfig {
         }
         if self.max_delay.is_zero() {
             return Err(invalid("batch.max_delay", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+impl HttpConfig {
+    /// The listener's address is `host:port` (a name or an IP, and a port number).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(address) = &self.address else {
+            return Ok(());
+        };
+        let port = address.rsplit_once(':').and_then(|(host, port)| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            (!host.is_empty()).then_some(port)?.parse::<u16>().ok()
+        });
+        if port.is_none() {
+            return Err(invalid(
+                "http.address",
+                format!(
+                    "`{address}` is not host:port: write e.g. \"0.0.0.0:9187\" or \"127.0.0.1:9187\""
+                ),
+            ));
         }
         Ok(())
     }
