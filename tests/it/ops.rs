@@ -297,6 +297,30 @@ async fn migrate_creates_redsinks_schema_and_is_idempotent() {
     );
 }
 
+/// On a database redsink has not used yet, `check` says its schema will be created at
+/// start (the role may CREATE), not that it is a problem.
+#[tokio::test]
+async fn check_on_a_fresh_database_says_the_schema_will_be_created() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let text = common::config_text(&db, "c1", &items_mapping(&common::unique("s")));
+    let (_, out, err) = common::redsink_cli(&text, &["check"]);
+    assert!(
+        out.contains("ok: postgres: redsink's schema does not exist yet"),
+        "{out}{err}"
+    );
+    assert!(
+        !out.contains("problem: postgres: redsink's schema"),
+        "{out}"
+    );
+    assert!(
+        !redsink::write::internal_tables_present(&db.pool)
+            .await
+            .expect("query"),
+        "check changes nothing"
+    );
+}
+
 /// Shards' dead-letter streams can hold the same ID: `show` then asks which, like
 /// `retry` and `purge`, instead of picking one.
 #[tokio::test]

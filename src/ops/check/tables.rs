@@ -76,10 +76,17 @@ pub(super) async fn check_postgres(
                 privileges(pool, t, report).await;
             }
         }
-        Ok(false) => report.problem(
-            "postgres: redsink's schema is missing: `redsink run` creates it if this role may \
-             CREATE in the database; else run `redsink migrate` once as an owner",
-        ),
+        Ok(false) => match may_create_schema(pool).await {
+            Ok(true) => report.ok(
+                "postgres: redsink's schema does not exist yet: `redsink run` creates it at \
+                 start (this role may CREATE in the database)",
+            ),
+            Ok(false) => report.problem(
+                "postgres: redsink's schema is missing and this role may not CREATE in the \
+                 database: run `redsink migrate` once as an owner, or GRANT CREATE ON DATABASE",
+            ),
+            Err(e) => report.problem(format!("postgres: {e}")),
+        },
         Err(e) => report.problem(format!("postgres: {e}")),
     }
     for m in mappings {
@@ -99,6 +106,14 @@ pub(super) async fn check_postgres(
         };
         table(pool, &name, m, report).await;
     }
+}
+
+/// Whether the current role may create a schema in the current database (what
+/// `redsink run` needs to create its own).
+async fn may_create_schema(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'CREATE')")
+        .fetch_one(pool)
+        .await
 }
 
 /// Whether the role may SELECT, INSERT, UPDATE and DELETE on `table`.
