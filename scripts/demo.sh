@@ -18,8 +18,8 @@ redis_url="$REDSINK_TEST_REDIS_URL"
 pg_admin="$REDSINK_TEST_POSTGRES_URL"
 pg_replica="${pg_admin%/*}/replica"
 
-echo "== building redsink"
-cargo build --quiet --bin redsink
+echo "== building redsink (a first build takes a few minutes)"
+cargo build --bin redsink
 bin=target/debug/redsink
 
 echo "== creating the replica database and its tables (config/demo/replica.sql)"
@@ -84,7 +84,12 @@ else
   wait $pid
   trap - EXIT
   echo "== redsink stopped cleanly"
-  [ -f "$REDSINK_SERVICES_DIR/redis/port" ] || [ -f "$REDSINK_SERVICES_DIR/postgres/port" ] &&
-    echo "servers started for the demo keep running: psql $pg_replica; stop them with scripts/services.sh stop"
-  true
+  if [ -f "$REDSINK_SERVICES_DIR/redis/port" ] || [ -f "$REDSINK_SERVICES_DIR/postgres/port" ]; then
+    echo "servers started for the demo keep running; stop them with scripts/services.sh stop"
+  fi
+  # The exact environment the next commands need (the config's URLs may not be these).
+  echo "== next: the same servers with any command, e.g."
+  echo "   export REDSINK_REDIS_URL=$redis_url REDSINK_POSTGRES_URL=$pg_replica"
+  echo "   $bin status --config config/redsink.toml"
+  echo "   psql $pg_replica"
 fi
