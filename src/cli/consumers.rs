@@ -14,7 +14,8 @@ pub enum ConsumersCommand {
     Prune {
         #[command(flatten)]
         target: super::Target,
-        /// Default: the config's `redis.prune_idle`.
+        /// A duration such as `90s`, `30m` or `2h` (default: the config's
+        /// `redis.prune_idle`).
         #[arg(long, value_parser = humantime::parse_duration)]
         idle: Option<Duration>,
         /// The group (default: the config's `redis.group`).

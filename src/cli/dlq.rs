@@ -25,6 +25,7 @@ pub enum DlqCommand {
         target: super::Target,
         /// Its ID in the dead-letter stream.
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -35,6 +36,7 @@ pub enum DlqCommand {
         target: super::Target,
         /// Dead-letter IDs; or `--all`.
         ids: Vec<String>,
+        /// Every dead letter of the selected streams.
         #[arg(long)]
         all: bool,
     },
@@ -44,6 +46,7 @@ pub enum DlqCommand {
         target: super::Target,
         /// Dead-letter IDs; or `--all`.
         ids: Vec<String>,
+        /// Every dead letter of the selected streams.
         #[arg(long)]
         all: bool,
         /// Do it (without, only says what it would delete).
