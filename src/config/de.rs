@@ -21,15 +21,36 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 }
 
 /// A list of strings from TOML, or one comma-separated string from the environment.
+/// A list's items as strings; a wrong one is named by its index (serde alone would
+/// name only the list).
+fn strings<E: serde::de::Error>(items: Vec<toml::Value>) -> Result<Vec<String>, E> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            toml::Value::String(s) => Ok(s),
+            other => Err(E::custom(format!(
+                "item [{i}] is {} `{other}`, not a string",
+                other.type_str()
+            ))),
+        })
+        .collect()
+}
+
+/// A list of strings (see [`strings`]).
+pub(super) fn de_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    strings(Vec::<toml::Value>::deserialize(d)?)
+}
+
 pub(super) fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum ListOrText {
-        List(Vec<String>),
+        List(Vec<toml::Value>),
         Text(String),
     }
     Ok(match ListOrText::deserialize(d)? {
-        ListOrText::List(items) => items,
+        ListOrText::List(items) => strings(items)?,
         ListOrText::Text(text) => text
             .split(',')
             .map(str::trim)

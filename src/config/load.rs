@@ -31,12 +31,41 @@ impl Config {
             message: super::redact::redact_text(&e.to_string()),
         })?;
         apply_env(&mut doc, env);
+        // A missing section reads as an empty one, so validation names the key that
+        // must be set (and where it may come from) rather than serde's `missing field`.
+        for section in ["redis", "postgres"] {
+            doc.entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        }
         read_url_files(&mut doc)?;
+        let parse_error = |e: toml::de::Error, at: &str| ConfigError::Parse {
+            path: origin.to_string(),
+            message: super::redact::redact_text(&format!("{at}{e}")),
+        };
+        // Each [[mapping]] on its own, so an error names its index (`mapping[2]`).
+        let mappings = match doc.remove("mapping") {
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    super::MappingConfig::deserialize(m)
+                        .map_err(|e| parse_error(e, &format!("mapping[{i}]: ")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(other) => {
+                return Err(ConfigError::Parse {
+                    path: origin.to_string(),
+                    message: format!(
+                        "`mapping` is {}: write each as a [[mapping]] table",
+                        other.type_str()
+                    ),
+                });
+            }
+            None => Vec::new(),
+        };
         let mut config: Config =
-            Config::deserialize(toml::Value::Table(doc)).map_err(|e| ConfigError::Parse {
-                path: origin.to_string(),
-                message: super::redact::redact_text(&e.to_string()),
-            })?;
+            Config::deserialize(toml::Value::Table(doc)).map_err(|e| parse_error(e, ""))?;
+        config.mappings = mappings;
         if config.redis.consumer.is_none() {
             config.redis.consumer = Some(default_consumer());
         }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use de::{de_duration, de_list, de_opt_duration, de_u32, de_u64, de_usize};
+use de::{de_duration, de_list, de_opt_duration, de_strings, de_u32, de_u64, de_usize};
 use defaults::{
     default_block, default_claim_idle, default_dlq_suffix, default_gc_every, default_group,
     default_idle_in_transaction, default_keepalive, default_lock_timeout, default_max_batch,
@@ -79,7 +79,8 @@ pub struct Config {
 pub struct RedisConfig {
     /// Standalone: the server. Cluster: a seed node (more in `nodes`). Sentinel: the user,
     /// password, database and scheme (`rediss://` for TLS) for the master; its address
-    /// comes from the sentinels.
+    /// comes from the sentinels. Required (validation names it when unset).
+    #[serde(default)]
     pub url: String,
     /// Which kind of Redis deployment `url` and `nodes` describe.
     #[serde(default)]
@@ -247,6 +248,7 @@ impl Default for DecodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct MappingConfig {
     /// Exact names, `{a..b}` ranges and globs (`*`, `?`, `[...]`).
+    #[serde(deserialize_with = "de_strings")]
     pub streams: Vec<String>,
     /// `schema.table`, or a template with `${source.schema}`, `${source.table}`,
     /// `${source.db}` and `${stream}`.

@@ -323,3 +323,39 @@ fn urls_and_addresses_of_the_wrong_kind_are_refused_at_load() {
         );
     }
 }
+
+#[test]
+fn a_missing_section_names_the_key_to_set() {
+    let no_postgres =
+        "[redis]\nurl = \"redis://h:6379\"\n[[mapping]]\nstreams = [\"s\"]\ntable = \"t\"\n";
+    let err = load(no_postgres, &[]).expect_err("no postgres").to_string();
+    assert!(
+        err.contains("postgres.url") && err.contains("REDSINK_POSTGRES_URL"),
+        "{err}"
+    );
+    let with_env = load(
+        no_postgres,
+        &[("REDSINK_POSTGRES_URL", "postgres://u@h/db")],
+    );
+    assert!(with_env.is_ok(), "{with_env:?}");
+    let no_redis =
+        "[postgres]\nurl = \"postgres://u@h/db\"\n[[mapping]]\nstreams = [\"s\"]\ntable = \"t\"\n";
+    let err = load(no_redis, &[]).expect_err("no redis").to_string();
+    assert!(
+        err.contains("redis.url") && err.contains("REDSINK_REDIS_URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_type_in_a_mapping_names_the_mapping_and_the_item() {
+    let text = BASE.replace(
+        "table = \"public.orders\"",
+        "table = \"public.orders\"\n[[mapping]]\nstreams = [\"a\", 3]\ntable = \"t\"",
+    );
+    let err = load(&text, &[]).expect_err("wrong type").to_string();
+    assert!(
+        err.contains("mapping[1]") && err.contains("item [1]") && err.contains("streams"),
+        "{err}"
+    );
+}

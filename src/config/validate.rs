@@ -14,7 +14,10 @@ impl Config {
     /// Checks what serde cannot: ranges, templates, non-empty names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.redis.url.trim().is_empty() {
-            return Err(invalid("redis.url", "must not be empty"));
+            return Err(invalid(
+                "redis.url",
+                "is not set: set it in [redis] or in REDSINK_REDIS_URL",
+            ));
         }
         if self.postgres.url.trim().is_empty() {
             return Err(invalid(
