@@ -283,3 +283,15 @@ fn a_parse_error_does_not_quote_a_password() {
         .to_string();
     assert!(err.contains("line") && !err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn wait_replicas_is_off_by_default_and_not_for_clusters() {
+    assert_eq!(load(BASE, &[]).expect("valid").redis.wait_replicas, 0);
+    let c = load(BASE, &[("REDSINK_REDIS_WAIT_REPLICAS", "1")]).expect("valid");
+    assert_eq!(c.redis.wait_replicas, 1);
+    let cluster = BASE.replace("[redis]", "[redis]\nmode = \"cluster\"\nwait_replicas = 1");
+    let err = load(&cluster, &[])
+        .expect_err("not with a cluster")
+        .to_string();
+    assert!(err.contains("redis.wait_replicas"), "{err}");
+}

@@ -15,11 +15,101 @@ use crate::entry::StreamEntry;
 use crate::redis::reply::parse_read_reply;
 use crate::redis::{Blocking, CONNECT_WITHIN, RedisError, refused_by_cluster};
 
+/// How long `WAIT` (`redis.wait_replicas`) waits for the replicas to confirm a read.
+pub(super) const WAIT_WITHIN: Duration = Duration::from_millis(500);
+
+/// One lane's blocking read on `conn` within `timeout` and, with `replicas`
+/// (`redis.wait_replicas`), the `WAIT` that confirms what it returned.
+async fn lane_read(
+    lane: u16,
+    mut conn: Blocking,
+    cmd: redis::Cmd,
+    timeout: Duration,
+    replicas: u32,
+) -> LaneRead {
+    let reply = cmd.query_async::<Value>(&mut conn);
+    let result = match tokio::time::timeout(timeout, reply).await {
+        Err(_) => Err(RedisError::Timeout {
+            context: "XREADGROUP".into(),
+            timeout,
+        }),
+        Ok(r) => r.map_err(RedisError::redis("XREADGROUP")),
+    };
+    let mut unconfirmed = None;
+    let result = match result {
+        Ok(reply) if replicas > 0 && has_entries(&reply) => {
+            match replicated(&mut conn, replicas, "XREADGROUP").await {
+                Ok(()) => Ok(reply),
+                Err(e @ RedisError::NotReplicated { .. }) => {
+                    unconfirmed = Some(e);
+                    Ok(reply)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    LaneRead {
+        lane,
+        conn,
+        result,
+        unconfirmed,
+    }
+}
+
+/// Whether a read's reply holds anything (a timed-out `BLOCK` answers nil).
+fn has_entries(reply: &Value) -> bool {
+    match reply {
+        Value::Nil => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Map(m) => !m.is_empty(),
+        _ => true,
+    }
+}
+
+/// `WAIT replicas` after a read on `conn`: the read moved the group's state (and is
+/// after every entry it returned) in the replication stream, so once `replicas`
+/// replicas confirm it, they hold every entry it returned, and a failover cannot take
+/// them back. Fewer within [`WAIT_WITHIN`] is an error: the entries stay pending.
+pub(super) async fn replicated<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    replicas: u32,
+    context: &'static str,
+) -> Result<(), RedisError> {
+    let within_ms = u64::try_from(WAIT_WITHIN.as_millis()).unwrap_or(u64::MAX);
+    let acked: u64 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(within_ms)
+        .query_async(conn)
+        .await
+        .map_err(RedisError::redis(format!("WAIT after {context}")))?;
+    if acked < u64::from(replicas) {
+        return Err(RedisError::NotReplicated {
+            context,
+            acked,
+            wanted: replicas,
+            timeout: WAIT_WITHIN,
+        });
+    }
+    Ok(())
+}
+
 /// The answer to one lane's blocking read, with the connection it used.
 pub(super) struct LaneRead {
     lane: u16,
     conn: Blocking,
     result: Result<Value, RedisError>,
+    /// `redis.wait_replicas`: the replicas did not confirm what the read returned.
+    unconfirmed: Option<RedisError>,
+}
+
+/// Entries a read returned that the replicas have not confirmed yet
+/// (`redis.wait_replicas`), with the connection that read them: `WAIT` there covers
+/// them. Held rather than re-read, so their delivery counts do not grow.
+pub(super) struct Held {
+    lane: u16,
+    conn: Blocking,
+    entries: Vec<StreamEntry>,
 }
 
 impl Reader {
@@ -61,13 +151,77 @@ impl Reader {
     }
 
     /// Takes one lane's answer: the lane is free again, and its connection is kept for
-    /// the next read only after a success (a broken connection does not heal).
+    /// the next read only after a success (a broken connection does not heal). With
+    /// Sentinel, an answer from a master the sentinels no longer name is an error: what
+    /// it returned may never reach the new master, so it is not applied (nor
+    /// acknowledged there); the rewind that follows reads the new master's PEL.
     fn land(&mut self, answer: LaneRead) -> Result<Vec<StreamEntry>, RedisError> {
-        let LaneRead { lane, conn, result } = answer;
+        let LaneRead {
+            lane,
+            conn,
+            result,
+            unconfirmed,
+        } = answer;
         self.busy.remove(&lane);
         let entries = result.and_then(parse_read_reply)?;
+        if let Some((connected, named)) = self.deployment.moved(&conn) {
+            return Err(RedisError::MasterMoved {
+                context: "XREADGROUP",
+                connected,
+                named,
+            });
+        }
+        if self.wait_replicas > 0 && !entries.is_empty() {
+            self.round_trips += 1; // the WAIT
+        }
+        if let Some(e) = unconfirmed {
+            self.held = Some(Held {
+                lane,
+                conn,
+                entries,
+            });
+            return Err(e);
+        }
         self.idle.insert(lane, conn);
         Ok(entries)
+    }
+
+    /// Asks again whether the replicas hold what a read returned (`redis.wait_replicas`):
+    /// the entries once they do; [`RedisError::NotReplicated`] (still held) while they
+    /// do not. The master moved meanwhile: they are dropped, the rewind that follows
+    /// reads the new master's PEL; another error: the rewind re-reads them.
+    pub(super) async fn confirm_held(
+        &mut self,
+        held: Held,
+    ) -> Result<Vec<StreamEntry>, RedisError> {
+        let Held {
+            lane,
+            mut conn,
+            entries,
+        } = held;
+        if let Some((connected, named)) = self.deployment.moved(&conn) {
+            return Err(RedisError::MasterMoved {
+                context: "WAIT",
+                connected,
+                named,
+            });
+        }
+        self.round_trips += 1;
+        match replicated(&mut conn, self.wait_replicas, "XREADGROUP").await {
+            Ok(()) => {
+                self.idle.insert(lane, conn);
+                Ok(entries)
+            }
+            Err(e @ RedisError::NotReplicated { .. }) => {
+                self.held = Some(Held {
+                    lane,
+                    conn,
+                    entries,
+                });
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends a blocking read for each lane with no read in flight.
@@ -90,7 +244,9 @@ impl Reader {
             if self.busy.contains(&lane) || self.cooling.contains_key(&lane) {
                 continue;
             }
-            let mut conn = match self.idle.remove(&lane) {
+            // A connection to a master the sentinels no longer name is not read from again.
+            let idle = self.idle.remove(&lane);
+            let conn = match idle.filter(|c| self.deployment.moved(c).is_none()) {
                 Some(conn) => conn,
                 None => {
                     let connect = self.deployment.blocking();
@@ -118,20 +274,9 @@ impl Reader {
             }
             self.round_trips += 1;
             self.busy.insert(lane);
-            self.in_flight.push(
-                async move {
-                    let reply = cmd.query_async::<Value>(&mut conn);
-                    let result = match tokio::time::timeout(timeout, reply).await {
-                        Err(_) => Err(RedisError::Timeout {
-                            context: "XREADGROUP".into(),
-                            timeout,
-                        }),
-                        Ok(r) => r.map_err(RedisError::redis("XREADGROUP")),
-                    };
-                    LaneRead { lane, conn, result }
-                }
-                .boxed(),
-            );
+            let replicas = self.wait_replicas;
+            self.in_flight
+                .push(lane_read(lane, conn, cmd, timeout, replicas).boxed());
         }
         Ok(())
     }
@@ -155,6 +300,8 @@ impl Reader {
     pub(super) async fn settle(&mut self) {
         while self.in_flight.next().await.is_some() {}
         self.busy.clear();
+        // Held entries are in our PEL too.
+        self.held = None;
     }
 
     /// Waits for the reads in flight and returns what they delivered (at shutdown, so

@@ -67,6 +67,13 @@ impl Reader {
                 .map_err(RedisError::redis("XREADGROUP (own pending entries)"))?;
             entries.extend(parse_read_reply(reply)?);
         }
+        if let Some((connected, named)) = self.control.moved().await {
+            return Err(RedisError::MasterMoved {
+                context: "XREADGROUP (own pending entries)",
+                connected,
+                named,
+            });
+        }
         // These were delivered before: ask how often (for max_deliveries).
         for (stream, _) in pending {
             self.fill_deliveries(stream, &mut entries).await?;
