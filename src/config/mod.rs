@@ -110,6 +110,10 @@ pub struct RedisConfig {
     /// crashing or stalling an instance) goes to the dead-letter stream; 0 = no limit.
     #[serde(default = "default_max_deliveries", deserialize_with = "de_u64")]
     pub max_deliveries: u64,
+    /// Apply only entries that this many replicas hold (`WAIT` after each read that
+    /// returned some), so a failover cannot take back what was applied; 0 = off.
+    #[serde(default, deserialize_with = "de_u32")]
+    pub wait_replicas: u32,
     /// Other consumers idle this long with nothing pending are removed from the group.
     #[serde(default = "default_prune_idle", deserialize_with = "de_duration")]
     pub prune_idle: Duration,

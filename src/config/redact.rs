@@ -99,6 +99,7 @@ impl fmt::Debug for RedisConfig {
             .field("claim_idle", &self.claim_idle)
             .field("prune_idle", &self.prune_idle)
             .field("max_deliveries", &self.max_deliveries)
+            .field("wait_replicas", &self.wait_replicas)
             .field("dlq_suffix", &self.dlq_suffix)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)

@@ -359,3 +359,15 @@ fn a_wrong_type_in_a_mapping_names_the_mapping_and_the_item() {
         "{err}"
     );
 }
+
+#[test]
+fn wait_replicas_is_off_by_default_and_not_for_clusters() {
+    assert_eq!(load(BASE, &[]).expect("valid").redis.wait_replicas, 0);
+    let c = load(BASE, &[("REDSINK_REDIS_WAIT_REPLICAS", "1")]).expect("valid");
+    assert_eq!(c.redis.wait_replicas, 1);
+    let cluster = BASE.replace("[redis]", "[redis]\nmode = \"cluster\"\nwait_replicas = 1");
+    let err = load(&cluster, &[])
+        .expect_err("not with a cluster")
+        .to_string();
+    assert!(err.contains("redis.wait_replicas"), "{err}");
+}

@@ -48,6 +48,12 @@ impl RedisConfig {
     fn validate_mode(&self) -> Result<(), ConfigError> {
         self.validate_master_name()?;
         self.validate_schemes()?;
+        if self.mode == RedisMode::Cluster && self.wait_replicas > 0 {
+            return Err(invalid(
+                "redis.wait_replicas",
+                "is supported with mode = \"standalone\" and \"sentinel\", not yet with \"cluster\": set it to 0",
+            ));
+        }
         if self.mode == RedisMode::Standalone && !self.nodes.is_empty() {
             return Err(invalid(
                 "redis.nodes",

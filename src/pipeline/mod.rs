@@ -330,10 +330,16 @@ impl Pipeline {
             Err(e) if e.is_retryable() => {
                 self.core.events.retrying(READING, &e);
                 // What was read is still applied and acked; then the PEL is re-read,
-                // because the failed read may have delivered entries we never saw.
+                // because the failed read may have delivered entries we never saw —
+                // unless the reader holds them (`redis.wait_replicas`). No backoff when
+                // the error was a wait already, or its cure is known (reconnecting to
+                // the master the sentinels name): it would only delay following.
                 self.core.drain(shutdown).await?;
                 let retry = read_retry.get_or_insert_with(Retry::new);
-                if !retry.wait(shutdown).await {
+                if !e.retry_at_once() && !retry.wait(shutdown).await {
+                    return Ok(());
+                }
+                if !e.needs_rewind() {
                     return Ok(());
                 }
                 match self.reader.rewind().await {

@@ -44,7 +44,8 @@ impl Core {
         else {
             return Ok(None);
         };
-        let reader = Reader::new(deployment, control.clone(), group, config.consumer());
+        let reader = Reader::new(deployment, control.clone(), group, config.consumer())
+            .with_wait_replicas(config.redis.wait_replicas);
         let mut acker = Acker::new(control, group, &config.redis.dlq_suffix);
         if replay_as.is_some() {
             acker = acker.dead_letters_only();

@@ -17,6 +17,9 @@ use crate::entry::{EntryId, StreamEntry};
 use crate::redis::reply::parse_read_reply;
 use crate::redis::{Blocking, CONNECT_WITHIN, Deployment, RedisError, refused_by_cluster};
 
+/// How long `WAIT` (`redis.wait_replicas`) waits for the replicas to confirm a read.
+pub(super) const WAIT_WITHIN: Duration = Duration::from_millis(500);
+
 /// The answer to one lane's read, with the connection it used (none when connecting
 /// failed).
 pub(super) struct LaneRead {
@@ -26,6 +29,17 @@ pub(super) struct LaneRead {
     /// For a lane recovering from an outage: the pending entries it re-read, per stream
     /// from this ID (`None`: a read of new entries).
     pending: Option<Vec<(Arc<str>, EntryId)>>,
+    /// `redis.wait_replicas`: the replicas did not confirm what the read returned.
+    unconfirmed: Option<RedisError>,
+}
+
+/// Entries a read returned that the replicas have not confirmed yet
+/// (`redis.wait_replicas`), with the connection that read them: `WAIT` there covers
+/// them. Held rather than re-read, so their delivery counts do not grow.
+pub(super) struct Held {
+    lane: u16,
+    conn: Blocking,
+    entries: Vec<StreamEntry>,
 }
 
 impl Reader {
@@ -82,24 +96,87 @@ impl Reader {
 
     /// Takes one lane's answer: the lane is free again, and its connection is kept for
     /// the next read only after a success (a broken connection does not heal). A lane
-    /// that re-read its pending entries moves its streams' cursors past them.
+    /// that re-read its pending entries moves its streams' cursors past them. With
+    /// Sentinel, an answer from a master the sentinels no longer name is an error: what
+    /// it returned may never reach the new master, so it is not applied (nor
+    /// acknowledged there); the rewind that follows reads the new master's PEL.
     fn land(&mut self, answer: LaneRead) -> Result<Vec<StreamEntry>, RedisError> {
         let LaneRead {
             lane,
             conn,
             result,
             pending,
+            unconfirmed,
         } = answer;
         self.busy.remove(&lane);
         let entries = result.and_then(parse_read_reply)?;
-        if let Some(conn) = conn {
-            self.idle.insert(lane, conn);
+        if let Some((connected, named)) = conn.as_ref().and_then(|c| self.deployment.moved(c)) {
+            return Err(RedisError::MasterMoved {
+                context: "XREADGROUP",
+                connected,
+                named,
+            });
+        }
+        if self.wait_replicas > 0 && pending.is_none() && !entries.is_empty() {
+            self.round_trips += 1; // the WAIT
+        }
+        match (unconfirmed, conn) {
+            (Some(e), Some(conn)) => {
+                self.held = Some(Held {
+                    lane,
+                    conn,
+                    entries,
+                });
+                return Err(e);
+            }
+            (_, Some(conn)) => {
+                self.idle.insert(lane, conn);
+            }
+            (_, None) => {}
         }
         if let Some(pending) = &pending {
             self.advance(pending, &entries);
         }
         self.lane_answered(lane);
         Ok(entries)
+    }
+
+    /// Asks again whether the replicas hold what a read returned (`redis.wait_replicas`):
+    /// the entries once they do; [`RedisError::NotReplicated`] (still held) while they
+    /// do not. The master moved meanwhile: they are dropped, the rewind that follows
+    /// reads the new master's PEL; another error: the rewind re-reads them.
+    pub(super) async fn confirm_held(
+        &mut self,
+        held: Held,
+    ) -> Result<Vec<StreamEntry>, RedisError> {
+        let Held {
+            lane,
+            mut conn,
+            entries,
+        } = held;
+        if let Some((connected, named)) = self.deployment.moved(&conn) {
+            return Err(RedisError::MasterMoved {
+                context: "WAIT",
+                connected,
+                named,
+            });
+        }
+        self.round_trips += 1;
+        match replicated(&mut conn, self.wait_replicas, "XREADGROUP").await {
+            Ok(()) => {
+                self.idle.insert(lane, conn);
+                Ok(entries)
+            }
+            Err(e @ RedisError::NotReplicated { .. }) => {
+                self.held = Some(Held {
+                    lane,
+                    conn,
+                    entries,
+                });
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The delivery counts of the pending entries a recovering lane re-read.
@@ -114,6 +191,34 @@ impl Reader {
         Ok(())
     }
 
+    /// One lane's `XREADGROUP` over `streams` from their cursors: blocking up to `block`
+    /// for new entries (zero: take what is there, the caller has a batch waiting); a
+    /// re-read of pending entries (`new` false) never blocks.
+    fn lane_cmd(
+        &self,
+        streams: &[(Arc<str>, Cursor)],
+        count: usize,
+        block: Duration,
+        new: bool,
+    ) -> redis::Cmd {
+        let mut cmd = self.xreadgroup(count);
+        if !block.is_zero() && new {
+            let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS");
+        for (s, _) in streams {
+            cmd.arg(s.as_ref());
+        }
+        for (_, c) in streams {
+            match c {
+                Cursor::Pending(id) => cmd.arg(id.to_string()),
+                Cursor::New => cmd.arg(">"),
+            };
+        }
+        cmd
+    }
+
     /// Sends a read for each lane with no read in flight and none waiting: a blocking
     /// read of new entries, or for a lane recovering from an outage a re-read of its
     /// pending entries. Connecting is part of the read, so a lane whose master is away
@@ -126,7 +231,6 @@ impl Reader {
                 lanes.entry(lane).or_default().push((s.clone(), *c));
             }
         }
-        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
         let timeout = block + Duration::from_secs(10);
         let now = Instant::now();
         self.cooling.retain(|_, until| *until > now);
@@ -143,36 +247,34 @@ impl Reader {
                     })
                     .collect()
             });
-            let mut cmd = self.xreadgroup(count);
-            // Zero: take what is there (the caller has a batch waiting). A re-read of
-            // pending entries never blocks.
-            if !block.is_zero() && pending.is_none() {
-                cmd.arg("BLOCK").arg(block_ms);
-            }
-            cmd.arg("STREAMS");
-            for (s, _) in &streams {
-                cmd.arg(s.as_ref());
-            }
-            for (_, c) in &streams {
-                match c {
-                    Cursor::Pending(id) => cmd.arg(id.to_string()),
-                    Cursor::New => cmd.arg(">"),
-                };
-            }
+            let cmd = self.lane_cmd(&streams, count, block, pending.is_none());
             self.round_trips += 1;
             self.busy.insert(lane);
-            let conn = self.idle.remove(&lane);
+            // A connection to a master the sentinels no longer name is not read from again.
+            let conn = self
+                .idle
+                .remove(&lane)
+                .filter(|c| self.deployment.moved(c).is_none());
             let connect = conn
                 .is_none()
                 .then(|| (self.deployment.clone(), self.client_name()));
+            // WAIT confirms reads of new entries only: a re-read of the PEL is not
+            // replicated, so it would prove nothing.
+            let replicas = if pending.is_none() {
+                self.wait_replicas
+            } else {
+                0
+            };
             self.in_flight.push(
                 async move {
-                    let (conn, result) = lane_read(conn, connect, cmd, timeout).await;
+                    let (conn, result, unconfirmed) =
+                        lane_read(conn, connect, cmd, timeout, replicas).await;
                     LaneRead {
                         lane,
                         conn,
                         result,
                         pending,
+                        unconfirmed,
                     }
                 }
                 .boxed(),
@@ -185,6 +287,8 @@ impl Reader {
     pub(super) async fn settle(&mut self) {
         while self.in_flight.next().await.is_some() {}
         self.busy.clear();
+        // Held entries are in our PEL too.
+        self.held = None;
     }
 
     /// Waits for the reads in flight and returns what they delivered (at shutdown, so
@@ -203,24 +307,34 @@ impl Reader {
     }
 }
 
+/// What one lane's read gives back: its connection (none when connecting failed), the
+/// reply, and whether the replicas failed to confirm it (`redis.wait_replicas`).
+type LaneAnswer = (
+    Option<Blocking>,
+    Result<Value, RedisError>,
+    Option<RedisError>,
+);
+
 /// One lane's read on its connection, or on a new one (`connect`: the deployment and
 /// the client name to give it), within `timeout` (the connection has no response
-/// timeout of its own: it would cut `BLOCK` short).
+/// timeout of its own: it would cut `BLOCK` short); with `replicas`
+/// (`redis.wait_replicas`), the `WAIT` that confirms what it returned.
 async fn lane_read(
     conn: Option<Blocking>,
     connect: Option<(Deployment, String)>,
     cmd: redis::Cmd,
     timeout: Duration,
-) -> (Option<Blocking>, Result<Value, RedisError>) {
+    replicas: u32,
+) -> LaneAnswer {
     let mut conn = match (conn, connect) {
         (Some(conn), _) => conn,
         (None, Some((deployment, name))) => match open(&deployment, &name).await {
             Ok(conn) => conn,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (None, Err(e), None),
         },
         (None, None) => {
             let e = RedisError::Invalid("a lane's read has no connection".into());
-            return (None, Err(e));
+            return (None, Err(e), None);
         }
     };
     let reply = cmd.query_async::<Value>(&mut conn);
@@ -231,7 +345,58 @@ async fn lane_read(
         }),
         Ok(r) => r.map_err(RedisError::redis("XREADGROUP")),
     };
-    (Some(conn), result)
+    let mut unconfirmed = None;
+    let result = match result {
+        Ok(reply) if replicas > 0 && has_entries(&reply) => {
+            match replicated(&mut conn, replicas, "XREADGROUP").await {
+                Ok(()) => Ok(reply),
+                Err(e @ RedisError::NotReplicated { .. }) => {
+                    unconfirmed = Some(e);
+                    Ok(reply)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    (Some(conn), result, unconfirmed)
+}
+
+/// Whether a read's reply holds anything (a timed-out `BLOCK` answers nil).
+fn has_entries(reply: &Value) -> bool {
+    match reply {
+        Value::Nil => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Map(m) => !m.is_empty(),
+        _ => true,
+    }
+}
+
+/// `WAIT replicas` after a read on `conn`: the read moved the group's state (and is
+/// after every entry it returned) in the replication stream, so once `replicas`
+/// replicas confirm it, they hold every entry it returned, and a failover cannot take
+/// them back. Fewer within [`WAIT_WITHIN`] is an error: the entries stay pending.
+pub(super) async fn replicated<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    replicas: u32,
+    context: &'static str,
+) -> Result<(), RedisError> {
+    let within_ms = u64::try_from(WAIT_WITHIN.as_millis()).unwrap_or(u64::MAX);
+    let acked: u64 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(within_ms)
+        .query_async(conn)
+        .await
+        .map_err(RedisError::redis(format!("WAIT after {context}")))?;
+    if acked < u64::from(replicas) {
+        return Err(RedisError::NotReplicated {
+            context,
+            acked,
+            wanted: replicas,
+            timeout: WAIT_WITHIN,
+        });
+    }
+    Ok(())
 }
 
 /// A new connection for a lane's reads, named `name` for the same-name check at start

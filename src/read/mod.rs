@@ -7,6 +7,12 @@
 //! cut every `BLOCK` short) and an outer `tokio::time::timeout` instead; nothing else is
 //! sent on it, because a `BLOCK` stalls every other command on its connection.
 //!
+//! With Sentinel, what a read returns from a master the sentinels no longer name is not
+//! returned ([`RedisError::MasterMoved`]: the rewind that follows reads the new master's
+//! PEL). With `redis.wait_replicas`, what a read returns is held until that many replicas
+//! confirm it (`WAIT`), asked again at each call ([`RedisError::NotReplicated`] until
+//! then; nothing is re-read, so delivery counts do not grow).
+//!
 //! This file holds the [`Reader`], its cursors and the read round; `lanes` keeps the
 //! blocking reads in flight (one per hash-slot lane), `pending` re-reads our own PEL
 //! with its delivery counts, `claim` takes over what other consumers left (XAUTOCLAIM)
@@ -28,7 +34,7 @@ use futures_util::stream::FuturesUnordered;
 use crate::entry::{EntryId, StreamEntry};
 use crate::redis::{Blocking, Control, Deployment, RedisError, inspect, range, slot};
 
-use lanes::LaneRead;
+use lanes::{Held, LaneRead};
 pub use outage::LaneEvent;
 
 /// Where the reader is in one stream: draining its own PEL, or reading new entries.
@@ -70,6 +76,10 @@ pub struct Reader {
     round_trips: u64,
     /// Ends the client name of the blocking connections (see [`Reader::client_name`]).
     client_tag: String,
+    /// `redis.wait_replicas`: entries are returned only once this many replicas hold them.
+    wait_replicas: u32,
+    /// What a read returned that the replicas have not confirmed yet.
+    held: Option<Held>,
 }
 
 impl Reader {
@@ -91,7 +101,17 @@ impl Reader {
             claim_cursors: HashMap::new(),
             round_trips: 0,
             client_tag: String::new(),
+            wait_replicas: 0,
+            held: None,
         }
+    }
+
+    /// Returns entries only once `replicas` replicas hold them (`WAIT` after each read
+    /// that returned some): a failover cannot then take back what was applied.
+    #[must_use]
+    pub fn with_wait_replicas(mut self, replicas: u32) -> Self {
+        self.wait_replicas = replicas;
+        self
     }
 
     /// `XREADGROUP GROUP <group> <consumer> COUNT <count>`, to be continued.
@@ -212,6 +232,9 @@ impl Reader {
         block: Duration,
         count: usize,
     ) -> Result<Vec<StreamEntry>, RedisError> {
+        if let Some(held) = self.held.take() {
+            return self.confirm_held(held).await;
+        }
         // A lane in an outage re-reads its pending entries on its own connection, among
         // the lanes' reads, so that waiting for its master holds up no other lane.
         let pending: Vec<(Arc<str>, EntryId)> = self

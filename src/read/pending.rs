@@ -64,6 +64,13 @@ impl Reader {
                 Err(e) => return Err(e),
             }
         }
+        if let Some((connected, named)) = self.control.moved().await {
+            return Err(RedisError::MasterMoved {
+                context: "XREADGROUP (own pending entries)",
+                connected,
+                named,
+            });
+        }
         // These were delivered before: ask how often (for max_deliveries).
         for (stream, _) in &read {
             self.fill_deliveries(stream, &mut entries).await?;

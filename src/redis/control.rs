@@ -7,7 +7,10 @@
 //!   pipeline there: [`pipeline_by_key`](super::pipeline_by_key) splits them;
 //! - sentinel: a connection to the master the sentinels name, dropped after a connection
 //!   error or a `READONLY` reply (the master was demoted) so that the next command asks the
-//!   sentinels again — redis-rs resolves the master only once (its issue #1438).
+//!   sentinels again — redis-rs resolves the master only once (its issue #1438) — and
+//!   replaced before the next command as soon as the sentinels name another master
+//!   (`sentinel`: the old one accepts commands for seconds after a failover, and what it
+//!   accepts then is thrown away).
 //!
 //! [`Blocking`] is a reader's connection for blocking reads.
 
@@ -16,12 +19,12 @@ use std::sync::Arc;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::Mutex;
 
 use super::RedisError;
 use super::route::master_slots;
+use super::sentinel::{MasterAddr, MasterConnection, Sentinels};
 
 /// The shared connection for non-blocking commands (see the module docs).
 #[derive(Clone)]
@@ -34,6 +37,15 @@ pub enum Control {
 impl Control {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// With Sentinel: `(connected, named)` when this connection goes to a master the
+    /// sentinels no longer name (it is replaced before its next command).
+    pub async fn moved(&self) -> Option<(MasterAddr, MasterAddr)> {
+        match self {
+            Self::Sentinel(s) => s.moved().await,
+            _ => None,
+        }
     }
 
     /// Every key matching `glob` of type stream, on every master of a cluster.
@@ -138,19 +150,20 @@ impl ConnectionLike for Control {
     }
 }
 
-/// A connection to the master the sentinels name, asked again after a failure.
+/// A connection to the master the sentinels name, asked again after a failure or when
+/// they name another master.
 #[derive(Clone)]
 pub struct SentinelControl {
-    client: Arc<Mutex<SentinelClient>>,
-    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    sentinels: Arc<Sentinels>,
+    current: Arc<Mutex<Option<MasterConnection>>>,
     config: AsyncConnectionConfig,
 }
 
 impl SentinelControl {
     /// Asks the sentinels for the master on first use.
-    pub(super) fn new(client: Arc<Mutex<SentinelClient>>, config: AsyncConnectionConfig) -> Self {
+    pub(super) fn new(sentinels: Arc<Sentinels>, config: AsyncConnectionConfig) -> Self {
         Self {
-            client,
+            sentinels,
             current: Arc::default(),
             config,
         }
@@ -158,17 +171,31 @@ impl SentinelControl {
 
     pub(super) async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
         let mut current = self.current.lock().await;
-        if let Some(conn) = current.as_ref() {
-            return Ok(conn.clone());
+        if let Some((conn, addr)) = current.as_ref() {
+            match self.sentinels.moved(addr) {
+                None => return Ok(conn.clone()),
+                Some(named) => {
+                    tracing::info!(
+                        from = %addr,
+                        to = %named,
+                        "reconnecting to the master the sentinels name"
+                    );
+                }
+            }
         }
-        let conn = self
-            .client
-            .lock()
-            .await
-            .get_async_connection_with_config(&self.config)
-            .await?;
-        *current = Some(conn.clone());
+        let (conn, addr) = self.sentinels.open(&self.config).await?;
+        *current = Some((conn.clone(), addr));
         Ok(conn)
+    }
+
+    /// `(connected, named)` when the shared connection goes to a master the sentinels no
+    /// longer name (it is replaced before its next command).
+    pub(super) async fn moved(&self) -> Option<(MasterAddr, MasterAddr)> {
+        let current = self.current.lock().await;
+        let addr = &current.as_ref()?.1;
+        self.sentinels
+            .moved(addr)
+            .map(|named| (addr.clone(), named))
     }
 
     /// Forgets the connection after an error that means the master may have moved.
@@ -194,12 +221,14 @@ fn master_may_have_moved(e: &redis::RedisError) -> bool {
 pub enum Blocking {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
+    /// To the master the sentinels named when it was opened (its address).
+    Master(MultiplexedConnection, MasterAddr),
 }
 
 impl ConnectionLike for Blocking {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Single(c) | Self::Master(c, _) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -211,14 +240,14 @@ impl ConnectionLike for Blocking {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Single(c) | Self::Master(c, _) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(c) => c.get_db(),
+            Self::Single(c) | Self::Master(c, _) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
     }

@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use redis::cluster::ClusterClient;
 use redis::io::tcp::TcpSettings;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
-use tokio::sync::Mutex;
 
 use super::control::SentinelControl;
+use super::sentinel::{MasterAddr, Sentinels};
 use super::{Blocking, Control, RedisError};
 use crate::config::{RedisConfig, RedisMode, is_tls_url};
 
@@ -29,7 +28,7 @@ pub enum Deployment {
         /// Without a (short) response timeout, for blocking reads.
         blocking: Box<ClusterClient>,
     },
-    Sentinel(Arc<Mutex<SentinelClient>>),
+    Sentinel(Arc<Sentinels>),
 }
 
 impl Deployment {
@@ -51,17 +50,26 @@ impl Deployment {
             }
             RedisMode::Sentinel => {
                 let name = config.master_name.as_deref().unwrap_or_default();
-                Ok(Self::Sentinel(Arc::new(Mutex::new(tls.sentinel(
-                    &config.url,
-                    &config.nodes,
-                    name,
-                )?))))
+                let sentinels = tls.sentinel(&config.url, &config.nodes, name)?;
+                Ok(Self::Sentinel(Arc::new(sentinels)))
             }
         }
     }
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster { .. })
+    }
+
+    /// With Sentinel: `(connected, named)` when `conn` was opened to a master other than
+    /// the one the sentinels name now (what a read on it returned may never reach the
+    /// new master).
+    pub fn moved(&self, conn: &Blocking) -> Option<(MasterAddr, MasterAddr)> {
+        match (self, conn) {
+            (Self::Sentinel(sentinels), Blocking::Master(_, addr)) => {
+                sentinels.moved(addr).map(|named| (addr.clone(), named))
+            }
+            _ => None,
+        }
     }
 
     /// The shared connection for every non-blocking command.
@@ -83,9 +91,9 @@ impl Deployment {
                 .await
                 .map(Control::Cluster)
                 .map_err(RedisError::redis("connecting to the redis cluster")),
-            Self::Sentinel(client) => {
+            Self::Sentinel(sentinels) => {
                 let control = SentinelControl::new(
-                    client.clone(),
+                    sentinels.clone(),
                     AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(CONNECT_TIMEOUT))
                         .set_response_timeout(Some(RESPONSE_TIMEOUT)),
@@ -117,12 +125,10 @@ impl Deployment {
                 .map_err(RedisError::redis(
                     "connecting the reader to the redis cluster",
                 )),
-            Self::Sentinel(client) => client
-                .lock()
+            Self::Sentinel(sentinels) => sentinels
+                .open(&config)
                 .await
-                .get_async_connection_with_config(&config)
-                .await
-                .map(Blocking::Single)
+                .map(|(conn, addr)| Blocking::Master(conn, addr))
                 .map_err(RedisError::redis(
                     "connecting the reader to the master through the sentinels",
                 )),
@@ -228,16 +234,11 @@ impl Tls {
 
     /// Sentinel: the sentinels' addresses and credentials come from `nodes`, the master's
     /// credentials, database and TLS from `url`.
-    fn sentinel(
-        &self,
-        url: &str,
-        nodes: &[String],
-        master: &str,
-    ) -> Result<SentinelClient, RedisError> {
-        let master_info = url
+    fn sentinel(&self, url: &str, nodes: &[String], master: &str) -> Result<Sentinels, RedisError> {
+        let template = url
             .into_connection_info()
-            .map_err(RedisError::redis("parsing redis.url"))?;
-        let mut addrs = Vec::new();
+            .map_err(RedisError::redis("parsing redis.url"))?
+            .set_tcp_settings(tcp_settings());
         let mut sentinel_auth = None;
         for node in nodes {
             let info = node
@@ -248,50 +249,52 @@ impl Tls {
                     crate::config::redact_url(node)
                 )))?;
             let s = info.redis_settings();
-            if sentinel_auth.is_none() && (s.username().is_some() || s.password().is_some()) {
+            if s.username().is_some() || s.password().is_some() {
                 sentinel_auth = Some((
                     s.username().map(str::to_string),
                     s.password().map(str::to_string),
                 ));
-            }
-            addrs.push(info.addr().clone());
-        }
-        let sentinel_tls = nodes.iter().any(|n| is_tls_url(n));
-        let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
-            .map_err(RedisError::redis("configuring the sentinels"))?;
-        let settings = master_info.redis_settings();
-        b = b
-            .set_client_to_redis_db(settings.db())
-            .set_client_to_redis_tcp_settings(tcp_settings())
-            .set_client_to_sentinel_tcp_settings(tcp_settings());
-        if let Some(user) = settings.username() {
-            b = b.set_client_to_redis_username(user);
-        }
-        if let Some(password) = settings.password() {
-            b = b.set_client_to_redis_password(password);
-        }
-        if let Some((user, password)) = sentinel_auth {
-            if let Some(user) = user {
-                b = b.set_client_to_sentinel_username(user);
-            }
-            if let Some(password) = password {
-                b = b.set_client_to_sentinel_password(password);
+                break;
             }
         }
-        if is_tls_url(url) {
-            b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-            if self.configured() {
-                b = b.set_client_to_redis_certificates(self.certificates());
+        let askers = self.askers(nodes, sentinel_auth.as_ref())?;
+        let tls = is_tls_url(url).then(|| self.configured().then(|| self.certificates()));
+        Ok(Sentinels::new(master, askers, template, tls))
+    }
+
+    /// A client per sentinel for the watch's questions, with the sentinels' credentials
+    /// and TLS files.
+    fn askers(
+        &self,
+        nodes: &[String],
+        auth: Option<&(Option<String>, Option<String>)>,
+    ) -> Result<Vec<redis::Client>, RedisError> {
+        let mut out = Vec::new();
+        for node in nodes {
+            let context = || format!("opening sentinel {}", crate::config::redact_url(node));
+            let mut info = node
+                .as_str()
+                .into_connection_info()
+                .map_err(RedisError::redis(context()))?
+                .set_tcp_settings(tcp_settings());
+            if let Some((user, password)) = auth {
+                let mut settings = info.redis_settings().clone();
+                if let Some(user) = user {
+                    settings = settings.set_username(user);
+                }
+                if let Some(password) = password {
+                    settings = settings.set_password(password);
+                }
+                info = info.set_redis_settings(settings);
             }
+            let client = if is_tls_url(node) && self.configured() {
+                redis::Client::build_with_tls(info, self.certificates())
+            } else {
+                redis::Client::open(info)
+            };
+            out.push(client.map_err(RedisError::redis(context()))?);
         }
-        if sentinel_tls {
-            b = b.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
-            if self.configured() {
-                b = b.set_client_to_sentinel_certificates(self.certificates());
-            }
-        }
-        b.build()
-            .map_err(RedisError::redis("configuring the sentinels"))
+        Ok(out)
     }
 }
 

@@ -6,7 +6,8 @@
 //! Errors: [`RedisError`], with `is_retryable` for the pipeline's backoff.
 //!
 //! Files: `deployment` (how to reach Redis: clients, TLS, ACL users), `control` (the
-//! shared connection, Sentinel re-resolution, the blocking readers' connection), `route`
+//! shared connection, the blocking readers' connection), `sentinel` (following the
+//! master the sentinels name: asked every 250 ms, stale connections dropped), `route`
 //! (hash slots, pipelines per slot), `reply` (stream replies → entries), `admin` and
 //! `inspect` (group administration, stream state); this file: errors and the commands
 //! several users share (discovery, XRANGE).
@@ -17,6 +18,7 @@ mod deployment;
 pub mod inspect;
 pub(crate) mod reply;
 mod route;
+mod sentinel;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::entry::StreamEntry;
 pub use control::{Blocking, Control};
 pub use deployment::{Deployment, tcp_settings};
 pub use route::{Routed, SlotOutcome, pipeline_by_key, pipeline_per_slot, slot};
+pub use sentinel::MasterAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -46,6 +49,30 @@ pub enum RedisError {
         command: &'static str,
         detail: String,
     },
+    /// With Sentinel: a read answered by a master the sentinels no longer name. What it
+    /// returned is dropped unapplied: it stays pending there, and what the new master
+    /// received before the failover is read again from it.
+    #[error(
+        "redis: {context}: answered by {connected}, but the sentinels now name {named} as \
+         master: dropped, to be read again from {named}"
+    )]
+    MasterMoved {
+        context: &'static str,
+        connected: MasterAddr,
+        named: MasterAddr,
+    },
+    /// `redis.wait_replicas`: the entries a read returned had not reached enough replicas.
+    #[error(
+        "redis: {context}: only {acked} of the {wanted} replicas redis.wait_replicas asks \
+         for confirmed the entries read within {timeout:?} (a failover in progress, or \
+         replicas down or lagging): held unapplied until they do"
+    )]
+    NotReplicated {
+        context: &'static str,
+        acked: u64,
+        wanted: u32,
+        timeout: Duration,
+    },
     /// A request that cannot be carried out as asked (operator commands).
     #[error("{0}")]
     Invalid(String),
@@ -57,10 +84,23 @@ impl RedisError {
         move |source| Self::Redis { context, source }
     }
 
+    /// Retry at once, without backing off: the error was a wait already (`WAIT` timed out)
+    /// or has a known cure that the retry applies (reconnecting to the master the
+    /// sentinels name). A growing backoff would only delay following a failover.
+    pub fn retry_at_once(&self) -> bool {
+        matches!(self, Self::MasterMoved { .. } | Self::NotReplicated { .. })
+    }
+
+    /// Whether the reader must re-read its PEL before reading on: always, but after
+    /// [`RedisError::NotReplicated`] (the reader holds what it read and asks again).
+    pub fn needs_rewind(&self) -> bool {
+        !matches!(self, Self::NotReplicated { .. })
+    }
+
     /// Connection trouble, timeouts, a loading or failing-over server: back off and retry.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Timeout { .. } => true,
+            Self::Timeout { .. } | Self::MasterMoved { .. } | Self::NotReplicated { .. } => true,
             Self::Redis { source, .. } => redis_retryable(source),
             Self::Reply { .. } | Self::Invalid(_) => false,
         }

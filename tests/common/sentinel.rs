@@ -225,6 +225,67 @@ impl RedisSentinel {
         )
     }
 
+    /// `SENTINEL FAILOVER`; returns the old master's port and when a sentinel first
+    /// switched to the new one (`+switch-master`: its `SENTINEL MASTER` names the new
+    /// address; polled every 10 ms). The old master is demoted later
+    /// ([`RedisSentinel::wait_demoted`]).
+    pub fn start_failover(&self) -> (u16, Instant) {
+        let before = self.master_port();
+        let _: String = sentinel_query(
+            self.sentinel_ports[0],
+            redis::cmd("SENTINEL").arg("FAILOVER").arg(SENTINEL_MASTER),
+        )
+        .expect("SENTINEL FAILOVER");
+        let start = Instant::now();
+        loop {
+            let switched = self.sentinel_ports.iter().any(|p| {
+                sentinel_query::<Vec<String>>(
+                    *p,
+                    redis::cmd("SENTINEL").arg("MASTER").arg(SENTINEL_MASTER),
+                )
+                .and_then(|fields| {
+                    let i = fields.iter().position(|f| f == "port")?;
+                    fields.get(i + 1)?.parse::<u16>().ok()
+                })
+                .is_some_and(|port| port != before)
+            });
+            if switched {
+                return (before, Instant::now());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no sentinel switched to a new master after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The plain URL of the data node the sentinels know by `port`.
+    pub fn node_url(&self, port: u16) -> String {
+        format!(
+            "redis://{}:{}@127.0.0.1:{}",
+            self.user,
+            self.password,
+            self.plain(port)
+        )
+    }
+
+    /// Waits until the data node the sentinels knew by `port` is a replica again (the
+    /// sentinels reconfigured the old master).
+    pub fn wait_demoted(&self, port: u16) {
+        let start = Instant::now();
+        while !self
+            .data_query(self.plain(port), redis::cmd("INFO").arg("replication"))
+            .is_some_and(|t| t.contains("role:slave"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the old master was not demoted after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `SENTINEL FAILOVER`, then waits until every sentinel names the other node and it
     /// accepts writes.
     pub fn failover(&self) {
