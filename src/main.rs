@@ -35,10 +35,12 @@ fn main() -> ExitCode {
         Err(e) => {
             // Once: a JSON log gets an ERROR record, a terminal or text log one line. A
             // closed stderr is no reason to panic (exit code 101): the code says it.
+            // Each cause once, a Postgres error in Postgres' words (`error_text`).
+            let text = redsink::pipeline::error_text(e.as_ref());
             match args.log_format {
-                cli::LogFormat::Json => tracing::error!("{e:#}"),
+                cli::LogFormat::Json => tracing::error!("{text}"),
                 cli::LogFormat::Text => {
-                    let _ = writeln!(std::io::stderr(), "error: {e:#}");
+                    let _ = writeln!(std::io::stderr(), "error: {text}");
                 }
             }
             ExitCode::FAILURE

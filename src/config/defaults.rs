@@ -41,6 +41,9 @@ pub(super) fn default_statement_timeout() -> Duration {
 pub(super) fn default_keepalive() -> Duration {
     Duration::from_secs(10)
 }
+pub(super) fn default_slow_write_after() -> Duration {
+    Duration::from_secs(10)
+}
 pub(super) fn default_max_batch() -> usize {
     1024
 }

@@ -35,7 +35,7 @@ use defaults::{
     default_block, default_claim_idle, default_dlq_suffix, default_gc_every, default_group,
     default_idle_in_transaction, default_keepalive, default_lock_timeout, default_max_batch,
     default_max_delay, default_max_deliveries, default_placeholder, default_pool_size,
-    default_prune_idle, default_start, default_statement_timeout,
+    default_prune_idle, default_slow_write_after, default_start, default_statement_timeout,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +167,11 @@ pub struct PostgresConfig {
     /// session, even mid-statement.
     #[serde(default = "default_keepalive", deserialize_with = "de_duration")]
     pub keepalive: Duration,
+    /// A batch still being written (blocked on a lock, or retried through an outage)
+    /// after this is logged as a warning naming its tables, and again every this long;
+    /// zero turns the warning off.
+    #[serde(default = "default_slow_write_after", deserialize_with = "de_duration")]
+    pub slow_write_after: Duration,
 }
 
 impl PostgresConfig {
@@ -190,6 +195,7 @@ impl Default for PostgresConfig {
             statement_timeout: default_statement_timeout(),
             keepalive: default_keepalive(),
             gc_every: default_gc_every(),
+            slow_write_after: default_slow_write_after(),
         }
     }
 }

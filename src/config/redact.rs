@@ -120,6 +120,7 @@ impl fmt::Debug for PostgresConfig {
             )
             .field("statement_timeout", &self.statement_timeout)
             .field("keepalive", &self.keepalive)
+            .field("slow_write_after", &self.slow_write_after)
             .finish()
     }
 }

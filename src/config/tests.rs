@@ -111,6 +111,7 @@ fn postgres_timeouts_have_defaults_and_env_overrides() {
     );
     assert_eq!(c.postgres.statement_timeout, Duration::from_secs(300));
     assert_eq!(c.postgres.keepalive, Duration::from_secs(10));
+    assert_eq!(c.postgres.slow_write_after, Duration::from_secs(10));
     let c = load(
         BASE,
         &[
@@ -118,6 +119,7 @@ fn postgres_timeouts_have_defaults_and_env_overrides() {
             ("REDSINK_POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", "3s"),
             ("REDSINK_POSTGRES_STATEMENT_TIMEOUT", "0s"),
             ("REDSINK_POSTGRES_KEEPALIVE", "1m"),
+            ("REDSINK_POSTGRES_SLOW_WRITE_AFTER", "1s"),
         ],
     )
     .expect("valid");
@@ -128,6 +130,7 @@ fn postgres_timeouts_have_defaults_and_env_overrides() {
     );
     assert_eq!(c.postgres.statement_timeout, Duration::ZERO);
     assert_eq!(c.postgres.keepalive, Duration::from_secs(60));
+    assert_eq!(c.postgres.slow_write_after, Duration::from_secs(1));
 }
 
 #[test]

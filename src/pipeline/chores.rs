@@ -17,8 +17,6 @@ use crate::redis::{RedisError, admin, mapped_streams};
 
 /// How often glob patterns are re-scanned for new streams.
 const DISCOVER_EVERY: Duration = Duration::from_secs(30);
-/// How often a progress line is logged.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How often the groups' lag and pending counts are read for the metrics.
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
 /// How often streams with `trim = "acked"` are trimmed.
@@ -31,7 +29,6 @@ pub(super) struct Timers {
     gauges: Option<Instant>,
     trim: Option<Instant>,
     collect: Option<Instant>,
-    progress: Option<Instant>,
 }
 
 impl Timers {
@@ -44,7 +41,6 @@ impl Timers {
             gauges: None,
             trim: now,
             collect: now,
-            progress: now,
         }
     }
 
@@ -97,9 +93,7 @@ impl Pipeline {
             self.collect(&mut horizons).await;
             self.horizons = horizons;
         }
-        if Timers::due(&mut timers.progress, PROGRESS_EVERY) {
-            tracing::info!(stats = ?self.stats(), "progress");
-        }
+        self.core.progress(self.reader.round_trips());
         Ok(())
     }
 

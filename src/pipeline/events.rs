@@ -9,7 +9,9 @@
 //! | [`claimed`](Events::claimed) | `entries_claimed` by stream | `claimed` | |
 //! | [`skipped`](Events::skipped) | `entries_skipped` by stream | `skipped` | debug |
 //! | [`committed`](Events::committed) | `rows_written` by table, `entries_acked` and `entries_dead_lettered` by stream, the batch histograms | `batches`, `rows_written`, `acked`, `dead_lettered`, `already_dead_lettered` (a replay's, not written again) | debug |
-//! | [`retrying`](Events::retrying) | `retries` by operation; `/readyz` fails | | warn |
+//! | [`retrying`](Events::retrying) | `retries` by operation; `/readyz` fails | | warn, naming the endpoint |
+//! | [`write_slow`](Events::write_slow): a batch's write goes on past `postgres.slow_write_after` | | | warn, every `slow_write_after`, naming the tables |
+//! | [`slow_write_ended`](Events::slow_write_ended) | | | info, with how long it took |
 //! | [`lane`](Events::lane): a cluster lane's outage began | `retries` by operation `reading slot <n>`; `/readyz` fails | | warn, once per outage |
 //! | [`lane`](Events::lane): the outage ended | `/readyz` no longer fails for it | | info, with the outage's length |
 //! | [`group_recreated`](Events::group_recreated) | `groups_recreated` by stream | | warn |
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::Stats;
-use super::retry::source_chain;
+use super::retry::{Side, source_chain};
 use crate::batch::Batch;
 use crate::decode::Skip;
 use crate::entry::{DeadLetter, StreamEntry};
@@ -39,13 +41,31 @@ const REACHING_POSTGRES: &str = "reaching postgres";
 pub(super) struct Events {
     metrics: Arc<Metrics>,
     stats: Mutex<Stats>,
+    endpoints: Endpoints,
+}
+
+/// Where each side connects, as logs name it (see [`Events::retrying`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Endpoints {
+    pub(super) redis: String,
+    pub(super) postgres: String,
+}
+
+impl Endpoints {
+    pub(super) fn of(config: &crate::config::Config) -> Self {
+        Self {
+            redis: crate::redis::endpoint(&config.redis),
+            postgres: crate::write::endpoint(&config.postgres),
+        }
+    }
 }
 
 impl Events {
-    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(metrics: Arc<Metrics>, endpoints: Endpoints) -> Self {
         Self {
             metrics,
             stats: Mutex::default(),
+            endpoints,
         }
     }
 
@@ -147,15 +167,52 @@ impl Events {
     }
 
     /// `what` failed with `error` and will be tried again (`/readyz` fails meanwhile).
-    pub(super) fn retrying(&self, what: &str, error: &dyn std::error::Error) {
+    /// The line names the endpoint of the side that failed (`redis=host:port` or
+    /// `postgres=host:port/database`, never a password).
+    pub(super) fn retrying(
+        &self,
+        what: &str,
+        side: Side,
+        error: &(dyn std::error::Error + 'static),
+    ) {
         self.metrics.retrying(what);
         // An error without a source (a timeout) says it all in its message.
-        match source_chain(error) {
-            cause if cause.is_empty() => {
-                tracing::warn!(error = %error, "{} failed, retrying", what)
-            }
-            cause => tracing::warn!(error = %error, cause = %cause, "{} failed, retrying", what),
+        let cause = source_chain(error);
+        let cause = (!cause.is_empty()).then_some(cause);
+        match side {
+            Side::Redis => tracing::warn!(
+                redis = %self.endpoints.redis, error = %error, cause,
+                "{} failed, retrying", what
+            ),
+            Side::Postgres => tracing::warn!(
+                postgres = %self.endpoints.postgres, error = %error, cause,
+                "{} failed, retrying", what
+            ),
         }
+    }
+
+    /// A batch's write (with its retries) has gone on for `waited`: named by its tables,
+    /// since a lock on one of them (`LOCK TABLE`, a long DDL) is the likely cause.
+    pub(super) fn write_slow(&self, batch: &Batch, waited: Duration) {
+        let waited_s = waited.as_secs();
+        tracing::warn!(
+            postgres = %self.endpoints.postgres,
+            tables = %table_names(batch),
+            entries = batch.acks.len(),
+            waited_s,
+            "writing a batch has taken {waited_s} s so far and goes on waiting: a lock on \
+             one of its tables (see pg_locks), or postgres being slow or away"
+        );
+    }
+
+    /// A batch whose write was reported slow ([`Events::write_slow`]) is written.
+    pub(super) fn slow_write_ended(&self, batch: &Batch, took: Duration) {
+        let took_s = (took.as_secs_f64() * 10.0).round() / 10.0;
+        tracing::info!(
+            tables = %table_names(batch),
+            took_s,
+            "the slow write ended after {took_s:.1} s"
+        );
     }
 
     /// A cluster lane's outage began or ended (its master is away, or back). The other
@@ -208,7 +265,10 @@ impl Events {
 
     /// An idle instance's Postgres did not answer its probe (`/readyz` fails).
     pub(super) fn postgres_silent(&self, error: &WriteError) {
-        tracing::warn!(error = %error, cause = %source_chain(error), "postgres does not answer");
+        tracing::warn!(
+            postgres = %self.endpoints.postgres, error = %error, cause = %source_chain(error),
+            "postgres does not answer"
+        );
         self.metrics.retrying(REACHING_POSTGRES);
     }
 
@@ -260,6 +320,16 @@ impl Events {
             "removed what no event can still need"
         );
     }
+}
+
+/// A batch's tables for a log line: comma-separated.
+fn table_names(batch: &Batch) -> String {
+    batch
+        .tables
+        .iter()
+        .map(|t| t.table.name.to_string())
+        .collect::<Vec<String>>()
+        .join(",")
 }
 
 /// Stream names for a log line: comma-separated.

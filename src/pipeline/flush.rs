@@ -5,13 +5,13 @@
 //! ([`Committed`] is the proof [`Acker::ack`] takes).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::events::Events;
-use super::retry::{retrying, source_chain};
-use super::{Core, PipelineError};
+use super::retry::{error_text, retrying};
+use super::{Core, PROGRESS_EVERY, PipelineError};
 use crate::ack::Acker;
 use crate::batch::Batch;
 use crate::write::{Committed, Writer};
@@ -34,9 +34,10 @@ impl Core {
         let acker = self.acker.clone();
         let shutdown = shutdown.clone();
         let events = self.events.clone();
+        let slow_after = self.config.postgres.slow_write_after;
         self.in_flight_since = Some(Instant::now());
         self.in_flight = Some(tokio::spawn(write_and_ack(
-            writer, acker, batch, shutdown, events,
+            writer, acker, batch, shutdown, events, slow_after,
         )));
         Ok(())
     }
@@ -65,13 +66,22 @@ impl Core {
         self.wait_in_flight().await
     }
 
-    /// Waits for the batch in flight, if any: `true` when it was acknowledged.
+    /// Waits for the batch in flight, if any: `true` when it was acknowledged. The
+    /// progress line goes on meanwhile: a write blocked on a lock holds the loop here.
     pub(super) async fn wait_in_flight(&mut self) -> Result<bool, PipelineError> {
         self.in_flight_since = None;
-        let Some(handle) = self.in_flight.take() else {
+        let Some(mut handle) = self.in_flight.take() else {
             return Ok(true);
         };
-        match handle.await {
+        let joined = loop {
+            let next = self.progress_at + PROGRESS_EVERY;
+            tokio::select! {
+                biased;
+                joined = &mut handle => break joined,
+                () = tokio::time::sleep_until(next.into()) => self.progress(self.reader_round_trips),
+            }
+        };
+        match joined {
             Ok(acknowledged) => acknowledged,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(PipelineError::WriterTask(e)),
@@ -79,7 +89,8 @@ impl Core {
     }
 }
 
-/// Writes one batch, then dead-letters and acknowledges it: `true` once acknowledged
+/// Writes one batch (warning while that takes longer than `slow_after`, see
+/// [`watched`]), then dead-letters and acknowledges it: `true` once acknowledged
 /// (and counted). `false`: shutdown came during an outage and the batch was abandoned
 /// unacknowledged: its entries stay pending, to be read again by this consumer when it
 /// restarts under the same name, or claimed by another after `claim_idle`.
@@ -89,10 +100,12 @@ async fn write_and_ack(
     batch: Batch,
     shutdown: CancellationToken,
     events: Arc<Events>,
+    slow_after: Duration,
 ) -> Result<bool, PipelineError> {
     let shutdown = &shutdown;
     let started = Instant::now();
-    let Some(committed) = write(&writer, &mut acker, &batch, shutdown, &events).await? else {
+    let writing = write(&writer, &mut acker, &batch, shutdown, &events);
+    let Some(committed) = watched(writing, &batch, slow_after, &events).await? else {
         return Ok(false);
     };
     let took = started.elapsed();
@@ -105,6 +118,39 @@ async fn write_and_ack(
     };
     events.committed(&batch, &committed, &already, took);
     Ok(true)
+}
+
+/// Awaits `writing` (a batch's write, with its retries) and, while it has taken longer
+/// than `after`, warns every `after` naming the batch's tables (a lock on one of them,
+/// an outage), then says when it finished. `after` zero: no warning. Cancel safe as
+/// `writing` is: it is polled to its end.
+async fn watched<T>(
+    writing: impl Future<Output = T>,
+    batch: &Batch,
+    after: Duration,
+    events: &Events,
+) -> T {
+    if after.is_zero() {
+        return writing.await;
+    }
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval_at((started + after).into(), after);
+    let mut warned = false;
+    let mut writing = std::pin::pin!(writing);
+    let out = loop {
+        tokio::select! {
+            biased;
+            out = &mut writing => break out,
+            _ = ticks.tick() => {
+                warned = true;
+                events.write_slow(batch, started.elapsed());
+            }
+        }
+    };
+    if warned {
+        events.slow_write_ended(batch, started.elapsed());
+    }
+    out
 }
 
 /// Writes and commits one batch, retrying transient errors. `None`: shutdown came
@@ -121,7 +167,7 @@ async fn write(
     let written = retrying!(events, shutdown, "writing to postgres", async {
         let result = writer.write(batch).await;
         if let Err(e) = &result {
-            last_error = Some(format!("{e}: {}", source_chain(e)));
+            last_error = Some(error_text(e));
         }
         result
     });

@@ -46,7 +46,7 @@ mod replay;
 mod retry;
 
 pub use replay::{ReplayOptions, ReplayProgress, replay};
-pub use retry::source_chain;
+pub use retry::{error_text, source_chain};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use self::chores::Timers;
-use self::events::Events;
-use self::retry::{Retry, retrying};
+use self::events::{Endpoints, Events};
+use self::retry::{Retry, Side, retrying};
 use crate::ack::{AckError, Acker};
 use crate::batch::Batcher;
 use crate::config::Config;
@@ -71,6 +71,8 @@ use crate::write::{Catalog, WriteError, Writer};
 const READING: &str = "reading from redis";
 /// The operation name of re-reading the pending entries after a read error.
 const REWINDING: &str = "re-reading the pending entries";
+/// How often a progress line is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
 const STALL_AFTER: Duration = Duration::from_secs(60);
 
@@ -136,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
     let metrics = Arc::new(Metrics::new());
     let stop_http = CancellationToken::new();
     let http = listen(&config, &metrics, &stop_http).await?;
-    let events = Arc::new(Events::new(metrics));
+    let events = Arc::new(Events::new(metrics, Endpoints::of(&config)));
     let result = match Pipeline::start(config, &shutdown, events).await {
         Ok(Some(mut pipeline)) => {
             let result = pipeline.run_loop(&shutdown).await;
@@ -205,6 +207,12 @@ struct Core {
     in_flight: Option<tokio::task::JoinHandle<Result<bool, PipelineError>>>,
     /// When the batch in flight was handed to the write task.
     in_flight_since: Option<Instant>,
+    /// When the last progress line was logged: by the loop's chores, or while the loop
+    /// waits for a blocked write ([`Core::wait_in_flight`]).
+    progress_at: Instant,
+    /// The reader's round trips as of the loop's last turn (the progress line's count
+    /// while the loop, and so the reader, waits for a write).
+    reader_round_trips: u64,
     /// The last read filled its COUNT on some stream: more is waiting there.
     backlog: bool,
     /// Shutdown came while an entry waited for an outage to end: entries after it were
@@ -328,7 +336,7 @@ impl Pipeline {
                 self.prefetched = entries;
             }
             Err(e) if e.is_retryable() => {
-                self.core.events.retrying(READING, &e);
+                self.core.events.retrying(READING, Side::Redis, &e);
                 // What was read is still applied and acked; then the PEL is re-read,
                 // because the failed read may have delivered entries we never saw —
                 // unless the reader holds them (`redis.wait_replicas`). No backoff when
@@ -349,7 +357,7 @@ impl Pipeline {
                             self.core.events.group_recreated(stream);
                         }
                     }
-                    Err(e) => self.core.events.retrying(REWINDING, &e),
+                    Err(e) => self.core.events.retrying(REWINDING, Side::Redis, &e),
                 }
             }
             Err(e) => return Err(e.into()),
@@ -361,10 +369,24 @@ impl Pipeline {
 impl Core {
     /// The stats so far, with the round trips of the writer, `reader` and the acker.
     fn stats(&self, reader: &Reader) -> Stats {
+        self.stats_with(reader.round_trips())
+    }
+
+    /// The stats so far, with `reader_round_trips` as the reader's.
+    fn stats_with(&self, reader_round_trips: u64) -> Stats {
         Stats {
             pg_round_trips: self.writer.round_trips(),
-            redis_round_trips: reader.round_trips() + self.acker.round_trips(),
+            redis_round_trips: reader_round_trips + self.acker.round_trips(),
             ..self.events.stats()
+        }
+    }
+
+    /// Logs the progress line when [`PROGRESS_EVERY`] has passed since the last one.
+    fn progress(&mut self, reader_round_trips: u64) {
+        self.reader_round_trips = reader_round_trips;
+        if self.progress_at.elapsed() >= PROGRESS_EVERY {
+            self.progress_at = Instant::now();
+            tracing::info!(stats = ?self.stats_with(reader_round_trips), "progress");
         }
     }
 }

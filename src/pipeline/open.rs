@@ -1,5 +1,5 @@
-//! Opening: compiles the mappings, connects to Postgres and migrates it, connects to
-//! Redis, and checks every fixed target table, retrying while a side is unreachable.
+//! Opening: compiles the mappings, connects to Redis, then to Postgres and migrates
+//! it, and checks every fixed target table, retrying while a side is unreachable.
 //! Gives the [`Core`] and the [`Reader`], or `None` when shutdown came first. Once the
 //! streams are known, [`check_consumer_name`] refuses to start under a consumer name
 //! that another live instance reads with.
@@ -32,15 +32,17 @@ impl Core {
     ) -> Result<Option<(Self, Reader)>, PipelineError> {
         let mappings = compile(&config)?;
         let group = replay_as.unwrap_or(&config.redis.group);
-        let Some((mut catalog, writer)) =
-            connect_postgres(&config, group, shutdown, &events).await?
-        else {
-            return Ok(None);
-        };
+        // Redis first: nothing is written to Postgres (migrations) by an instance that
+        // cannot read its streams.
         let redis_config = config.redis.clone();
         let Some((deployment, control)) = retrying!(events, shutdown, "connecting to redis", {
             crate::redis::connect(&redis_config)
         })?
+        else {
+            return Ok(None);
+        };
+        let Some((mut catalog, writer)) =
+            connect_postgres(&config, group, shutdown, &events).await?
         else {
             return Ok(None);
         };
@@ -64,6 +66,8 @@ impl Core {
             batcher,
             in_flight: None,
             in_flight_since: None,
+            progress_at: std::time::Instant::now(),
+            reader_round_trips: 0,
             backlog: false,
             interrupted: false,
             unfinished: Vec::new(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::events::Events;
+use super::events::{Endpoints, Events};
 use super::{Core, PipelineError, Stats};
 use crate::config::{Config, StreamPattern};
 use crate::entry::EntryId;
@@ -85,7 +85,10 @@ pub async fn replay(
         .map(|t| parse_bound(t, "--to", true))
         .transpose()?;
     let replay_as = config.redis.replay_group();
-    let events = Arc::new(Events::new(Arc::new(Metrics::new())));
+    let events = Arc::new(Events::new(
+        Arc::new(Metrics::new()),
+        Endpoints::of(&config),
+    ));
     let Some((core, reader)) = Core::open(config, shutdown, Some(&replay_as), events).await? else {
         return Ok(Stats::default());
     };

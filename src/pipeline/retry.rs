@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckError;
 use crate::redis::RedisError;
-use crate::write::{ErrorClass, WriteError};
+use crate::write::{self, ErrorClass, WriteError};
 
 /// Backoff with jitter between attempts; waiting gives up when shutdown is requested.
 pub(super) struct Retry {
@@ -40,14 +40,25 @@ impl Retry {
     }
 }
 
-/// Which errors are worth another attempt.
+/// Which server an operation talks to: its retry warnings name that endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Redis,
+    Postgres,
+}
+
+/// Which errors are worth another attempt, and which side they come from.
 pub(super) trait Transient {
     fn is_transient(&self) -> bool;
+    fn side(&self) -> Side;
 }
 
 impl Transient for WriteError {
     fn is_transient(&self) -> bool {
         self.class() == ErrorClass::Retry
+    }
+    fn side(&self) -> Side {
+        Side::Postgres
     }
 }
 
@@ -55,11 +66,17 @@ impl Transient for RedisError {
     fn is_transient(&self) -> bool {
         self.is_retryable()
     }
+    fn side(&self) -> Side {
+        Side::Redis
+    }
 }
 
 impl Transient for AckError {
     fn is_transient(&self) -> bool {
         self.is_retryable()
+    }
+    fn side(&self) -> Side {
+        Side::Redis
     }
 }
 
@@ -79,7 +96,7 @@ macro_rules! retrying {
                     break Ok(Some(value));
                 }
                 Err(e) if $crate::pipeline::retry::Transient::is_transient(&e) => {
-                    $events.retrying($what, &e);
+                    $events.retrying($what, $crate::pipeline::retry::Transient::side(&e), &e);
                     if !retry.wait($shutdown).await {
                         break Ok(None);
                     }
@@ -97,12 +114,53 @@ macro_rules! retrying {
 pub(super) use retrying;
 
 /// The error's causes, joined: operators need the root cause (refused, timed out, …).
-pub fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
+/// Each is said once: a cause whose text the one before it already quotes (sqlx's
+/// `error communicating with database: <io error>`, then the io error) is left out, and
+/// a Postgres error reads as Postgres' message ([`write::database_message`]).
+pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut said = (e.to_string(), String::new());
     let mut cur = e.source();
     while let Some(s) = cur {
-        out.push(s.to_string());
+        let raw = s.to_string();
+        let text = write::database_message(s).unwrap_or_else(|| raw.clone());
+        if !said.0.contains(&raw) && !said.1.contains(&text) {
+            out.push(text.clone());
+        }
+        said = (raw, text);
         cur = s.source();
     }
     out.join(": ")
+}
+
+/// The error's message and its causes ([`source_chain`]), each said once: how a fatal
+/// error is printed.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    match source_chain(e) {
+        chain if chain.is_empty() => e.to_string(),
+        chain => format!("{e}: {chain}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("context")]
+    struct Context(#[source] Quoting);
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_said_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Context(Quoting(refused));
+        assert_eq!(source_chain(&e), "outer: refused");
+        assert_eq!(error_text(&e), "context: outer: refused");
+        let alone = std::io::Error::other("alone");
+        assert_eq!(error_text(&alone), "alone");
+    }
 }

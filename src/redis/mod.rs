@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use redis::Value;
 
-use crate::config::{RedisConfig, StreamPattern};
+use crate::config::{RedisConfig, RedisMode, StreamPattern};
 use crate::entry::StreamEntry;
 
 pub use control::{Blocking, Control};
@@ -141,6 +141,39 @@ pub fn redis_retryable(e: &redis::RedisError) -> bool {
                     | "NOGROUP"
             )
         )
+}
+
+/// Where the configured deployment is, for logs: `host:port` (a Unix socket's path);
+/// a cluster's seed nodes, comma-separated; a Sentinel master as `<name> via` its
+/// sentinels. Never a user name or password.
+pub fn endpoint(redis: &RedisConfig) -> String {
+    let address = |url: &String| match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "unix" || u.scheme().ends_with("+unix") => u.path().to_string(),
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or("?"),
+            u.port().unwrap_or(6379)
+        ),
+        Err(_) => crate::config::redact_url(url),
+    };
+    match redis.mode {
+        RedisMode::Standalone => address(&redis.url),
+        RedisMode::Cluster => std::iter::once(&redis.url)
+            .chain(&redis.nodes)
+            .map(address)
+            .collect::<Vec<_>>()
+            .join(","),
+        RedisMode::Sentinel => {
+            let sentinels = if redis.nodes.is_empty() {
+                std::slice::from_ref(&redis.url)
+            } else {
+                redis.nodes.as_slice()
+            };
+            let sentinels: Vec<String> = sentinels.iter().map(address).collect();
+            let name = redis.master_name.as_deref().unwrap_or_default();
+            format!("{name} via {}", sentinels.join(","))
+        }
+    }
 }
 
 /// Opens the shared (non-blocking) connection to the configured deployment.

@@ -37,9 +37,9 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::PostgresConfig;
 use crate::entry::{DeadLetter, EntryId};
@@ -198,19 +198,67 @@ impl Committed {
     }
 }
 
+/// How long opening the first connection may take before it counts as unreachable
+/// (sqlx sets no connect timeout: a host that drops packets would hang the start).
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
 /// Connects a pool of `config.pool_size` connections to `config.url`, each session
-/// with [`session_settings`].
+/// with [`session_settings`]. One connection is opened first, on its own: sqlx's pool
+/// retries a failed connect until its acquire timeout and then reports only
+/// `PoolTimedOut`, hiding the cause (refused, unknown host, no such database, bad
+/// password); the error names the endpoint ([`endpoint`], never the password).
 pub async fn connect(config: &PostgresConfig) -> Result<PgPool, WriteError> {
     let options = PgConnectOptions::from_str(&config.url)
         .map_err(WriteError::pg("parsing postgres.url"))?
         .application_name("redsink")
         .options(session_settings(config));
+    let context = format!("connecting to postgres at {}", endpoint(config));
+    let first = tokio::time::timeout(CONNECT_WITHIN, PgConnection::connect_with(&options))
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", CONNECT_WITHIN.as_secs()),
+            )))
+        })
+        .map_err(WriteError::pg(context.clone()))?;
+    // Its only purpose was the error; the pool opens its own connections.
+    let _ = first.close().await;
     PgPoolOptions::new()
         .max_connections(config.pool_size)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(CONNECT_WITHIN)
         .connect_with(options)
         .await
-        .map_err(WriteError::pg("connecting to postgres"))
+        .map_err(WriteError::pg(context))
+}
+
+/// Where `config.url` points, for logs and errors: `host:port/database` as sqlx reads
+/// the URL (a Unix socket directory as the host), never the user or password.
+pub fn endpoint(config: &PostgresConfig) -> String {
+    match PgConnectOptions::from_str(&config.url) {
+        Ok(o) => format!(
+            "{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or_else(|| o.get_username())
+        ),
+        Err(_) => crate::config::redact_url(&config.url),
+    }
+}
+
+/// Postgres' own words for a database error: its message and SQLSTATE, without the
+/// ` at line N` sqlx appends (a line of the server's C source, which only misleads),
+/// and without the detail (it can quote row values). `None` for any other error.
+pub fn database_message(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let db: &dyn sqlx::error::DatabaseError = match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => db.as_ref(),
+        Some(_) => return None,
+        None => e.downcast_ref::<sqlx::postgres::PgDatabaseError>()?,
+    };
+    Some(match db.code() {
+        Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+        None => db.message().to_string(),
+    })
 }
 
 /// The settings of each session (sent at connection start-up, so no round trip): time

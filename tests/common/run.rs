@@ -121,3 +121,76 @@ pub async fn sync_at(url: &str, config: Config, streams: &[String]) -> Stats {
         .await
         .expect("pipeline stops cleanly")
 }
+
+/// The `redsink` binary running a command in the background, its stderr (the log) read
+/// line by line; killed on drop.
+pub struct Spawned {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far (for failure messages).
+    pub seen: Vec<String>,
+    dir: std::path::PathBuf,
+}
+
+impl Spawned {
+    /// Starts `redsink <args> --config <config>` with `REDSINK_LOG=<log>`.
+    pub fn start(config: &str, args: &[&str], log: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("redsink-spawned"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("redsink.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_redsink"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("REDSINK_LOG", log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start redsink");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            dir,
+        }
+    }
+
+    /// The first line from now on that satisfies `pred`, or `None` after `timeout` (or
+    /// when the process ended).
+    pub fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Everything read so far, one line each.
+    pub fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}

@@ -17,6 +17,7 @@ mod crash;
 mod debezium;
 mod evolution;
 mod failover;
+mod first_contact;
 mod fixtures;
 mod load;
 mod locks;
