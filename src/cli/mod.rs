@@ -9,6 +9,7 @@ mod produce;
 mod replay;
 mod run;
 mod status;
+mod term;
 
 use std::path::PathBuf;
 
@@ -144,7 +145,7 @@ pub fn init_tracing(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(term::LogWriter);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

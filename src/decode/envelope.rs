@@ -72,6 +72,7 @@ pub(super) fn envelope(
         after,
         source,
         declared: Declared::of(schema, false),
+        bare: false,
     }))
 }
 

@@ -84,7 +84,18 @@ pub struct ChangeEvent {
     pub source: Source,
     /// The event's schema, for schema evolution: [`Declared::columns`].
     pub declared: Declared,
+    /// A bare value: no `op`, `before`, `after` or `source` (no envelope), no `__`
+    /// metadata fields and no schema. ExtractNewRecordState with its default settings
+    /// writes rows like that, so it is taken for one; but any other JSON object looks
+    /// the same, so when its fields do not fit the table the reason says it may be no
+    /// Debezium event at all.
+    pub bare: bool,
 }
+
+/// What a bare value whose fields do not fit the table may be.
+pub const NOT_DEBEZIUM: &str = "the value is neither a Debezium envelope (no `op`, `after`, \
+     `before`) nor a flattened event (no `__op`/`__deleted`); read as a row flattened by \
+     ExtractNewRecordState without metadata fields, it does not fit the table";
 
 /// An event's value schema, kept (not copied) so that the columns it declares are
 /// derived only when schema evolution asks for them, not for every event.
@@ -101,34 +112,71 @@ impl Declared {
         Self { schema, flattened }
     }
 
-    /// The row's columns as the schema declares them (empty without schemas).
-    pub fn columns(&self) -> Vec<DeclaredColumn> {
+    /// The row's columns as the schema declares them, of the fields `wanted` (empty
+    /// without schemas); an error (the reason) names a wanted field whose schema type has
+    /// no PostgreSQL type.
+    pub fn columns(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<DeclaredColumn>, String> {
         let fields = match &self.schema {
             None => None,
             Some(s) if self.flattened => Some(struct_fields(s)),
             Some(s) => envelope_row_schema(s),
         };
-        declared(fields)
+        declared(fields, wanted)
     }
 }
 
-/// The columns a row struct schema declares.
-fn declared(fields: Option<&[Value]>) -> Vec<DeclaredColumn> {
+/// The columns a row struct schema declares. A field whose type has no PostgreSQL type
+/// is an error, not a column left out: the table would be created without it and every
+/// event would then fail on "no such column".
+fn declared(
+    fields: Option<&[Value]>,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<DeclaredColumn>, String> {
     fields
         .unwrap_or(&[])
         .iter()
         .filter_map(|f| {
             let name = f.get("field").and_then(Value::as_str)?;
-            if name.starts_with(FLATTENED_PREFIX) {
+            if name.starts_with(FLATTENED_PREFIX) || !wanted(name) {
                 return None;
             }
-            Some(DeclaredColumn {
+            let Some(sql_type) = sql_type(f) else {
+                return Some(Err(format!(
+                    "schema evolution: column {name}: its schema type {} has no PostgreSQL \
+                     type (expected a Kafka Connect type: int8, int16, int32, int64, float32, \
+                     float64, boolean, string, bytes, map, struct, or an array of one of \
+                     them): fix the schema the producer sends, or create the column yourself \
+                     with schema_evolution = \"none\"",
+                    type_text(f)
+                )));
+            };
+            Some(Ok(DeclaredColumn {
                 name: name.to_string(),
-                sql_type: sql_type(f)?,
+                sql_type,
                 optional: f.get("optional").and_then(Value::as_bool).unwrap_or(true),
-            })
+            }))
         })
         .collect()
+}
+
+/// A field schema's type as the event wrote it: `type`, its logical `name`, an array's
+/// `items`.
+fn type_text(schema: &Value) -> String {
+    let ty = match schema.get("type") {
+        Some(Value::String(t)) => format!("`{t}`"),
+        Some(other) => format!("`{other}`"),
+        None => "(none)".into(),
+    };
+    let name = schema
+        .get("name")
+        .and_then(Value::as_str)
+        .map(|n| format!(" named `{n}`"))
+        .unwrap_or_default();
+    let items = schema
+        .get("items")
+        .map(|i| format!(" of {}", type_text(i)))
+        .unwrap_or_default();
+    format!("{ty}{name}{items}")
 }
 
 /// The parts of the `source` block redsink uses.

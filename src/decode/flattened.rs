@@ -37,6 +37,7 @@ pub(super) fn flattened(
         );
     }
     let (meta, fields) = split_meta(payload);
+    let bare = schema.is_none() && meta.is_empty();
     if fields.is_empty() {
         return Err(
             "the value has no `op` field and no row fields: it is neither a Debezium change \
@@ -60,6 +61,7 @@ pub(super) fn flattened(
         after,
         source,
         declared: Declared::of(schema, true),
+        bare,
     }))
 }
 

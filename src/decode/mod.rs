@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::config::DecodeConfig;
 use crate::entry::{EntryId, StreamEntry};
 
-pub use event::{ChangeEvent, Declared, Decoded, Field, Op, Row, Skip, Source};
+pub use event::{ChangeEvent, Declared, Decoded, Field, NOT_DEBEZIUM, Op, Row, Skip, Source};
 pub use logical::{Logical, sql_type};
 
 /// The Debezium prefix of heartbeat topics (`topic.heartbeat.prefix`).

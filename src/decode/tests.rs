@@ -462,3 +462,47 @@ fn flattened_events_with_schemas_and_malformed_ones() {
         .is_err()
     );
 }
+
+/// A value with no envelope fields, no `__` metadata and no schema is taken for a row
+/// flattened with ExtractNewRecordState's defaults, marked bare: map says it may be no
+/// Debezium event when it does not fit the table.
+#[test]
+fn a_value_without_envelope_or_flattening_markers_is_bare() {
+    let config = DecodeConfig::default();
+    let bare = |value: &str| change(decode(&compact("s", r#"{"id":1}"#, value), &config)).bare;
+    assert!(bare(r#"{"foo":1,"bar":[1,2]}"#));
+    assert!(!bare(r#"{"id":1,"__op":"c"}"#), "a metadata field");
+    assert!(!bare(r#"{"id":1,"__deleted":"false"}"#), "a metadata field");
+    assert!(
+        !bare(
+            r#"{"schema":{"type":"struct","name":"t.Value","fields":[{"field":"id","type":"int32"}]},"payload":{"id":1}}"#
+        ),
+        "a row schema"
+    );
+    assert!(
+        !bare(&fixture("postgres_update_before_null_without_schema.json")),
+        "an envelope"
+    );
+}
+
+/// Schema evolution: a wanted field whose type has no PostgreSQL type is an error
+/// naming it and its type, not a column left out.
+#[test]
+fn a_declared_type_that_is_no_type_is_an_error_naming_the_column() {
+    let value = r#"{"schema":{"type":"struct","name":"t.Value","fields":[{"field":"id","type":"int32"},{"field":"bar","type":"strin"}]},"payload":{"id":1,"bar":"x"}}"#;
+    let e = change(decode(
+        &compact("s", r#"{"id":1}"#, value),
+        &DecodeConfig::default(),
+    ));
+    let err = e.declared.columns(|_| true).expect_err("no such type");
+    assert!(
+        err.contains("column bar") && err.contains("`strin`"),
+        "{err}"
+    );
+    let columns = e
+        .declared
+        .columns(|f| f != "bar")
+        .expect("bar is not wanted");
+    assert_eq!(columns.len(), 1);
+    assert_eq!(columns[0].sql_type, "integer");
+}

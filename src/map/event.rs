@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::config::{DecimalHandling, DeleteMode};
-use crate::decode::{ChangeEvent, Field, Op, Row};
+use crate::decode::{ChangeEvent, Field, NOT_DEBEZIUM, Op, Row};
 use crate::entry::EntryId;
 
 use super::{MapError, Mapping, TableSchema, UNAVAILABLE_VALUE, Version, columns, convert};
@@ -71,6 +71,21 @@ pub fn map_truncate(
 
 /// Turns one row event (c, u, d, r) into a row change for `table`.
 pub fn map_event(
+    mapping: &Mapping,
+    event: &ChangeEvent,
+    id: EntryId,
+    table: &Arc<TableSchema>,
+) -> Result<RowChange, MapError> {
+    map_change(mapping, event, id, table).map_err(|e| match e {
+        // A bare value's fields are a row only if it was one: say it may not be.
+        MapError::UnknownColumn(reason) if event.bare => {
+            MapError::UnknownColumn(format!("{NOT_DEBEZIUM}: {reason}"))
+        }
+        other => other,
+    })
+}
+
+fn map_change(
     mapping: &Mapping,
     event: &ChangeEvent,
     id: EntryId,

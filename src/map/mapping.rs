@@ -13,6 +13,9 @@ use crate::table::{DeclaredColumn, TableTemplate};
 
 use super::{Columns, MapError, TableSchema};
 
+/// What schema evolution creates for an event: its declared columns and its key columns.
+pub type Evolution = (Vec<DeclaredColumn>, Vec<String>);
+
 /// A configured mapping, compiled.
 #[derive(Debug, Clone)]
 pub struct Mapping {
@@ -69,14 +72,19 @@ impl Mapping {
     }
 
     /// For schema evolution: the event's declared columns under their column names
-    /// (the column mapping applied) and the key columns; `None` without schemas.
-    pub fn evolution(&self, event: &ChangeEvent) -> Option<(Vec<DeclaredColumn>, Vec<String>)> {
+    /// (the column mapping applied) and the key columns; `None` without schemas. An
+    /// error: a declared column has no PostgreSQL type (this event's problem).
+    pub fn evolution(&self, event: &ChangeEvent) -> Result<Option<Evolution>, MapError> {
         if self.schema_evolution != SchemaEvolution::Basic {
-            return None;
+            return Ok(None);
         }
-        let declared = event.declared.columns();
+        // Only the fields that become columns: an excluded one needs no type.
+        let declared = event
+            .declared
+            .columns(|field| self.columns.column_of(field).is_some())
+            .map_err(MapError::Event)?;
         if declared.is_empty() {
-            return None;
+            return Ok(None);
         }
         let columns = declared
             .iter()
@@ -88,13 +96,12 @@ impl Mapping {
                 })
             })
             .collect();
-        let key = self
-            .key_names(event)
-            .ok()?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        Some((columns, key))
+        // Without key columns no table can be created; map says why (or it exists).
+        let Ok(key) = self.key_names(event) else {
+            return Ok(None);
+        };
+        let key = key.into_iter().map(str::to_string).collect();
+        Ok(Some((columns, key)))
     }
 
     /// What this mapping's config says of a fixed target table, checked against its

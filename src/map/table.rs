@@ -111,6 +111,7 @@ mod tests {
                 ..Source::default()
             },
             declared: Default::default(),
+            bare: false,
         };
         assert_eq!(
             resolve_table(&t, &event, "s")
@@ -144,6 +145,7 @@ mod tests {
                 ..Source::default()
             },
             declared: Default::default(),
+            bare: false,
         };
         let t = TableTemplate::parse("${source.table}").expect("valid");
         let err = resolve_table(&t, &event("public", "pg_catalog.pg_authid"), "s");

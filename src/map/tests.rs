@@ -68,6 +68,7 @@ pub(super) fn event(
             ..Source::default()
         },
         declared: Default::default(),
+        bare: false,
     }
 }
 
@@ -130,6 +131,31 @@ fn a_delete_takes_its_key_from_the_message_key_or_before() {
     );
 }
 
+/// A bare value (no envelope, no `__` fields) whose fields are no columns may be no
+/// Debezium event at all: the reason says so.
+#[test]
+fn an_unknown_column_of_a_bare_value_says_it_may_be_no_debezium_event() {
+    let bare = ChangeEvent {
+        bare: true,
+        ..event(
+            Op::Create,
+            Some(json!({"id": 1})),
+            None,
+            Some(json!({"foo": 1, "bar": [1, 2]})),
+        )
+    };
+    let err = map_event(&mapping(""), &bare, ID, &table()).expect_err("unknown column");
+    assert!(
+        matches!(err, MapError::UnknownColumn(_)),
+        "the catalog is read again first"
+    );
+    let err = err.to_string();
+    assert!(
+        err.contains("neither a Debezium envelope") && err.contains("column bar"),
+        "{err}"
+    );
+}
+
 #[test]
 fn errors_name_the_table_and_column() {
     let unknown = event(
@@ -149,7 +175,6 @@ fn errors_name_the_table_and_column() {
         &table(),
     );
     assert!(ignored.is_ok());
-
     let mismatch = event(
         Op::Create,
         Some(json!({"id": 1})),
@@ -437,6 +462,7 @@ fn event_with(source: Source) -> ChangeEvent {
         after: None,
         source,
         declared: Default::default(),
+        bare: false,
     }
 }
 

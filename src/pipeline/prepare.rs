@@ -11,7 +11,7 @@
 //! | decoding, a value, a null key, an unknown column | the event | dead letter |
 //! | message key fields that are none of the table's unique keys | the event | dead letter |
 //! | any table-wide problem of a templated table (missing, no such key column, no unique key, no soft-delete column) | the event (its table name) | dead letter |
-//! | creating a templated table from the event's schema (schema evolution) | the event | dead letter |
+//! | creating a templated table from the event's schema (schema evolution), a declared type with no PostgreSQL type | the event | dead letter |
 //! | a fixed table: missing, configured key not unique, a configured column missing | the config | fatal (checked at start, again when the catalog is re-read) |
 //! | a fixed table without any primary key or unique index | the table | fatal |
 //! | catalog reads, privileges | the database or the config | retried, else fatal |
@@ -214,11 +214,16 @@ impl Core {
         shutdown: &CancellationToken,
     ) -> Result<Result<Arc<TableSchema>, Prepared>, PipelineError> {
         // Only for a table not read yet: the declared columns are built on demand.
-        if !self.catalog.knows(&target.table)
-            && let Some((columns, key)) = &self.mappings[target.mapping].evolution(event)
-            && let Some(prepared) = self.evolve(target, columns, key, shutdown).await?
-        {
-            return Ok(Err(prepared));
+        if !self.catalog.knows(&target.table) {
+            match self.mappings[target.mapping].evolution(event) {
+                Ok(Some((columns, key))) => {
+                    if let Some(prepared) = self.evolve(target, &columns, &key, shutdown).await? {
+                        return Ok(Err(prepared));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Ok(Err(dead_or_fatal(target, e)?)),
+            }
         }
         self.table(target, false, shutdown).await
     }
@@ -236,10 +241,16 @@ impl Core {
     ) -> Result<Prepared, PipelineError> {
         let mapped = match map::map_event(&self.mappings[target.mapping], event, id, table) {
             Err(MapError::UnknownColumn(_)) => {
-                if let Some((columns, key)) = &self.mappings[target.mapping].evolution(event)
-                    && let Some(prepared) = self.evolve(target, columns, key, shutdown).await?
-                {
-                    return Ok(prepared);
+                match self.mappings[target.mapping].evolution(event) {
+                    Ok(Some((columns, key))) => {
+                        if let Some(prepared) =
+                            self.evolve(target, &columns, &key, shutdown).await?
+                        {
+                            return Ok(prepared);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return dead_or_fatal(target, e),
                 }
                 match self.table(target, true, shutdown).await? {
                     Ok(table) => map::map_event(&self.mappings[target.mapping], event, id, &table),

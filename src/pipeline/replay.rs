@@ -16,7 +16,7 @@ use crate::config::{Config, StreamPattern};
 use crate::entry::EntryId;
 use crate::metrics::Metrics;
 use crate::read::Reader;
-use crate::redis::{RedisError, discover, mapped_streams};
+use crate::redis::{RedisError, discover, inspect, mapped_streams};
 
 /// What to replay.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +38,12 @@ pub struct ReplayOptions {
 pub struct ReplayProgress {
     /// Entries read so far.
     pub entries: u64,
-    /// Share of the streams' ID ranges (by their millisecond part) done, 0 to 1.
+    /// Entries in the range to replay, counted when the replay starts (XLEN for a
+    /// whole stream, else a count of the range); each stream's count is corrected to
+    /// what was read once it is done (entries trimmed meanwhile), so the last report
+    /// says `entries == total`.
+    pub total: u64,
+    /// Share of the entries done, 0 to 1: never falls, 1 at the end.
     pub fraction: f64,
     /// The stream being read and the last ID read from it.
     pub stream: Arc<str>,
@@ -48,16 +53,39 @@ pub struct ReplayProgress {
 /// One stream's range of entries to replay, from `--from` to `end`.
 struct Span {
     stream: Arc<str>,
-    /// Where the progress counts from: the later of `--from` and the stream's first
-    /// entry, in milliseconds.
-    start_ms: u64,
     end: EntryId,
+    /// The entries from `--from` to `end` when the replay started.
+    entries: u64,
 }
 
-impl Span {
-    /// The span's share of the progress: its width in milliseconds (at least 1).
-    fn width_ms(&self) -> u64 {
-        self.end.ms.saturating_sub(self.start_ms) + 1
+/// The progress arithmetic: entries done out of the entries counted, by span.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    /// Entries in all spans: counted at the start, each done span's corrected to what
+    /// was read of it.
+    total: u64,
+    /// Entries read in the spans done.
+    done: u64,
+}
+
+impl Tally {
+    fn new(spans: &[Span]) -> Self {
+        Self {
+            total: spans.iter().map(|s| s.entries).sum(),
+            done: 0,
+        }
+    }
+
+    /// The share done with `read` entries read so far of the span counted `counted`.
+    fn fraction(&self, read: u64, counted: u64) -> f64 {
+        fraction(self.done + read.min(counted), self.total)
+    }
+
+    /// A span counted `counted` is done after `read` entries: from now on it weighs
+    /// what it held (fewer when entries were trimmed while it was replayed).
+    fn span_done(&mut self, read: u64, counted: u64) {
+        self.total = self.total - counted + read.min(counted);
+        self.done += read.min(counted);
     }
 }
 
@@ -100,16 +128,11 @@ pub async fn replay(
             "nothing to replay: no stream of the selected mappings matches".into(),
         ));
     }
-    let total_ms: u64 = spans.iter().map(Span::width_ms).sum();
-    let mut done_ms: u64 = 0;
+    let mut tally = Tally::new(&spans);
     for span in &spans {
-        if !replay
-            .span(span, done_ms, total_ms, shutdown, progress)
-            .await?
-        {
+        if !replay.span(span, &mut tally, shutdown, progress).await? {
             break;
         }
-        done_ms += span.width_ms();
     }
     replay.core.drain(shutdown).await?;
     Ok(replay.core.stats(&replay.reader))
@@ -186,51 +209,65 @@ impl Replay {
         };
         let end = to.map_or(newest, |t| t.min(newest));
         let stream: Arc<str> = Arc::from(name);
-        // Progress counts from the first entry there is, not from `-` (1970).
         let oldest = self.reader.range(&stream, "-", "+", 1).await?;
-        let start_ms = oldest
-            .first()
-            .map_or(self.from.ms, |e| e.id.ms.max(self.from.ms));
+        let whole = oldest.first().is_some_and(|e| self.from <= e.id) && end == newest;
+        // XLEN is O(1); a part of the stream has to be counted (see `count_range`).
+        let control = self.reader.control();
+        let entries = if whole {
+            inspect::length(control, name).await?
+        } else if self.from <= end {
+            inspect::count_range(control, name, self.from, end).await?
+        } else {
+            0
+        };
         Ok(Some(Span {
             stream,
-            start_ms,
             end,
+            entries,
         }))
     }
 
-    /// Replays one span chunk by chunk, reporting progress after each (`done_ms` of
-    /// `total_ms` were done before it). `false` when shutdown stopped it.
+    /// Replays one span chunk by chunk, reporting progress after each (`tally` has the
+    /// spans before it). `false` when shutdown stopped it.
     async fn span(
         &mut self,
         span: &Span,
-        done_ms: u64,
-        total_ms: u64,
+        tally: &mut Tally,
         shutdown: &CancellationToken,
         progress: &mut (dyn FnMut(&ReplayProgress) + Send),
     ) -> Result<bool, PipelineError> {
         let chunk = self.core.config.batch.max_batch.max(1);
         let end = span.end.to_string();
         let mut start = self.from.to_string();
+        let mut read_here: u64 = 0;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(false);
             }
             let read = self.reader.range(&span.stream, &start, &end, chunk).await?;
             let Some(last) = read.last().map(|e| e.id) else {
+                tally.span_done(read_here, span.entries);
                 return Ok(true);
             };
             let full = read.len() == chunk;
+            read_here += read.len() as u64;
             self.core.process(read, shutdown).await?;
+            let done = !full || last >= span.end;
+            if done {
+                tally.span_done(read_here, span.entries);
+            }
             progress(&ReplayProgress {
                 entries: self.core.events.stats().read,
-                fraction: fraction(
-                    done_ms + last.ms.saturating_sub(span.start_ms) + 1,
-                    total_ms,
-                ),
+                total: tally.total,
+                fraction: if done {
+                    tally.fraction(0, 0)
+                } else {
+                    tally.fraction(read_here, span.entries)
+                },
                 stream: span.stream.clone(),
                 last,
             });
-            if !full || last >= span.end {
+            if done {
                 return Ok(true);
             }
             start = format!("({last}");
@@ -301,6 +338,29 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("--from \"yesterday\"")));
+    }
+
+    fn span(entries: u64) -> Span {
+        Span {
+            stream: Arc::from("s"),
+            end: EntryId::ZERO,
+            entries,
+        }
+    }
+
+    #[test]
+    fn the_tally_rises_to_one_when_a_span_held_fewer_than_counted() {
+        let mut tally = Tally::new(&[span(100), span(300)]);
+        assert!((tally.fraction(50, 100) - 0.125).abs() < 1e-9);
+        // More read than counted (entries added meanwhile) is capped at the count.
+        assert!((tally.fraction(150, 100) - 0.25).abs() < 1e-9);
+        // The first span held 80 (20 trimmed while it was replayed): 80 of 380 done.
+        tally.span_done(80, 100);
+        assert_eq!(tally.total, 380);
+        assert!((tally.fraction(0, 300) - 80.0 / 380.0).abs() < 1e-9);
+        assert!((tally.fraction(300, 300) - 1.0).abs() < 1e-9);
+        tally.span_done(300, 300);
+        assert!((tally.fraction(0, 0) - 1.0).abs() < 1e-9);
     }
 
     #[test]

@@ -29,7 +29,9 @@ use redis::aio::MultiplexedConnection;
 
 pub use cluster::RedisCluster;
 pub use db::{TestDb, wait_rows};
-pub use run::{Running, Spawned, config, config_text, redsink_cli, sync, sync_at};
+pub use run::{
+    Running, Spawned, config, config_text, redsink_cli, redsink_cli_on_terminal, sync, sync_at,
+};
 pub use sentinel::{RedisSentinel, SENTINEL_MASTER};
 pub use servers::{PgServer, RedisServer, free_port, free_port_below, wait_port};
 #[allow(

@@ -59,6 +59,33 @@ pub fn redsink_cli(config: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// [`redsink_cli`] on a terminal: run under `script` (util-linux), so stdout and stderr
+/// are a pseudo-terminal; (exit code, everything it printed, `\r\n` line ends).
+pub fn redsink_cli_on_terminal(config: &str, args: &[&str]) -> (i32, String) {
+    let dir = std::env::temp_dir().join(unique("redsink-cli"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("redsink.toml");
+    std::fs::write(&path, config).expect("write config");
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let command = std::iter::once(env!("CARGO_BIN_EXE_redsink"))
+        .chain(args.iter().copied())
+        .chain(["--config", path.to_str().expect("a UTF-8 temp path")])
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .env("REDSINK_LOG", "warn")
+        .output()
+        .expect("run redsink under script (util-linux)");
+    std::fs::remove_dir_all(&dir).ok();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 /// A running pipeline; `stop` cancels it and returns how it ended.
 pub struct Running {
     token: CancellationToken,

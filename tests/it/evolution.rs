@@ -95,3 +95,52 @@ async fn schema_evolution_creates_a_fixed_table_that_is_missing_at_start() {
     assert_eq!(name, "g");
     common::cleanup_streams(&prefix).await;
 }
+
+/// A field whose schema type is no type (`strin`) cannot become a column: the event is
+/// dead-lettered for that, naming the column and the type, instead of the table being
+/// created without the column and the event failing on "no such column".
+#[tokio::test]
+async fn a_schema_type_that_is_no_type_is_dead_lettered_with_its_own_reason() {
+    let db = TestDb::new().await;
+    db.exec("CREATE SCHEMA evo").await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:gadgets");
+    let mut r = common::redis().await;
+    let bad = with_schema(
+        &[("id", "int32"), ("name", "string"), ("bar", "strin")],
+        r#"{"id":1,"name":"a","bar":"x"}"#,
+        10,
+    );
+    let good = with_schema(
+        &[("id", "int32"), ("name", "string")],
+        r#"{"id":2,"name":"b"}"#,
+        20,
+    );
+    let bad_id = common::xadd(&mut r, &stream, &key(1), &bad).await;
+    common::xadd(&mut r, &stream, &key(2), &good).await;
+    let mapping = format!(
+        "[[mapping]]\nstreams = [\"{prefix}:*\"]\ntable = \"evo.${{source.table}}\"\nschema_evolution = \"basic\"\n"
+    );
+    let stats = common::sync(
+        common::config(&db, "c1", &mapping),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.dead_lettered, 1);
+    let dlq = common::dead_letters(&mut r, &stream).await;
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].1["redsink.entry_id"], bad_id);
+    let reason = &dlq[0].1["redsink.error"];
+    assert!(
+        reason.contains("column bar")
+            && reason.contains("`strin`")
+            && !reason.contains("no such column"),
+        "{reason}"
+    );
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM evo.gadgets ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("the good event created the table");
+    assert_eq!(names, vec!["b".to_string()]);
+    common::cleanup_streams(&prefix).await;
+}

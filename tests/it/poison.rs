@@ -238,3 +238,43 @@ async fn a_truncate_postgres_refuses_is_dead_lettered() {
     );
     common::cleanup_streams(&prefix).await;
 }
+
+/// A JSON object that is no Debezium event (no envelope, no `__` metadata) is read as a
+/// row flattened by ExtractNewRecordState; when its fields are no columns of the table,
+/// the dead letter says it is neither an envelope nor a flattened event.
+#[tokio::test]
+async fn a_value_that_is_no_debezium_event_is_dead_lettered_as_such() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let foreign = common::xadd(&mut r, &stream, &key(1), r#"{"foo":1,"bar":[1,2]}"#).await;
+    // A row flattened with ExtractNewRecordState's defaults looks alike and applies.
+    common::xadd(
+        &mut r,
+        &stream,
+        &key(2),
+        r#"{"id":2,"name":"flat","qty":2}"#,
+    )
+    .await;
+    let stats = common::sync(
+        common::config(&db, "c1", &items_mapping(&prefix)),
+        std::slice::from_ref(&stream),
+    )
+    .await;
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(
+        items(&db).await,
+        vec![(2, Some("flat".into()), None, Some(2))]
+    );
+    let dlq = common::dead_letters(&mut r, &stream).await;
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].1["redsink.entry_id"], foreign);
+    let reason = &dlq[0].1["redsink.error"];
+    assert!(
+        reason.contains("neither a Debezium envelope (no `op`, `after`, `before`) nor a flattened event (no `__op`/`__deleted`)"),
+        "{reason}"
+    );
+    common::cleanup_streams(&prefix).await;
+}

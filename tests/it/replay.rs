@@ -74,7 +74,7 @@ async fn replay_restores_lost_rows_without_touching_the_group() {
         "no consumer is registered by a replay"
     );
     let last = seen.last().expect("progress was reported");
-    assert_eq!(last.entries, 5);
+    assert_eq!((last.entries, last.total), (5, 5));
     assert!((last.fraction - 1.0).abs() < 1e-9, "{last:?}");
     let dlq: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(format!("{stream}:dlq"))
@@ -101,6 +101,7 @@ async fn replay_restores_lost_rows_without_touching_the_group() {
 
     // A range: only the entries from the third one to the fourth.
     db.exec("DELETE FROM public.items").await;
+    let mut seen = Vec::new();
     let stats = pipeline::replay(
         config,
         &ReplayOptions {
@@ -110,11 +111,13 @@ async fn replay_restores_lost_rows_without_touching_the_group() {
             mappings: vec![0],
         },
         &shutdown,
-        &mut |_| {},
+        &mut |p| seen.push(p.clone()),
     )
     .await
     .expect("replay a range");
     assert_eq!(stats.read, 2);
+    let last = seen.last().expect("progress was reported");
+    assert_eq!((last.entries, last.total), (2, 2), "the range is counted");
     assert_eq!(
         items(&db).await,
         vec![
@@ -177,7 +180,7 @@ async fn the_replay_command_prints_progress_and_a_summary() {
     assert!(out.contains("replayed 3 entries"), "{out}");
     assert!(out.contains("3 rows written"), "{out}");
     assert!(
-        err.contains("replay: 100.0% 3 entries"),
+        err.contains("replay: 100.0% 3/3 entries"),
         "plain progress lines off a terminal: {err}"
     );
     assert_eq!(items(&db).await.len(), 3);
@@ -235,5 +238,141 @@ async fn replay_does_not_dead_letter_again_what_the_dlq_holds() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("no such group"), "{out}");
     assert!(out.contains("  replayed (redsink:replay): "), "{out}");
+    common::cleanup_streams(&prefix).await;
+}
+
+/// The progress lines of `redsink replay` off a terminal: `(percent, entries, eta
+/// seconds)` of each `replay: ` line.
+fn progress_lines(err: &str) -> Vec<(f64, u64, Option<u64>)> {
+    err.lines()
+        .filter_map(|l| l.strip_prefix("replay: "))
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let percent = words
+                .next()
+                .and_then(|w| w.strip_suffix('%'))
+                .and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("a percentage first: {l}"));
+            let entries = words
+                .next()
+                .and_then(|w| w.split('/').next())
+                .and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("entries second: {l}"));
+            let eta = l.split("ETA ").nth(1).map(|rest| {
+                let secs = rest.split(['s', ',']).next().unwrap_or_default();
+                secs.parse()
+                    .unwrap_or_else(|_| panic!("an ETA in seconds: {l}"))
+            });
+            (percent, entries, eta)
+        })
+        .collect()
+}
+
+/// Progress counts entries, not time: a stream whose first entries are far older than
+/// its last (IDs from 1970, then one of now) still shows the share of entries done,
+/// rising, never above 100 %, ending at all of them, and no absurd ETA.
+#[tokio::test]
+async fn replay_progress_counts_entries_not_time() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let mut pipe = redis::pipe();
+    for id in 1..=300 {
+        let value = event("c", 10 + id as u64, "null", &item(id, "x", P_19_99));
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg(format!("{id}-1"))
+            .arg(key(id))
+            .arg(value)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut r).await.expect("XADD old entries");
+    crate::add_change(
+        &mut r,
+        &stream,
+        301,
+        "c",
+        400,
+        "null",
+        &item(301, "x", P_19_99),
+    )
+    .await;
+    let text = common::config_text(&db, "c1", &items_mapping(&prefix))
+        .replace("max_batch = 500", "max_batch = 100");
+    let (code, out, err) = common::redsink_cli(&text, &["replay", "--from", "-"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replayed 301 entries"), "{out}");
+    let lines = progress_lines(&err);
+    assert!(lines.len() >= 2, "a first and a final line: {err}");
+    for (percent, entries, eta) in &lines {
+        let share = *entries as f64 * 100.0 / 301.0;
+        assert!(
+            (percent - share).abs() <= 1.0,
+            "{percent}% for {entries} of 301 entries: {err}"
+        );
+        assert!(eta.is_none_or(|s| s < 60), "ETA {eta:?}: {err}");
+    }
+    assert!(
+        lines.windows(2).all(|w| w[0].0 <= w[1].0),
+        "the percentage only rises: {err}"
+    );
+    assert_eq!(
+        lines.last().map(|l| (l.0, l.1)),
+        Some((100.0, 301)),
+        "the final line says all entries: {err}"
+    );
+    assert!(err.contains("replay: 100.0% 301/301 entries"), "{err}");
+    common::cleanup_streams(&prefix).await;
+}
+
+/// On a terminal the bar is redrawn in place, and a log record (here the WARN of a dead
+/// letter in the middle of the replay) takes the bar's line, which is drawn again below
+/// it: no log text ends up on the bar's line.
+#[tokio::test]
+async fn on_a_terminal_log_lines_do_not_print_over_the_bar() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    for id in 1..=301 {
+        if id == 151 {
+            common::xadd(&mut r, &stream, "{}", "{not json").await;
+        } else {
+            crate::add_change(
+                &mut r,
+                &stream,
+                id,
+                "c",
+                10,
+                "null",
+                &item(id, "x", P_19_99),
+            )
+            .await;
+        }
+    }
+    let text = common::config_text(&db, "c1", &items_mapping(&prefix))
+        .replace("max_batch = 500", "max_batch = 100");
+    let (code, out) = common::redsink_cli_on_terminal(&text, &["replay", "--from", "-"]);
+    assert_eq!(code, 0, "{out:?}");
+    assert!(
+        out.contains("dead-lettered entry"),
+        "the WARN is shown: {out:?}"
+    );
+    // What a terminal shows of each line: the text after the last erase or return.
+    for shown in out
+        .split("\r\n")
+        .map(|l| l.rsplit(['\r']).next().unwrap_or(l))
+    {
+        let shown = shown.rsplit("\x1b[2K").next().unwrap_or(shown);
+        assert!(
+            !(shown.contains("dead-lettered entry") && shown.contains(" entries")),
+            "a log line printed over the bar: {shown:?}\nall: {out:?}"
+        );
+    }
+    assert!(out.contains("100.0% 301/301 entries"), "{out:?}");
+    assert!(out.contains("replayed 301 entries"), "{out:?}");
     common::cleanup_streams(&prefix).await;
 }
