@@ -22,6 +22,9 @@ fi
 echo "debezium engine via $REDSINK_DEBEZIUM_PYTHON"
 log=$(mktemp)
 status=0
+# The deployment files (deploy/kubernetes, docker-compose.yml) against their schemas,
+# offline; its closing line says how many are valid, and a failure fails the run.
+scripts/validate-deploy.sh || status=$?
 cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

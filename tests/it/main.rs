@@ -15,6 +15,7 @@ mod consumers;
 mod convergence;
 mod crash;
 mod debezium;
+mod deploy;
 mod evolution;
 mod failover;
 mod first_contact;
