@@ -190,7 +190,7 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     /// Every option and argument of every command says what it is in `--help`.
     #[test]
@@ -209,6 +209,111 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "redsink", &mut missing);
         assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// Every `redsink …` command the README and the docs show (in code blocks and inline
+    /// code) parses as written: subcommands and flags exist, with placeholders filled.
+    #[test]
+    fn every_documented_command_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("README.md"), root.join("deploy/README.md")];
+        for e in std::fs::read_dir(root.join("docs"))
+            .expect("docs/")
+            .flatten()
+        {
+            files.push(e.path());
+        }
+        let mut checked = 0;
+        let mut bad = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            for command in documented_commands(&text) {
+                for args in expand(&command) {
+                    checked += 1;
+                    // Naming a command without its required arguments is prose, not
+                    // a wrong command; an unknown command, flag or value is.
+                    if let Err(e) = super::Cli::try_parse_from(&args)
+                        && e.kind() != clap::error::ErrorKind::MissingRequiredArgument
+                    {
+                        bad.push(format!("{}: `{command}`: {}", file.display(), e.kind()));
+                    }
+                }
+            }
+        }
+        assert!(checked > 20, "found only {checked} documented commands");
+        assert!(
+            bad.is_empty(),
+            "documented commands that do not parse:\n{}",
+            bad.join("\n")
+        );
+    }
+
+    /// `redsink …` in inline code, and lines of code blocks that run the binary.
+    fn documented_commands(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut in_block = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+                continue;
+            }
+            if in_block {
+                let line = line.split(" #").next().unwrap_or(line).trim();
+                for prefix in [
+                    "target/release/redsink ",
+                    "target/debug/redsink ",
+                    "redsink ",
+                ] {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        out.push(format!("redsink {rest}"));
+                    }
+                }
+                continue;
+            }
+            for (i, span) in line.split('`').enumerate() {
+                if i % 2 == 1 && span.starts_with("redsink ") {
+                    out.push(span.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// The argument lists a documented command stands for: `[optional]` parts taken,
+    /// `a|b` subcommands expanded, placeholders (`<ID>`, `N`, `PATH`, `…`) filled.
+    fn expand(command: &str) -> Vec<Vec<String>> {
+        let mut lists = vec![Vec::new()];
+        for word in command.split_whitespace() {
+            if word == "…" {
+                lists.iter_mut().for_each(|l| l.push("x".into()));
+                continue;
+            }
+            let word = word.trim_end_matches('…').trim_matches(['[', ']']);
+            let word = match word {
+                "" => continue,
+                w if w.starts_with('<') || w == "…" => "0-0",
+                "N" => "1",
+                "PATH" => "redsink.toml",
+                "S" => "s",
+                w => w,
+            };
+            let alternatives: Vec<&str> = if word.contains('|') && !word.starts_with('-') {
+                word.split('|').collect()
+            } else {
+                vec![word]
+            };
+            lists = lists
+                .into_iter()
+                .flat_map(|l| {
+                    alternatives.iter().map(move |a| {
+                        let mut l = l.clone();
+                        l.push((*a).to_string());
+                        l
+                    })
+                })
+                .collect();
+        }
+        lists
     }
 
     #[test]
