@@ -100,6 +100,11 @@ impl Pipeline {
     /// Takes over (and processes) entries idle on other consumers for `claim_idle`, at
     /// most what the batch has room for; then removes consumers idle for `prune_idle`.
     async fn claim(&mut self, shutdown: &CancellationToken) -> Result<(), PipelineError> {
+        // Entries held for the replicas' confirmation (`redis.wait_replicas`) are idle in
+        // our own PEL: XAUTOCLAIM would take them and apply them unconfirmed.
+        if self.reader.holds_unconfirmed() {
+            return Ok(());
+        }
         let room = self.core.batcher.room().max(1);
         let entries = self
             .reader

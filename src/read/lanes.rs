@@ -62,10 +62,18 @@ impl Reader {
             let pending = answer.pending.clone();
             let landed = match self.land(answer) {
                 Ok(mut entries) => match pending {
-                    Some(pending) => self
-                        .fill_lane_deliveries(&pending, &mut entries)
-                        .await
-                        .map(|()| entries),
+                    // The re-read entries were delivered: if their delivery counts
+                    // cannot be had, the lane starts over from its PEL (they are there),
+                    // rather than dropping them past its cursors.
+                    Some(pending) => {
+                        match self.fill_lane_deliveries(&pending, &mut entries).await {
+                            Ok(()) => Ok(entries),
+                            Err(e) => {
+                                self.lane_failed(lane, e);
+                                continue;
+                            }
+                        }
+                    }
                     None => Ok(entries),
                 },
                 Err(e) => Err(e),
@@ -382,11 +390,17 @@ pub(super) async fn replicated<C: redis::aio::ConnectionLike + Send>(
     context: &'static str,
 ) -> Result<(), RedisError> {
     let within_ms = u64::try_from(WAIT_WITHIN.as_millis()).unwrap_or(u64::MAX);
-    let acked: u64 = redis::cmd("WAIT")
-        .arg(replicas)
-        .arg(within_ms)
-        .query_async(conn)
+    // The reader's connections have no response timeout (it would cut BLOCK short):
+    // bound the WAIT here, or a master that vanished without a reset would hang the read.
+    let bound = WAIT_WITHIN + Duration::from_secs(5);
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas).arg(within_ms);
+    let acked: u64 = tokio::time::timeout(bound, cmd.query_async::<u64>(conn))
         .await
+        .map_err(|_| RedisError::Timeout {
+            context: format!("WAIT after {context}"),
+            timeout: bound,
+        })?
         .map_err(RedisError::redis(format!("WAIT after {context}")))?;
     if acked < u64::from(replicas) {
         return Err(RedisError::NotReplicated {
@@ -409,13 +423,18 @@ async fn open(deployment: &Deployment, name: &str) -> Result<Blocking, RedisErro
             context: "connecting a reader".into(),
             timeout: CONNECT_WITHIN,
         })??;
-    let named: redis::RedisResult<()> = redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(name)
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = named {
-        tracing::debug!(error = %e, "naming a reader's connection failed");
+    // Bounded like every command on this connection (it has no response timeout).
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("SETNAME").arg(name);
+    match tokio::time::timeout(CONNECT_WITHIN, cmd.query_async::<()>(&mut conn)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "naming a reader's connection failed"),
+        Err(_) => {
+            return Err(RedisError::Timeout {
+                context: "naming a reader's connection".into(),
+                timeout: CONNECT_WITHIN,
+            });
+        }
     }
     Ok(conn)
 }

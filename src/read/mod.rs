@@ -106,6 +106,12 @@ impl Reader {
         }
     }
 
+    /// Whether a read's entries wait for the replicas' confirmation
+    /// (`redis.wait_replicas`).
+    pub fn holds_unconfirmed(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Returns entries only once `replicas` replicas hold them (`WAIT` after each read
     /// that returned some): a failover cannot then take back what was applied.
     #[must_use]
