@@ -91,8 +91,11 @@ impl Core {
             return until_deadline.unwrap_or(self.config.redis.block);
         }
         if let Some(lingered) = self.lingered_at().filter(|t| Instant::now() < *t) {
-            // Lingering: wait for more (a blocking read ends as soon as some arrive).
-            let until = lingered.saturating_duration_since(Instant::now());
+            // Lingering: wait for more (a blocking read ends as soon as some arrive), at
+            // most `redis.block` per read so that shutdown is noticed as usual.
+            let until = lingered
+                .saturating_duration_since(Instant::now())
+                .min(self.config.redis.block);
             return until_deadline
                 .map_or(until, |d| d.min(until))
                 .max(Duration::from_millis(1));

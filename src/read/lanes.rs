@@ -304,12 +304,23 @@ impl Reader {
     pub async fn finish_reads(&mut self) -> Vec<StreamEntry> {
         let mut out = Vec::new();
         while let Some(answer) = self.in_flight.next().await {
-            match self.land(answer) {
-                Ok(entries) => out.extend(entries),
+            let pending = answer.pending.clone();
+            let mut entries = match self.land(answer) {
+                Ok(entries) => entries,
                 Err(e) => {
-                    tracing::warn!(error = %e, "a last read failed: its entries stay pending")
+                    tracing::warn!(error = %e, "a last read failed: its entries stay pending");
+                    continue;
                 }
+            };
+            // A recovering lane's re-read: its delivery counts, for `max_deliveries`;
+            // without them its entries stay pending rather than skip that check.
+            if let Some(pending) = pending
+                && let Err(e) = self.fill_lane_deliveries(&pending, &mut entries).await
+            {
+                tracing::warn!(error = %e, "a last re-read's delivery counts failed: its entries stay pending");
+                continue;
             }
+            out.extend(entries);
         }
         out
     }
