@@ -5,25 +5,10 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::map::{Column, ColumnType, RowOp, TableSchema, Version};
-use crate::table::TableName;
+use crate::map::{RowOp, TableSchema, Version};
 
 fn table() -> Arc<TableSchema> {
-    let col = |n: &str| Column {
-        name: n.into(),
-        sql_type: "text".into(),
-        ty: ColumnType {
-            name: "text".into(),
-            scale: None,
-            precision: None,
-        },
-        is_array: false,
-    };
-    Arc::new(TableSchema {
-        name: TableName::parse("public.t").expect("valid"),
-        columns: vec![col("id"), col("a"), col("b")],
-        unique_keys: vec![vec![0]],
-    })
+    TableSchema::of_text("public.t", &["id", "a", "b"])
 }
 
 fn entry(stream: &str, ms: u64) -> StreamEntry {

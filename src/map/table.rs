@@ -94,6 +94,29 @@ impl TableSchema {
 }
 
 #[cfg(test)]
+impl TableSchema {
+    /// A table of `text` columns keyed by the first one, for the tests of the steps
+    /// that take a table (batch, write).
+    pub(crate) fn of_text(name: &str, columns: &[&str]) -> std::sync::Arc<Self> {
+        let col = |n: &str| Column {
+            name: n.into(),
+            sql_type: "text".into(),
+            ty: ColumnType {
+                name: "text".into(),
+                scale: None,
+                precision: None,
+            },
+            is_array: false,
+        };
+        std::sync::Arc::new(Self {
+            name: TableName::parse(name).expect("a valid test table name"),
+            columns: columns.iter().map(|c| col(c)).collect(),
+            unique_keys: vec![vec![0]],
+        })
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::{ChangeEvent, Op, Source};

@@ -79,24 +79,10 @@ mod tests {
     use super::*;
     use crate::batch::Batcher;
     use crate::entry::{EntryId, StreamEntry};
-    use crate::map::{Column, ColumnType, RowChange, RowOp, TableSchema, Version};
+    use crate::map::{RowChange, RowOp, TableSchema, Version};
 
     fn table(name: &str) -> Arc<TableSchema> {
-        let col = |n: &str| Column {
-            name: n.into(),
-            sql_type: "text".into(),
-            ty: ColumnType {
-                name: "text".into(),
-                scale: None,
-                precision: None,
-            },
-            is_array: false,
-        };
-        Arc::new(TableSchema {
-            name: TableName::parse(name).expect("valid"),
-            columns: vec![col("id"), col("a")],
-            unique_keys: vec![vec![0]],
-        })
+        TableSchema::of_text(name, &["id", "a"])
     }
 
     /// A batch upserting `keys` of public.t.
