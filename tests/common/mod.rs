@@ -8,7 +8,9 @@
 //! - `run`: a test config, the pipeline until drained, the binary with a command;
 //! - `servers`: free ports and private redis-server / PostgreSQL processes;
 //! - `cluster`, `sentinel`: private Redis Cluster and Sentinel deployments;
-//! - `tls`: test certificates and TLS arguments.
+//! - `tls`: test certificates and TLS arguments;
+//! - `txsource`: a transactional source (orders and their lines) for transaction mode,
+//!   and a sampler of the replica's consistency.
 #![allow(dead_code)]
 // The scenarios in tests/it may be long (main.rs allows it); these helpers are library
 // code and keep to the limit.
@@ -21,6 +23,7 @@ mod sentinel;
 mod servers;
 mod streams;
 mod tls;
+pub mod txsource;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -37,6 +37,7 @@ mod sockets;
 mod sync;
 mod tls;
 mod tombstones;
+mod transactions;
 mod trim;
 mod unusable_key;
 mod versions;
