@@ -3,15 +3,13 @@
 //! amounts and `n_lines` equal to their count; emitted as Debezium Server's Redis sink
 //! does (BEGIN on `<prefix>.transaction`, each data event on its table's shard stream
 //! `<prefix>.public.<table>:<FNV-1a-64(key) mod 4>`, then END with the counts per data
-//! collection); and a sampler that checks that invariant on the replica, one snapshot at
-//! a time, while redsink applies.
+//! collection); and the replica it should produce. The tests in tests/it/transactions.rs
+//! sample the replica's consistency while redsink applies.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use redsink::demo::produce::{Entry, shard_stream, xadd_all};
-use sqlx::Connection as _;
-use tokio_util::sync::CancellationToken;
 
 use super::TestDb;
 
@@ -420,6 +418,11 @@ pub fn spawn_producer(
             }
             emit(&mut conn, entries).await;
         }
+        let took = start.elapsed().as_secs_f64();
+        eprintln!(
+            "produced {n} transactions in {took:.1} s ({:.0}/s)",
+            f64::from(n) / took
+        );
         source
     })
 }
@@ -467,98 +470,4 @@ fn diff<T: Ord + std::fmt::Debug>(want: &[T], got: &[T]) -> String {
         want.len(),
         got.len()
     )
-}
-
-/// What the sampler saw.
-#[derive(Debug, Default)]
-pub struct Samples {
-    /// Snapshots checked.
-    pub taken: u64,
-    /// Snapshots with at least one order.
-    pub with_rows: u64,
-    /// Snapshots where some order disagreed with its lines, or a line had no order.
-    pub partial: u64,
-    /// The first partial snapshot: when, and up to 3 offending rows.
-    pub first_partial: Option<String>,
-    pub errors: u64,
-    pub last_error: Option<String>,
-}
-
-/// Orders whose total or line count disagrees with their lines, and lines without their order.
-const CHECK: &str = "SELECT (SELECT count(*) FROM public.orders),
-  (SELECT count(*) FROM public.orders o LEFT JOIN (SELECT order_id, sum(amount)::bigint AS s,
-     count(*) AS c FROM public.order_lines GROUP BY order_id) l ON l.order_id = o.id
-   WHERE o.total <> coalesce(l.s, 0) OR o.n_lines <> coalesce(l.c, 0)),
-  (SELECT count(*) FROM public.order_lines l
-   WHERE NOT EXISTS (SELECT 1 FROM public.orders o WHERE o.id = l.order_id))";
-
-/// The offending rows of [`CHECK`], in the same snapshot.
-const DETAILS: &str = "(SELECT format('order %s: total %s n_lines %s, lines sum %s count %s',
-    o.id, o.total, o.n_lines, coalesce(l.s, 0), coalesce(l.c, 0)) FROM public.orders o
-  LEFT JOIN (SELECT order_id, sum(amount) AS s, count(*) AS c FROM public.order_lines
-    GROUP BY order_id) l ON l.order_id = o.id
-  WHERE o.total <> coalesce(l.s, 0) OR o.n_lines <> coalesce(l.c, 0) LIMIT 3)
- UNION ALL (SELECT format('line (%s, %s) without its order', order_id, line_no)
-  FROM public.order_lines l WHERE NOT EXISTS (SELECT 1 FROM public.orders o
-  WHERE o.id = l.order_id) LIMIT 3)";
-
-/// Checks the replica every ~20 ms in a REPEATABLE READ transaction until stopped.
-pub struct Sampler {
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<Samples>,
-}
-
-impl Sampler {
-    pub async fn start(db: &TestDb) -> Self {
-        let mut conn = sqlx::PgConnection::connect(&db.url)
-            .await
-            .expect("sampler connection");
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let handle = tokio::spawn(async move {
-            let (mut seen, start) = (Samples::default(), Instant::now());
-            while !token.is_cancelled() {
-                match sample(&mut conn).await {
-                    Ok((rows, bad, details)) => {
-                        seen.taken += 1;
-                        seen.with_rows += u64::from(rows > 0);
-                        if bad > 0 {
-                            seen.partial += 1;
-                            seen.first_partial.get_or_insert_with(|| {
-                                format!("at {:?}: {}", start.elapsed(), details.join("; "))
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        seen.errors += 1;
-                        seen.last_error = Some(e.to_string());
-                        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            seen
-        });
-        Self { stop, handle }
-    }
-
-    pub async fn stop(self) -> Samples {
-        self.stop.cancel();
-        self.handle.await.expect("sampler task")
-    }
-}
-
-/// One snapshot: (orders, offending rows, their description).
-async fn sample(conn: &mut sqlx::PgConnection) -> sqlx::Result<(i64, i64, Vec<String>)> {
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *conn)
-        .await?;
-    let (rows, bad, orphans): (i64, i64, i64) = sqlx::query_as(CHECK).fetch_one(&mut *conn).await?;
-    let details = if bad + orphans > 0 {
-        sqlx::query_scalar(DETAILS).fetch_all(&mut *conn).await?
-    } else {
-        Vec::new()
-    };
-    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-    Ok((rows, bad + orphans, details))
 }

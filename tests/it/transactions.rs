@@ -7,9 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use sqlx::Connection as _;
+use tokio_util::sync::CancellationToken;
+
 use crate::common::txsource::{
-    self, Sampler, Samples, TxSource, data_streams, emit, mappings, spawn_producer, tables,
-    transactions, wait_replica,
+    self, TxSource, data_streams, emit, mappings, spawn_producer, tables, transactions,
+    wait_replica,
 };
 use crate::common::{self, Running, Spawned, TestDb};
 use crate::serve::http_get;
@@ -19,8 +22,9 @@ const RATE: u32 = 250;
 const SINGLE: u32 = 750;
 
 /// The checks every test ends with: no partial snapshot (and enough snapshots with
-/// rows that it means something), every data stream drained, nothing dead-lettered.
-async fn assert_consistent(samples: &Samples, prefix: &str) {
+/// rows that it means something), every data stream drained, nothing dead-lettered,
+/// each of the `n` transactions applied exactly once, none of them late, none staged.
+async fn assert_consistent(db: &TestDb, samples: &Samples, prefix: &str, n: u32) {
     eprintln!("sampler: {samples:?}");
     assert_eq!(
         samples.partial, 0,
@@ -40,13 +44,16 @@ async fn assert_consistent(samples: &Samples, prefix: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for s in &streams {
+    for s in streams.iter().chain([&format!("{prefix}.transaction")]) {
         assert_eq!(
             common::xlen(&mut r, &format!("{s}:dlq")).await,
             0,
             "dead letters on {s}"
         );
     }
+    let committer = wait_committed(db, prefix, Duration::from_secs(30)).await;
+    assert_eq!(committer.applied, i64::from(n), "{committer:?}");
+    assert!(committer.late.is_empty(), "{committer:?}");
 }
 
 /// One in-process instance applies the workload while it is produced.
@@ -69,9 +76,9 @@ async fn one_instance(test: &str, fk: bool) {
             running.is_finished()
         );
     }
+    assert_consistent(&db, &samples, &prefix, SINGLE).await;
     let stats = running.stop().await.expect("the pipeline stops cleanly");
     assert_eq!(stats.dead_lettered, 0);
-    assert_consistent(&samples, &prefix).await;
     common::cleanup_streams(&prefix).await;
 }
 
@@ -107,6 +114,7 @@ fn instance_config(db: &TestDb, consumer: &str, prefix: &str) -> String {
 /// entries must be claimed, and a killed committer's lock taken over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_with_kills_stay_consistent() {
+    const PRODUCED: u32 = 4 * RATE;
     let db = TestDb::new().await;
     db.exec(&tables(false)).await;
     let prefix = common::unique("tx");
@@ -117,7 +125,7 @@ async fn three_instances_with_kills_stay_consistent() {
     let mut instances: Vec<Spawned> = (0..3).map(|i| start(i, 0)).collect();
     let sampler = Sampler::start(&db).await;
     let seed = txsource::seed("three_instances_with_kills_stay_consistent");
-    let producer = spawn_producer(TxSource::new(&prefix, seed), 6 * RATE, RATE);
+    let producer = spawn_producer(TxSource::new(&prefix, seed), PRODUCED, RATE);
     let mut kills = 0;
     while !producer.is_finished() || kills < 2 {
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -143,7 +151,7 @@ async fn three_instances_with_kills_stay_consistent() {
         );
     }
     eprintln!("{kills} kills");
-    assert_consistent(&samples, &prefix).await;
+    assert_consistent(&db, &samples, &prefix, PRODUCED).await;
     drop(instances);
     common::cleanup_streams(&prefix).await;
 }
@@ -219,6 +227,11 @@ async fn a_transaction_missing_an_event_is_applied_after_wait() {
     );
     let applied = total(&scrape, "redsink_transactions_applied_total");
     assert!(applied >= 4.0, "applied_total {applied}:\n{scrape}");
+    let committer = wait_committed(&db, &prefix, Duration::from_secs(30)).await;
+    assert_eq!(
+        (committer.applied, committer.late),
+        (4, vec![t2.id.clone()])
+    );
     let stats = running.stop().await.expect("the pipeline stops cleanly");
     assert_eq!(stats.dead_lettered, 0);
     common::cleanup_streams(&prefix).await;
@@ -241,4 +254,225 @@ fn total(scrape: &str, metric: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Debezium Server is at-least-once, and an operator may rewind the group: events of
+/// transactions applied long ago are read again. They change nothing (their versions
+/// are old), and must not stay staged: nothing would ever apply or remove them, and the
+/// open-transaction metrics would count them for ever. (A claimed entry that was staged
+/// but not acknowledged before its instance died is the same case, seen in
+/// `three_instances_with_kills_stay_consistent`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_read_again_after_their_transaction_was_applied_are_not_left_staged() {
+    let db = TestDb::new().await;
+    db.exec(&tables(false)).await;
+    let prefix = common::unique("tx");
+    let extra = format!("{}{}", mappings(&prefix), transactions(&prefix, ""));
+    let running = Running::start(common::config(&db, "c1", &extra));
+    let mut source = TxSource::new(&prefix, txsource::seed("read_again"));
+    let mut r = common::redis().await;
+    for _ in 0..5 {
+        let tx = source.next_transaction();
+        emit(&mut r, tx.entries(0)).await;
+    }
+    wait_replica(&db, &source, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|diff| panic!("{diff}"));
+    let before = wait_committed(&db, &prefix, Duration::from_secs(30)).await;
+    assert_eq!(before.applied, 5);
+
+    let streams = data_streams(&prefix);
+    for s in &streams {
+        let _: () = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(s)
+            .arg("redsink")
+            .arg("0")
+            .query_async(&mut r)
+            .await
+            .expect("SETID");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !common::drained(&mut r, &streams, "redsink").await {
+        assert!(Instant::now() < deadline, "the replay was not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = wait_committed(&db, &prefix, Duration::from_secs(10)).await;
+    assert_eq!(
+        after, before,
+        "the replay changed the committer's bookkeeping"
+    );
+    wait_replica(&db, &source, Duration::ZERO)
+        .await
+        .unwrap_or_else(|diff| panic!("the replay changed the replica: {diff}"));
+    running.stop().await.expect("the pipeline stops cleanly");
+    common::cleanup_streams(&prefix).await;
+}
+
+/// The committer's bookkeeping in `redsink.*` for group `redsink`.
+#[derive(Debug, PartialEq, Eq)]
+struct Committer {
+    /// Staged events not applied yet.
+    pub staged: i64,
+    /// The END last applied.
+    pub end_id: Option<String>,
+    /// Transactions applied.
+    pub applied: i64,
+    /// Transactions applied without all their events, by id.
+    pub late: Vec<String>,
+}
+
+async fn committer(db: &TestDb) -> Committer {
+    let staged = "SELECT count(*) FROM redsink.tx_events WHERE consumer_group = 'redsink'";
+    let progress =
+        "SELECT end_id, applied FROM redsink.tx_progress WHERE consumer_group = 'redsink'";
+    let late = "SELECT tx_id FROM redsink.tx_late WHERE consumer_group = 'redsink' ORDER BY tx_id";
+    let (end_id, applied) = sqlx::query_as(progress)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("tx_progress")
+        .map_or((None, 0), |(e, a): (String, i64)| (Some(e), a));
+    Committer {
+        staged: sqlx::query_scalar(staged)
+            .fetch_one(&db.pool)
+            .await
+            .expect("tx_events"),
+        end_id,
+        applied,
+        late: sqlx::query_scalar(late)
+            .fetch_all(&db.pool)
+            .await
+            .expect("tx_late"),
+    }
+}
+
+/// Waits until the committer has applied the last END of the source's transaction
+/// stream and nothing is staged; returns its bookkeeping then, or panics after `timeout`
+/// with the events still staged.
+async fn wait_committed(db: &TestDb, prefix: &str, timeout: Duration) -> Committer {
+    let mut r = common::redis().await;
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(format!("{prefix}.transaction"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut r)
+        .await
+        .expect("XREVRANGE");
+    let last = last.first().map(|(id, _)| id.clone());
+    let start = Instant::now();
+    loop {
+        let now = committer(db).await;
+        if now.staged == 0 && now.end_id == last {
+            return now;
+        }
+        if start.elapsed() > timeout {
+            let staged: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+                "SELECT stream, entry_id, tx_id, total_order, staged_at::text FROM redsink.tx_events \
+                 WHERE consumer_group = 'redsink' ORDER BY staged_at, tx_id, total_order LIMIT 12",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .expect("staged events");
+            panic!(
+                "the committer did not reach the last END {last:?}: {now:?}; staged: {staged:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the sampler saw.
+#[derive(Debug, Default)]
+struct Samples {
+    /// Snapshots checked.
+    pub taken: u64,
+    /// Snapshots with at least one order.
+    pub with_rows: u64,
+    /// Snapshots where some order disagreed with its lines, or a line had no order.
+    pub partial: u64,
+    /// The first partial snapshot: when, and up to 3 offending rows.
+    pub first_partial: Option<String>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// Orders whose total or line count disagrees with their lines, and lines without their order.
+const CHECK: &str = "SELECT (SELECT count(*) FROM public.orders),
+  (SELECT count(*) FROM public.orders o LEFT JOIN (SELECT order_id, sum(amount)::bigint AS s,
+     count(*) AS c FROM public.order_lines GROUP BY order_id) l ON l.order_id = o.id
+   WHERE o.total <> coalesce(l.s, 0) OR o.n_lines <> coalesce(l.c, 0)),
+  (SELECT count(*) FROM public.order_lines l
+   WHERE NOT EXISTS (SELECT 1 FROM public.orders o WHERE o.id = l.order_id))";
+
+/// The offending rows of [`CHECK`], in the same snapshot.
+const DETAILS: &str = "(SELECT format('order %s: total %s n_lines %s, lines sum %s count %s',
+    o.id, o.total, o.n_lines, coalesce(l.s, 0), coalesce(l.c, 0)) FROM public.orders o
+  LEFT JOIN (SELECT order_id, sum(amount) AS s, count(*) AS c FROM public.order_lines
+    GROUP BY order_id) l ON l.order_id = o.id
+  WHERE o.total <> coalesce(l.s, 0) OR o.n_lines <> coalesce(l.c, 0) LIMIT 3)
+ UNION ALL (SELECT format('line (%s, %s) without its order', order_id, line_no)
+  FROM public.order_lines l WHERE NOT EXISTS (SELECT 1 FROM public.orders o
+  WHERE o.id = l.order_id) LIMIT 3)";
+
+/// Checks the replica every ~20 ms in a REPEATABLE READ transaction until stopped.
+struct Sampler {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<Samples>,
+}
+
+impl Sampler {
+    async fn start(db: &TestDb) -> Self {
+        let mut conn = sqlx::PgConnection::connect(&db.url)
+            .await
+            .expect("sampler connection");
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            let (mut seen, start) = (Samples::default(), Instant::now());
+            while !token.is_cancelled() {
+                match sample(&mut conn).await {
+                    Ok((rows, bad, details)) => {
+                        seen.taken += 1;
+                        seen.with_rows += u64::from(rows > 0);
+                        if bad > 0 {
+                            seen.partial += 1;
+                            seen.first_partial.get_or_insert_with(|| {
+                                format!("at {:?}: {}", start.elapsed(), details.join("; "))
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        seen.errors += 1;
+                        seen.last_error = Some(e.to_string());
+                        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        });
+        Self { stop, handle }
+    }
+
+    async fn stop(self) -> Samples {
+        self.stop.cancel();
+        self.handle.await.expect("sampler task")
+    }
+}
+
+/// One snapshot: (orders, offending rows, their description).
+async fn sample(conn: &mut sqlx::PgConnection) -> sqlx::Result<(i64, i64, Vec<String>)> {
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *conn)
+        .await?;
+    let (rows, bad, orphans): (i64, i64, i64) = sqlx::query_as(CHECK).fetch_one(&mut *conn).await?;
+    let details = if bad + orphans > 0 {
+        sqlx::query_scalar(DETAILS).fetch_all(&mut *conn).await?
+    } else {
+        Vec::new()
+    };
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    Ok((rows, bad + orphans, details))
 }
