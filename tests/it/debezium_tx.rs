@@ -339,11 +339,13 @@ async fn a_real_debezium_capture_with_transaction_metadata_lands_whole_transacti
                 "{}: redsink stopped",
                 replica.variant
             );
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "{}: the marker transaction was not applied within 180 s",
-                replica.variant
-            );
+            if started.elapsed() > Duration::from_secs(180) {
+                panic!(
+                    "{}: the marker transaction was not applied within 180 s; {}",
+                    replica.variant,
+                    transaction_state(&replica.db.pool).await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -395,6 +397,28 @@ async fn a_real_debezium_capture_with_transaction_metadata_lands_whole_transacti
     }
     source.close().await;
     common::cleanup_streams(&prefix).await;
+}
+
+/// What redsink's transaction tables hold: for a failure message.
+async fn transaction_state(pool: &PgPool) -> String {
+    let staged: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tx_id, count(*) FROM redsink.tx_events GROUP BY tx_id ORDER BY min(staged_at) LIMIT 12",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let progress: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT stream, end_id, applied FROM redsink.tx_progress")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let late: Vec<String> = sqlx::query_scalar("SELECT tx_id FROM redsink.tx_late LIMIT 12")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    format!(
+        "staged (tx_id, events): {staged:?}; progress (stream, end_id, applied): {progress:?}; late: {late:?}"
+    )
 }
 
 /// What the capture wrote (compact, plain): every streamed event carries a `transaction`
