@@ -260,6 +260,27 @@ pub struct TransactionsConfig {
     pub collections: Vec<String>,
 }
 
+impl Config {
+    /// Transaction mode: whether the events of the data collection `collection` (as an
+    /// END record names it, `schema.table`) are read by redsink: listed in
+    /// `transactions.collections`, or else a mapping's streams cover Debezium's topic
+    /// of it, `<prefix>.<collection>`, or shards of it ([`StreamPattern::covers`]).
+    pub fn reads_collection(&self, collection: &str) -> bool {
+        let Some(t) = &self.transactions else {
+            return false;
+        };
+        if !t.collections.is_empty() {
+            return t.collections.iter().any(|c| c == collection);
+        }
+        let base = format!("{}.{collection}", t.prefix().unwrap_or_default());
+        self.mappings
+            .iter()
+            .flat_map(|m| &m.streams)
+            .flat_map(|s| StreamPattern::parse(s).unwrap_or_default())
+            .any(|p| p.covers(&base))
+    }
+}
+
 impl TransactionsConfig {
     /// Debezium's topic prefix: the stream's name without `.transaction`.
     pub fn prefix(&self) -> Option<&str> {

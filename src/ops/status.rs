@@ -37,6 +37,33 @@ pub struct StreamReport {
 pub struct Status {
     pub streams: Vec<StreamReport>,
     pub missing: Vec<String>,
+    /// Transaction mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transactions: Option<TransactionsReport>,
+}
+
+/// Transaction mode: the transaction stream and the committer's progress on it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TransactionsReport {
+    pub stream: String,
+    /// Records in the transaction stream, and its newest.
+    pub length: u64,
+    pub last_entry: Option<String>,
+    /// The last END the committer applied (or passed); `None` before it started.
+    pub applied_through: Option<String>,
+    /// Records of the transaction stream after it (BEGIN and END; about two per
+    /// transaction): how far the committer is behind.
+    pub behind: u64,
+    /// Source transactions applied so far.
+    pub applied: i64,
+    /// Transactions with events staged, not yet applied; their events; how long the
+    /// oldest staged event has waited.
+    pub open: i64,
+    pub open_events: i64,
+    pub oldest_open_s: f64,
+    /// A transaction larger than `max_events` being applied in pieces: its ID and the
+    /// events applied so far.
+    pub in_pieces: Option<(String, i64)>,
 }
 
 /// Reads the state of every mapped stream from Redis and the checkpoints from Postgres.
@@ -44,10 +71,15 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
     let mut control = connect_control(&config.redis).await?;
     let pool = write::connect(&config.postgres.with_pool_size(1)).await?;
     let checkpoints = write::checkpoints(&pool).await?;
+    let transactions = match &config.transactions {
+        Some(t) => Some(transactions(config, &t.stream, &pool, &mut control).await?),
+        None => None,
+    };
     pool.close().await;
     let mut report = Status {
         streams: Vec::new(),
         missing: Vec::new(),
+        transactions,
     };
     for (name, i) in super::selected_streams(config, &control, &[]).await? {
         let dlq = config.redis.dlq_stream(&name);
@@ -66,4 +98,41 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         }
     }
     Ok(report)
+}
+
+/// The committer's progress on the transaction stream `stream`.
+async fn transactions(
+    config: &Config,
+    stream: &str,
+    pool: &sqlx::PgPool,
+    control: &mut crate::redis::Control,
+) -> Result<TransactionsReport, StatusError> {
+    let store = write::TxStore::new(pool.clone(), &config.redis.group);
+    let progress = store.read_progress(stream).await?;
+    let (open, open_events, oldest_open_s) = store.open().await?;
+    let length = inspect::length(control, stream).await?;
+    let last_entry = inspect::last_entry(control, stream).await?;
+    let behind = match (&progress, last_entry) {
+        (Some(p), Some(last)) if last > p.end_id => {
+            let after = crate::entry::EntryId {
+                ms: p.end_id.ms,
+                seq: p.end_id.seq.saturating_add(1),
+            };
+            inspect::count_range(control, stream, after, last).await?
+        }
+        (None, Some(_)) => length,
+        _ => 0,
+    };
+    Ok(TransactionsReport {
+        stream: stream.to_string(),
+        length,
+        last_entry: last_entry.map(|id| id.to_string()),
+        applied_through: progress.as_ref().map(|p| p.end_id.to_string()),
+        behind,
+        applied: progress.as_ref().map_or(0, |p| p.applied),
+        open,
+        open_events,
+        oldest_open_s,
+        in_pieces: progress.and_then(|p| p.piece),
+    })
 }

@@ -360,14 +360,10 @@ impl Committer {
     }
 
     fn is_ours(&mut self, collection: &str) -> bool {
-        if !self.tx.collections.is_empty() {
-            return self.tx.collections.iter().any(|c| c == collection);
-        }
         if let Some(&ours) = self.ours.get(collection) {
             return ours;
         }
-        let base = format!("{}.{collection}", self.tx.prefix().unwrap_or_default());
-        let ours = self.patterns.iter().flatten().any(|p| p.covers(&base));
+        let ours = self.core.config.reads_collection(collection);
         self.ours.insert(collection.to_string(), ours);
         ours
     }

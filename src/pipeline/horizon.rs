@@ -12,6 +12,9 @@
 //! | the oldest entries do not decode, or are all skips | unknown: nothing is removed |
 //! | a position scheme with dead letters | unknown: `dlq retry` would put an old position back |
 //!
+//! In transaction mode a stream's bound is also at most that of its oldest event staged
+//! for the committer (acknowledged, maybe trimmed, not yet applied).
+//!
 //! A bound must hold for two rounds in a row (the lower of the two is used), so an entry
 //! a `replay` or the batch in flight read just before a trim is applied before its
 //! tombstone can go. Only tables named by a fixed `mapping.table` are collected.
@@ -139,8 +142,36 @@ impl Pipeline {
             .collect()
     }
 
-    /// The lowest version an event of `stream` (of mapping `index`) can still have.
+    /// The lowest version an event of `stream` (of mapping `index`) can still have:
+    /// in the stream, or (transaction mode) staged for the committer.
     async fn stream_bound(&mut self, stream: &Arc<str>, index: usize) -> Bound {
+        let bound = self.stream_head_bound(stream, index).await;
+        if !self.core.staging {
+            return bound;
+        }
+        match self.core.writer.tx_store().oldest_staged(stream).await {
+            Ok(None) => bound,
+            Ok(Some(staged)) => {
+                let mapping = &self.core.mappings[index];
+                let staged_bound = match decode::decode(&staged.entry, &self.core.config.decode) {
+                    Ok(Decoded::Change(event)) => match mapping.horizon(&event, staged.entry.id) {
+                        Ok(version) => Bound::Below(version),
+                        Err(e) => Bound::Unknown(format!(
+                            "staged {stream} entry {}: {e}",
+                            staged.entry.id
+                        )),
+                    },
+                    Ok(Decoded::Skip(_)) => Bound::Open,
+                    Err(e) => Bound::Unknown(e.to_string()),
+                };
+                bound.min(staged_bound)
+            }
+            Err(e) => Bound::Unknown(e.to_string()),
+        }
+    }
+
+    /// The lowest version an event in `stream` (of mapping `index`) can still have.
+    async fn stream_head_bound(&mut self, stream: &Arc<str>, index: usize) -> Bound {
         let by_entry_id = self.core.mappings[index].version == VersionSource::EntryId;
         if !by_entry_id {
             // A retried dead letter comes back with its old position.

@@ -321,10 +321,13 @@ pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>, WriteError> {
 }
 
 /// redsink's own tables, which a role without `CREATE` needs the owner to migrate.
-pub const INTERNAL_TABLES: [&str; 3] = [
+pub const INTERNAL_TABLES: [&str; 6] = [
     "redsink.checkpoints",
     "redsink.tombstones",
     "redsink.truncations",
+    "redsink.tx_events",
+    "redsink.tx_progress",
+    "redsink.tx_late",
 ];
 
 /// Applies `migrations/` (advisory-locked, so concurrent instances are safe). A role

@@ -262,6 +262,23 @@ impl TxStore {
         Ok(rows.iter().filter_map(staged_event).collect())
     }
 
+    /// The oldest (by entry ID) event of `stream` staged and not yet applied: what a
+    /// tombstone's horizon must stay below.
+    pub async fn oldest_staged(&self, stream: &str) -> Result<Option<StagedEvent>, WriteError> {
+        let row = sqlx::query(
+            "SELECT tx_id, total_order, stream, entry_id, fields FROM redsink.tx_events \
+             WHERE consumer_group = $1 AND stream = $2 AND fields IS NOT NULL \
+             ORDER BY split_part(entry_id, '-', 1)::numeric, split_part(entry_id, '-', 2)::numeric \
+             LIMIT 1",
+        )
+        .bind(&*self.group)
+        .bind(stream)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(WriteError::pg("reading the oldest staged event"))?;
+        Ok(row.as_ref().and_then(staged_event))
+    }
+
     /// Staged, not yet applied: (transactions, events, seconds the oldest has waited).
     pub async fn open(&self) -> Result<(i64, i64, f64), WriteError> {
         let row = sqlx::query(

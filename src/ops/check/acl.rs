@@ -78,6 +78,13 @@ fn key_patterns(config: &Config, mappings: &[Mapping]) -> Vec<String> {
             }
         }
     }
+    // Transaction mode reads (XRANGE, XREVRANGE, XLEN, EXISTS) the transaction stream.
+    if let Some(t) = &config.transactions {
+        let key = escape(&t.stream);
+        if !out.contains(&key) {
+            out.push(key);
+        }
+    }
     out
 }
 

@@ -5,6 +5,7 @@
 mod acl;
 mod samples;
 mod tables;
+mod transactions;
 
 use std::time::Duration;
 
@@ -94,6 +95,7 @@ pub async fn check(config: &Config) -> Report {
         };
     if let Some(conn) = &redis {
         acl::check_redis(config, &mappings, conn.clone(), &mut report).await;
+        transactions::check_transactions(config, conn.clone(), &mut report).await;
     }
     if let Some(pool) = &pool {
         tables::check_postgres(config, &mappings, pool, &mut report).await;
