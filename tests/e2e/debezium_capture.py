@@ -5,10 +5,13 @@ once per variant: compact/extended message format x JSON with/without schemas.
 
     python debezium_capture.py --pg-host H --pg-port P --pg-user U --pg-password PW \
         --pg-db DB --tables public.a,public.b --redis-url redis://127.0.0.1:6379 \
-        --prefix PFX --shards N --slot SLOTNAME
+        --prefix PFX --shards N --slot SLOTNAME [--transaction-metadata]
 
 Stream: f"{prefix}.{format}.{schemas}.{topic}:{shard}", topic like `dbz.public.a`,
 shard = fnv1a64(plain key text) % shards ("default" for a null key).
+With --transaction-metadata the connector also emits BEGIN/END records on the topic
+`dbz.transaction`, written unsharded to f"{prefix}.{format}.{schemas}.dbz.transaction", in
+the order the engine hands them over (BEGIN, the transaction's data events, END).
 stdout: exactly one line, `capture: streaming`, once the connector task has started (its
 replication slot exists, so every later change is captured). Everything else (Java logs
 included) goes to stderr. SIGTERM/SIGINT: stop the engine, drop the replication slot,
@@ -35,6 +38,9 @@ VARIANTS = [
     ("extended", "plain"),
 ]
 NULL_PLACEHOLDER = "default"  # Debezium Server's null.key / null.value defaults
+TOPIC_PREFIX = "dbz"
+# Debezium's transaction topic: <topic.prefix>.<topic.transaction> (default "transaction").
+TRANSACTION_TOPIC = f"{TOPIC_PREFIX}.transaction"
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -104,6 +110,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shards", required=True, type=int)
     p.add_argument("--slot", required=True, help="replication slot and publication name")
     p.add_argument(
+        "--transaction-metadata",
+        action="store_true",
+        default=os.environ.get("REDSINK_CAPTURE_TRANSACTION_METADATA", "") not in ("", "0", "false"),
+        help="provide.transaction.metadata=true: BEGIN/END records on the stream of topic "
+        f"{TRANSACTION_TOPIC} and a `transaction` block in every streamed data event "
+        "(env REDSINK_CAPTURE_TRANSACTION_METADATA=1)",
+    )
+    p.add_argument(
         "--log-level",
         default=os.environ.get("REDSINK_CAPTURE_LOG_LEVEL", "WARN"),
         help="Java (log4j2) log level; INFO shows Debezium's progress (env REDSINK_CAPTURE_LOG_LEVEL)",
@@ -116,7 +130,7 @@ def parse_args() -> argparse.Namespace:
 
 def debezium_properties(a: argparse.Namespace) -> dict[str, str]:
     tables = ",".join(t.strip() for t in a.tables.split(",") if t.strip())
-    return {
+    props = {
         "name": f"redsink-e2e-{a.slot}",
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "offset.storage": "org.apache.kafka.connect.storage.MemoryOffsetBackingStore",
@@ -126,7 +140,7 @@ def debezium_properties(a: argparse.Namespace) -> dict[str, str]:
         "database.user": a.pg_user,
         "database.password": a.pg_password,
         "database.dbname": a.pg_db,
-        "topic.prefix": "dbz",
+        "topic.prefix": TOPIC_PREFIX,
         "plugin.name": "pgoutput",
         "slot.name": a.slot,
         "publication.name": a.slot,
@@ -144,6 +158,11 @@ def debezium_properties(a: argparse.Namespace) -> dict[str, str]:
         # Latency only: hand queued events over sooner than the 500 ms default.
         "poll.interval.ms": "100",
     }
+    if a.transaction_metadata:
+        # BEGIN/END records on TRANSACTION_TOPIC; streamed data events carry
+        # "transaction": {"id", "total_order", "data_collection_order"} (snapshot events null).
+        props["provide.transaction.metadata"] = "true"
+    return props
 
 
 def write_log4j2_config(directory: str, level: str) -> str:
@@ -174,6 +193,7 @@ class RedisSinkHandler:
         self.on_failure = on_failure
         self.failed: BaseException | None = None
         self.events = 0
+        self.transaction_records = 0
         self.batches = 0
         self.snapshot_done_at: float | None = None
         self.first_event_at: float | None = None
@@ -213,9 +233,17 @@ class RedisSinkHandler:
             value_plain = None
         else:
             value_plain, payload = split_envelope(value_schemas)
-            self._note_progress(payload)
+            if topic == TRANSACTION_TOPIC:
+                self.transaction_records += 1
+            else:
+                self._note_progress(payload)
 
-        shard = fnv1a64((key_plain if key_plain is not None else NULL_PLACEHOLDER).encode("utf-8")) % self.shards
+        if topic == TRANSACTION_TOPIC:
+            # One stream, unsharded: the order of BEGIN/END is the source's commit order.
+            suffix = ""
+        else:
+            shard = fnv1a64((key_plain if key_plain is not None else NULL_PLACEHOLDER).encode("utf-8")) % self.shards
+            suffix = f":{shard}"
         texts = {
             "schemas": (key_schemas, value_schemas),
             "plain": (key_plain, value_plain),
@@ -224,7 +252,7 @@ class RedisSinkHandler:
             kt, vt = texts[schemas]
             kt = NULL_PLACEHOLDER if kt is None else kt
             vt = NULL_PLACEHOLDER if vt is None else vt
-            stream = f"{self.prefix}.{fmt}.{schemas}.{topic}:{shard}"
+            stream = f"{self.prefix}.{fmt}.{schemas}.{topic}{suffix}"
             if fmt == "compact":
                 pipe.xadd(stream, {kt: vt})
             else:
@@ -461,7 +489,8 @@ def main() -> int:
     code = state["exit"]
     if sink.failed is not None:
         code = 1
-    print(f"capture: {sink.events} events", file=sys.stderr, flush=True)
+    tx = f" ({sink.transaction_records} BEGIN/END)" if a.transaction_metadata else ""
+    print(f"capture: {sink.events} events{tx}", file=sys.stderr, flush=True)
     log(f"exit {code}")
     try:
         r.close()

@@ -98,7 +98,7 @@ const ROW_1: &str = "INSERT INTO public.kinds VALUES (1, -32768, 2147483647, 1.5
   '{1,NULL,3}', '{\"x\",\"y z\",NULL}', '{sad,happy}', 'a=>1, \"b c\"=>NULL', \
   'Top.Science.Astronomy')";
 
-async fn exec(pool: &PgPool, sql: &str) {
+pub(crate) async fn exec(pool: &PgPool, sql: &str) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(pool)
         .await
@@ -119,7 +119,7 @@ async fn canonical(pool: &PgPool, schema: &str) -> Vec<(String, Vec<String>)> {
 }
 
 /// The capture process; SIGTERM and wait when dropped.
-struct Capture(std::process::Child);
+pub(crate) struct Capture(std::process::Child);
 
 impl Drop for Capture {
     fn drop(&mut self) {
@@ -141,10 +141,7 @@ impl Drop for Capture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_debezium_capture_lands_exactly_in_all_four_formats() {
-    let python = std::env::var("REDSINK_DEBEZIUM_PYTHON").expect(
-        "REDSINK_DEBEZIUM_PYTHON is not set: run the tests with scripts/test.sh, which provisions \
-         the Debezium engine (scripts/debezium-env.sh prints the python to use)",
-    );
+    let python = debezium_python();
     let pg = PgServer::start_logical();
     let source = source_database(&pg).await;
     let db = TestDb::new().await;
@@ -159,7 +156,13 @@ async fn a_real_debezium_capture_lands_exactly_in_all_four_formats() {
     }
 
     let prefix = common::unique("dbz");
-    let capture = start_capture(&python, &pg, &prefix);
+    let capture = start_capture(
+        &python,
+        &pg,
+        &prefix,
+        "public.kinds,public.people,public.bits",
+        &[],
+    );
 
     // Changes while streaming: updates, deletes, a primary-key change, an update that
     // leaves a TOASTed value unchanged, an insert with NULLs and infinities.
@@ -232,14 +235,27 @@ async fn a_real_debezium_capture_lands_exactly_in_all_four_formats() {
     }
 }
 
-/// The source database with its tables and first rows (captured by the snapshot).
-async fn source_database(pg: &PgServer) -> PgPool {
+/// The python of the venv with the Debezium engine.
+pub(crate) fn debezium_python() -> String {
+    std::env::var("REDSINK_DEBEZIUM_PYTHON").expect(
+        "REDSINK_DEBEZIUM_PYTHON is not set: run the tests with scripts/test.sh, which provisions \
+         the Debezium engine (scripts/debezium-env.sh prints the python to use)",
+    )
+}
+
+/// A new database `source` in `pg`, and a pool of it.
+pub(crate) async fn create_source(pg: &PgServer) -> PgPool {
     let admin = PgPool::connect(&pg.url("postgres"))
         .await
         .expect("source admin");
     exec(&admin, "CREATE DATABASE source").await;
     admin.close().await;
-    let source = PgPool::connect(&pg.url("source")).await.expect("source");
+    PgPool::connect(&pg.url("source")).await.expect("source")
+}
+
+/// The source database with its tables and first rows (captured by the snapshot).
+async fn source_database(pg: &PgServer) -> PgPool {
+    let source = create_source(pg).await;
     exec(
         &source,
         "CREATE EXTENSION hstore; CREATE EXTENSION ltree; CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy')",
@@ -256,8 +272,16 @@ async fn source_database(pg: &PgServer) -> PgPool {
     source
 }
 
-/// Starts the capture and waits until the engine streams.
-fn start_capture(python: &str, pg: &PgServer, prefix: &str) -> Capture {
+/// Starts the capture of `tables` (comma-separated) of database `source` in `pg`, two
+/// shards per table, with the script's `extra` arguments, and waits until the engine
+/// streams.
+pub(crate) fn start_capture(
+    python: &str,
+    pg: &PgServer,
+    prefix: &str,
+    tables: &str,
+    extra: &[&str],
+) -> Capture {
     let slot = common::unique("slot");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/debezium_capture.py");
     let mut child = std::process::Command::new(python)
@@ -271,9 +295,10 @@ fn start_capture(python: &str, pg: &PgServer, prefix: &str) -> Capture {
             "--pg-db",
             "source",
         ])
-        .args(["--tables", "public.kinds,public.people,public.bits"])
+        .args(["--tables", tables])
         .args(["--redis-url", &common::redis_url(), "--prefix", prefix])
         .args(["--shards", "2", "--slot", &slot])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the Debezium capture");

@@ -15,6 +15,7 @@ mod consumers;
 mod convergence;
 mod crash;
 mod debezium;
+mod debezium_tx;
 mod deploy;
 mod evolution;
 mod failover;
