@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS redsink.tx_late (
     PRIMARY KEY (consumer_group, tx_id)
 );
 
+-- Transactions applied whole, for an hour: an event of one that is read again (its
+-- instance died before its XACK, another claimed it) and staged again is removed.
+CREATE TABLE IF NOT EXISTS redsink.tx_applied (
+    consumer_group text        NOT NULL,
+    tx_id          text        NOT NULL,
+    applied_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, tx_id)
+);
+
 -- Locks the committer's progress row for the rest of the transaction, and fails
 -- (SQLSTATE RS409) when another committer has committed since `expected_seq` was read.
 CREATE OR REPLACE FUNCTION redsink.tx_fence(g text, s text, expected_seq bigint)

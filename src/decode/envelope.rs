@@ -87,7 +87,9 @@ fn tx_block(block: Option<&Value>) -> Result<Option<TxBlock>, String> {
         Some(other) => return Err(format!("`transaction` is not an object: {other}")),
     };
     let id = match block.get("id") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        Some(Value::String(id)) if !id.is_empty() => {
+            super::transaction::transaction_key(id).to_string()
+        }
         other => {
             return Err(format!(
                 "`transaction.id` is not a non-empty string: {}",

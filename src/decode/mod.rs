@@ -31,7 +31,7 @@ use crate::entry::{EntryId, StreamEntry};
 pub use event::TxBlock;
 pub use event::{ChangeEvent, Declared, Decoded, Field, NOT_DEBEZIUM, Op, Row, Skip, Source};
 pub use logical::{Logical, sql_type};
-pub use transaction::{TxEnd, TxRecord, transaction_id, tx_record};
+pub use transaction::{TxEnd, TxRecord, transaction_id, transaction_key, tx_record};
 
 /// The Debezium prefix of heartbeat topics (`topic.heartbeat.prefix`).
 const HEARTBEAT_PREFIX: &str = "__debezium-heartbeat";

@@ -7,6 +7,25 @@ use serde_json::Value;
 use super::{DecodeError, split_fields, split_schema};
 use crate::entry::StreamEntry;
 
+/// The key that identifies a source transaction across its records: the `id` as
+/// given, except for the PostgreSQL connector's `<txId>:<LSN>` form, where the LSN is
+/// that of the record carrying it (each data event's own, the commit's on END) and only
+/// the `txId` is common to all: that is the key. Other connectors' IDs (MySQL's GTID
+/// `uuid:n`, SQL Server's and Oracle's) name the transaction whole.
+pub fn transaction_key(id: &str) -> &str {
+    match id.split_once(':') {
+        Some((tx, lsn))
+            if !tx.is_empty()
+                && !lsn.is_empty()
+                && tx.bytes().all(|b| b.is_ascii_digit())
+                && lsn.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            tx
+        }
+        _ => id,
+    }
+}
+
 /// One record of the transaction stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxRecord {
@@ -17,6 +36,7 @@ pub enum TxRecord {
 /// A transaction's END: its events per data collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxEnd {
+    /// The transaction's key ([`transaction_key`]).
     pub id: String,
     /// `event_count`: the transaction's events in every table.
     pub event_count: u64,
@@ -47,6 +67,7 @@ fn record(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<TxRecord, String> {
     let text = |k: &str| payload.get(k).and_then(Value::as_str);
     let id = text("id")
         .filter(|id| !id.is_empty())
+        .map(transaction_key)
         .ok_or("a transaction record has no `id` string")?
         .to_string();
     match text("status") {
@@ -93,14 +114,14 @@ fn collection(v: &Value) -> Result<(String, u64), String> {
     }
 }
 
-/// The `transaction.id` of an entry's value, if it has one: for the dead letter of an
-/// event that could not be decoded otherwise.
+/// The transaction key ([`transaction_key`]) of an entry's value, if it has one: for
+/// the dead letter of an event that could not be decoded otherwise.
 pub fn transaction_id(entry: &StreamEntry) -> Option<String> {
     let (_, value) = split_fields(entry.fields.as_deref()?).ok()?;
     let value: Value = serde_json::from_slice(value).ok()?;
     let (_, payload) = split_schema(value);
     let id = payload.get("transaction")?.get("id")?.as_str()?;
-    Some(id.to_string())
+    Some(transaction_key(id).to_string())
 }
 
 #[cfg(test)]
@@ -127,7 +148,7 @@ mod tests {
         );
         assert_eq!(
             tx_record(&begin).expect("a BEGIN"),
-            TxRecord::Begin { id: "771:1".into() }
+            TxRecord::Begin { id: "771".into() }
         );
         let end = entry(
             r#"{"id":"771:1"}"#,
@@ -136,13 +157,28 @@ mod tests {
         assert_eq!(
             tx_record(&end).expect("an END"),
             TxRecord::End(TxEnd {
-                id: "771:1".into(),
+                id: "771".into(),
                 event_count: 5,
                 collections: vec![
                     ("public.orders".into(), 1),
                     ("public.order_lines".into(), 4)
                 ],
             })
+        );
+    }
+
+    #[test]
+    fn postgres_ids_are_keyed_by_their_tx_id_and_others_kept_whole() {
+        assert_eq!(transaction_key("731:26562960"), "731");
+        assert_eq!(transaction_key("731:26563920"), "731");
+        let gtid = "3e11fa47-71ca-11e1-9e33-c80aa9429562:23";
+        assert_eq!(transaction_key(gtid), gtid);
+        assert_eq!(transaction_key("file.000003:1234"), "file.000003:1234");
+        assert_eq!(transaction_key(":12"), ":12");
+        assert_eq!(transaction_key("12:"), "12:");
+        assert_eq!(
+            transaction_key("00000025:00000d10:0025"),
+            "00000025:00000d10:0025"
         );
     }
 
@@ -170,7 +206,7 @@ mod tests {
             "{}",
             r#"{"op":"x","transaction":{"id":"9:9","total_order":1}}"#,
         );
-        assert_eq!(transaction_id(&e).as_deref(), Some("9:9"));
+        assert_eq!(transaction_id(&e).as_deref(), Some("9"));
         assert_eq!(transaction_id(&entry("{}", "nope")), None);
     }
 }

@@ -49,6 +49,10 @@ const READ_AHEAD: usize = 1024;
 const GROUP_TXS: usize = 512;
 /// How often the open transactions are counted (metrics), and late events looked for.
 const CHORES_EVERY: Duration = Duration::from_secs(2);
+/// How long applied transactions are remembered: events of theirs read again within
+/// this time are removed, not applied again (Postgres' transaction IDs, which the
+/// PostgreSQL connector's transactions are keyed by, repeat only after 2³² of them).
+const KEEP_APPLIED: Duration = Duration::from_secs(3600);
 /// How often a transaction waiting for missing events checks whether any is on its way.
 const ON_THE_WAY_EVERY: Duration = Duration::from_secs(1);
 
@@ -245,6 +249,13 @@ impl Committer {
         };
         if self.chores_at.elapsed() >= CHORES_EVERY {
             self.chores_at = Instant::now();
+            let removed = self.store.sweep(KEEP_APPLIED).await?;
+            if removed > 0 {
+                tracing::info!(
+                    events = removed,
+                    "removed events read again after their transaction was applied"
+                );
+            }
             let (open, _, oldest) = self.store.open().await?;
             let open = u64::try_from(open).unwrap_or(0);
             self.core
@@ -476,13 +487,14 @@ impl Committer {
             .store
             .fetch(&ids, usize::try_from(staged).unwrap_or(0) + 1)
             .await?;
-        let finish = self.finish(
+        let mut finish = self.finish(
             progress,
             self.queue[last_at].id,
             None,
             complete.len(),
             Vec::new(),
         );
+        finish.done = ids;
         if self.apply(rows, finish, shutdown).await? {
             self.queue.drain(..=last_at);
             self.passed = None;
@@ -523,6 +535,7 @@ impl Committer {
             applied: i64::try_from(applied).unwrap_or(i64::MAX),
             events: Vec::new(),
             late,
+            done: Vec::new(),
         }
     }
 
@@ -586,7 +599,9 @@ impl Committer {
                 .add(Counter::TransactionsSplit, &self.tx.stream, 1);
         }
         let finish = if last {
-            self.finish(progress, self.queue[at].id, None, 1, Vec::new())
+            let mut finish = self.finish(progress, self.queue[at].id, None, 1, Vec::new());
+            finish.done = vec![head.id.clone()];
+            finish
         } else {
             let end = self.passed.unwrap_or(progress.end_id).max(progress.end_id);
             self.finish(

@@ -321,13 +321,14 @@ pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>, WriteError> {
 }
 
 /// redsink's own tables, which a role without `CREATE` needs the owner to migrate.
-pub const INTERNAL_TABLES: [&str; 6] = [
+pub const INTERNAL_TABLES: [&str; 7] = [
     "redsink.checkpoints",
     "redsink.tombstones",
     "redsink.truncations",
     "redsink.tx_events",
     "redsink.tx_progress",
     "redsink.tx_late",
+    "redsink.tx_applied",
 ];
 
 /// Applies `migrations/` (advisory-locked, so concurrent instances are safe). A role

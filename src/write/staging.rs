@@ -146,6 +146,8 @@ pub struct TxFinish {
     pub events: Vec<EntryRef>,
     /// Transactions applied without all their events.
     pub late: Vec<String>,
+    /// Transactions applied whole (their last piece, for one applied in pieces).
+    pub done: Vec<String>,
 }
 
 /// Transaction mode's tables, for the committer.
@@ -262,6 +264,34 @@ impl TxStore {
         Ok(rows.iter().filter_map(staged_event).collect())
     }
 
+    /// Removes the staged events of transactions applied whole (read and staged again
+    /// after their transaction was applied), and forgets applied and late transactions
+    /// older than `keep`. Returns the events removed.
+    pub async fn sweep(&self, keep: std::time::Duration) -> Result<u64, WriteError> {
+        let removed = sqlx::query(
+            "DELETE FROM redsink.tx_events e USING redsink.tx_applied a \
+             WHERE e.consumer_group = $1 AND a.consumer_group = $1 AND e.tx_id = a.tx_id",
+        )
+        .bind(&*self.group)
+        .execute(&self.pool)
+        .await
+        .map_err(WriteError::pg("removing events of applied transactions"))?
+        .rows_affected();
+        let keep_s = keep.as_secs_f64();
+        for table in ["redsink.tx_applied", "redsink.tx_late"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE consumer_group = $1 \
+                 AND applied_at < now() - make_interval(secs => $2)"
+            )))
+            .bind(&*self.group)
+            .bind(keep_s)
+            .execute(&self.pool)
+            .await
+            .map_err(WriteError::pg("forgetting old applied transactions"))?;
+        }
+        Ok(removed)
+    }
+
     /// The oldest (by entry ID) event of `stream` staged and not yet applied: what a
     /// tombstone's horizon must stay below.
     pub async fn oldest_staged(&self, stream: &str) -> Result<Option<StagedEvent>, WriteError> {
@@ -362,15 +392,31 @@ pub(super) fn finish_sql(group: &str, finish: &TxFinish) -> Result<String, Write
     let g = quote_literal(group)?;
     let mut sql = String::new();
     if !finish.events.is_empty() {
+        let (mut streams, mut ids) = (Vec::new(), Vec::new());
+        for (stream, id) in &finish.events {
+            streams.push(quote_literal(stream)?);
+            ids.push(format!("'{id}'"));
+        }
         let _ = write!(
             sql,
-            "DELETE FROM redsink.tx_events WHERE consumer_group = {g} AND (stream, entry_id) IN ("
+            "DELETE FROM redsink.tx_events WHERE consumer_group = {g} AND (stream, entry_id) IN \
+             (SELECT * FROM unnest(ARRAY[{}]::text[], ARRAY[{}]::text[])); ",
+            streams.join(","),
+            ids.join(",")
         );
-        for (i, (stream, id)) in finish.events.iter().enumerate() {
-            let comma = if i == 0 { "" } else { ", " };
-            let _ = write!(sql, "{comma}({}, '{id}')", quote_literal(stream)?);
-        }
-        sql.push_str("); ");
+    }
+    if !finish.done.is_empty() {
+        let done: Vec<String> = finish
+            .done
+            .iter()
+            .map(|tx| quote_literal(tx))
+            .collect::<Result<_, _>>()?;
+        let _ = write!(
+            sql,
+            "INSERT INTO redsink.tx_applied (consumer_group, tx_id) \
+             SELECT {g}, unnest(ARRAY[{}]::text[]) ON CONFLICT DO NOTHING; ",
+            done.join(",")
+        );
     }
     let (piece_tx, piece_done) = match &finish.piece {
         Some((tx, done)) => (quote_literal(tx)?, *done),
@@ -420,9 +466,14 @@ mod tests {
             applied: 0,
             events: vec![(Arc::from("o'rders:0"), EntryId { ms: 4, seq: 0 })],
             late: vec!["x".into()],
+            done: vec!["y'".into()],
         };
         let sql = finish_sql("g", &finish).expect("quoted");
-        assert!(sql.contains("('o''rders:0', '4-0')"), "{sql}");
+        assert!(
+            sql.contains("ARRAY['o''rders:0']::text[], ARRAY['4-0']::text[]"),
+            "{sql}"
+        );
+        assert!(sql.contains("unnest(ARRAY['y''']::text[])"), "{sql}");
         assert!(sql.contains("piece_tx = 't''1', piece_done = 10"), "{sql}");
         assert!(sql.contains("end_id = '5-1'"), "{sql}");
         assert!(

@@ -131,8 +131,12 @@ fn line_change(
 
 /// One source transaction as Debezium Server writes it: BEGIN, the data events, END.
 pub struct Transaction {
-    /// Debezium's transaction id, `<txId>:<lsn>`.
+    /// The transaction's key as redsink keys it: the source `txId`. Debezium's PostgreSQL
+    /// connector writes `<txId>:<lsn>` with the LSN of the record carrying it: each data
+    /// event its own, BEGIN its first event's, END its commit's (seen with the real engine).
     pub id: String,
+    begin_id: String,
+    end_id: String,
     /// The orders it touched.
     pub orders: Vec<i64>,
     prefix: String,
@@ -143,31 +147,32 @@ pub struct Transaction {
 impl Transaction {
     /// The XADDs, in order; the END promises `missing` more order_lines events than sent.
     pub fn entries(&self, missing: u64) -> Vec<Entry> {
-        let (tx_stream, key) = (
-            format!("{}.transaction", self.prefix),
-            format!(r#"{{"id":"{}"}}"#, self.id),
+        let tx_stream = format!("{}.transaction", self.prefix);
+        let (begin_key, end_key) = (
+            format!(r#"{{"id":"{}"}}"#, self.begin_id),
+            format!(r#"{{"id":"{}"}}"#, self.end_id),
         );
         let count = |t: &str| self.events.iter().filter(|e| e.0 == t).count() as u64;
         let (orders, lines) = (count("orders"), count("order_lines") + missing);
         let begin = format!(
             r#"{{"status":"BEGIN","id":"{}","ts_ms":1,"event_count":null,"data_collections":null}}"#,
-            self.id
+            self.begin_id
         );
         let end = format!(
             r#"{{"status":"END","id":"{}","ts_ms":1,"event_count":{},"data_collections":[{{"data_collection":"public.orders","event_count":{orders}}},{{"data_collection":"public.order_lines","event_count":{lines}}}]}}"#,
-            self.id,
+            self.end_id,
             orders + lines
         );
         let entry = |stream: String, key: &str, value: String| Entry {
             stream,
             fields: vec![(key.to_string(), value)],
         };
-        let mut out = vec![entry(tx_stream.clone(), &key, begin)];
+        let mut out = vec![entry(tx_stream.clone(), &begin_key, begin)];
         for (table, k, v) in &self.events {
             let stream = shard_stream(&format!("{}.public.{table}", self.prefix), k, SHARDS);
             out.push(entry(stream, k, v.clone()));
         }
-        out.push(entry(tx_stream, &key, end));
+        out.push(entry(tx_stream, &end_key, end));
         out
     }
 }
@@ -333,7 +338,8 @@ impl TxSource {
     /// Numbers the changes (txId, LSNs, total_order, data_collection_order).
     fn finish(&mut self, orders: Vec<i64>, changes: Vec<Change>) -> Transaction {
         self.tx_id += 1;
-        let (tx, id) = (self.tx_id, format!("{}:{}", self.tx_id, self.lsn + 8));
+        let tx = self.tx_id;
+        let begin_id = format!("{tx}:{}", self.lsn + 8);
         let mut per_table: BTreeMap<&str, u64> = BTreeMap::new();
         let events = changes
             .into_iter()
@@ -343,7 +349,7 @@ impl TxSource {
                 let dco = per_table.entry(c.table).or_default();
                 *dco += 1;
                 let value = format!(
-                    r#"{{"before":{},"after":{},"source":{{"version":"3.6.0.Final","connector":"postgresql","name":"app","ts_ms":{tx},"snapshot":"false","db":"app","sequence":"[null,\"{lsn}\"]","schema":"public","table":"{table}","txId":{tx},"lsn":{lsn},"xmin":null}},"op":"{}","ts_ms":{tx},"transaction":{{"id":"{id}","total_order":{},"data_collection_order":{dco}}}}}"#,
+                    r#"{{"before":{},"after":{},"source":{{"version":"3.6.0.Final","connector":"postgresql","name":"app","ts_ms":{tx},"snapshot":"false","db":"app","sequence":"[null,\"{lsn}\"]","schema":"public","table":"{table}","txId":{tx},"lsn":{lsn},"xmin":null}},"op":"{}","ts_ms":{tx},"transaction":{{"id":"{tx}:{lsn}","total_order":{},"data_collection_order":{dco}}}}}"#,
                     c.before,
                     c.after,
                     c.op,
@@ -354,8 +360,11 @@ impl TxSource {
                 (c.table, c.key, value)
             })
             .collect();
+        self.lsn += 16;
         Transaction {
-            id,
+            id: tx.to_string(),
+            begin_id,
+            end_id: format!("{tx}:{}", self.lsn),
             orders,
             prefix: self.prefix.clone(),
             events,
