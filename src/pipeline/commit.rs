@@ -25,6 +25,7 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::events::Events;
+use super::held::{Held, HeldEvent};
 use super::plan;
 use super::prepare::Prepared;
 use super::retry::{Retry, Side, retrying};
@@ -59,18 +60,33 @@ const ON_THE_WAY_EVERY: Duration = Duration::from_secs(1);
 /// Runs the committer until `shutdown`; an error is fatal for the instance.
 pub(super) async fn run(
     config: Config,
+    held: Arc<Held>,
     shutdown: CancellationToken,
     events: Arc<Events>,
 ) -> Result<(), PipelineError> {
-    let Some(mut committer) = Committer::open(config, &shutdown, events).await? else {
-        return Ok(());
+    let opened = Committer::open(config, held.clone(), &shutdown, events).await;
+    let result = match opened {
+        Ok(Some(committer)) => run_committer(committer, &shutdown).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
     };
+    held.stop();
+    result
+}
+
+async fn run_committer(
+    mut committer: Committer,
+    shutdown: &CancellationToken,
+) -> Result<(), PipelineError> {
+    let shutdown = shutdown.clone();
     let mut retry: Option<Retry> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        match committer.turn(&shutdown).await {
+        let turn = committer.turn(&shutdown).await;
+        committer.held.set_progressing(matches!(turn, Ok(true)));
+        match turn {
             Ok(true) => retry = None,
             Ok(false) => {
                 tokio::select! {
@@ -143,6 +159,9 @@ impl From<PipelineError> for Failure {
     }
 }
 
+/// An event to apply: its transaction, `total_order`, entry and what it maps to.
+type Item = (String, i64, StreamEntry, Prepared);
+
 /// One record of the transaction stream, read ahead.
 struct Record {
     id: EntryId,
@@ -156,6 +175,8 @@ struct Committer {
     core: Core,
     control: Control,
     store: TxStore,
+    /// Events the loop holds for this committer (`held.rs`).
+    held: Arc<Held>,
     tx: TransactionsConfig,
     /// Every mapping's stream patterns (which data collections are ours; routes).
     patterns: Vec<Vec<StreamPattern>>,
@@ -179,6 +200,7 @@ struct Committer {
 impl Committer {
     async fn open(
         config: Config,
+        held: Arc<Held>,
         shutdown: &CancellationToken,
         events: Arc<Events>,
     ) -> Result<Option<Self>, PipelineError> {
@@ -199,13 +221,13 @@ impl Committer {
             return Ok(None);
         };
         core.staging = false;
-        core.acker = core.acker.clone().without_xack();
         let control = reader.control().clone();
         let store = core.writer.tx_store();
         Ok(Some(Self {
             core,
             control,
             store,
+            held,
             tx,
             patterns,
             ours: HashMap::new(),
@@ -249,6 +271,7 @@ impl Committer {
         };
         if self.chores_at.elapsed() >= CHORES_EVERY {
             self.chores_at = Instant::now();
+            self.held.expire(self.tx.wait);
             let removed = self.store.sweep(KEEP_APPLIED).await?;
             if removed > 0 {
                 tracing::info!(
@@ -283,6 +306,7 @@ impl Committer {
             }
             tracing::warn!(stream = %self.tx.stream, "the committer's lock session ended: committing stops until the lock is taken again");
             self.lock = None;
+            self.held.set_leading(false);
             self.forget();
         }
         let key = lock_key(&self.core.config.redis.group, &self.tx.stream);
@@ -307,6 +331,7 @@ impl Committer {
         if got {
             tracing::info!(stream = %self.tx.stream, "this instance commits source transactions");
             self.lock = Some(conn);
+            self.held.set_leading(true);
             self.forget();
         }
         Ok(got)
@@ -391,8 +416,7 @@ impl Committer {
             // Nothing of ours read ahead: pass what was read.
             return self.pass_all(progress, shutdown).await;
         };
-        let ids: Vec<String> = group.iter().map(|(_, e, _)| e.id.clone()).collect();
-        let counts = self.store.counts(&ids).await?;
+        let (counts, staged_txs) = self.arrived(&group).await?;
         let piece_done = match &progress.piece {
             Some((tx, done)) if *tx == head.id => *done,
             _ => 0,
@@ -441,9 +465,31 @@ impl Committer {
                 .await;
         }
         self.waiting = None;
-        let staged: i64 = complete.iter().map(|(_, e, _)| have(&e.id)).sum();
-        self.apply_complete(&complete, staged, progress, shutdown)
+        self.apply_complete(&complete, &counts, &staged_txs, progress, shutdown)
             .await
+    }
+
+    /// The events of each transaction of `group` that arrived: held, plus (for those
+    /// the held ones do not complete) staged. Also the transactions with staged events.
+    async fn arrived(
+        &self,
+        group: &[(usize, TxEnd, i64)],
+    ) -> Result<(HashMap<String, i64>, HashSet<String>), WriteError> {
+        let ids: Vec<String> = group.iter().map(|(_, e, _)| e.id.clone()).collect();
+        let mut counts = self.held.counts(&ids);
+        let short: Vec<String> = group
+            .iter()
+            .filter(|(_, e, expected)| counts.get(&e.id).copied().unwrap_or(0) < *expected)
+            .map(|(_, e, _)| e.id.clone())
+            .collect();
+        let mut staged = HashSet::new();
+        if !short.is_empty() {
+            for (tx, n) in self.store.counts(&short).await? {
+                *counts.entry(tx.clone()).or_default() += n;
+                staged.insert(tx);
+            }
+        }
+        Ok((counts, staged))
     }
 
     /// The transactions of ours read ahead, from the front: (position in the queue,
@@ -473,20 +519,31 @@ impl Committer {
         group
     }
 
-    /// Applies whole transactions (`staged` events in all) in one commit.
+    /// Applies whole transactions in one commit: their held events, and the staged
+    /// ones of those with some staged (`staged_txs`).
     async fn apply_complete(
         &mut self,
         complete: &[(usize, TxEnd, i64)],
-        staged: i64,
+        counts: &HashMap<String, i64>,
+        staged_txs: &HashSet<String>,
         progress: &Progress,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
+        let fetch: Vec<String> = complete
+            .iter()
+            .filter(|(_, e, _)| staged_txs.contains(&e.id))
+            .map(|(_, e, _)| e.id.clone())
+            .collect();
+        let staged: i64 = fetch.iter().filter_map(|id| counts.get(id)).sum();
         let (last_at, _, _) = complete[complete.len() - 1];
         let ids: Vec<String> = complete.iter().map(|(_, e, _)| e.id.clone()).collect();
-        let rows = self
-            .store
-            .fetch(&ids, usize::try_from(staged).unwrap_or(0) + 1)
-            .await?;
+        let rows = if fetch.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .fetch(&fetch, usize::try_from(staged).unwrap_or(0) + 1)
+                .await?
+        };
         let mut finish = self.finish(
             progress,
             self.queue[last_at].id,
@@ -494,8 +551,9 @@ impl Committer {
             complete.len(),
             Vec::new(),
         );
-        finish.done = ids;
-        if self.apply(rows, finish, shutdown).await? {
+        finish.done = ids.clone();
+        let held = self.held.take(&ids);
+        if self.apply(&ids, rows, held, finish, shutdown).await? {
             self.queue.drain(..=last_at);
             self.passed = None;
             self.core.events.metrics().add(
@@ -515,7 +573,7 @@ impl Committer {
     /// Events one commit of whole transactions takes, at most (one transaction is
     /// never split below `max_events`).
     fn max_group(&self) -> i64 {
-        i64::try_from(self.core.config.batch.max_batch).unwrap_or(i64::MAX)
+        i64::try_from(self.core.config.batch.max_batch * 4).unwrap_or(i64::MAX)
     }
 
     /// The finish of a commit that moves the progress to `end_id`.
@@ -565,7 +623,8 @@ impl Committer {
         }
         let finish = self.finish(progress, passed, None, 0, Vec::new());
         self.waiting = Some((String::new(), Instant::now(), None));
-        self.apply(Vec::new(), finish, shutdown).await?;
+        self.apply(&[], Vec::new(), Vec::new(), finish, shutdown)
+            .await?;
         Ok(false)
     }
 
@@ -580,11 +639,9 @@ impl Committer {
         progress: &Progress,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
-        let rows = self
-            .store
-            .fetch(std::slice::from_ref(&head.id), self.tx.max_events)
-            .await?;
-        let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let ids = std::slice::from_ref(&head.id);
+        let (rows, held) = self.piece(ids).await?;
+        let n = i64::try_from(rows.len() + held.len()).unwrap_or(i64::MAX);
         let last = done + n >= expected;
         if done == 0 {
             tracing::warn!(
@@ -612,7 +669,7 @@ impl Committer {
                 Vec::new(),
             )
         };
-        if !self.apply(rows, finish, shutdown).await? {
+        if !self.apply(ids, rows, held, finish, shutdown).await? {
             return Ok(false);
         }
         if last {
@@ -669,13 +726,10 @@ impl Committer {
                 usize::try_from(have).unwrap_or(0) + 1,
             )
             .await?;
-        let piece_done = match &progress.piece {
-            Some((tx, done)) if *tx == head.id => *done,
-            _ => 0,
-        };
-        let _ = piece_done;
+        let ids = std::slice::from_ref(&head.id);
+        let held = self.held.take(ids);
         let finish = self.finish(progress, end_id, None, 1, vec![head.id.clone()]);
-        if !self.apply(rows, finish, shutdown).await? {
+        if !self.apply(ids, rows, held, finish, shutdown).await? {
             return Ok(false);
         }
         self.queue.drain(..=at);
@@ -725,23 +779,80 @@ impl Committer {
             0,
             Vec::new(),
         );
-        self.apply(rows, finish, shutdown).await
+        self.apply(&[], rows, Vec::new(), finish, shutdown).await
     }
 
     /// Prepares the staged events and writes them with `finish`, in one commit; then
     /// writes the dead letters. `false`: shutdown came first.
     async fn apply(
         &mut self,
+        txs: &[String],
         rows: Vec<StagedEvent>,
+        held: Vec<HeldEvent>,
         mut finish: TxFinish,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
-        let Some(items) = self.prepare_rows(rows, &mut finish, shutdown).await? else {
+        let backup = held.clone();
+        let outcome = self.apply_all(txs, rows, held, &mut finish, shutdown).await;
+        if !matches!(outcome, Ok(true)) {
+            self.held.put_back(backup);
+        }
+        outcome
+    }
+
+    async fn apply_all(
+        &mut self,
+        txs: &[String],
+        rows: Vec<StagedEvent>,
+        held: Vec<HeldEvent>,
+        finish: &mut TxFinish,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Failure> {
+        let Some(mut items) = self.prepare_rows(rows, finish, shutdown).await? else {
             return Ok(false);
         };
+        items.extend(
+            held.into_iter()
+                .map(|e| (e.tx_id, e.total_order, e.entry, e.prepared)),
+        );
+        // Source order: commit order (the order of `txs`), then `total_order`.
+        let position: HashMap<&str, usize> = txs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        items.sort_by(|a, b| {
+            let at = |tx: &str| position.get(tx).copied().unwrap_or(usize::MAX);
+            (at(&a.0), a.1, &a.2.stream, a.2.id).cmp(&(at(&b.0), b.1, &b.2.stream, b.2.id))
+        });
+        let items: Vec<(StreamEntry, Prepared)> =
+            items.into_iter().map(|(_, _, e, p)| (e, p)).collect();
         self.foreign_keys(&items).await?;
-        let plans = plan::plans(items, &self.parents);
-        self.write(&plans, &finish, shutdown).await
+        self.write(items, finish, shutdown).await
+    }
+
+    /// The next piece of a transaction applied in pieces: its first `max_events` events
+    /// in `total_order`, staged or held (held ones beyond it are held again).
+    async fn piece(
+        &mut self,
+        ids: &[String],
+    ) -> Result<(Vec<StagedEvent>, Vec<HeldEvent>), Failure> {
+        let mut rows = self.store.fetch(ids, self.tx.max_events).await?;
+        let mut held = self.held.take(ids);
+        held.sort_by_key(|e| e.total_order);
+        let max = self.tx.max_events;
+        let (mut i, mut j) = (0, 0);
+        while i + j < max && (i < rows.len() || j < held.len()) {
+            let take_row = match (rows.get(i), held.get(j)) {
+                (Some(r), Some(h)) => r.total_order <= h.total_order,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if take_row { i += 1 } else { j += 1 }
+        }
+        rows.truncate(i);
+        self.held.put_back(held.split_off(j));
+        Ok((rows, held))
     }
 
     /// Each staged event prepared again (decode → map), in order; markers of events
@@ -751,8 +862,8 @@ impl Committer {
         rows: Vec<StagedEvent>,
         finish: &mut TxFinish,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Vec<(StreamEntry, Prepared)>>, Failure> {
-        let mut items: Vec<(StreamEntry, Prepared)> = Vec::with_capacity(rows.len());
+    ) -> Result<Option<Vec<Item>>, Failure> {
+        let mut items: Vec<Item> = Vec::with_capacity(rows.len());
         for row in rows {
             finish.events.push((row.entry.stream.clone(), row.entry.id));
             if row.entry.fields.is_none() {
@@ -773,27 +884,48 @@ impl Committer {
                 }
                 p => p,
             };
-            items.push((row.entry, prepared));
+            items.push((row.tx_id, row.total_order, row.entry, prepared));
         }
         Ok(Some(items))
     }
 
-    /// Writes the plans with `finish` (one commit), then the dead letters.
+    /// Writes the events with `finish` in one commit, in the phased order, or in the
+    /// exact one when Postgres rejects a row of that (see `plan.rs`); then the dead
+    /// letters and the acknowledgements of held events. `false`: shutdown came first.
     async fn write(
         &mut self,
-        plans: &plan::Plans,
+        items: Vec<(StreamEntry, Prepared)>,
         finish: &TxFinish,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
         let writer = self.core.writer.clone();
         let events = self.core.events.clone();
         let started = Instant::now();
-        let order = plans.in_order();
-        let written = retrying!(events, shutdown, "committing source transactions", {
-            writer.write_transactions(&order, finish)
-        });
-        let Some(committed) = written? else {
-            return Ok(false);
+        let mut written = None;
+        if let Some(phased) = plan::phased(&items, &self.parents) {
+            match retrying!(events, shutdown, "committing source transactions", {
+                writer.write_transactions(&phased, finish, false)
+            }) {
+                Ok(None) => return Ok(false),
+                Ok(Some(committed)) => written = Some((phased, committed)),
+                Err(e) if e.class() == crate::write::ErrorClass::Data => {
+                    tracing::info!(error = %e, "a row was rejected in the phased order: writing in source order");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (batch, committed) = match written {
+            Some(written) => written,
+            None => {
+                let exact = plan::exact(items);
+                let committed = retrying!(events, shutdown, "committing source transactions", {
+                    writer.write_transactions(&exact, finish, true)
+                })?;
+                let Some(committed) = committed else {
+                    return Ok(false);
+                };
+                (exact, committed)
+            }
         };
         if let Some(p) = &mut self.progress {
             p.seq += 1;
@@ -809,22 +941,7 @@ impl Committer {
         {
             return Ok(false);
         }
-        let metrics = events.metrics();
-        metrics.committed(
-            committed.acks().len(),
-            started.elapsed(),
-            &plans.exact.source_ts_ms,
-        );
-        for t in &plans.exact.tables {
-            metrics.add(
-                Counter::RowsWritten,
-                &t.table.name.to_string(),
-                t.rows.len() as u64,
-            );
-        }
-        for d in committed.dead() {
-            metrics.add(Counter::DeadLettered, &d.entry.stream, 1);
-        }
+        count(&events, &batch, &committed, started.elapsed());
         Ok(true)
     }
 
@@ -864,6 +981,27 @@ impl Committer {
             self.parents.entry(child).or_default().push(parent);
         }
         Ok(())
+    }
+}
+
+/// A commit of the committer in the metrics.
+fn count(
+    events: &Events,
+    batch: &crate::batch::Batch,
+    committed: &crate::write::Committed,
+    took: Duration,
+) {
+    let metrics = events.metrics();
+    metrics.committed(committed.acks().len(), took, &batch.source_ts_ms);
+    for t in &batch.tables {
+        metrics.add(
+            Counter::RowsWritten,
+            &t.table.name.to_string(),
+            t.rows.len() as u64,
+        );
+    }
+    for d in committed.dead() {
+        metrics.add(Counter::DeadLettered, &d.entry.stream, 1);
     }
 }
 

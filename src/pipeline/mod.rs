@@ -39,6 +39,7 @@ mod commit;
 mod events;
 mod fatal;
 mod flush;
+mod held;
 mod horizon;
 mod open;
 mod pace;
@@ -73,6 +74,10 @@ use crate::write::{Catalog, WriteError, Writer};
 const READING: &str = "reading from redis";
 /// The operation name of re-reading the pending entries after a read error.
 const REWINDING: &str = "re-reading the pending entries";
+/// Transaction mode: events held for this instance's committer, at most, in batches.
+const HELD_PER_BATCH: usize = 16;
+/// The longest the loop waits for the committer before looking again.
+const HELD_PAUSE: Duration = Duration::from_millis(50);
 /// How often a progress line is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// `/readyz` fails when the loop has not gone round for this long (plus `redis.block`).
@@ -146,7 +151,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
     let committer_config = config.transactions.is_some().then(|| config.clone());
     let result = match Pipeline::start(config, &loop_stop, events.clone()).await {
         Ok(Some(mut pipeline)) => {
-            let committer = committer_config.map(|c| spawn_committer(c, &loop_stop, &events));
+            let committer = committer_config.map(|c| {
+                let held = Arc::new(held::Held::new(HELD_PER_BATCH * c.batch.max_batch));
+                pipeline.core.held = Some(held.clone());
+                spawn_committer(c, held, &loop_stop, &events)
+            });
             let mut result = pipeline.run_loop(&loop_stop).await;
             if let Err(e) = &result {
                 pipeline.abandon(e).await;
@@ -177,6 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
 /// stops the loop too (`loop_stop`).
 fn spawn_committer(
     config: Config,
+    held: Arc<held::Held>,
     loop_stop: &CancellationToken,
     events: &Arc<Events>,
 ) -> (
@@ -186,7 +196,7 @@ fn spawn_committer(
     let stop = CancellationToken::new();
     let (task_stop, loop_stop, events) = (stop.clone(), loop_stop.clone(), events.clone());
     let task = tokio::spawn(async move {
-        let result = commit::run(config, task_stop, events).await;
+        let result = commit::run(config, held, task_stop, events).await;
         if let Err(e) = &result {
             tracing::error!(error = %error_text(e), "the committer failed: stopping");
             loop_stop.cancel();
@@ -260,6 +270,8 @@ struct Core {
     unfinished: Vec<EntryRef>,
     /// Transaction mode: events of source transactions are staged, not written.
     staging: bool,
+    /// Transaction mode: events held for this instance's committer (`held.rs`).
+    held: Option<Arc<held::Held>>,
     events: Arc<Events>,
 }
 
@@ -312,18 +324,24 @@ impl Pipeline {
             self.core.events.metrics().tick();
             // 1. shutdown
             if shutdown.is_cancelled() {
+                // Held events are staged: nothing read is left to the committer.
+                if let Some(held) = &self.core.held {
+                    held.stop();
+                }
                 let mut read = std::mem::take(&mut self.prefetched);
                 // Lanes' reads still in flight end within `block`: apply what they bring.
                 read.extend(self.reader.finish_reads().await);
                 if !self.core.interrupted {
                     self.core.process(read, shutdown).await?;
                 }
+                self.core.stage_spilled();
                 if self.core.drain(shutdown).await? {
                     self.reader.leave_group().await;
                 }
                 return Ok(());
             }
             // 2. full batch, flush deadline, or caught up with nothing being written
+            self.core.stage_spilled();
             if self.core.batcher.should_flush(Instant::now()) || self.core.caught_up() {
                 self.core.flush(shutdown).await?;
             }
@@ -334,7 +352,17 @@ impl Pipeline {
             if self.prefetched.is_empty() {
                 self.core.await_write_while_caught_up().await;
             }
-            // 5. intake
+            // 5. intake, unless the committer's held events are at their bound and it
+            // is applying them (transaction mode): then wait for its next commit
+            if let Some(held) = self.core.held.clone()
+                && held.should_pause()
+            {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = held.wait_applied(HELD_PAUSE) => {}
+                }
+                continue;
+            }
             self.intake(shutdown, &mut read_retry).await?;
         }
     }

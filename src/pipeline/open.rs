@@ -59,6 +59,7 @@ impl Core {
         let staging = config.transactions.is_some() && replay_as.is_none();
         let core = Core {
             staging,
+            held: None,
             config,
             mappings,
             routes: HashMap::new(),

@@ -23,34 +23,34 @@ use crate::entry::StreamEntry;
 use crate::map::RowOp;
 use crate::table::TableName;
 
-/// The two orders; `phased` is `None` where it cannot be made.
-pub(super) struct Plans {
-    pub phased: Option<Batch>,
-    pub exact: Batch,
-}
-
-impl Plans {
-    /// The plans to try, in order.
-    pub fn in_order(&self) -> Vec<&Batch> {
-        self.phased
-            .iter()
-            .chain(std::iter::once(&self.exact))
-            .collect()
-    }
-}
-
-/// `items`: the commit's events in source order, each prepared. `parents`: for each
-/// table, the tables its foreign keys reference.
-pub(super) fn plans(
-    items: Vec<(StreamEntry, Prepared)>,
+/// The phased order of the commit's events (`items`, in source order, each prepared);
+/// `None` where it cannot be made (a truncate, a foreign key cycle). `parents`: for
+/// each table, the tables its foreign keys reference.
+pub(super) fn phased(
+    items: &[(StreamEntry, Prepared)],
     parents: &HashMap<TableName, Vec<TableName>>,
-) -> Plans {
+) -> Option<Batch> {
+    if items
+        .iter()
+        .any(|(_, p)| matches!(p, Prepared::Truncate(_)))
+    {
+        return None;
+    }
     let now = Instant::now();
     let mut all = batcher();
+    for (entry, prepared) in items {
+        push(&mut all, entry.clone(), prepared.clone(), now);
+    }
+    phase(all.take(), parents)
+}
+
+/// The exact order: the events in source order, consecutive events of one table in
+/// one run.
+pub(super) fn exact(items: Vec<(StreamEntry, Prepared)>) -> Batch {
+    let now = Instant::now();
     let mut runs: Vec<Batch> = Vec::new();
     let mut run = batcher();
     let mut run_table: Option<TableName> = None;
-    let mut truncates = false;
     for (entry, prepared) in items {
         let table = match &prepared {
             Prepared::Row(change, _) => Some(change.table.name.clone()),
@@ -63,14 +63,10 @@ pub(super) fn plans(
             }
             run_table = Some(table);
         }
-        truncates |= matches!(prepared, Prepared::Truncate(_));
-        push(&mut all, entry.clone(), prepared.clone(), now);
         push(&mut run, entry, prepared, now);
     }
     runs.push(run.take());
-    let exact = concat(runs);
-    let phased = (!truncates).then(|| phase(all.take(), parents)).flatten();
-    Plans { phased, exact }
+    concat(runs)
 }
 
 fn batcher() -> Batcher {
@@ -86,7 +82,7 @@ fn push(batcher: &mut Batcher, entry: StreamEntry, prepared: Prepared, now: Inst
         }
         Prepared::Truncate(t) => batcher.push_truncate(t, entry, now),
         Prepared::Dead(reason) => batcher.push_dead(entry, reason, now),
-        Prepared::Skip(_) | Prepared::Interrupted | Prepared::Staged(_) => {
+        Prepared::Skip(_) | Prepared::Interrupted | Prepared::Staged(..) => {
             batcher.push_skip(&entry.stream, entry.id, now);
         }
     }

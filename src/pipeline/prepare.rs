@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::held::HeldEvent;
 use super::retry::retrying;
 use super::{Core, PipelineError};
 use crate::config::{DeleteMode, TruncateMode};
@@ -40,8 +41,9 @@ pub(super) enum Prepared {
     Dead(String),
     /// Shutdown came during an outage: leave this entry pending.
     Interrupted,
-    /// An event of a source transaction (transaction mode): staged for the committer.
-    Staged(TxBlock),
+    /// An event of a source transaction (transaction mode), for the committer: what it
+    /// maps to (a row, a truncate or a skip).
+    Staged(TxBlock, Box<Prepared>),
 }
 
 /// Where an event goes: its mapping and the table it names.
@@ -116,10 +118,7 @@ impl Core {
                 self.batcher.push_skip(&entry.stream, entry.id, now);
             }
             Ok(Prepared::Dead(reason)) => self.push_dead(entry, reason, now),
-            Ok(Prepared::Staged(tx)) => {
-                self.batcher
-                    .push_staged(entry, tx.id, tx.total_order, None, now);
-            }
+            Ok(Prepared::Staged(tx, prepared)) => self.hold_or_stage(entry, tx, *prepared, now),
             Err(e) => {
                 return Err(PipelineError::Entry {
                     stream: entry.stream.clone(),
@@ -129,6 +128,39 @@ impl Core {
             }
         }
         Ok(true)
+    }
+
+    /// An event of a source transaction: held for this instance's committer, else
+    /// staged (see `held.rs`).
+    fn hold_or_stage(&mut self, entry: StreamEntry, tx: TxBlock, prepared: Prepared, now: Instant) {
+        let event = HeldEvent {
+            tx_id: tx.id,
+            total_order: tx.total_order,
+            entry,
+            prepared,
+            since: now,
+        };
+        let event = match &self.held {
+            Some(held) => match held.offer(event) {
+                None => return,
+                Some(event) => event,
+            },
+            None => event,
+        };
+        self.batcher
+            .push_staged(event.entry, event.tx_id, event.total_order, None, now);
+    }
+
+    /// Stages what the committer gave back (see `held.rs`).
+    pub(super) fn stage_spilled(&mut self) {
+        let Some(held) = &self.held else {
+            return;
+        };
+        let now = Instant::now();
+        for e in held.take_spilled() {
+            self.batcher
+                .push_staged(e.entry, e.tx_id, e.total_order, None, now);
+        }
     }
 
     /// A dead letter; in transaction mode, an event of a source transaction is also
@@ -178,10 +210,10 @@ impl Core {
         };
         let prepared = self.prepare_event(entry, &event, shutdown).await?;
         Ok(match (prepared, &event.transaction) {
-            (Prepared::Row(..) | Prepared::Truncate(_) | Prepared::Skip(_), Some(tx))
+            (p @ (Prepared::Row(..) | Prepared::Truncate(_) | Prepared::Skip(_)), Some(tx))
                 if self.staging =>
             {
-                Prepared::Staged(tx.clone())
+                Prepared::Staged(tx.clone(), Box::new(p))
             }
             (prepared, _) => prepared,
         })

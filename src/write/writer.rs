@@ -69,51 +69,50 @@ impl Writer {
     /// Applies a batch in one transaction with its checkpoints. Safe to call again with
     /// the same batch after an error: every statement is version-guarded.
     pub async fn write(&self, batch: &Batch) -> Result<Committed, WriteError> {
-        self.write_plans(&[batch], None).await
+        self.write_with(batch, None).await
     }
 
-    /// The committer's write (transaction mode): the same changes in `plans`, each
-    /// an order to write them in, tried in turn while Postgres rejects a row (a
-    /// constraint the order breaks); the last is written row by row then. `finish`
-    /// fences the commit and records the committer's progress with it.
+    /// The committer's write (transaction mode): `batch` with `finish`, which fences
+    /// the commit and records the committer's progress with it. `last_resort`: when
+    /// Postgres rejects a row, write the batch again row by row (dead-lettering the
+    /// rejected ones); else return the data error (the caller has another order to try).
     pub async fn write_transactions(
         &self,
-        plans: &[&Batch],
+        batch: &Batch,
         finish: &TxFinish,
+        last_resort: bool,
     ) -> Result<Committed, WriteError> {
-        self.write_plans(plans, Some(finish)).await
+        if last_resort {
+            return self.write_with(batch, Some(finish)).await;
+        }
+        self.attempt(batch, false, Some(finish)).await?;
+        Ok(Committed {
+            acks: batch.acks.clone(),
+            dead: batch.dead.clone(),
+            rows: batch.row_count(),
+        })
     }
 
-    async fn write_plans(
+    /// One transaction; on a data error, again row by row (the rejected rows are
+    /// dead letters).
+    async fn write_with(
         &self,
-        plans: &[&Batch],
+        batch: &Batch,
         finish: Option<&TxFinish>,
     ) -> Result<Committed, WriteError> {
-        let mut plans = plans.iter().peekable();
-        while let Some(batch) = plans.next() {
-            let rejected = match self.attempt(batch, false, finish).await {
-                Err(e) if e.class() == ErrorClass::Data && plans.peek().is_some() => {
-                    tracing::info!(error = %e, "a row was rejected: writing in the next order");
-                    continue;
-                }
-                Err(e) if e.class() == ErrorClass::Data => {
-                    tracing::warn!(error = %e, "a row was rejected: writing the batch again row by row");
-                    self.attempt(batch, true, finish).await?
-                }
-                other => other?,
-            };
-            let mut dead = batch.dead.clone();
-            dead.extend(rejected);
-            return Ok(Committed {
-                acks: batch.acks.clone(),
-                dead,
-                rows: batch.row_count(),
-            });
-        }
+        let rejected = match self.attempt(batch, false, finish).await {
+            Err(e) if e.class() == ErrorClass::Data => {
+                tracing::warn!(error = %e, "a row was rejected: writing the batch again row by row");
+                self.attempt(batch, true, finish).await?
+            }
+            other => other?,
+        };
+        let mut dead = batch.dead.clone();
+        dead.extend(rejected);
         Ok(Committed {
-            acks: Vec::new(),
-            dead: Vec::new(),
-            rows: 0,
+            acks: batch.acks.clone(),
+            dead,
+            rows: batch.row_count(),
         })
     }
 
