@@ -272,7 +272,8 @@ pub(crate) async fn tx_latency(o: &Options, rate: u64) -> Res<()> {
         let pool = latency_shop(&mut redis).await?;
         let streams = data_streams(o.shards);
         create_groups(&mut redis, &streams, "redsink", "$").await;
-        let redsink = Redsink::start_with(&mode.config(o.shards), o.max_batch)?;
+        let mut redsink = Redsink::start_with(&mode.config(o.shards), o.max_batch)?;
+        redsink.ready(&mut redis, &streams[0]).await?;
         let mut shop = Shop::default();
         let total = rate * o.seconds;
         let per_tick = (rate / 100).max(1);

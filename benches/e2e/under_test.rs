@@ -127,6 +127,35 @@ impl Redsink {
         })
     }
 
+    /// Waits until redsink reads `stream` (its consumer shows in the group: it has sent
+    /// an `XREADGROUP`), so a latency run measures the sync, not its start-up.
+    pub(crate) async fn ready(
+        &mut self,
+        redis: &mut MultiplexedConnection,
+        stream: &str,
+    ) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!("redsink exited early: {status}").into());
+            }
+            let consumers: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(stream)
+                .arg("redsink")
+                .query_async(redis)
+                .await
+                .unwrap_or_default();
+            if consumers.iter().any(|c| {
+                matches!(c.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == b"bench")
+            }) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(format!("redsink did not start reading {stream} within 30 s").into())
+    }
+
     /// Waits until `streams` are drained; returns seconds since start, then stops it.
     pub(crate) async fn finish(
         self,
