@@ -139,6 +139,20 @@ pub struct Batch {
     pub checkpoints: Vec<EntryRef>,
     /// The source timestamps (`source.ts_ms`) of the row events, for the latency metric.
     pub source_ts_ms: Vec<i64>,
+    /// Events of source transactions, staged for the committer (transaction mode).
+    pub staged: Vec<Staged>,
+}
+
+/// An event of a source transaction (transaction mode): staged for the committer, which
+/// applies its whole transaction, instead of written to its table.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub entry: StreamEntry,
+    pub tx_id: String,
+    pub total_order: i64,
+    /// It was dead-lettered: staged as a marker (no fields) that still counts towards
+    /// its transaction's events.
+    pub dead: bool,
 }
 
 impl Batch {
@@ -166,6 +180,7 @@ pub struct Batcher {
     /// can both return it) is taken once.
     seen: HashSet<(Arc<str>, EntryId)>,
     source_ts_ms: Vec<i64>,
+    staged: Vec<Staged>,
 }
 
 impl Batcher {
@@ -175,6 +190,7 @@ impl Batcher {
             max_delay,
             first_at: None,
             source_ts_ms: Vec::new(),
+            staged: Vec::new(),
             tables: Vec::new(),
             table_index: HashMap::new(),
             row_index: HashMap::new(),
@@ -285,7 +301,34 @@ impl Batcher {
         }
     }
 
-    /// When the batch must be flushed at the latest (`None` when empty).
+    /// Adds an event of a source transaction to stage (see [`Staged`]); with a
+    /// `dead` reason, also its dead letter.
+    pub fn push_staged(
+        &mut self,
+        entry: StreamEntry,
+        tx_id: String,
+        total_order: i64,
+        dead: Option<String>,
+        now: Instant,
+    ) {
+        if !self.note(&entry.stream, entry.id, now) {
+            return;
+        }
+        let marker = dead.is_some();
+        if let Some(reason) = dead {
+            self.dead.push(DeadLetter {
+                entry: entry.clone(),
+                reason,
+            });
+        }
+        self.staged.push(Staged {
+            entry,
+            tx_id,
+            total_order,
+            dead: marker,
+        });
+    }
+
     /// When the oldest entry of the batch arrived.
     pub fn oldest(&self) -> Option<Instant> {
         self.first_at
@@ -326,6 +369,7 @@ impl Batcher {
         Batch {
             tables,
             source_ts_ms: std::mem::take(&mut self.source_ts_ms),
+            staged: std::mem::take(&mut self.staged),
             dead: std::mem::take(&mut self.dead),
             acks,
             // Sorted: instances of one group update checkpoint rows in the same order,

@@ -53,3 +53,9 @@ pub(super) fn default_max_delay() -> Duration {
 pub(super) fn default_placeholder() -> String {
     "default".into()
 }
+pub(super) fn default_tx_wait() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_tx_max_events() -> usize {
+    10_000
+}

@@ -8,7 +8,14 @@ use serde::Deserialize;
 use super::{Config, ConfigError, invalid};
 
 /// Sections whose scalar keys can be overridden by `REDSINK_<SECTION>_<KEY>`.
-const ENV_SECTIONS: [&str; 5] = ["redis", "postgres", "batch", "decode", "http"];
+const ENV_SECTIONS: [&str; 6] = [
+    "redis",
+    "postgres",
+    "batch",
+    "decode",
+    "http",
+    "transactions",
+];
 
 impl Config {
     /// Reads the file, applies the environment and validates.

@@ -36,6 +36,7 @@ use defaults::{
     default_idle_in_transaction, default_keepalive, default_lock_timeout, default_max_batch,
     default_max_delay, default_max_deliveries, default_placeholder, default_pool_size,
     default_prune_idle, default_slow_write_after, default_start, default_statement_timeout,
+    default_tx_max_events, default_tx_wait,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,9 @@ pub struct Config {
     pub decode: DecodeConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Transaction mode (docs/TRANSACTIONS.md): off without the section.
+    #[serde(default)]
+    pub transactions: Option<TransactionsConfig>,
     #[serde(rename = "mapping", default)]
     pub mappings: Vec<MappingConfig>,
 }
@@ -232,6 +236,37 @@ impl Default for BatchConfig {
 pub struct HttpConfig {
     /// `host:port` to listen on, e.g. `"0.0.0.0:9187"`; no listener when unset.
     pub address: Option<String>,
+}
+
+/// Transaction mode: each source transaction applied whole, in source commit order.
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsConfig {
+    /// Debezium's transaction metadata stream, `<topic.prefix>.transaction`.
+    #[serde(default)]
+    pub stream: String,
+    /// How long the oldest transaction waits for events that are not on their way
+    /// (none undelivered or pending at or before its END) before it is applied with
+    /// what arrived.
+    #[serde(default = "default_tx_wait", deserialize_with = "de_duration")]
+    pub wait: Duration,
+    /// A transaction with more events than this is applied in pieces of this many.
+    #[serde(default = "default_tx_max_events", deserialize_with = "de_usize")]
+    pub max_events: usize,
+    /// The END records' data collections (`schema.table`) whose events redsink reads;
+    /// default: those whose Debezium stream name (`<prefix>.<collection>`, with or
+    /// without a shard suffix) a mapping covers.
+    #[serde(default, deserialize_with = "de_strings")]
+    pub collections: Vec<String>,
+}
+
+impl TransactionsConfig {
+    /// Debezium's topic prefix: the stream's name without `.transaction`.
+    pub fn prefix(&self) -> Option<&str> {
+        self.stream
+            .strip_suffix(".transaction")
+            .filter(|p| !p.is_empty())
+    }
 }
 
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -37,6 +37,85 @@ impl StreamPattern {
     }
 }
 
+impl StreamPattern {
+    /// Whether the stream `name` is one this pattern names (Redis glob rules for a glob).
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::Exact(exact) => exact == name,
+            Self::Glob(glob) => glob_match(glob.as_bytes(), name.as_bytes()),
+        }
+    }
+
+    /// Whether this pattern names the stream `base` (Debezium's topic of a table), or a
+    /// shard of it: `base` followed by a separator (`:`, `-`, `.`, `{`, `#`, `/`, `|`)
+    /// and more (`orders:3`, `orders-3`, `orders:{3}`).
+    pub fn covers(&self, base: &str) -> bool {
+        const SEPARATORS: [char; 7] = [':', '-', '.', '{', '#', '/', '|'];
+        match self {
+            Self::Exact(exact) => {
+                exact == base
+                    || exact
+                        .strip_prefix(base)
+                        .is_some_and(|rest| rest.len() > 1 && rest.starts_with(SEPARATORS))
+            }
+            Self::Glob(_) => {
+                self.matches(base)
+                    || SEPARATORS
+                        .iter()
+                        .any(|sep| self.matches(&format!("{base}{sep}0")))
+            }
+        }
+    }
+}
+
+/// Redis' glob matching (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\x`.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let Some((&p, rest)) = pattern.split_first() else {
+        return name.is_empty();
+    };
+    match p {
+        b'*' => (0..=name.len()).any(|i| glob_match(rest, &name[i..])),
+        b'?' => !name.is_empty() && glob_match(rest, &name[1..]),
+        b'[' => {
+            let Some((&c, name_rest)) = name.split_first() else {
+                return false;
+            };
+            let (negate, mut class) = match rest.split_first() {
+                Some((b'^', r)) => (true, r),
+                _ => (false, rest),
+            };
+            let mut hit = false;
+            loop {
+                match class {
+                    [] => break,
+                    [b']', r @ ..] => {
+                        class = r;
+                        break;
+                    }
+                    [b'\\', x, r @ ..] => {
+                        hit |= *x == c;
+                        class = r;
+                    }
+                    [lo, b'-', hi, r @ ..] if *hi != b']' => {
+                        let (lo, hi) = if lo <= hi { (*lo, *hi) } else { (*hi, *lo) };
+                        hit |= (lo..=hi).contains(&c);
+                        class = r;
+                    }
+                    [x, r @ ..] => {
+                        hit |= *x == c;
+                        class = r;
+                    }
+                }
+            }
+            hit != negate && glob_match(class, name_rest)
+        }
+        b'\\' if !rest.is_empty() => {
+            name.first() == Some(&rest[0]) && glob_match(&rest[1..], &name[1..])
+        }
+        _ => name.first() == Some(&p) && glob_match(rest, &name[1..]),
+    }
+}
+
 /// Finds `{lo..hi}`: returns its byte span and bounds.
 fn find_range(text: &str) -> Result<Option<(usize, usize, u64, u64)>, String> {
     let mut search = 0;
@@ -97,6 +176,36 @@ mod tests {
             StreamPattern::parse("orders:{tag}:{1..1}").expect("valid"),
             vec![StreamPattern::Exact("orders:{tag}:1".into())]
         );
+    }
+
+    #[test]
+    fn globs_match_as_redis_does() {
+        let g = |p: &str, n: &str| StreamPattern::Glob(p.into()).matches(n);
+        assert!(g("db.inv.*", "db.inv.customers"));
+        assert!(!g("db.inv.*", "db.other.customers"));
+        assert!(g("o?ders", "orders") && !g("o?ders", "oders"));
+        assert!(g("orders:[0-3]", "orders:2") && !g("orders:[0-3]", "orders:4"));
+        assert!(g("orders:[^0]", "orders:1") && !g("orders:[^0]", "orders:0"));
+        assert!(g("a\\*b", "a*b") && !g("a\\*b", "axb"));
+        assert!(g("*", "") && !g("?", ""));
+    }
+
+    #[test]
+    fn a_pattern_covers_a_topic_and_its_shards() {
+        let covers = |p: &str, base: &str| {
+            StreamPattern::parse(p)
+                .expect("valid")
+                .iter()
+                .any(|p| p.covers(base))
+        };
+        assert!(covers("app.public.orders", "app.public.orders"));
+        assert!(covers("app.public.orders:{0..3}", "app.public.orders"));
+        assert!(covers("app.public.orders-{0..3}", "app.public.orders"));
+        assert!(covers("app.public.*", "app.public.orders"));
+        assert!(covers("app.public.orders:*", "app.public.orders"));
+        assert!(!covers("app.public.orders_archive", "app.public.orders"));
+        assert!(!covers("app.public.orders:", "app.public.orders"));
+        assert!(!covers("app.public.lines:{0..3}", "app.public.orders"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::{
     BatchConfig, Config, ConfigError, HttpConfig, MappingConfig, PostgresConfig, RedisConfig,
-    RedisMode, StreamPattern, invalid, is_tls_url,
+    RedisMode, StreamPattern, TransactionsConfig, invalid, is_tls_url,
 };
 
 /// The URL schemes redis-rs connects with.
@@ -30,6 +30,9 @@ impl Config {
         self.postgres.validate()?;
         self.batch.validate()?;
         self.http.validate()?;
+        if let Some(t) = &self.transactions {
+            t.validate()?;
+        }
         if self.mappings.is_empty() {
             return Err(invalid(
                 "mapping",
@@ -243,6 +246,40 @@ impl BatchConfig {
         }
         if self.max_delay.is_zero() {
             return Err(invalid("batch.max_delay", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+impl TransactionsConfig {
+    /// A stream; its collections can be told (from its name or the list); sane bounds.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.stream.trim().is_empty() {
+            return Err(invalid(
+                "transactions.stream",
+                "is not set: name Debezium's transaction metadata stream, \
+                 `<topic.prefix>.transaction` (or remove [transactions])",
+            ));
+        }
+        if self.collections.is_empty() && self.prefix().is_none() {
+            return Err(invalid(
+                "transactions.collections",
+                format!(
+                    "is needed: the stream `{}` does not end in `.transaction`, so the data \
+                     collections of its END records cannot be matched to the mapped streams; \
+                     list them, e.g. [\"public.orders\", \"public.order_lines\"]",
+                    self.stream
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_events) {
+            return Err(invalid(
+                "transactions.max_events",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.wait.is_zero() {
+            return Err(invalid("transactions.wait", "must be above zero"));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::event::{
-    ChangeEvent, Declared, Decoded, Op, POSITION_FIELDS, Row, Skip, Source, scalar_text,
+    ChangeEvent, Declared, Decoded, Op, POSITION_FIELDS, Row, Skip, Source, TxBlock, scalar_text,
 };
 use super::{row_from, struct_fields};
 
@@ -49,6 +49,7 @@ pub(super) fn envelope(
     let row_schema = schema.as_ref().and_then(|s| envelope_row_schema(s));
     let before = image(&mut payload, "before", row_schema)?;
     let after = image(&mut payload, "after", row_schema)?;
+    let transaction = tx_block(payload.get("transaction"))?;
     let source = match payload.get("source") {
         Some(Value::Object(s)) => source_from(s),
         _ => Source::default(),
@@ -73,7 +74,34 @@ pub(super) fn envelope(
         source,
         declared: Declared::of(schema, false),
         bare: false,
+        transaction,
     }))
+}
+
+/// The `transaction` block: null or absent → `None`; else `id` (a string) and
+/// `total_order` (a whole number) are needed.
+fn tx_block(block: Option<&Value>) -> Result<Option<TxBlock>, String> {
+    let block = match block {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(b)) => b,
+        Some(other) => return Err(format!("`transaction` is not an object: {other}")),
+    };
+    let id = match block.get("id") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        other => {
+            return Err(format!(
+                "`transaction.id` is not a non-empty string: {}",
+                other.map_or_else(|| "(absent)".to_string(), Value::to_string)
+            ));
+        }
+    };
+    let total_order = match block.get("total_order") {
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| format!("`transaction.total_order` is not a whole number: {v}"))?,
+        None => 0,
+    };
+    Ok(Some(TxBlock { id, total_order }))
 }
 
 /// The row image `name` (`before` or `after`); `None` when absent or null.

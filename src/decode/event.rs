@@ -90,6 +90,18 @@ pub struct ChangeEvent {
     /// the same, so when its fields do not fit the table the reason says it may be no
     /// Debezium event at all.
     pub bare: bool,
+    /// The source transaction it belongs to (`transaction`, with Debezium's
+    /// `provide.transaction.metadata`); `None` when null or absent.
+    pub transaction: Option<TxBlock>,
+}
+
+/// An event's `transaction` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxBlock {
+    /// Opaque (the PostgreSQL connector writes `<txId>:<lsn>`).
+    pub id: String,
+    /// The event's place in its transaction, from 1.
+    pub total_order: i64,
 }
 
 /// What a bare value whose fields do not fit the table may be.

@@ -62,6 +62,7 @@ pub(super) fn flattened(
         source,
         declared: Declared::of(schema, true),
         bare,
+        transaction: None,
     }))
 }
 

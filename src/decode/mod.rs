@@ -19,6 +19,7 @@ mod envelope;
 mod event;
 mod flattened;
 mod logical;
+mod transaction;
 
 use std::sync::Arc;
 
@@ -27,8 +28,10 @@ use serde_json::{Map, Value};
 use crate::config::DecodeConfig;
 use crate::entry::{EntryId, StreamEntry};
 
+pub use event::TxBlock;
 pub use event::{ChangeEvent, Declared, Decoded, Field, NOT_DEBEZIUM, Op, Row, Skip, Source};
 pub use logical::{Logical, sql_type};
+pub use transaction::{TxEnd, TxRecord, transaction_id, tx_record};
 
 /// The Debezium prefix of heartbeat topics (`topic.heartbeat.prefix`).
 const HEARTBEAT_PREFIX: &str = "__debezium-heartbeat";

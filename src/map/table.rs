@@ -135,6 +135,7 @@ mod tests {
             },
             declared: Default::default(),
             bare: false,
+            transaction: None,
         };
         assert_eq!(
             resolve_table(&t, &event, "s")
@@ -169,6 +170,7 @@ mod tests {
             },
             declared: Default::default(),
             bare: false,
+            transaction: None,
         };
         let t = TableTemplate::parse("${source.table}").expect("valid");
         let err = resolve_table(&t, &event("public", "pg_catalog.pg_authid"), "s");

@@ -69,6 +69,7 @@ pub(super) fn event(
         },
         declared: Default::default(),
         bare: false,
+        transaction: None,
     }
 }
 
@@ -137,6 +138,7 @@ fn a_delete_takes_its_key_from_the_message_key_or_before() {
 fn an_unknown_column_of_a_bare_value_says_it_may_be_no_debezium_event() {
     let bare = ChangeEvent {
         bare: true,
+        transaction: None,
         ..event(
             Op::Create,
             Some(json!({"id": 1})),
@@ -463,6 +465,7 @@ fn event_with(source: Source) -> ChangeEvent {
         source,
         declared: Default::default(),
         bare: false,
+        transaction: None,
     }
 }
 

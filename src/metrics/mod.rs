@@ -31,10 +31,13 @@ pub enum Counter {
     TombstonesRemoved,
     TruncationsRemoved,
     GroupsRecreated,
+    TransactionsApplied,
+    TransactionsSplit,
+    TransactionsTimedOut,
 }
 
 impl Counter {
-    const ALL: [Counter; 12] = [
+    const ALL: [Counter; 15] = [
         Counter::Read,
         Counter::Skipped,
         Counter::DeadLettered,
@@ -47,6 +50,9 @@ impl Counter {
         Counter::TombstonesRemoved,
         Counter::TruncationsRemoved,
         Counter::GroupsRecreated,
+        Counter::TransactionsApplied,
+        Counter::TransactionsSplit,
+        Counter::TransactionsTimedOut,
     ];
 
     fn name(self) -> &'static str {
@@ -63,6 +69,9 @@ impl Counter {
             Counter::TombstonesRemoved => "redsink_tombstones_removed_total",
             Counter::TruncationsRemoved => "redsink_truncations_removed_total",
             Counter::GroupsRecreated => "redsink_groups_recreated_total",
+            Counter::TransactionsApplied => "redsink_transactions_applied_total",
+            Counter::TransactionsSplit => "redsink_transactions_split_total",
+            Counter::TransactionsTimedOut => "redsink_transactions_timed_out_total",
         }
     }
 
@@ -106,6 +115,15 @@ impl Counter {
             Counter::TruncationsRemoved => {
                 "Truncation records removed once below the table's horizon (no event older can arrive)."
             }
+            Counter::TransactionsApplied => {
+                "Source transactions applied whole (transaction mode), by transaction stream."
+            }
+            Counter::TransactionsSplit => {
+                "Source transactions larger than transactions.max_events, applied in pieces."
+            }
+            Counter::TransactionsTimedOut => {
+                "Source transactions applied without all their events after transactions.wait."
+            }
         }
     }
 }
@@ -131,6 +149,9 @@ pub struct Metrics {
     failing: Mutex<BTreeMap<String, u64>>,
     /// When the pipeline loop last went round (ms since the epoch).
     last_loop_ms: AtomicU64,
+    /// Transaction mode: source transactions staged and not applied, and the seconds
+    /// the oldest of their events has waited.
+    open_transactions: Mutex<Option<(u64, f64)>>,
 }
 
 impl Default for Metrics {
@@ -179,7 +200,17 @@ impl Metrics {
             started: AtomicBool::new(false),
             failing: Mutex::default(),
             last_loop_ms: AtomicU64::new(0),
+            open_transactions: Mutex::default(),
         }
+    }
+
+    /// Transaction mode: the open (staged, not applied) transactions and the age of
+    /// the oldest staged event.
+    pub fn set_open_transactions(&self, open: u64, oldest_seconds: f64) {
+        *self
+            .open_transactions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((open, oldest_seconds));
     }
 
     /// Adds `n` to a counter.
@@ -338,7 +369,31 @@ impl Metrics {
         }
         self.render_groups(&mut out);
         self.render_dlq(&mut out);
+        self.render_transactions(&mut out);
         out
+    }
+
+    /// Transaction mode's gauges (once the committer has counted).
+    fn render_transactions(&self, out: &mut String) {
+        let open = *self
+            .open_transactions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((open, oldest)) = open else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP redsink_transactions_open Source transactions with events staged, not yet applied."
+        );
+        let _ = writeln!(out, "# TYPE redsink_transactions_open gauge");
+        let _ = writeln!(out, "redsink_transactions_open {open}");
+        let _ = writeln!(
+            out,
+            "# HELP redsink_transactions_oldest_open_seconds How long the oldest staged event has waited for its transaction to be applied."
+        );
+        let _ = writeln!(out, "# TYPE redsink_transactions_oldest_open_seconds gauge");
+        let _ = writeln!(out, "redsink_transactions_oldest_open_seconds {oldest:.3}");
     }
 
     /// The build and whether the instance is ready.

@@ -35,12 +35,14 @@
 //! ```
 
 mod chores;
+mod commit;
 mod events;
 mod fatal;
 mod flush;
 mod horizon;
 mod open;
 mod pace;
+mod plan;
 mod prepare;
 mod replay;
 mod retry;
@@ -139,11 +141,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
     let stop_http = CancellationToken::new();
     let http = listen(&config, &metrics, &stop_http).await?;
     let events = Arc::new(Events::new(metrics, Endpoints::of(&config)));
-    let result = match Pipeline::start(config, &shutdown, events).await {
+    // The loop stops on shutdown, or when the committer fails.
+    let loop_stop = shutdown.child_token();
+    let committer_config = config.transactions.is_some().then(|| config.clone());
+    let result = match Pipeline::start(config, &loop_stop, events.clone()).await {
         Ok(Some(mut pipeline)) => {
-            let result = pipeline.run_loop(&shutdown).await;
+            let committer = committer_config.map(|c| spawn_committer(c, &loop_stop, &events));
+            let mut result = pipeline.run_loop(&loop_stop).await;
             if let Err(e) = &result {
                 pipeline.abandon(e).await;
+            }
+            if let Some((stop, task)) = committer {
+                stop.cancel();
+                match task.await {
+                    Ok(Err(e)) if result.is_ok() => result = Err(e),
+                    Err(e) if result.is_ok() => result = Err(PipelineError::WriterTask(e)),
+                    _ => {}
+                }
             }
             let stats = pipeline.stats();
             tracing::info!(stats = ?stats, "stopped");
@@ -157,6 +171,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
         let _ = http.await;
     }
     result
+}
+
+/// Starts the committer (transaction mode): its token stops it; a fatal error of it
+/// stops the loop too (`loop_stop`).
+fn spawn_committer(
+    config: Config,
+    loop_stop: &CancellationToken,
+    events: &Arc<Events>,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), PipelineError>>,
+) {
+    let stop = CancellationToken::new();
+    let (task_stop, loop_stop, events) = (stop.clone(), loop_stop.clone(), events.clone());
+    let task = tokio::spawn(async move {
+        let result = commit::run(config, task_stop, events).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %error_text(e), "the committer failed: stopping");
+            loop_stop.cancel();
+        }
+        result
+    });
+    (stop, task)
 }
 
 /// Starts serving `/metrics`, `/healthz` and `/readyz` when `http.address` is set.
@@ -221,6 +258,8 @@ struct Core {
     /// Entries read but neither batched nor acknowledged because an error stopped their
     /// processing (the one it came with first): what a fatal stop releases.
     unfinished: Vec<EntryRef>,
+    /// Transaction mode: events of source transactions are staged, not written.
+    staging: bool,
     events: Arc<Events>,
 }
 

@@ -56,7 +56,9 @@ impl Core {
             return Ok(None);
         }
         let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
+        let staging = config.transactions.is_some() && replay_as.is_none();
         let core = Core {
+            staging,
             config,
             mappings,
             routes: HashMap::new(),

@@ -24,13 +24,14 @@ use tokio_util::sync::CancellationToken;
 use super::retry::retrying;
 use super::{Core, PipelineError};
 use crate::config::{DeleteMode, TruncateMode};
-use crate::decode::{self, ChangeEvent, Decoded, Op, Skip};
+use crate::decode::{self, ChangeEvent, Decoded, Op, Skip, TxBlock};
 use crate::entry::{EntryId, StreamEntry};
 use crate::map::{self, MapError, TableSchema};
 use crate::table::{DeclaredColumn, TableName};
 use crate::write::{ErrorClass, WriteError};
 
 /// What becomes of one entry.
+#[derive(Debug, Clone)]
 pub(super) enum Prepared {
     /// A row change and its event's `source.ts_ms`.
     Row(map::RowChange, Option<i64>),
@@ -39,6 +40,8 @@ pub(super) enum Prepared {
     Dead(String),
     /// Shutdown came during an outage: leave this entry pending.
     Interrupted,
+    /// An event of a source transaction (transaction mode): staged for the committer.
+    Staged(TxBlock),
 }
 
 /// Where an event goes: its mapping and the table it names.
@@ -93,7 +96,7 @@ impl Core {
             self.flush(shutdown).await?;
         }
         if let Some(reason) = self.delivered_too_often(&entry).await {
-            self.batcher.push_dead(entry, reason, now);
+            self.push_dead(entry, reason, now);
             return Ok(true);
         }
         match self.prepare(&entry, shutdown).await {
@@ -112,7 +115,11 @@ impl Core {
                 self.events.skipped(&entry, skip);
                 self.batcher.push_skip(&entry.stream, entry.id, now);
             }
-            Ok(Prepared::Dead(reason)) => self.batcher.push_dead(entry, reason, now),
+            Ok(Prepared::Dead(reason)) => self.push_dead(entry, reason, now),
+            Ok(Prepared::Staged(tx)) => {
+                self.batcher
+                    .push_staged(entry, tx.id, tx.total_order, None, now);
+            }
             Err(e) => {
                 return Err(PipelineError::Entry {
                     stream: entry.stream.clone(),
@@ -122,6 +129,19 @@ impl Core {
             }
         }
         Ok(true)
+    }
+
+    /// A dead letter; in transaction mode, an event of a source transaction is also
+    /// staged as a marker (its transaction counts it as arrived) and its reason names
+    /// the transaction.
+    fn push_dead(&mut self, entry: StreamEntry, reason: String, now: Instant) {
+        match decode::transaction_id(&entry).filter(|_| self.staging) {
+            Some(tx) => {
+                let reason = format!("{reason} (source transaction {tx})");
+                self.batcher.push_staged(entry, tx, 0, Some(reason), now);
+            }
+            None => self.batcher.push_dead(entry, reason, now),
+        }
     }
 
     /// Why the entry goes to the dead-letter stream unprocessed, when it was delivered
@@ -143,8 +163,10 @@ impl Core {
         ))
     }
 
-    /// decode → map of one entry.
-    async fn prepare(
+    /// decode → map of one entry. In transaction mode (`staging`), an event of a
+    /// source transaction that maps (or is skipped) is staged instead: the committer
+    /// prepares it again when it applies its transaction.
+    pub(super) async fn prepare(
         &mut self,
         entry: &StreamEntry,
         shutdown: &CancellationToken,
@@ -154,11 +176,29 @@ impl Core {
             Ok(Decoded::Skip(skip)) => return Ok(Prepared::Skip(skip)),
             Err(e) => return Ok(Prepared::Dead(e.reason)),
         };
-        let target = match self.target(entry, &event)? {
+        let prepared = self.prepare_event(entry, &event, shutdown).await?;
+        Ok(match (prepared, &event.transaction) {
+            (Prepared::Row(..) | Prepared::Truncate(_) | Prepared::Skip(_), Some(tx))
+                if self.staging =>
+            {
+                Prepared::Staged(tx.clone())
+            }
+            (prepared, _) => prepared,
+        })
+    }
+
+    /// map of a decoded event.
+    async fn prepare_event(
+        &mut self,
+        entry: &StreamEntry,
+        event: &ChangeEvent,
+        shutdown: &CancellationToken,
+    ) -> Result<Prepared, PipelineError> {
+        let target = match self.target(entry, event)? {
             Ok(target) => target,
             Err(prepared) => return Ok(prepared),
         };
-        let table = match self.schema(&target, &event, shutdown).await? {
+        let table = match self.schema(&target, event, shutdown).await? {
             Ok(table) => table,
             Err(prepared) => return Ok(prepared),
         };
@@ -170,12 +210,12 @@ impl Core {
             if mapping.truncate == TruncateMode::Skip {
                 return Ok(Prepared::Skip(Skip::Truncate));
             }
-            return match map::map_truncate(mapping, &event, entry.id, &table) {
+            return match map::map_truncate(mapping, event, entry.id, &table) {
                 Ok(t) => Ok(Prepared::Truncate(t)),
                 Err(e) => dead_or_fatal(&target, e),
             };
         }
-        self.map_row(&target, &event, entry.id, &table, shutdown)
+        self.map_row(&target, event, entry.id, &table, shutdown)
             .await
     }
 

@@ -252,3 +252,59 @@ pub async fn named_clients(conn: &mut Control, name: &str) -> Result<Option<Vec<
             .collect(),
     ))
 }
+
+/// Whether an entry of `stream` at or before `upto` may still reach `group`'s
+/// consumers: one not yet delivered to the group, or one delivered and still pending.
+/// `false` for a stream or group that does not exist.
+pub async fn on_the_way(
+    conn: &mut Control,
+    stream: &str,
+    group: &str,
+    upto: EntryId,
+) -> Result<bool, RedisError> {
+    let infos: Vec<HashMap<String, Value>> = match redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+    {
+        Ok(infos) => infos,
+        // No such stream.
+        Err(e) if e.code() == Some("ERR") => return Ok(false),
+        Err(e) => return Err(RedisError::redis(format!("XINFO GROUPS {stream}"))(e)),
+    };
+    let Some(info) = infos.iter().find(|i| text(i.get("name")) == group) else {
+        return Ok(false);
+    };
+    let delivered = EntryId::parse(&text(info.get("last-delivered-id"))).unwrap_or(EntryId::ZERO);
+    if delivered < upto {
+        let next: Vec<(String, Value)> = query(
+            conn,
+            redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(format!("({delivered}"))
+                .arg(upto.to_string())
+                .arg("COUNT")
+                .arg(1),
+            "XRANGE",
+            stream,
+        )
+        .await?;
+        if !next.is_empty() {
+            return Ok(true);
+        }
+    }
+    let pending: Vec<(String, String, u64, u64)> = query(
+        conn,
+        redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .arg("-")
+            .arg(upto.to_string())
+            .arg(1),
+        "XPENDING",
+        stream,
+    )
+    .await?;
+    Ok(!pending.is_empty())
+}

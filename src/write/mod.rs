@@ -31,6 +31,7 @@ mod catalog;
 mod horizon;
 mod locks;
 mod sql;
+mod staging;
 mod writer;
 
 use std::str::FromStr;
@@ -46,6 +47,7 @@ use crate::entry::{DeadLetter, EntryId};
 
 pub use catalog::{Catalog, VERSION_COLUMN, inspect_table};
 pub use horizon::{Collected, PgClock};
+pub use staging::{Progress, StagedEvent, TxFinish, TxStore, is_fenced};
 pub use writer::Writer;
 
 /// redsink's migrations as `migrations/` holds them.
@@ -401,6 +403,12 @@ mod tests {
             .map(|l| l.split("--").next().unwrap_or_default())
             .collect::<Vec<_>>()
             .join(" ");
+        // A function's dollar-quoted body is one statement's part, whatever it holds.
+        let sql: String = sql
+            .split("$$")
+            .enumerate()
+            .map(|(i, part)| if i % 2 == 1 { "$$ body $$" } else { part })
+            .collect();
         sql.split(';')
             .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|s| !s.is_empty())

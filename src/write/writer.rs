@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
+use super::staging::{self, TxFinish};
 use super::{Committed, ErrorClass, WriteError, locks, sql};
 use crate::batch::{Batch, BatchRow, TableRows};
 use crate::entry::DeadLetter;
@@ -39,6 +40,11 @@ impl Writer {
         }
     }
 
+    /// Transaction mode's tables, on this writer's pool and group.
+    pub fn tx_store(&self) -> super::TxStore {
+        super::TxStore::new(self.pool.clone(), &self.group)
+    }
+
     /// Statements sent to write batches so far (by this writer and its clones).
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
@@ -63,32 +69,69 @@ impl Writer {
     /// Applies a batch in one transaction with its checkpoints. Safe to call again with
     /// the same batch after an error: every statement is version-guarded.
     pub async fn write(&self, batch: &Batch) -> Result<Committed, WriteError> {
-        let rejected = match self.attempt(batch, false).await {
-            Err(e) if e.class() == ErrorClass::Data => {
-                tracing::warn!(error = %e, "a row was rejected: writing the batch again row by row");
-                self.attempt(batch, true).await?
-            }
-            other => other?,
-        };
-        let mut dead = batch.dead.clone();
-        dead.extend(rejected);
+        self.write_plans(&[batch], None).await
+    }
+
+    /// The committer's write (transaction mode): the same changes in `plans`, each
+    /// an order to write them in, tried in turn while Postgres rejects a row (a
+    /// constraint the order breaks); the last is written row by row then. `finish`
+    /// fences the commit and records the committer's progress with it.
+    pub async fn write_transactions(
+        &self,
+        plans: &[&Batch],
+        finish: &TxFinish,
+    ) -> Result<Committed, WriteError> {
+        self.write_plans(plans, Some(finish)).await
+    }
+
+    async fn write_plans(
+        &self,
+        plans: &[&Batch],
+        finish: Option<&TxFinish>,
+    ) -> Result<Committed, WriteError> {
+        let mut plans = plans.iter().peekable();
+        while let Some(batch) = plans.next() {
+            let rejected = match self.attempt(batch, false, finish).await {
+                Err(e) if e.class() == ErrorClass::Data && plans.peek().is_some() => {
+                    tracing::info!(error = %e, "a row was rejected: writing in the next order");
+                    continue;
+                }
+                Err(e) if e.class() == ErrorClass::Data => {
+                    tracing::warn!(error = %e, "a row was rejected: writing the batch again row by row");
+                    self.attempt(batch, true, finish).await?
+                }
+                other => other?,
+            };
+            let mut dead = batch.dead.clone();
+            dead.extend(rejected);
+            return Ok(Committed {
+                acks: batch.acks.clone(),
+                dead,
+                rows: batch.row_count(),
+            });
+        }
         Ok(Committed {
-            acks: batch.acks.clone(),
-            dead,
-            rows: batch.row_count(),
+            acks: Vec::new(),
+            dead: Vec::new(),
+            rows: 0,
         })
     }
 
     /// One transaction on a connection of its own; a connection whose transaction
     /// failed is closed rather than returned to the pool (it may still be inside the
     /// failed transaction).
-    async fn attempt(&self, batch: &Batch, isolate: bool) -> Result<Vec<DeadLetter>, WriteError> {
+    async fn attempt(
+        &self,
+        batch: &Batch,
+        isolate: bool,
+        finish: Option<&TxFinish>,
+    ) -> Result<Vec<DeadLetter>, WriteError> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(WriteError::pg("acquiring a connection"))?;
-        let outcome = self.transaction(&mut conn, batch, isolate).await;
+        let outcome = self.transaction(&mut conn, batch, isolate, finish).await;
         if outcome.is_err() {
             conn.close_on_drop();
         }
@@ -105,9 +148,14 @@ impl Writer {
         tx: &mut PgConnection,
         batch: &Batch,
         isolate: bool,
+        finish: Option<&TxFinish>,
     ) -> Result<Vec<DeadLetter>, WriteError> {
         self.trip();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql::begin_sql(&locks::lock_ids(batch))))
+        let mut begin = sql::begin_sql(&locks::lock_ids(batch));
+        if let Some(finish) = finish {
+            begin.push_str(&staging::fence_sql(&self.group, finish)?);
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(begin))
             .execute(&mut *tx)
             .await
             .map_err(WriteError::pg("BEGIN and taking the row locks"))?;
@@ -130,8 +178,16 @@ impl Writer {
                     .await?;
             }
         }
+        if !batch.staged.is_empty() {
+            self.trip();
+            staging::stage(tx, &self.group, &batch.staged).await?;
+        }
         self.trip();
-        let commit = sql::commit_sql(&self.group, &batch.checkpoints)?;
+        let mut commit = match finish {
+            Some(finish) => staging::finish_sql(&self.group, finish)?,
+            None => String::new(),
+        };
+        commit.push_str(&sql::commit_sql(&self.group, &batch.checkpoints)?);
         sqlx::raw_sql(sqlx::AssertSqlSafe(commit))
             .execute(&mut *tx)
             .await
