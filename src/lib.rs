@@ -24,7 +24,7 @@
 //! | [`batch`] | step 4, pure: per-table batches coalesced by key, flushed by size/age → `Batch` |
 //! | [`write`](mod@write) | step 5, sink: catalog, version-guarded apply, tombstones, checkpoint, one txn → `Committed` |
 //! | [`ack`] | step 6, source side: dead letters (XADD `<stream>:dlq`), then XACK of a `Committed` |
-//! | [`pipeline`] | wires the steps: the loop, retries, flush, chores, replay |
+//! | [`pipeline`] | wires the steps: the loop, retries, flush, chores, replay; transaction mode's committer |
 //! | [`ops`] | the operator commands' library code: check, status, dead letters, group, consumers |
 //! | [`demo`] | dev/demo tools: the generated events of `produce`, the demo and the benchmark |
 //!

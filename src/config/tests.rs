@@ -374,3 +374,55 @@ fn wait_replicas_is_off_by_default_and_not_for_clusters() {
         .to_string();
     assert!(err.contains("redis.wait_replicas"), "{err}");
 }
+
+#[test]
+fn transaction_mode_is_off_by_default_and_set_from_the_file_or_the_environment() {
+    assert!(load(BASE, &[]).expect("valid").transactions.is_none());
+    let from_env = load(
+        BASE,
+        &[
+            ("REDSINK_TRANSACTIONS_STREAM", "shop.transaction"),
+            ("REDSINK_TRANSACTIONS_WAIT", "3s"),
+            ("REDSINK_TRANSACTIONS_MAX_EVENTS", "50"),
+        ],
+    )
+    .expect("valid");
+    let t = from_env.transactions.as_ref().expect("on");
+    assert_eq!(
+        (t.stream.as_str(), t.wait, t.max_events, t.prefix()),
+        ("shop.transaction", Duration::from_secs(3), 50, Some("shop"))
+    );
+    // The example mapping reads shop.public.orders:{0..7}.
+    assert!(from_env.reads_collection("public.orders"));
+    assert!(!from_env.reads_collection("public.order_lines"));
+    let listed = load(
+        &format!("{BASE}\n[transactions]\nstream = \"tx\"\ncollections = [\"public.lines\"]\n"),
+        &[],
+    )
+    .expect("valid");
+    let t = listed.transactions.as_ref().expect("on");
+    assert_eq!((t.wait, t.max_events), (Duration::from_secs(10), 10_000));
+    assert!(listed.reads_collection("public.lines") && !listed.reads_collection("public.orders"));
+}
+
+#[test]
+fn bad_transaction_settings_name_the_key() {
+    for (section, key) in [
+        ("[transactions]\nwait = \"1s\"\n", "transactions.stream"),
+        (
+            "[transactions]\nstream = \"events\"\n",
+            "transactions.collections",
+        ),
+        (
+            "[transactions]\nstream = \"a.transaction\"\nmax_events = 0\n",
+            "transactions.max_events",
+        ),
+        (
+            "[transactions]\nstream = \"a.transaction\"\nwait = \"0s\"\n",
+            "transactions.wait",
+        ),
+    ] {
+        let e = load(&format!("{BASE}\n{section}"), &[]).expect_err("invalid");
+        assert!(e.to_string().contains(key), "{section}: {e}");
+    }
+}

@@ -32,7 +32,14 @@
 //! events.rs   each observed event counted (metrics and Stats) and logged in one place
 //! retry.rs    backoff, which errors are transient, retrying!
 //! replay.rs   re-apply a range of stream history outside the group
+//! commit.rs   transaction mode's committer: whole source transactions, in commit order
+//! plan.rs     the orders a committer's commit writes its changes in
+//! held.rs     events held in memory for this instance's committer
 //! ```
+//!
+//! In transaction mode (`[transactions]`, docs/TRANSACTIONS.md) the loop holds or stages
+//! the events of source transactions instead of batching them for their tables, and a
+//! committer task (`commit.rs`) applies whole transactions.
 
 mod chores;
 mod commit;
