@@ -82,9 +82,18 @@ async fn run_committer(
     let mut retry: Option<Retry> = None;
     loop {
         if shutdown.is_cancelled() {
-            return Ok(());
+            // The commit in flight ends (or gives up at the outage it meets).
+            return match committer.settle().await {
+                Err(Failure::Fatal(e)) => Err(e),
+                _ => Ok(()),
+            };
         }
-        let turn = committer.turn(&shutdown).await;
+        let mut turn = committer.turn(&shutdown).await;
+        if matches!(turn, Ok(false))
+            && let Err(failure) = committer.settle().await
+        {
+            turn = Err(failure);
+        }
         committer.held.set_progressing(matches!(turn, Ok(true)));
         match turn {
             Ok(true) => retry = None,
@@ -162,6 +171,9 @@ impl From<PipelineError> for Failure {
 /// An event to apply: its transaction, `total_order`, entry and what it maps to.
 type Item = (String, i64, StreamEntry, Prepared);
 
+/// The task writing a commit: its outcome, and its held events.
+type InFlight = tokio::task::JoinHandle<(Result<bool, Failure>, Vec<HeldEvent>)>;
+
 /// One record of the transaction stream, read ahead.
 struct Record {
     id: EntryId,
@@ -195,6 +207,9 @@ struct Committer {
     parents: HashMap<TableName, Vec<TableName>>,
     fk_known: HashSet<TableName>,
     chores_at: Instant,
+    /// The commit being written (its outcome, and its held events to give back when
+    /// it did not commit).
+    in_flight: Option<InFlight>,
 }
 
 impl Committer {
@@ -240,6 +255,7 @@ impl Committer {
             parents: HashMap::new(),
             fk_known: HashSet::new(),
             chores_at: Instant::now(),
+            in_flight: None,
         }))
     }
 
@@ -639,6 +655,8 @@ impl Committer {
         progress: &Progress,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
+        // Its earlier piece must be gone from the staged events first.
+        self.settle().await?;
         let ids = std::slice::from_ref(&head.id);
         let (rows, held) = self.piece(ids).await?;
         let n = i64::try_from(rows.len() + held.len()).unwrap_or(i64::MAX);
@@ -719,6 +737,7 @@ impl Committer {
             collections = ?head.collections,
             "a source transaction's events did not all arrive within transactions.wait and none is on its way: applying what arrived (events of it that come later are applied on their own)"
         );
+        self.settle().await?;
         let rows = self
             .store
             .fetch(
@@ -764,6 +783,7 @@ impl Committer {
         progress: &Progress,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
+        self.settle().await?;
         let rows = self.store.late(self.tx.max_events).await?;
         if rows.is_empty() {
             return Ok(false);
@@ -792,9 +812,14 @@ impl Committer {
         mut finish: TxFinish,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
-        let backup = held.clone();
-        let outcome = self.apply_all(txs, rows, held, &mut finish, shutdown).await;
-        if !matches!(outcome, Ok(true)) {
+        // Given back when not handed to a commit (which gives them back itself).
+        let mut backup = Some(held.clone());
+        let outcome = self
+            .apply_all(txs, rows, held, &mut finish, &mut backup, shutdown)
+            .await;
+        if let Some(backup) = backup
+            && !matches!(outcome, Ok(true))
+        {
             self.held.put_back(backup);
         }
         outcome
@@ -806,6 +831,7 @@ impl Committer {
         rows: Vec<StagedEvent>,
         held: Vec<HeldEvent>,
         finish: &mut TxFinish,
+        backup: &mut Option<Vec<HeldEvent>>,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
         let Some(mut items) = self.prepare_rows(rows, finish, shutdown).await? else {
@@ -828,7 +854,7 @@ impl Committer {
         let items: Vec<(StreamEntry, Prepared)> =
             items.into_iter().map(|(_, _, e, p)| (e, p)).collect();
         self.foreign_keys(&items).await?;
-        self.write(items, finish, shutdown).await
+        self.write(items, finish, backup, shutdown).await
     }
 
     /// The next piece of a transaction applied in pieces: its first `max_events` events
@@ -889,60 +915,63 @@ impl Committer {
         Ok(Some(items))
     }
 
-    /// Writes the events with `finish` in one commit, in the phased order, or in the
-    /// exact one when Postgres rejects a row of that (see `plan.rs`); then the dead
-    /// letters and the acknowledgements of held events. `false`: shutdown came first.
+    /// Hands the events to a task that writes them with `finish` in one commit (see
+    /// [`commit_items`]) while this committer prepares the next one; first waits for
+    /// the commit in flight. The progress read ahead assumes it commits; when it does
+    /// not, [`Committer::settle`] says so and everything is read again.
     async fn write(
         &mut self,
         items: Vec<(StreamEntry, Prepared)>,
         finish: &TxFinish,
+        backup: &mut Option<Vec<HeldEvent>>,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
-        let writer = self.core.writer.clone();
-        let events = self.core.events.clone();
-        let started = Instant::now();
-        let mut written = None;
-        if let Some(phased) = plan::phased(&items, &self.parents) {
-            match retrying!(events, shutdown, "committing source transactions", {
-                writer.write_transactions(&phased, finish, false)
-            }) {
-                Ok(None) => return Ok(false),
-                Ok(Some(committed)) => written = Some((phased, committed)),
-                Err(e) if e.class() == crate::write::ErrorClass::Data => {
-                    tracing::info!(error = %e, "a row was rejected in the phased order: writing in source order");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (batch, committed) = match written {
-            Some(written) => written,
-            None => {
-                let exact = plan::exact(items);
-                let committed = retrying!(events, shutdown, "committing source transactions", {
-                    writer.write_transactions(&exact, finish, true)
-                })?;
-                let Some(committed) = committed else {
-                    return Ok(false);
-                };
-                (exact, committed)
-            }
-        };
+        self.settle().await?;
+        let held = backup.take().unwrap_or_default();
         if let Some(p) = &mut self.progress {
             p.seq += 1;
             p.end_id = finish.end_id;
             p.piece = finish.piece.clone();
             p.applied += finish.applied;
         }
-        let acker = &mut self.core.acker;
-        if retrying!(events, shutdown, "dead-lettering", {
-            acker.ack(&committed)
-        })?
-        .is_none()
-        {
-            return Ok(false);
-        }
-        count(&events, &batch, &committed, started.elapsed());
+        let commit = Commit {
+            writer: self.core.writer.clone(),
+            acker: self.core.acker.clone(),
+            events: self.core.events.clone(),
+            parents: self.parents.clone(),
+            finish: finish.clone(),
+        };
+        let shutdown = shutdown.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            let outcome = commit.run(items, &shutdown).await;
+            (outcome, held)
+        }));
         Ok(true)
+    }
+
+    /// Waits for the commit in flight, if any. Its events held in memory go back to
+    /// the held ones when it did not commit.
+    async fn settle(&mut self) -> Result<(), Failure> {
+        let Some(task) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (outcome, held) = match task.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(Failure::Fatal(PipelineError::WriterTask(e))),
+        };
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.held.put_back(held);
+                self.forget();
+                Ok(())
+            }
+            Err(failure) => {
+                self.held.put_back(held);
+                Err(failure)
+            }
+        }
     }
 
     /// Routes `stream` to the first mapping naming it; `false` when none does.
@@ -981,6 +1010,65 @@ impl Committer {
             self.parents.entry(child).or_default().push(parent);
         }
         Ok(())
+    }
+}
+
+/// One commit of the committer, run by a task of its own.
+struct Commit {
+    writer: crate::write::Writer,
+    acker: crate::ack::Acker,
+    events: Arc<Events>,
+    parents: HashMap<TableName, Vec<TableName>>,
+    finish: TxFinish,
+}
+
+impl Commit {
+    /// Writes the events in one commit, in the phased order, or in the exact one when
+    /// Postgres rejects a row of that (see `plan.rs`); then the dead letters and the
+    /// acknowledgements of held events. `false`: shutdown came first.
+    async fn run(
+        mut self,
+        items: Vec<(StreamEntry, Prepared)>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Failure> {
+        let (writer, events, finish) = (&self.writer, self.events.clone(), &self.finish);
+        let started = Instant::now();
+        let mut written = None;
+        if let Some(phased) = plan::phased(&items, &self.parents) {
+            match retrying!(events, shutdown, "committing source transactions", {
+                writer.write_transactions(&phased, finish, false)
+            }) {
+                Ok(None) => return Ok(false),
+                Ok(Some(committed)) => written = Some((phased, committed)),
+                Err(e) if e.class() == crate::write::ErrorClass::Data => {
+                    tracing::info!(error = %e, "a row was rejected in the phased order: writing in source order");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (batch, committed) = match written {
+            Some(written) => written,
+            None => {
+                let exact = plan::exact(items);
+                let committed = retrying!(events, shutdown, "committing source transactions", {
+                    writer.write_transactions(&exact, finish, true)
+                })?;
+                let Some(committed) = committed else {
+                    return Ok(false);
+                };
+                (exact, committed)
+            }
+        };
+        let acker = &mut self.acker;
+        if retrying!(events, shutdown, "dead-lettering", {
+            acker.ack(&committed)
+        })?
+        .is_none()
+        {
+            return Ok(false);
+        }
+        count(&events, &batch, &committed, started.elapsed());
+        Ok(true)
     }
 }
 
