@@ -54,6 +54,8 @@ const CHORES_EVERY: Duration = Duration::from_secs(2);
 /// this time are removed, not applied again (Postgres' transaction IDs, which the
 /// PostgreSQL connector's transactions are keyed by, repeat only after 2³² of them).
 const KEEP_APPLIED: Duration = Duration::from_secs(3600);
+/// How often events held too long are staged instead.
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// How often a transaction waiting for missing events checks whether any is on its way.
 const ON_THE_WAY_EVERY: Duration = Duration::from_secs(1);
 
@@ -207,6 +209,8 @@ struct Committer {
     parents: HashMap<TableName, Vec<TableName>>,
     fk_known: HashSet<TableName>,
     chores_at: Instant,
+    /// When held events were last looked at for [`Committer::hold_for`].
+    expired_at: Instant,
     /// The commit being written (its outcome, and its held events to give back when
     /// it did not commit).
     in_flight: Option<InFlight>,
@@ -255,8 +259,20 @@ impl Committer {
             parents: HashMap::new(),
             fk_known: HashSet::new(),
             chores_at: Instant::now(),
+            expired_at: Instant::now(),
             in_flight: None,
         }))
+    }
+
+    /// How long an event is held in memory at most: `wait`, and less than half of
+    /// `claim_idle`, so that it is staged (and acknowledged) before any instance,
+    /// this one included, claims it as idle (each claim is a delivery, and
+    /// `max_deliveries` of them dead-letter it).
+    fn hold_for(&self) -> Duration {
+        self.tx
+            .wait
+            .min(self.core.config.redis.claim_idle / 2)
+            .saturating_sub(EXPIRE_EVERY)
     }
 
     /// Forgets what it read ahead and its progress (read again next turn).
@@ -285,9 +301,12 @@ impl Committer {
                 p
             }
         };
+        if self.expired_at.elapsed() >= EXPIRE_EVERY {
+            self.expired_at = Instant::now();
+            self.held.expire(self.hold_for());
+        }
         if self.chores_at.elapsed() >= CHORES_EVERY {
             self.chores_at = Instant::now();
-            self.held.expire(self.tx.wait);
             let removed = self.store.sweep(KEEP_APPLIED).await?;
             if removed > 0 {
                 tracing::info!(

@@ -2,8 +2,10 @@
 //! that commits: the loop hands the events it reads to the committer here instead of
 //! staging them in Postgres, and they stay pending in the group (unacknowledged) until
 //! the commit that applies their transaction; the committer acknowledges them then.
-//! An instance that does not commit, an event beyond [`Held::max`], one held longer
-//! than `wait` (its transaction may be gone: applied without it, or never ended) and
+//! An instance that does not commit, an event beyond the bound, one held longer than
+//! `wait` or half of `claim_idle` (its transaction may be gone: applied without it, or
+//! never ended; and a pending entry idle for `claim_idle` is claimed, which counts as a
+//! delivery) and
 //! everything held when the instance stops committing or shuts down are *spilled*:
 //! the loop stages them the usual way (in Postgres, acknowledged after that commit).
 //!
