@@ -170,8 +170,38 @@ impl From<PipelineError> for Failure {
     }
 }
 
-/// An event to apply: its transaction, `total_order`, entry and what it maps to.
-type Item = (String, i64, StreamEntry, Prepared);
+/// An event to apply: its transaction, `total_order`, entry, what it maps to, and
+/// since when it was held when it was (to give it back if its commit does not happen).
+type Item = (String, i64, StreamEntry, Prepared, Option<Instant>);
+
+/// A held event's transaction, `total_order` and since when it was held; `None` for a
+/// staged one.
+type HeldMeta = Option<(String, i64, Instant)>;
+
+/// The held events among `items`, as they were held.
+fn held_of(items: Vec<Item>) -> Vec<HeldEvent> {
+    items
+        .into_iter()
+        .filter_map(|(tx_id, total_order, entry, prepared, since)| {
+            Some(HeldEvent {
+                tx_id,
+                total_order,
+                entry,
+                prepared,
+                since: since?,
+            })
+        })
+        .collect()
+}
+
+/// The table an event writes, if it writes one.
+fn table_of(p: &Prepared) -> Option<TableName> {
+    match p {
+        Prepared::Row(change, _) => Some(change.table.name.clone()),
+        Prepared::Truncate(t) => Some(t.table.name.clone()),
+        _ => None,
+    }
+}
 
 /// The task writing a commit: its outcome, and its held events.
 type InFlight = tokio::task::JoinHandle<(Result<bool, Failure>, Vec<HeldEvent>)>;
@@ -831,35 +861,21 @@ impl Committer {
         mut finish: TxFinish,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
-        // Given back when not handed to a commit (which gives them back itself).
-        let mut backup = Some(held.clone());
-        let outcome = self
-            .apply_all(txs, rows, held, &mut finish, &mut backup, shutdown)
-            .await;
-        if let Some(backup) = backup
-            && !matches!(outcome, Ok(true))
-        {
-            self.held.put_back(backup);
-        }
-        outcome
-    }
-
-    async fn apply_all(
-        &mut self,
-        txs: &[String],
-        rows: Vec<StagedEvent>,
-        held: Vec<HeldEvent>,
-        finish: &mut TxFinish,
-        backup: &mut Option<Vec<HeldEvent>>,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, Failure> {
-        let Some(mut items) = self.prepare_rows(rows, finish, shutdown).await? else {
-            return Ok(false);
+        let mut items: Vec<Item> = held
+            .into_iter()
+            .map(|e| {
+                let meta = Some(e.since);
+                (e.tx_id, e.total_order, e.entry, e.prepared, meta)
+            })
+            .collect();
+        let staged = match self.prepare_rows(rows, &mut finish, shutdown).await {
+            Ok(Some(staged)) => staged,
+            other => {
+                self.held.put_back(held_of(items));
+                return other.map(|_| false);
+            }
         };
-        items.extend(
-            held.into_iter()
-                .map(|e| (e.tx_id, e.total_order, e.entry, e.prepared)),
-        );
+        items.extend(staged);
         // Source order: commit order (the order of `txs`), then `total_order`.
         let position: HashMap<&str, usize> = txs
             .iter()
@@ -870,10 +886,17 @@ impl Committer {
             let at = |tx: &str| position.get(tx).copied().unwrap_or(usize::MAX);
             (at(&a.0), a.1, &a.2.stream, a.2.id).cmp(&(at(&b.0), b.1, &b.2.stream, b.2.id))
         });
-        let items: Vec<(StreamEntry, Prepared)> =
-            items.into_iter().map(|(_, _, e, p)| (e, p)).collect();
-        self.foreign_keys(&items).await?;
-        self.write(items, finish, backup, shutdown).await
+        let tables: Vec<TableName> = items.iter().filter_map(|i| table_of(&i.3)).collect();
+        let ready = match self.foreign_keys(tables).await {
+            Ok(()) => self.settle().await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = ready {
+            self.held.put_back(held_of(items));
+            return Err(e);
+        }
+        self.write(items, &finish, shutdown);
+        Ok(true)
     }
 
     /// The next piece of a transaction applied in pieces: its first `max_events` events
@@ -929,24 +952,16 @@ impl Committer {
                 }
                 p => p,
             };
-            items.push((row.tx_id, row.total_order, row.entry, prepared));
+            items.push((row.tx_id, row.total_order, row.entry, prepared, None));
         }
         Ok(Some(items))
     }
 
     /// Hands the events to a task that writes them with `finish` in one commit (see
-    /// [`commit_items`]) while this committer prepares the next one; first waits for
-    /// the commit in flight. The progress read ahead assumes it commits; when it does
-    /// not, [`Committer::settle`] says so and everything is read again.
-    async fn write(
-        &mut self,
-        items: Vec<(StreamEntry, Prepared)>,
-        finish: &TxFinish,
-        backup: &mut Option<Vec<HeldEvent>>,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, Failure> {
-        self.settle().await?;
-        let held = backup.take().unwrap_or_default();
+    /// [`Commit::run`]) while this committer prepares the next one (the commit before
+    /// is settled). The progress read ahead assumes it commits; when it does not,
+    /// [`Committer::settle`] says so and everything is read again.
+    fn write(&mut self, items: Vec<Item>, finish: &TxFinish, shutdown: &CancellationToken) {
         if let Some(p) = &mut self.progress {
             p.seq += 1;
             p.end_id = finish.end_id;
@@ -961,11 +976,9 @@ impl Committer {
             finish: finish.clone(),
         };
         let shutdown = shutdown.clone();
-        self.in_flight = Some(tokio::spawn(async move {
-            let outcome = commit.run(items, &shutdown).await;
-            (outcome, held)
-        }));
-        Ok(true)
+        self.in_flight = Some(tokio::spawn(
+            async move { commit.run(items, &shutdown).await },
+        ));
     }
 
     /// Waits for the commit in flight, if any. Its events held in memory go back to
@@ -1010,15 +1023,10 @@ impl Committer {
     }
 
     /// Reads the foreign keys among the target tables once a new table shows up.
-    async fn foreign_keys(&mut self, items: &[(StreamEntry, Prepared)]) -> Result<(), WriteError> {
+    async fn foreign_keys(&mut self, tables: Vec<TableName>) -> Result<(), WriteError> {
         let mut new = false;
-        for (_, p) in items {
-            let name = match p {
-                Prepared::Row(change, _) => &change.table.name,
-                Prepared::Truncate(t) => &t.table.name,
-                _ => continue,
-            };
-            new |= self.fk_known.insert(name.clone());
+        for name in tables {
+            new |= self.fk_known.insert(name);
         }
         if !new {
             return Ok(());
@@ -1045,48 +1053,106 @@ impl Commit {
     /// Writes the events in one commit, in the phased order, or in the exact one when
     /// Postgres rejects a row of that (see `plan.rs`); then the dead letters and the
     /// acknowledgements of held events. `false`: shutdown came first.
+    /// The outcome, and the held events to give back when it did not commit (those of
+    /// a commit whose exact order failed too are left pending: claimed after
+    /// `claim_idle`, or read again at restart).
     async fn run(
-        mut self,
-        items: Vec<(StreamEntry, Prepared)>,
+        self,
+        items: Vec<Item>,
+        shutdown: &CancellationToken,
+    ) -> (Result<bool, Failure>, Vec<HeldEvent>) {
+        let (pairs, held): (Vec<(StreamEntry, Prepared)>, Vec<HeldMeta>) = items
+            .into_iter()
+            .map(|(tx, order, entry, prepared, since)| {
+                ((entry, prepared), since.map(|s| (tx, order, s)))
+            })
+            .unzip();
+        let give_back = |pairs: Vec<(StreamEntry, Prepared)>, held: Vec<HeldMeta>| {
+            held_of(
+                pairs
+                    .into_iter()
+                    .zip(held)
+                    .map(|((entry, prepared), meta)| match meta {
+                        Some((tx, order, since)) => (tx, order, entry, prepared, Some(since)),
+                        None => (String::new(), 0, entry, prepared, None),
+                    })
+                    .collect(),
+            )
+        };
+        let phased = plan::phased(&pairs, &self.parents);
+        match self.write_phased(phased, shutdown).await {
+            Ok(Some(done)) => (Ok(done), Vec::new()),
+            Ok(None) => (self.write_exact(pairs, shutdown).await, Vec::new()),
+            Err(failure) => (Err(failure), give_back(pairs, held)),
+        }
+    }
+
+    /// The phased order's commit: `Some(committed)`, `None` when Postgres rejected a row
+    /// (write the exact order then); `Some(false)`: shutdown came first.
+    async fn write_phased(
+        &self,
+        phased: Option<crate::batch::Batch>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<bool>, Failure> {
+        let Some(phased) = phased else {
+            return Ok(None);
+        };
+        let (writer, events, finish) = (&self.writer, self.events.clone(), &self.finish);
+        let started = Instant::now();
+        match retrying!(events, shutdown, "committing source transactions", {
+            writer.write_transactions(&phased, finish, false)
+        }) {
+            Ok(None) => Ok(Some(false)),
+            Ok(Some(committed)) => self
+                .acknowledge(&phased, &committed, started, shutdown)
+                .await
+                .map(Some),
+            Err(e) if e.class() == crate::write::ErrorClass::Data => {
+                tracing::info!(error = %e, "a row was rejected in the phased order: writing in source order");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The exact order's commit, rejected rows dead-lettered.
+    async fn write_exact(
+        &self,
+        pairs: Vec<(StreamEntry, Prepared)>,
         shutdown: &CancellationToken,
     ) -> Result<bool, Failure> {
         let (writer, events, finish) = (&self.writer, self.events.clone(), &self.finish);
         let started = Instant::now();
-        let mut written = None;
-        if let Some(phased) = plan::phased(&items, &self.parents) {
-            match retrying!(events, shutdown, "committing source transactions", {
-                writer.write_transactions(&phased, finish, false)
-            }) {
-                Ok(None) => return Ok(false),
-                Ok(Some(committed)) => written = Some((phased, committed)),
-                Err(e) if e.class() == crate::write::ErrorClass::Data => {
-                    tracing::info!(error = %e, "a row was rejected in the phased order: writing in source order");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (batch, committed) = match written {
-            Some(written) => written,
-            None => {
-                let exact = plan::exact(items);
+        {
+            {
+                let exact = plan::exact(pairs);
                 let committed = retrying!(events, shutdown, "committing source transactions", {
                     writer.write_transactions(&exact, finish, true)
                 })?;
                 let Some(committed) = committed else {
                     return Ok(false);
                 };
-                (exact, committed)
+                self.acknowledge(&exact, &committed, started, shutdown)
+                    .await
             }
-        };
-        let acker = &mut self.acker;
-        if retrying!(events, shutdown, "dead-lettering", {
-            acker.ack(&committed)
-        })?
-        .is_none()
-        {
+        }
+    }
+
+    /// Dead letters, then XACK of the held events (and again of staged ones: no-ops);
+    /// the commit counted. `false`: shutdown came first.
+    async fn acknowledge(
+        &self,
+        batch: &crate::batch::Batch,
+        committed: &crate::write::Committed,
+        started: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Failure> {
+        let events = self.events.clone();
+        let mut acker = self.acker.clone();
+        if retrying!(events, shutdown, "dead-lettering", { acker.ack(committed) })?.is_none() {
             return Ok(false);
         }
-        count(&events, &batch, &committed, started.elapsed());
+        count(&events, batch, committed, started.elapsed());
         Ok(true)
     }
 }
