@@ -82,7 +82,7 @@ const READING: &str = "reading from redis";
 /// The operation name of re-reading the pending entries after a read error.
 const REWINDING: &str = "re-reading the pending entries";
 /// Transaction mode: events held for this instance's committer, at most, in batches.
-const HELD_PER_BATCH: usize = 8;
+const HELD_PER_BATCH: usize = 16;
 /// The longest the loop waits for the committer before looking again.
 const HELD_PAUSE: Duration = Duration::from_millis(50);
 /// How often a progress line is logged.
