@@ -79,6 +79,11 @@ impl Held {
             && self.lock().entries.len() >= self.max
     }
 
+    /// Whether half the room or more is taken (the loop then reads the streams abreast).
+    pub fn half_full(&self) -> bool {
+        self.leading.load(Ordering::SeqCst) && self.lock().entries.len() * 2 >= self.max
+    }
+
     /// Waits for the committer's next commit, at most `at_most`.
     pub async fn wait_applied(&self, at_most: Duration) {
         let _ = tokio::time::timeout(at_most, self.applied.notified()).await;

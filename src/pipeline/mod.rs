@@ -41,6 +41,7 @@
 //! the events of source transactions instead of batching them for their tables, and a
 //! committer task (`commit.rs`) applies whole transactions.
 
+mod align;
 mod chores;
 mod commit;
 mod events;
@@ -82,7 +83,7 @@ const READING: &str = "reading from redis";
 /// The operation name of re-reading the pending entries after a read error.
 const REWINDING: &str = "re-reading the pending entries";
 /// Transaction mode: events held for this instance's committer, at most, in batches.
-const HELD_PER_BATCH: usize = 16;
+const HELD_PER_BATCH: usize = 12;
 /// The longest the loop waits for the committer before looking again.
 const HELD_PAUSE: Duration = Duration::from_millis(50);
 /// How often a progress line is logged.
@@ -239,6 +240,8 @@ async fn listen(
 
 struct Pipeline {
     reader: Reader,
+    /// Transaction mode: where each stream's reads got to (`align.rs`).
+    align: align::Align,
     /// Each table's horizon of the previous collection round.
     horizons: horizon::Horizons,
     /// Entries read while the previous read's were being decoded: processed next.
@@ -295,6 +298,7 @@ impl Pipeline {
         };
         let mut pipeline = Self {
             reader,
+            align: align::Align::default(),
             horizons: horizon::Horizons::default(),
             prefetched: Vec::new(),
             core,
@@ -388,6 +392,12 @@ impl Pipeline {
         // entries stay bounded: this read, the entries being decoded, the batch and
         // the one in flight, each at most about `max_batch`.
         let count = (core.config.batch.max_batch / core.routes.len().max(1)).max(1);
+        // Transaction mode: streams running ahead wait while the held room fills.
+        let paused = match &core.held {
+            Some(held) if held.half_full() => self.align.ahead(),
+            _ => std::collections::HashSet::new(),
+        };
+        self.reader.pause(paused.clone());
         let (read, processed) = tokio::join!(
             self.reader.read(block, count),
             core.process(entries, shutdown)
@@ -405,6 +415,10 @@ impl Pipeline {
         match read {
             Ok(entries) => {
                 *read_retry = None;
+                if self.core.held.is_some() {
+                    let streams = self.core.routes.keys();
+                    self.align.observe(streams, &paused, &entries, count);
+                }
                 self.core.events.recovered(READING);
                 self.core.backlog = pace::is_backlog(&entries, count);
                 self.prefetched = entries;

@@ -235,7 +235,8 @@ impl Reader {
         let mut lanes: BTreeMap<u16, Vec<(Arc<str>, Cursor)>> = BTreeMap::new();
         for (s, c) in &self.streams {
             let lane = self.lane(s);
-            if *c == Cursor::New || self.in_outage(lane) {
+            let paused = *c == Cursor::New && self.paused.contains(s);
+            if (*c == Cursor::New || self.in_outage(lane)) && !paused {
                 lanes.entry(lane).or_default().push((s.clone(), *c));
             }
         }

@@ -80,6 +80,8 @@ pub struct Reader {
     wait_replicas: u32,
     /// What a read returned that the replicas have not confirmed yet.
     held: Option<Held>,
+    /// Streams not read for new entries for now ([`Reader::pause`]).
+    paused: HashSet<Arc<str>>,
 }
 
 impl Reader {
@@ -103,7 +105,15 @@ impl Reader {
             client_tag: String::new(),
             wait_replicas: 0,
             held: None,
+            paused: HashSet::new(),
         }
+    }
+
+    /// Reads no new entries of `streams` until the next call (their own pending
+    /// entries are still re-read): the pipeline holds back streams that run ahead of
+    /// the others (transaction mode). Streams not among the read ones are ignored.
+    pub fn pause(&mut self, streams: HashSet<Arc<str>>) {
+        self.paused = streams;
     }
 
     /// Whether a read's entries wait for the replicas' confirmation
