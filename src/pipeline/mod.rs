@@ -32,14 +32,17 @@
 //! events.rs   each observed event counted (metrics and Stats) and logged in one place
 //! retry.rs    backoff, which errors are transient, retrying!
 //! replay.rs   re-apply a range of stream history outside the group
-//! commit.rs   transaction mode's committer: whole source transactions, in commit order
+//! commit/     transaction mode's committer: whole source transactions, in commit order
+//!             (mod.rs the loop and leadership, front.rs what to apply next, apply.rs
+//!             the commits)
 //! plan.rs     the orders a committer's commit writes its changes in
 //! held.rs     events held in memory for this instance's committer
+//! align.rs    reading the streams abreast while those fill up
 //! ```
 //!
 //! In transaction mode (`[transactions]`, docs/TRANSACTIONS.md) the loop holds or stages
 //! the events of source transactions instead of batching them for their tables, and a
-//! committer task (`commit.rs`) applies whole transactions.
+//! committer task (`commit/`) applies whole transactions.
 
 mod align;
 mod chores;
