@@ -46,10 +46,10 @@ pub(super) fn held_of(items: Vec<Item>) -> Vec<HeldEvent> {
 }
 
 /// The table an event writes, if it writes one.
-fn table_of(p: &Prepared) -> Option<TableName> {
+fn table_ref(p: &Prepared) -> Option<&TableName> {
     match p {
-        Prepared::Row(change, _) => Some(change.table.name.clone()),
-        Prepared::Truncate(t) => Some(t.table.name.clone()),
+        Prepared::Row(change, _) => Some(&change.table.name),
+        Prepared::Truncate(t) => Some(&t.table.name),
         _ => None,
     }
 }
@@ -89,11 +89,22 @@ impl Committer {
             .enumerate()
             .map(|(i, t)| (t.as_str(), i))
             .collect();
-        items.sort_by(|a, b| {
-            let at = |tx: &str| position.get(tx).copied().unwrap_or(usize::MAX);
-            (at(&a.0), a.1, &a.2.stream, a.2.id).cmp(&(at(&b.0), b.1, &b.2.stream, b.2.id))
+        let mut keyed: Vec<(usize, Item)> = items
+            .into_iter()
+            .map(|i| (position.get(i.0.as_str()).copied().unwrap_or(usize::MAX), i))
+            .collect();
+        keyed.sort_by(|(a_at, a), (b_at, b)| {
+            (a_at, a.1, &a.2.stream, a.2.id).cmp(&(b_at, b.1, &b.2.stream, b.2.id))
         });
-        let tables: Vec<TableName> = items.iter().filter_map(|i| table_of(&i.3)).collect();
+        let items: Vec<Item> = keyed.into_iter().map(|(_, i)| i).collect();
+        let mut tables: Vec<TableName> = Vec::new();
+        for i in &items {
+            if let Some(t) = table_ref(&i.3)
+                && !tables.contains(t)
+            {
+                tables.push(t.clone());
+            }
+        }
         let ready = match self.foreign_keys(tables).await {
             Ok(()) => self.settle().await,
             Err(e) => Err(e.into()),
