@@ -94,15 +94,11 @@ pub(crate) async fn tables200(o: &Options) -> Res<()> {
         let eps = events as f64 / r.seconds;
         let base = *one.get_or_insert(eps);
         println!(
-            "| tables200 | {events} | {tables} × {} ({}) | {rows} | {eps:.0} | {:.2}× | {} | {:.2} | {:.2} | {:.0} | {:.1} | {produce_s:.1} |",
+            "| tables200 | {events} | {tables} × {} ({}) | {rows} | {eps:.0} | {:.2}× | {} | {produce_s:.1} |",
             o.shards,
             tables * u64::from(o.shards),
             eps / base,
-            r.trips.0,
-            r.pg_per_batch(),
-            r.redis_per_batch(),
-            r.rss_mib,
-            r.cpu_s,
+            r.cells(),
         );
         std::io::stdout().flush()?;
     }

@@ -226,16 +226,12 @@ pub(crate) async fn tx(o: &Options) -> Res<()> {
         let eps = shop.events as f64 / r.seconds;
         let base = *base.get_or_insert(eps);
         println!(
-            "| tx | {} | {} | {} | {rows} | {eps:.0} | {:.2}× | {} | {:.2} | {:.2} | {:.0} | {:.1} | {produce_s:.1} |",
+            "| tx | {} | {} | {} | {rows} | {eps:.0} | {:.2}× | {} | {produce_s:.1} |",
             mode.name(),
             shop.events,
             shop.transactions,
             eps / base,
-            r.trips.0,
-            r.pg_per_batch(),
-            r.redis_per_batch(),
-            r.rss_mib,
-            r.cpu_s,
+            r.cells(),
         );
         std::io::stdout().flush()?;
     }

@@ -44,6 +44,19 @@ impl RunResult {
     pub(crate) fn redis_per_batch(&self) -> f64 {
         self.trips.2 as f64 / self.trips.0.max(1) as f64
     }
+
+    /// The last cells of a throughput row: batches, Postgres and Redis round trips
+    /// per batch, peak RSS MiB, CPU s.
+    pub(crate) fn cells(&self) -> String {
+        format!(
+            "{} | {:.2} | {:.2} | {:.0} | {:.1}",
+            self.trips.0,
+            self.pg_per_batch(),
+            self.redis_per_batch(),
+            self.rss_mib,
+            self.cpu_s
+        )
+    }
 }
 
 /// `name: N` from redsink's `Stats { … }` debug output.

@@ -131,6 +131,41 @@ impl Events {
             stats.already_dead_lettered += already.len() as u64;
             stats.acked += committed.acks().len() as u64;
         }
+        self.count_commit(batch, committed, already, took);
+        let mut acked: HashMap<&str, u64> = HashMap::new();
+        for (stream, _) in committed.acks() {
+            *acked.entry(stream).or_default() += 1;
+        }
+        for (stream, n) in acked {
+            self.metrics.add(Counter::Acked, stream, n);
+        }
+        tracing::debug!(
+            rows = committed.rows(),
+            acked = committed.acks().len(),
+            "batch committed"
+        );
+    }
+
+    /// A commit of transaction mode's committer: in the metrics (its events were
+    /// counted as read and acknowledged by the loop that held or staged them).
+    pub(super) fn transactions_committed(
+        &self,
+        batch: &Batch,
+        committed: &Committed,
+        took: Duration,
+    ) {
+        self.count_commit(batch, committed, &[], took);
+    }
+
+    /// A commit in the metrics: its entries and time, rows per table, dead letters per
+    /// stream (but `already`, a replay's left out).
+    fn count_commit(
+        &self,
+        batch: &Batch,
+        committed: &Committed,
+        already: &[DeadLetter],
+        took: Duration,
+    ) {
         let metrics = &self.metrics;
         metrics.committed(batch.acks.len(), took, &batch.source_ts_ms);
         for t in &batch.tables {
@@ -139,13 +174,6 @@ impl Events {
                 &t.table.name.to_string(),
                 t.rows.len() as u64,
             );
-        }
-        let mut acked: HashMap<&str, u64> = HashMap::new();
-        for (stream, _) in committed.acks() {
-            *acked.entry(stream).or_default() += 1;
-        }
-        for (stream, n) in acked {
-            metrics.add(Counter::Acked, stream, n);
         }
         let mut dead: HashMap<&str, u64> = HashMap::new();
         for d in committed.dead() {
@@ -159,11 +187,6 @@ impl Events {
         for (stream, n) in dead {
             metrics.add(Counter::DeadLettered, stream, n);
         }
-        tracing::debug!(
-            rows = committed.rows(),
-            acked = committed.acks().len(),
-            "batch committed"
-        );
     }
 
     /// `what` failed with `error` and will be tried again (`/readyz` fails meanwhile).

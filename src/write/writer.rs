@@ -69,7 +69,7 @@ impl Writer {
     /// Applies a batch in one transaction with its checkpoints. Safe to call again with
     /// the same batch after an error: every statement is version-guarded.
     pub async fn write(&self, batch: &Batch) -> Result<Committed, WriteError> {
-        self.write_with(batch, None).await
+        self.write_with(batch, None, true).await
     }
 
     /// The committer's write (transaction mode): `batch` with `finish`, which fences
@@ -82,26 +82,19 @@ impl Writer {
         finish: &TxFinish,
         last_resort: bool,
     ) -> Result<Committed, WriteError> {
-        if last_resort {
-            return self.write_with(batch, Some(finish)).await;
-        }
-        self.attempt(batch, false, Some(finish)).await?;
-        Ok(Committed {
-            acks: batch.acks.clone(),
-            dead: batch.dead.clone(),
-            rows: batch.row_count(),
-        })
+        self.write_with(batch, Some(finish), last_resort).await
     }
 
-    /// One transaction; on a data error, again row by row (the rejected rows are
-    /// dead letters).
+    /// One transaction; on a data error, with `isolate_rejected`, again row by row
+    /// (the rejected rows are dead letters), else the error.
     async fn write_with(
         &self,
         batch: &Batch,
         finish: Option<&TxFinish>,
+        isolate_rejected: bool,
     ) -> Result<Committed, WriteError> {
         let rejected = match self.attempt(batch, false, finish).await {
-            Err(e) if e.class() == ErrorClass::Data => {
+            Err(e) if e.class() == ErrorClass::Data && isolate_rejected => {
                 tracing::warn!(error = %e, "a row was rejected: writing the batch again row by row");
                 self.attempt(batch, true, finish).await?
             }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,6 @@ use super::super::prepare::Prepared;
 use super::super::retry::retrying;
 use super::{Committer, Failure};
 use crate::entry::StreamEntry;
-use crate::metrics::Counter;
 use crate::table::TableName;
 use crate::write::{StagedEvent, TxFinish, WriteError};
 
@@ -235,9 +234,10 @@ impl Committer {
             return true;
         }
         let Some(index) = self
-            .patterns
+            .core
+            .mappings
             .iter()
-            .position(|ps| ps.iter().any(|p| p.matches(stream)))
+            .position(|m| m.streams.iter().any(|p| p.matches(stream)))
         else {
             return false;
         };
@@ -375,28 +375,7 @@ impl Commit {
         if retrying!(events, shutdown, "dead-lettering", { acker.ack(committed) })?.is_none() {
             return Ok(false);
         }
-        count(&events, batch, committed, started.elapsed());
+        events.transactions_committed(batch, committed, started.elapsed());
         Ok(true)
-    }
-}
-
-/// A commit of the committer in the metrics.
-fn count(
-    events: &Events,
-    batch: &crate::batch::Batch,
-    committed: &crate::write::Committed,
-    took: Duration,
-) {
-    let metrics = events.metrics();
-    metrics.committed(committed.acks().len(), took, &batch.source_ts_ms);
-    for t in &batch.tables {
-        metrics.add(
-            Counter::RowsWritten,
-            &t.table.name.to_string(),
-            t.rows.len() as u64,
-        );
-    }
-    for d in committed.dead() {
-        metrics.add(Counter::DeadLettered, &d.entry.stream, 1);
     }
 }

@@ -359,7 +359,12 @@ impl Committer {
     /// Whether an entry at or before `upto` of a mapped stream may still reach the
     /// group (undelivered, or pending on some consumer).
     pub(super) async fn on_the_way(&mut self, upto: EntryId) -> Result<bool, RedisError> {
-        let patterns: Vec<&[StreamPattern]> = self.patterns.iter().map(Vec::as_slice).collect();
+        let patterns: Vec<&[StreamPattern]> = self
+            .core
+            .mappings
+            .iter()
+            .map(|m| m.streams.as_slice())
+            .collect();
         let streams =
             crate::redis::mapped_streams(&mut self.control, &patterns, &self.core.config.redis)
                 .await?;

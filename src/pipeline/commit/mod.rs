@@ -35,7 +35,7 @@ use super::events::Events;
 use super::held::Held;
 use super::retry::{Retry, Side};
 use super::{Core, PipelineError};
-use crate::config::{Config, StreamPattern, TransactionsConfig};
+use crate::config::{Config, TransactionsConfig};
 use crate::decode::{TxEnd, TxRecord, tx_record};
 use crate::entry::EntryId;
 use crate::keyhash::fnv1a64;
@@ -190,8 +190,6 @@ struct Committer {
     /// Events the loop holds for this committer (`held.rs`).
     held: Arc<Held>,
     tx: TransactionsConfig,
-    /// Every mapping's stream patterns (which data collections are ours; routes).
-    patterns: Vec<Vec<StreamPattern>>,
     ours: HashMap<String, bool>,
     /// The session holding the committer's advisory lock, while this instance commits.
     lock: Option<PgConnection>,
@@ -224,16 +222,6 @@ impl Committer {
         let Some(tx) = config.transactions.clone() else {
             return Ok(None);
         };
-        let patterns = config
-            .mappings
-            .iter()
-            .map(|m| {
-                m.streams
-                    .iter()
-                    .flat_map(|s| StreamPattern::parse(s).unwrap_or_default())
-                    .collect()
-            })
-            .collect();
         let Some((mut core, mut reader)) = Core::open(config, shutdown, None, events).await? else {
             return Ok(None);
         };
@@ -246,7 +234,6 @@ impl Committer {
             store,
             held,
             tx,
-            patterns,
             ours: HashMap::new(),
             lock: None,
             lock_at: None,
