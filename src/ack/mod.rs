@@ -101,13 +101,6 @@ impl Acker {
         self
     }
 
-    /// An acker that writes dead letters but never XACKs: the committer's (transaction
-    /// mode), whose events were acknowledged when they were staged.
-    pub fn without_xack(mut self) -> Self {
-        self.xack = false;
-        self
-    }
-
     /// Pipelines sent to Redis so far (by this acker and its clones).
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
