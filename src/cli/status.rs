@@ -67,6 +67,24 @@ fn render_transactions(t: &TransactionsReport, out: &mut String) {
         "  open: {} transactions, {} events staged, oldest waiting {:.1}s",
         t.open, t.open_events, t.oldest_open_s
     );
+    match &t.committer {
+        Some((consumer, left)) if *left >= 0.0 => {
+            let _ = writeln!(
+                out,
+                "  committer: {consumer} (lease renewed, {left:.1}s left)"
+            );
+        }
+        Some((consumer, left)) => {
+            let _ = writeln!(
+                out,
+                "  committer: none ({consumer}'s lease ran out {:.1}s ago: paused, cut off or stopped)",
+                -left
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  committer: none (no instance holds the lease)");
+        }
+    }
     if let Some((tx, done)) = &t.in_pieces {
         let _ = writeln!(out, "  in pieces: transaction {tx}, {done} events applied");
     }

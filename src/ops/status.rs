@@ -64,6 +64,9 @@ pub struct TransactionsReport {
     /// A transaction larger than `max_events` being applied in pieces: its ID and the
     /// events applied so far.
     pub in_pieces: Option<(String, i64)>,
+    /// The instance that commits (the consumer name holding the lease) and the
+    /// seconds until its lease runs out (negative: ran out; another takes it over).
+    pub committer: Option<(String, f64)>,
 }
 
 /// Reads the state of every mapped stream from Redis and the checkpoints from Postgres.
@@ -110,6 +113,9 @@ async fn transactions(
     let store = write::TxStore::new(pool.clone(), &config.redis.group);
     let progress = store.read_progress(stream).await?;
     let (open, open_events, oldest_open_s) = store.open().await?;
+    let committer = write::lease::leader(pool, &config.redis.group, stream)
+        .await?
+        .map(|l| (l.consumer, l.expires_in));
     let length = inspect::length(control, stream).await?;
     let last_entry = inspect::last_entry(control, stream).await?;
     let behind = match (&progress, last_entry) {
@@ -134,5 +140,6 @@ async fn transactions(
         open_events,
         oldest_open_s,
         in_pieces: progress.and_then(|p| p.piece),
+        committer,
     })
 }

@@ -29,6 +29,7 @@
 
 mod catalog;
 mod horizon;
+pub mod lease;
 mod locks;
 mod sql;
 mod staging;
@@ -321,7 +322,7 @@ pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Checkpoint>, WriteError> {
 }
 
 /// redsink's own tables, which a role without `CREATE` needs the owner to migrate.
-pub const INTERNAL_TABLES: [&str; 7] = [
+pub const INTERNAL_TABLES: [&str; 8] = [
     "redsink.checkpoints",
     "redsink.tombstones",
     "redsink.truncations",
@@ -329,6 +330,7 @@ pub const INTERNAL_TABLES: [&str; 7] = [
     "redsink.tx_progress",
     "redsink.tx_late",
     "redsink.tx_applied",
+    "redsink.tx_leader",
 ];
 
 /// Applies `migrations/` (advisory-locked, so concurrent instances are safe). A role

@@ -208,6 +208,16 @@ impl Spawned {
         }
     }
 
+    /// Sends `signal` (`"STOP"`, `"CONT"`, `"TERM"`…) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Everything read so far, one line each.
     pub fn log(&self) -> String {
         self.seen.join("\n")

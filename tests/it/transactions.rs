@@ -156,6 +156,89 @@ async fn three_instances_with_kills_stay_consistent() {
     common::cleanup_streams(&prefix).await;
 }
 
+/// The consumer whose committer lease is live on `prefix`'s transaction stream,
+/// waiting up to `timeout` for one other than `not`.
+async fn wait_committer(db: &TestDb, prefix: &str, not: Option<&str>, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let leader: Option<String> = sqlx::query_scalar(
+            "SELECT consumer FROM redsink.tx_leader WHERE consumer_group = 'redsink' \
+             AND stream = $1 AND lease_until > clock_timestamp()",
+        )
+        .bind(format!("{prefix}.transaction"))
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap_or(None);
+        match leader {
+            Some(l) if not != Some(l.as_str()) => return l,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no committer other than {not:?} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two processes share the group and the committer is paused (SIGSTOP) while the
+/// source produces: its session lives on, but its lease runs out and the other takes
+/// over, claims the events the paused one held and applies everything while it is
+/// still paused. Resumed, the paused one commits nothing (its commits are fenced, its
+/// lease is gone) and the replica stays consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_committer_is_taken_over() {
+    const PRODUCED: u32 = 3 * RATE;
+    let db = TestDb::new().await;
+    db.exec(&tables(false)).await;
+    let prefix = common::unique("tx");
+    let names = ["p0", "p1"];
+    let mut instances: Vec<Spawned> = names
+        .iter()
+        .map(|name| Spawned::start(&instance_config(&db, name, &prefix), &["run"], "info"))
+        .collect();
+    let first = wait_committer(&db, &prefix, None, Duration::from_secs(30)).await;
+    let paused = names
+        .iter()
+        .position(|n| *n == first)
+        .expect("a known name");
+    let sampler = Sampler::start(&db).await;
+    let seed = txsource::seed("a_paused_committer_is_taken_over");
+    let producer = spawn_producer(TxSource::new(&prefix, seed), PRODUCED, RATE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    instances[paused].signal("STOP");
+    let second = wait_committer(&db, &prefix, Some(&first), Duration::from_secs(15)).await;
+    let source = producer.await.expect("producer");
+    let applied = wait_replica(&db, &source, Duration::from_secs(40)).await;
+    if let Err(diff) = applied {
+        let other = &mut instances[1 - paused];
+        other.wait_line(Duration::from_millis(100), |_| false);
+        panic!(
+            "{diff} while {first} is paused; log of {second}:\n{}",
+            other.log()
+        );
+    }
+    instances[paused].signal("CONT");
+    let resumed = &mut instances[paused];
+    let line = resumed.wait_line(Duration::from_secs(10), |l| {
+        l.contains("another instance took over committing")
+    });
+    assert!(
+        line.is_some(),
+        "the resumed committer did not step down:\n{}",
+        resumed.log()
+    );
+    let samples = sampler.stop().await;
+    assert_consistent(&db, &samples, &prefix, PRODUCED).await;
+    assert_eq!(
+        wait_committer(&db, &prefix, None, Duration::from_secs(5)).await,
+        second,
+        "the resumed instance took the lease back"
+    );
+    drop(instances);
+    common::cleanup_streams(&prefix).await;
+}
+
 /// The orders of the replica.
 async fn order_ids(db: &TestDb) -> Vec<i64> {
     sqlx::query_scalar("SELECT id FROM public.orders ORDER BY id")

@@ -2,10 +2,11 @@
 //! whole, in source commit order, once all its events have arrived (held in memory by
 //! this instance's loop, `held.rs`, or staged in Postgres by any instance).
 //!
-//! Every instance runs one; the one holding a session advisory lock commits, the
-//! others wait to take over. Safety does not rest on the lock: each commit is fenced by
-//! `redsink.tx_progress.seq` (`TxFinish`), so a committer that lost the lock without
-//! noticing (paused, partitioned) has its next commit refused.
+//! Every instance runs one; the one holding the lease (`lease.rs`) commits, the others
+//! wait to take over: at once when the holder's process dies, within the lease when it
+//! is paused or cut off. Safety does not rest on the lease: each commit is fenced by
+//! `redsink.tx_progress.seq` (`TxFinish`), so a committer that lost the lease without
+//! noticing has its next commit refused.
 //!
 //! The loop: read the transaction stream ahead (BEGIN and END records, in commit
 //! order) from the progress; take the longest run of ENDs at its front whose events
@@ -24,13 +25,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 mod apply;
 mod front;
+mod lease;
 
 use self::apply::InFlight;
+use self::lease::Lease;
 use super::events::Events;
 use super::held::Held;
 use super::retry::{Retry, Side};
@@ -38,16 +40,14 @@ use super::{Core, PipelineError};
 use crate::config::{Config, TransactionsConfig};
 use crate::decode::{TxEnd, TxRecord, tx_record};
 use crate::entry::EntryId;
-use crate::keyhash::fnv1a64;
 use crate::redis::{Control, RedisError, inspect};
 use crate::table::TableName;
 use crate::write::{Progress, TxStore, WriteError, is_fenced};
 
 /// How long the committer sleeps when there is nothing to apply.
 const POLL: Duration = Duration::from_millis(5);
-/// How often a waiting instance tries to become the committer, and the committer
-/// checks that its lock's session lives.
-const LEAD_EVERY: Duration = Duration::from_secs(1);
+/// How often a waiting instance asks whether it commits now.
+const LEAD_EVERY: Duration = Duration::from_millis(250);
 /// Records of the transaction stream read ahead at most.
 const READ_AHEAD: usize = 1024;
 /// Transactions one commit looks at, at most.
@@ -72,7 +72,11 @@ pub(super) async fn run(
 ) -> Result<(), PipelineError> {
     let opened = Committer::open(config, held.clone(), &shutdown, events).await;
     let result = match opened {
-        Ok(Some(committer)) => run_committer(committer, &shutdown).await,
+        Ok(Some(mut committer)) => {
+            let result = run_committer(&mut committer, &shutdown).await;
+            committer.lease.stop().await;
+            result
+        }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
@@ -81,7 +85,7 @@ pub(super) async fn run(
 }
 
 async fn run_committer(
-    mut committer: Committer,
+    committer: &mut Committer,
     shutdown: &CancellationToken,
 ) -> Result<(), PipelineError> {
     let shutdown = shutdown.clone();
@@ -191,9 +195,10 @@ struct Committer {
     held: Arc<Held>,
     tx: TransactionsConfig,
     ours: HashMap<String, bool>,
-    /// The session holding the committer's advisory lock, while this instance commits.
-    lock: Option<PgConnection>,
-    lock_at: Option<Instant>,
+    /// Whether this instance commits: the lease, kept by a task of its own.
+    lease: Lease,
+    /// The lease's term when the committer last looked (`None`: not ours).
+    term: Option<u64>,
     progress: Option<Progress>,
     queue: VecDeque<Record>,
     /// Records passed (BEGINs, transactions of other tables) since the last commit.
@@ -228,6 +233,12 @@ impl Committer {
         core.staging = false;
         let control = reader.control().clone();
         let store = core.writer.tx_store();
+        let lease = Lease::start(
+            store.pool().clone(),
+            core.config.redis.group.clone(),
+            tx.stream.clone(),
+            core.config.consumer().to_string(),
+        );
         Ok(Some(Self {
             core,
             control,
@@ -235,8 +246,8 @@ impl Committer {
             held,
             tx,
             ours: HashMap::new(),
-            lock: None,
-            lock_at: None,
+            lease,
+            term: None,
             progress: None,
             queue: VecDeque::new(),
             passed: None,
@@ -270,7 +281,7 @@ impl Committer {
 
     /// One turn: `true` when it applied something.
     async fn turn(&mut self, shutdown: &CancellationToken) -> Result<bool, Failure> {
-        if !self.lead().await? {
+        if !self.lead() {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(LEAD_EVERY) => {}
@@ -313,48 +324,21 @@ impl Committer {
         self.apply_front(&progress, shutdown).await
     }
 
-    /// Whether this instance is the committer (taking the lock when it is free).
-    async fn lead(&mut self) -> Result<bool, WriteError> {
-        let due = self.lock_at.is_none_or(|at| at.elapsed() >= LEAD_EVERY);
-        if !due {
-            return Ok(self.lock.is_some());
-        }
-        self.lock_at = Some(Instant::now());
-        if let Some(conn) = &mut self.lock {
-            if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
-                return Ok(true);
+    /// Whether this instance is the committer. Taking the lease, losing it or taking
+    /// it again starts over from the progress; losing it spills the held events.
+    fn lead(&mut self) -> bool {
+        let term = self.lease.term();
+        if term != self.term {
+            if self.term.is_some() {
+                self.held.set_leading(false);
             }
-            tracing::warn!(stream = %self.tx.stream, "the committer's lock session ended: committing stops until the lock is taken again");
-            self.lock = None;
-            self.held.set_leading(false);
             self.forget();
+            if term.is_some() {
+                self.held.set_leading(true);
+            }
+            self.term = term;
         }
-        let key = lock_key(&self.core.config.redis.group, &self.tx.stream);
-        let mut conn = self
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| WriteError::Postgres {
-                context: "acquiring the committer's lock session".into(),
-                source: e,
-            })?
-            .detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| WriteError::Postgres {
-                context: "taking the committer's lock".into(),
-                source: e,
-            })?;
-        if got {
-            tracing::info!(stream = %self.tx.stream, "this instance commits source transactions");
-            self.lock = Some(conn);
-            self.held.set_leading(true);
-            self.forget();
-        }
-        Ok(got)
+        term.is_some()
     }
 
     /// Where the committer starts on first use: with `redis.start = "0"` the start of
@@ -423,11 +407,4 @@ impl Committer {
         self.ours.insert(collection.to_string(), ours);
         ours
     }
-}
-
-/// The committer's advisory lock: one per group and transaction stream.
-fn lock_key(group: &str, stream: &str) -> i64 {
-    i64::from_ne_bytes(
-        fnv1a64(format!("redsink.committer\0{group}\0{stream}").as_bytes()).to_ne_bytes(),
-    )
 }
