@@ -12,13 +12,16 @@
 //! So one instance reading every stream never writes its events twice; several share
 //! the work through the staging table. Pure bookkeeping under a mutex, no I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::prepare::Prepared;
 use crate::entry::{EntryId, StreamEntry};
+
+/// How long the loop waits at most for the committer to know whether it commits.
+const DECIDE_WITHIN: Duration = Duration::from_secs(10);
 
 /// An event held for the committer: mapped already.
 #[derive(Debug, Clone)]
@@ -32,9 +35,11 @@ pub(super) struct HeldEvent {
 
 #[derive(Default)]
 struct Inner {
-    by_tx: HashMap<String, Vec<HeldEvent>>,
+    /// (foldhash: a fast hasher with a random seed per process; these maps are
+    /// touched for every event.)
+    by_tx: foldhash::HashMap<String, Vec<HeldEvent>>,
     /// Every held entry, so one read twice (own PEL and a claim) is held once.
-    entries: HashSet<(std::sync::Arc<str>, EntryId)>,
+    entries: foldhash::HashSet<(std::sync::Arc<str>, EntryId)>,
     /// Given back for the loop to stage.
     spilled: Vec<HeldEvent>,
 }
@@ -44,10 +49,16 @@ struct Inner {
 pub(super) struct Held {
     inner: Mutex<Inner>,
     leading: AtomicBool,
+    /// The committer knows whether it commits (it asked for the lease once), or gave
+    /// up. Until then the loop reads nothing: what it read would be staged, and read
+    /// back, by an instance about to hold it in memory.
+    decided: AtomicBool,
+    created: Instant,
     /// The committer applied something in its last turn (it is not waiting for events).
     progressing: AtomicBool,
     /// Signalled after each commit of the committer (room may have been made).
     applied: tokio::sync::Notify,
+    /// The loop waits when this many are held while the committer applies.
     max: usize,
 }
 
@@ -56,6 +67,8 @@ impl Held {
         Self {
             inner: Mutex::default(),
             leading: AtomicBool::new(false),
+            decided: AtomicBool::new(false),
+            created: Instant::now(),
             progressing: AtomicBool::new(false),
             applied: tokio::sync::Notify::new(),
             max,
@@ -70,13 +83,25 @@ impl Held {
         }
     }
 
-    /// Whether the loop should wait before reading more: the bound is reached while
-    /// the committer applies (it makes room). When it waits for events instead, the loop
-    /// reads on (they may be what it waits for) and stages what does not fit.
+    /// Whether the loop should wait before reading more: `max` is reached while the
+    /// committer applies (it makes room). When it waits for events instead, the loop
+    /// reads on (they may be what it waits for, and the streams ahead are paused:
+    /// `align.rs`), holds up to half as many again and stages what does not fit.
+    /// Before the committer knows whether it commits (at most [`DECIDE_WITHIN`]), the
+    /// loop waits too.
     pub fn should_pause(&self) -> bool {
+        if !self.decided.load(Ordering::SeqCst) && self.created.elapsed() < DECIDE_WITHIN {
+            return true;
+        }
         self.leading.load(Ordering::SeqCst)
             && self.progressing.load(Ordering::SeqCst)
             && self.lock().entries.len() >= self.max
+    }
+
+    /// How many events are held at most: `max` and half as many again, for the
+    /// events the committer waits for while `max` are held.
+    fn hard_max(&self) -> usize {
+        self.max + self.max / 2
     }
 
     /// Whether half the room or more is taken (the loop then reads the streams abreast).
@@ -104,12 +129,19 @@ impl Held {
         }
     }
 
+    /// The committer knows whether it commits: the loop may read.
+    pub fn set_decided(&self) {
+        if !self.decided.swap(true, Ordering::SeqCst) {
+            self.applied.notify_waiters();
+        }
+    }
+
     /// Holds the event when this instance commits and there is room; else gives it
     /// back (`Some`), to be staged.
     pub fn offer(&self, event: HeldEvent) -> Option<HeldEvent> {
         // Under the lock: losing the lead spills under it too, so nothing is held after.
         let mut inner = self.lock();
-        if !self.leading.load(Ordering::SeqCst) || inner.entries.len() >= self.max {
+        if !self.leading.load(Ordering::SeqCst) || inner.entries.len() >= self.hard_max() {
             return Some(event);
         }
         if !inner
@@ -119,11 +151,16 @@ impl Held {
             // Held already: this delivery is the same entry.
             return None;
         }
-        inner
-            .by_tx
-            .entry(event.tx_id.clone())
-            .or_default()
-            .push(event);
+        // Looked up first: the key is cloned only for a transaction's first event.
+        match inner.by_tx.get_mut(&event.tx_id) {
+            Some(events) => events.push(event),
+            None => {
+                let mut events = Vec::with_capacity(8);
+                let tx = event.tx_id.clone();
+                events.push(event);
+                inner.by_tx.insert(tx, events);
+            }
+        }
         None
     }
 
@@ -169,11 +206,16 @@ impl Held {
 
     /// Spills the events held longer than `older`.
     pub fn expire(&self, older: Duration) {
+        let now = Instant::now();
         let mut inner = self.lock();
         let old: Vec<String> = inner
             .by_tx
             .iter()
-            .filter(|(_, events)| events.iter().any(|e| e.since.elapsed() >= older))
+            .filter(|(_, events)| {
+                events
+                    .iter()
+                    .any(|e| now.saturating_duration_since(e.since) >= older)
+            })
             .map(|(tx, _)| tx.clone())
             .collect();
         for tx in old {
@@ -197,6 +239,7 @@ impl Held {
     /// Stops holding (shutdown): everything held is spilled.
     pub fn stop(&self) {
         self.set_leading(false);
+        self.set_decided();
     }
 
     /// What was spilled, for the loop to stage.
@@ -236,18 +279,27 @@ mod tests {
     #[test]
     fn only_the_committer_holds_and_only_up_to_its_bound() {
         let held = Held::new(2);
+        assert!(held.should_pause(), "the committer does not know yet");
         assert!(held.offer(event("a", 1)).is_some(), "not leading");
         held.set_leading(true);
+        held.set_decided();
         assert!(held.offer(event("a", 1)).is_none());
         assert!(held.offer(event("a", 1)).is_none(), "the same entry again");
         assert!(held.offer(event("b", 2)).is_none());
-        assert!(held.offer(event("b", 3)).is_some(), "full");
-        assert_eq!(held.len(), 2);
+        // At the bound: the loop waits while the committer applies, and reads on
+        // (holding up to half as many again) while it waits for events.
+        held.set_progressing(true);
+        assert!(held.should_pause());
+        held.set_progressing(false);
+        assert!(!held.should_pause());
+        assert!(held.offer(event("b", 3)).is_none());
+        assert!(held.offer(event("b", 4)).is_some(), "full");
+        assert_eq!(held.len(), 3);
         assert_eq!(held.counts(&["a".into(), "c".into()]).get("a"), Some(&1));
         let taken = held.take(&["a".into()]);
         assert_eq!(taken.len(), 1);
         held.put_back(taken);
-        assert_eq!(held.len(), 2);
+        assert_eq!(held.len(), 3);
     }
 
     #[test]

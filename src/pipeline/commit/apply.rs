@@ -1,7 +1,9 @@
 //! The committer's commits: the events of the transactions chosen (held ones as they
-//! are, staged ones prepared again), in source order, handed to a task that writes
-//! them in one Postgres transaction (phased order, else exact: `plan.rs`), dead-letters
-//! and acknowledges, while the committer prepares the next.
+//! are, staged ones prepared again), in source order, planned (phased order, else
+//! exact: `plan.rs`) and handed to a task that writes them in one Postgres
+//! transaction, then dead-letters and acknowledges, while the committer prepares the
+//! next. The next commit waits only for this one's outcome, not for its
+//! acknowledgements: Postgres is kept busy while Redis acknowledges.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,8 +55,18 @@ fn table_ref(p: &Prepared) -> Option<&TableName> {
     }
 }
 
-/// The task writing a commit: its outcome, and its held events.
-pub(super) type InFlight = tokio::task::JoinHandle<(Result<bool, Failure>, Vec<HeldEvent>)>;
+/// A commit's outcome, and its held events to give back when it did not commit.
+type Outcome = (Result<bool, Failure>, Vec<HeldEvent>);
+
+/// The task writing a commit: its outcome, sent as soon as it is known (before the
+/// acknowledgements), and the task, whose result is the acknowledgements'.
+pub(super) struct InFlight {
+    outcome: tokio::sync::oneshot::Receiver<Outcome>,
+    task: Acking,
+}
+
+/// The task acknowledging a commit's events: `false` when shutdown came first.
+pub(super) type Acking = tokio::task::JoinHandle<Result<bool, Failure>>;
 
 impl Committer {
     /// Prepares the staged events and writes them with `finish`, in one commit; then
@@ -104,15 +116,23 @@ impl Committer {
                 tables.push(t.clone());
             }
         }
-        let ready = match self.foreign_keys(tables).await {
-            Ok(()) => self.settle().await,
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = ready {
+        if let Err(e) = self.foreign_keys(tables).await {
             self.held.put_back(held_of(items));
+            return Err(e.into());
+        }
+        let (pairs, held): (Vec<(StreamEntry, Prepared)>, Vec<HeldMeta>) = items
+            .into_iter()
+            .map(|(tx, order, entry, prepared, since)| {
+                ((entry, prepared), since.map(|s| (tx, order, s)))
+            })
+            .unzip();
+        // Planned while the commit before is written.
+        let phased = plan::phased(&pairs, &self.parents);
+        if let Err(e) = self.settle().await {
+            self.held.put_back(give_back(pairs, held));
             return Err(e);
         }
-        self.write(items, &finish, shutdown);
+        self.write(phased, pairs, held, &finish, shutdown);
         Ok(true)
     }
 
@@ -178,9 +198,11 @@ impl Committer {
     /// [`Commit::run`]) while this committer prepares the next one (the commit before
     /// is settled). The progress read ahead assumes it commits; when it does not,
     /// [`Committer::settle`] says so and everything is read again.
-    pub(super) fn write(
+    fn write(
         &mut self,
-        items: Vec<Item>,
+        phased: Option<crate::batch::Batch>,
+        pairs: Vec<(StreamEntry, Prepared)>,
+        held: Vec<HeldMeta>,
         finish: &TxFinish,
         shutdown: &CancellationToken,
     ) {
@@ -194,26 +216,34 @@ impl Committer {
             writer: self.core.writer.clone(),
             acker: self.core.acker.clone(),
             events: self.core.events.clone(),
-            parents: self.parents.clone(),
             finish: finish.clone(),
         };
         let shutdown = shutdown.clone();
-        self.in_flight = Some(tokio::spawn(
-            async move { commit.run(items, &shutdown).await },
-        ));
+        let (send, outcome) = tokio::sync::oneshot::channel();
+        let task =
+            tokio::spawn(async move { commit.run(phased, pairs, held, send, &shutdown).await });
+        self.in_flight = Some(InFlight { outcome, task });
     }
 
-    /// Waits for the commit in flight, if any. Its events held in memory go back to
-    /// the held ones when it did not commit.
+    /// Waits for the outcome of the commit in flight, if any (its acknowledgements go
+    /// on; those of the commit before are waited for). Its events held in memory go
+    /// back to the held ones when it did not commit.
     pub(super) async fn settle(&mut self) -> Result<(), Failure> {
-        let Some(task) = self.in_flight.take() else {
+        let Some(flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let (outcome, held) = match task.await {
+        let (outcome, held) = match flight.outcome.await {
             Ok(done) => done,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(Failure::Fatal(PipelineError::WriterTask(e))),
+            // The task ended without an outcome: it panicked or was cancelled.
+            Err(_) => {
+                joined(flight.task.await)?;
+                self.forget();
+                return Ok(());
+            }
         };
+        if let Some(before) = self.acking.replace(flight.task) {
+            joined(before.await)?;
+        }
         match outcome {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -225,6 +255,15 @@ impl Committer {
                 self.held.put_back(held);
                 Err(failure)
             }
+        }
+    }
+
+    /// Waits for the commit in flight and for its acknowledgements.
+    pub(super) async fn drain(&mut self) -> Result<(), Failure> {
+        self.settle().await?;
+        match self.acking.take() {
+            Some(task) => joined(task.await).map(|_| ()),
+            None => Ok(()),
         }
     }
 
@@ -263,60 +302,87 @@ impl Committer {
     }
 }
 
+/// A joined task's result: a panic goes on, a cancelled task is fatal.
+fn joined(result: Result<Result<bool, Failure>, tokio::task::JoinError>) -> Result<bool, Failure> {
+    match result {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Failure::Fatal(PipelineError::WriterTask(e))),
+    }
+}
+
+/// The events of a commit as [`Item`]s again, to give the held ones back.
+fn give_back(pairs: Vec<(StreamEntry, Prepared)>, held: Vec<HeldMeta>) -> Vec<HeldEvent> {
+    held_of(
+        pairs
+            .into_iter()
+            .zip(held)
+            .map(|((entry, prepared), meta)| match meta {
+                Some((tx, order, since)) => (tx, order, entry, prepared, Some(since)),
+                None => (String::new(), 0, entry, prepared, None),
+            })
+            .collect(),
+    )
+}
+
+/// A commit written: the batch, its receipt and when its writing started; `None`:
+/// shutdown came first.
+type Written = Option<(crate::batch::Batch, crate::write::Committed, Instant)>;
+
 /// One commit of the committer, run by a task of its own.
 struct Commit {
     writer: crate::write::Writer,
     acker: crate::ack::Acker,
     events: Arc<Events>,
-    parents: HashMap<TableName, Vec<TableName>>,
     finish: TxFinish,
 }
 
 impl Commit {
-    /// Writes the events in one commit, in the phased order, or in the exact one when
-    /// Postgres rejects a row of that (see `plan.rs`); then the dead letters and the
-    /// acknowledgements of held events. `false`: shutdown came first.
-    /// The outcome, and the held events to give back when it did not commit (those of
-    /// a commit whose exact order failed too are left pending: claimed after
-    /// `claim_idle`, or read again at restart).
+    /// Writes the events in one commit, in the phased order (planned by the
+    /// committer), or in the exact one when Postgres rejects a row of that (see
+    /// `plan.rs`); sends the outcome on `outcome`, with the held events to give back
+    /// when it did not commit (those of a commit whose exact order failed too are left
+    /// pending: claimed after `claim_idle`, or read again at restart); then writes the
+    /// dead letters and acknowledges the held events. `false`: shutdown came first.
     async fn run(
         self,
-        items: Vec<Item>,
+        phased: Option<crate::batch::Batch>,
+        pairs: Vec<(StreamEntry, Prepared)>,
+        held: Vec<HeldMeta>,
+        outcome: tokio::sync::oneshot::Sender<Outcome>,
         shutdown: &CancellationToken,
-    ) -> (Result<bool, Failure>, Vec<HeldEvent>) {
-        let (pairs, held): (Vec<(StreamEntry, Prepared)>, Vec<HeldMeta>) = items
-            .into_iter()
-            .map(|(tx, order, entry, prepared, since)| {
-                ((entry, prepared), since.map(|s| (tx, order, s)))
-            })
-            .unzip();
-        let give_back = |pairs: Vec<(StreamEntry, Prepared)>, held: Vec<HeldMeta>| {
-            held_of(
-                pairs
-                    .into_iter()
-                    .zip(held)
-                    .map(|((entry, prepared), meta)| match meta {
-                        Some((tx, order, since)) => (tx, order, entry, prepared, Some(since)),
-                        None => (String::new(), 0, entry, prepared, None),
-                    })
-                    .collect(),
-            )
+    ) -> Result<bool, Failure> {
+        let written = match self.write_phased(phased, shutdown).await {
+            Ok(Some(written)) => Ok(written),
+            Ok(None) => self.write_exact(pairs, shutdown).await,
+            Err(failure) => {
+                let _ = outcome.send((Err(failure), give_back(pairs, held)));
+                return Ok(false);
+            }
         };
-        let phased = plan::phased(&pairs, &self.parents);
-        match self.write_phased(phased, shutdown).await {
-            Ok(Some(done)) => (Ok(done), Vec::new()),
-            Ok(None) => (self.write_exact(pairs, shutdown).await, Vec::new()),
-            Err(failure) => (Err(failure), give_back(pairs, held)),
-        }
+        let (batch, committed, started) = match written {
+            Ok(Some(written)) => written,
+            Ok(None) => {
+                let _ = outcome.send((Ok(false), Vec::new()));
+                return Ok(false);
+            }
+            Err(failure) => {
+                let _ = outcome.send((Err(failure), Vec::new()));
+                return Ok(false);
+            }
+        };
+        let _ = outcome.send((Ok(true), Vec::new()));
+        self.acknowledge(&batch, &committed, started, shutdown)
+            .await
     }
 
-    /// The phased order's commit: `Some(committed)`, `None` when Postgres rejected a row
-    /// (write the exact order then); `Some(false)`: shutdown came first.
+    /// The phased order's commit: `None` when there is none or Postgres rejected a
+    /// row of it (write the exact order then).
     async fn write_phased(
         &self,
         phased: Option<crate::batch::Batch>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<bool>, Failure> {
+    ) -> Result<Option<Written>, Failure> {
         let Some(phased) = phased else {
             return Ok(None);
         };
@@ -325,11 +391,8 @@ impl Commit {
         match retrying!(events, shutdown, "committing source transactions", {
             writer.write_transactions(&phased, finish, false)
         }) {
-            Ok(None) => Ok(Some(false)),
-            Ok(Some(committed)) => self
-                .acknowledge(&phased, &committed, started, shutdown)
-                .await
-                .map(Some),
+            Ok(None) => Ok(Some(None)),
+            Ok(Some(committed)) => Ok(Some(Some((phased, committed, started)))),
             Err(e) if e.class() == crate::write::ErrorClass::Data => {
                 tracing::info!(error = %e, "a row was rejected in the phased order: writing in source order");
                 Ok(None)
@@ -343,22 +406,14 @@ impl Commit {
         &self,
         pairs: Vec<(StreamEntry, Prepared)>,
         shutdown: &CancellationToken,
-    ) -> Result<bool, Failure> {
+    ) -> Result<Written, Failure> {
         let (writer, events, finish) = (&self.writer, self.events.clone(), &self.finish);
         let started = Instant::now();
-        {
-            {
-                let exact = plan::exact(pairs);
-                let committed = retrying!(events, shutdown, "committing source transactions", {
-                    writer.write_transactions(&exact, finish, true)
-                })?;
-                let Some(committed) = committed else {
-                    return Ok(false);
-                };
-                self.acknowledge(&exact, &committed, started, shutdown)
-                    .await
-            }
-        }
+        let exact = plan::exact(pairs);
+        let committed = retrying!(events, shutdown, "committing source transactions", {
+            writer.write_transactions(&exact, finish, true)
+        })?;
+        Ok(committed.map(|committed| (exact, committed, started)))
     }
 
     /// Dead letters, then XACK of the held events (and again of staged ones: no-ops);

@@ -35,8 +35,9 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    /// Starts trying to take the lease of (`group`, `stream`) as `consumer`.
-    pub fn start(pool: PgPool, group: String, stream: String, consumer: String) -> Self {
+    /// Asks for the lease of (`group`, `stream`) as `consumer` once, then keeps
+    /// asking (or renewing it) on a task.
+    pub async fn start(pool: PgPool, group: String, stream: String, consumer: String) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         let stop = CancellationToken::new();
         let holder = format!(
@@ -46,7 +47,7 @@ impl Lease {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        let keeper = Keeper {
+        let mut keeper = Keeper {
             pool,
             group,
             stream,
@@ -56,6 +57,7 @@ impl Lease {
             state: state.clone(),
             warned: false,
         };
+        keeper.step().await;
         let task = tokio::spawn(keeper.run(stop.clone()));
         Self {
             state,
@@ -112,41 +114,11 @@ struct Keeper {
 impl Keeper {
     async fn run(mut self, stop: CancellationToken) {
         loop {
-            let started = Instant::now();
-            match self.claim().await {
-                Ok(ours) => {
-                    self.warned = false;
-                    let mut state = lock(&self.state);
-                    // Ours until now (else the committer stopped when it ran out: a
-                    // new term), and ours when last asked (even if it ran out since).
-                    let had = state.until.is_some_and(|until| started < until);
-                    let had_row = state.until.is_some();
-                    if ours {
-                        if !had {
-                            state.term += 1;
-                            tracing::info!(stream = %self.stream, "this instance commits source transactions");
-                        }
-                        state.until = Some(started + LEASE);
-                    } else {
-                        if had_row {
-                            tracing::warn!(stream = %self.stream, "another instance took over committing source transactions");
-                        }
-                        state.until = None;
-                    }
-                }
-                Err(e) => {
-                    // The lease stays ours until it runs out; the session is opened again.
-                    self.conn = None;
-                    if !self.warned {
-                        self.warned = true;
-                        tracing::warn!(error = %e, "could not renew the committer's lease: retrying every second");
-                    }
-                }
-            }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(RENEW_EVERY) => {}
             }
+            self.step().await;
         }
         lock(&self.state).until = None;
         if let Some(conn) = &mut self.conn {
@@ -161,6 +133,42 @@ impl Keeper {
         }
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
+        }
+    }
+
+    /// One claim: takes or renews the lease, or learns that another holds it.
+    async fn step(&mut self) {
+        let started = Instant::now();
+
+        match self.claim().await {
+            Ok(ours) => {
+                self.warned = false;
+                let mut state = lock(&self.state);
+                // Ours until now (else the committer stopped when it ran out: a
+                // new term), and ours when last asked (even if it ran out since).
+                let had = state.until.is_some_and(|until| started < until);
+                let had_row = state.until.is_some();
+                if ours {
+                    if !had {
+                        state.term += 1;
+                        tracing::info!(stream = %self.stream, "this instance commits source transactions");
+                    }
+                    state.until = Some(started + LEASE);
+                } else {
+                    if had_row {
+                        tracing::warn!(stream = %self.stream, "another instance took over committing source transactions");
+                    }
+                    state.until = None;
+                }
+            }
+            Err(e) => {
+                // The lease stays ours until it runs out; the session is opened again.
+                self.conn = None;
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(error = %e, "could not renew the committer's lease: retrying every second");
+                }
+            }
         }
     }
 

@@ -93,14 +93,14 @@ async fn run_committer(
     loop {
         if shutdown.is_cancelled() {
             // The commit in flight ends (or gives up at the outage it meets).
-            return match committer.settle().await {
+            return match committer.drain().await {
                 Err(Failure::Fatal(e)) => Err(e),
                 _ => Ok(()),
             };
         }
         let mut turn = committer.turn(&shutdown).await;
         if matches!(turn, Ok(false))
-            && let Err(failure) = committer.settle().await
+            && let Err(failure) = committer.drain().await
         {
             turn = Err(failure);
         }
@@ -215,6 +215,8 @@ struct Committer {
     /// The commit being written (its outcome, and its held events to give back when
     /// it did not commit).
     in_flight: Option<InFlight>,
+    /// The acknowledgements of the last commit, going on while the next is written.
+    acking: Option<self::apply::Acking>,
 }
 
 impl Committer {
@@ -238,7 +240,8 @@ impl Committer {
             core.config.redis.group.clone(),
             tx.stream.clone(),
             core.config.consumer().to_string(),
-        );
+        )
+        .await;
         Ok(Some(Self {
             core,
             control,
@@ -257,6 +260,7 @@ impl Committer {
             chores_at: Instant::now(),
             expired_at: Instant::now(),
             in_flight: None,
+            acking: None,
         }))
     }
 
@@ -328,6 +332,8 @@ impl Committer {
     /// it again starts over from the progress; losing it spills the held events.
     fn lead(&mut self) -> bool {
         let term = self.lease.term();
+        // The lease was asked for once before this (`Lease::start`).
+        self.held.set_decided();
         if term != self.term {
             if self.term.is_some() {
                 self.held.set_leading(false);
