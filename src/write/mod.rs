@@ -29,7 +29,10 @@
 
 mod catalog;
 mod horizon;
+pub mod literal;
 mod locks;
+mod once;
+mod prepared;
 mod sql;
 mod staging;
 mod writer;
@@ -204,14 +207,11 @@ impl Committed {
 /// (sqlx sets no connect timeout: a host that drops packets would hang the start).
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
-/// Prepared statements each connection keeps (sqlx's default is 100, evicting the least
-/// recently used). A batch needs one statement per table and row shape (and per truncated
-/// table): with 100, a batch over 200 tables evicted every statement before its next use
-/// and paid a Parse round trip and a plan for each, every batch. Each statement costs the
-/// server about 100 KiB of backend memory (its plan source, query tree and generic plan:
-/// measured for an 8-column upsert on PostgreSQL 15), so this bounds it to ~100 MiB per
-/// connection, times `postgres.pool_size`, and only with that many shapes in use.
-const STATEMENT_CACHE: usize = 1024;
+/// sqlx's prepared statements per connection (its default, 100, made a batch over 200
+/// tables re-prepare each statement every batch). ~100 KiB of server memory each (an
+/// 8-column upsert, PostgreSQL 15): ≤ ~50 MiB per connection, plus the writer's own
+/// ([`prepared::PREPARED_MAX`]), and only with that many tables and row shapes in use.
+const STATEMENT_CACHE: usize = 512;
 
 /// Connects a pool of `config.pool_size` connections to `config.url`, each session
 /// with [`session_settings`]. One connection is opened first, on its own: sqlx's pool
