@@ -23,14 +23,17 @@ impl Writer {
     /// the connection left in the failed transaction (closed by the writer).
     /// When the connection lacks a prepared statement: `ROLLBACK` and the list of those
     /// it has, then the batch again behind the missing `PREPARE`s (3 round trips more).
+    /// `Ok(false)` (rolled back, nothing written) when that fails on the prepared
+    /// statements again (a transaction-pooling proxy between us and Postgres moves them
+    /// between server connections): the caller writes the batch with bound parameters.
     pub(super) async fn at_once(
         &self,
         tx: &mut PgConnection,
         batch: &Batch,
         finish: Option<&TxFinish>,
         plan: &prepared::Plan,
-    ) -> Result<(), WriteError> {
-        match self.send(tx, batch, finish, "", &plan.statements).await {
+    ) -> Result<bool, WriteError> {
+        let first = match self.send(tx, batch, finish, "", &plan.statements).await {
             Err(e) if prepared::is_missing(&e) => {
                 self.trip();
                 let have: Vec<String> = sqlx::raw_sql(sqlx::AssertSqlSafe(prepared::LIST_SQL))
@@ -45,6 +48,19 @@ impl Writer {
                     .await
             }
             other => other,
+        };
+        match first {
+            Ok(()) => Ok(true),
+            Err(e) if prepared::is_unusable(&e) => {
+                tracing::warn!(error = %e, "statements prepared by name are unusable on this connection: writing with bound parameters");
+                self.trip();
+                sqlx::raw_sql("ROLLBACK")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(WriteError::pg("ROLLBACK"))?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -128,6 +128,18 @@ pub fn is_missing(e: &WriteError) -> bool {
     }
 }
 
+/// Whether Postgres refused the statements prepared by name even after [`prelude`]:
+/// one missing again (26000) or one prepared already (42P05, duplicate_prepared_statement).
+pub fn is_unusable(e: &WriteError) -> bool {
+    match e {
+        WriteError::Postgres {
+            source: sqlx::Error::Database(db),
+            ..
+        } => matches!(db.code().as_deref(), Some("26000" | "42P05")),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

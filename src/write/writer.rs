@@ -150,8 +150,8 @@ impl Writer {
         if !isolate
             && super::once::several_statements(batch)
             && let Ok(plan) = prepared::plan(batch)
+            && self.at_once(tx, batch, finish, &plan).await?
         {
-            self.at_once(tx, batch, finish, &plan).await?;
             return Ok(Vec::new());
         }
         self.trip();
