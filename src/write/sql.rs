@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use sqlx::PgConnection;
 
+use super::literal::{self, HasNul};
 use super::{VERSION_COLUMN, WriteError};
 use crate::entry::EntryId;
 use crate::map::{RowChange, RowOp, TableSchema};
@@ -16,9 +17,37 @@ fn version_col() -> String {
     quote_ident(VERSION_COLUMN)
 }
 
+/// Where a statement reads its rows: the `unnest` arguments (one text array per column,
+/// then the versions as `bytea[]` and the key texts as `text[]`) and the table's name (for
+/// the tombstones and truncations), as SQL expressions: bound parameters ([`Source::bound`])
+/// or literals ([`super::literal`]). The statement around them is the same either way.
+pub struct Source {
+    pub arrays: String,
+    pub table: String,
+}
+
+impl Source {
+    /// `$1::text[]` … `$width::text[]`, the versions, the keys, then the table name.
+    pub fn bound(width: usize) -> Self {
+        let mut arrays = String::new();
+        for p in 1..=width {
+            let _ = write!(arrays, "${p}::text[], ");
+        }
+        let _ = write!(arrays, "${}::bytea[], ${}::text[]", width + 1, width + 2);
+        Self {
+            arrays,
+            table: format!("${}", width + 3),
+        }
+    }
+}
+
 /// `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE older`.
-pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> String {
-    let n = columns.len();
+pub fn upsert_sql(
+    table: &TableSchema,
+    key: &[usize],
+    columns: &[usize],
+    source: &Source,
+) -> String {
     let names: Vec<String> = columns
         .iter()
         .map(|&c| quote_ident(&table.columns[c].name))
@@ -28,8 +57,7 @@ pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> Stri
         .enumerate()
         .map(|(i, &c)| format!("i.c{i}::{}", table.columns[c].sql_type))
         .collect();
-    let params: Vec<String> = (1..=n).map(|p| format!("${p}::text[]")).collect();
-    let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
     let conflict: Vec<String> = key
         .iter()
         .map(|&c| quote_ident(&table.columns[c].name))
@@ -46,31 +74,27 @@ pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> Stri
     sets.push(format!("{v} = EXCLUDED.{v}"));
     format!(
         "INSERT INTO {table} AS t ({names}, {v}) \
-         SELECT {casts}, i.v FROM unnest({params}, ${pv}::bytea[], ${pk}::text[]) AS i({aliases}, v, k) \
+         SELECT {casts}, i.v FROM unnest({arrays}) AS i({aliases}, v, k) \
          WHERE NOT EXISTS (SELECT 1 FROM redsink.tombstones d \
-           WHERE d.table_name = ${pt} AND d.key = i.k AND d.version >= i.v) \
+           WHERE d.table_name = {pt} AND d.key = i.k AND d.version >= i.v) \
          AND i.v > coalesce((SELECT tr.version FROM redsink.truncations tr \
-           WHERE tr.table_name = ${pt}), ''::bytea) \
+           WHERE tr.table_name = {pt}), ''::bytea) \
          ON CONFLICT ({conflict}) DO UPDATE SET {sets} \
          WHERE t.{v} IS NULL OR t.{v} < EXCLUDED.{v}",
         table = table.name.quoted(),
         names = names.join(", "),
         casts = casts.join(", "),
-        params = params.join(", "),
+        arrays = source.arrays,
         aliases = aliases.join(", "),
-        pv = n + 1,
-        pk = n + 2,
-        pt = n + 3,
+        pt = source.table,
         conflict = conflict.join(", "),
         sets = sets.join(", "),
     )
 }
 
 /// Deletes rows older than the event and records the tombstone version.
-pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
-    let m = key.len();
-    let params: Vec<String> = (1..=m).map(|p| format!("${p}::text[]")).collect();
-    let aliases: Vec<String> = (0..m).map(|i| format!("c{i}")).collect();
+pub fn delete_sql(table: &TableSchema, key: &[usize], source: &Source) -> String {
+    let aliases: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();
     let mut matches = String::new();
     for (i, &c) in key.iter().enumerate() {
         let col = &table.columns[c];
@@ -83,23 +107,83 @@ pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
     }
     let v = version_col();
     format!(
-        "WITH i AS (SELECT * FROM unnest({params}, ${pv}::bytea[], ${pk}::text[]) AS i({aliases}, v, k)), \
+        "WITH i AS (SELECT * FROM unnest({arrays}) AS i({aliases}, v, k)), \
          del AS (DELETE FROM {table} AS t USING i WHERE {matches}(t.{v} IS NULL OR t.{v} < i.v)) \
          INSERT INTO redsink.tombstones AS d (table_name, key, version) \
-         SELECT ${pt}, i.k, i.v FROM i \
+         SELECT {pt}, i.k, i.v FROM i \
          ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now() \
          WHERE d.version < EXCLUDED.version",
-        params = params.join(", "),
+        arrays = source.arrays,
         aliases = aliases.join(", "),
         table = table.name.quoted(),
-        pv = m + 1,
-        pk = m + 2,
-        pt = m + 3,
+        pt = source.table,
     )
 }
 
+/// The width of a group's value arrays (its first row's columns, or key columns for a
+/// delete) and what its statement does (for its error).
+fn shape(first: &RowChange) -> (usize, &'static str) {
+    match &first.op {
+        RowOp::Upsert { columns, .. } => (columns.len(), "upserting"),
+        RowOp::Delete { .. } => (first.key_columns.len(), "deleting"),
+    }
+}
+
+/// A group's statement: same operation, key and column set as its first row.
+fn group_sql(table: &TableSchema, first: &RowChange, source: &Source) -> String {
+    let key = &first.key_columns;
+    match &first.op {
+        RowOp::Upsert { columns, .. } => upsert_sql(table, key, columns, source),
+        RowOp::Delete { .. } => delete_sql(table, key, source),
+    }
+}
+
+/// A row's value of column `c` of its group's arrays.
+fn value(row: &RowChange, c: usize) -> Option<&str> {
+    match &row.op {
+        RowOp::Upsert { values, .. } => values.get(c).and_then(|v| v.as_deref()),
+        RowOp::Delete { key_values } => key_values.get(c).map(String::as_str),
+    }
+}
+
+/// A group's statement to prepare by name and its arguments as literals, for `EXECUTE`
+/// in a simple query.
+pub struct Execute {
+    /// The statement with its values as parameters ([`Source::bound`]): the same text
+    /// for every group of the same table and shape.
+    pub sql: String,
+    /// The parameters' types, for `PREPARE name (types) AS sql`.
+    pub types: String,
+    /// The values, `E'{…}', …`, in the parameters' order.
+    pub args: String,
+}
+
+/// One group of rows of the same shape as an [`Execute`]; `None` for no rows, an error
+/// when a value holds a NUL.
+pub fn group_execute(table: &TableSchema, rows: &[&RowChange]) -> Result<Option<Execute>, HasNul> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let (width, _) = shape(first);
+    let mut args = String::new();
+    for c in 0..width {
+        literal::push_text_array(&mut args, rows.iter().map(|r| value(r, c)))?;
+        args.push_str(", ");
+    }
+    literal::push_bytea_array(&mut args, rows.iter().map(|r| r.version.0.as_slice()));
+    args.push_str(", ");
+    literal::push_text_array(&mut args, rows.iter().map(|r| Some(r.key_text.as_str())))?;
+    args.push_str(", ");
+    literal::push_text(&mut args, &table.name.to_string())?;
+    Ok(Some(Execute {
+        sql: group_sql(table, first, &Source::bound(width)),
+        types: format!("{}bytea[], text[], text", "text[], ".repeat(width)),
+        args,
+    }))
+}
+
 /// Writes one group of rows of the same shape (same operation, key and column set)
-/// with one statement.
+/// with one statement, its values bound as parameters.
 pub async fn write_rows(
     conn: &mut PgConnection,
     table: &TableSchema,
@@ -108,38 +192,17 @@ pub async fn write_rows(
     let Some(first) = rows.first() else {
         return Ok(());
     };
-    let key = &first.key_columns;
-    let (sql, width, what) = match &first.op {
-        RowOp::Upsert { columns, .. } => {
-            (upsert_sql(table, key, columns), columns.len(), "upserting")
-        }
-        RowOp::Delete { .. } => (delete_sql(table, key), key.len(), "deleting"),
-    };
+    let (width, what) = shape(first);
+    let sql = group_sql(table, first, &Source::bound(width));
     // Column-major: one text array per column, then the versions, the key texts and
     // the table name (for the tombstones).
-    let mut cols: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(rows.len()); width];
-    let mut versions: Vec<&[u8]> = Vec::with_capacity(rows.len());
-    let mut keys: Vec<&str> = Vec::with_capacity(rows.len());
-    for row in rows {
-        match &row.op {
-            RowOp::Upsert { values, .. } => {
-                for (col, value) in cols.iter_mut().zip(values) {
-                    col.push(value.as_deref());
-                }
-            }
-            RowOp::Delete { key_values } => {
-                for (col, value) in cols.iter_mut().zip(key_values) {
-                    col.push(Some(value.as_str()));
-                }
-            }
-        }
-        versions.push(&row.version.0);
-        keys.push(&row.key_text);
-    }
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for col in cols {
+    for c in 0..width {
+        let col: Vec<Option<&str>> = rows.iter().map(|r| value(r, c)).collect();
         query = query.bind(col);
     }
+    let versions: Vec<&[u8]> = rows.iter().map(|r| r.version.0.as_slice()).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
     query
         .bind(versions)
         .bind(keys)
@@ -154,28 +217,52 @@ pub async fn write_rows(
     Ok(())
 }
 
-/// A truncate at version `$2`: deletes the rows older than it, records it (kept at the
+/// A truncate at version `version` of the table named `name` (SQL expressions: bound
+/// parameters or literals): deletes the rows older than it, records it (kept at the
 /// maximum) so older events stay no-ops, and drops the tombstones it makes redundant.
+fn truncate_sql(table: &TableSchema, name: &str, version: &str) -> String {
+    let v = version_col();
+    format!(
+        "WITH tr AS (INSERT INTO redsink.truncations AS tr (table_name, version) \
+           VALUES ({name}, {version}) \
+           ON CONFLICT (table_name) DO UPDATE SET version = EXCLUDED.version, truncated_at = now() \
+           WHERE tr.version < EXCLUDED.version), \
+         tomb AS (DELETE FROM redsink.tombstones WHERE table_name = {name} AND version < {version}) \
+         DELETE FROM {table} WHERE {v} IS NULL OR {v} < {version}",
+        table = table.name.quoted(),
+    )
+}
+
+/// A table's truncate ([`truncate_sql`]) with its values bound as parameters.
 pub async fn truncate(
     conn: &mut PgConnection,
     table: &TableSchema,
     version: &[u8],
 ) -> Result<(), WriteError> {
-    let v = version_col();
-    let sql = format!(
-        "WITH tr AS (INSERT INTO redsink.truncations AS tr (table_name, version) VALUES ($1, $2) \
-           ON CONFLICT (table_name) DO UPDATE SET version = EXCLUDED.version, truncated_at = now() \
-           WHERE tr.version < EXCLUDED.version), \
-         tomb AS (DELETE FROM redsink.tombstones WHERE table_name = $1 AND version < $2) \
-         DELETE FROM {table} WHERE {v} IS NULL OR {v} < $2",
-        table = table.name.quoted(),
-    );
+    let sql = truncate_sql(table, "$1", "$2::bytea");
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(table.name.to_string())
         .bind(version)
         .execute(conn)
         .await
         .map_err(WriteError::pg(format!("truncating {}", table.name)))?;
+    Ok(())
+}
+
+/// Appends to `out` a table's truncate ([`truncate_sql`]) and `;`, with its values as
+/// literals; `out` is left as it was when the table's name holds a NUL.
+pub fn push_truncate_inline(
+    out: &mut String,
+    table: &TableSchema,
+    version: &[u8],
+) -> Result<(), HasNul> {
+    let mut name = String::new();
+    literal::push_text(&mut name, &table.name.to_string())?;
+    let mut bytes = String::new();
+    literal::push_bytea(&mut bytes, version);
+    bytes.push_str("::bytea");
+    out.push_str(&truncate_sql(table, &name, &bytes));
+    out.push_str(";\n");
     Ok(())
 }
 

@@ -1,20 +1,22 @@
 //! The writer: a [`Batch`] → [`Committed`], in one transaction on a connection of its
 //! own: `BEGIN` with the advisory locks ([`super::locks`]), one statement per table and
-//! row shape ([`super::sql`]), the checkpoints with `COMMIT`.
-//! I/O: Postgres; every statement sent is counted in [`Writer::round_trips`].
+//! row shape ([`super::sql`]), the checkpoints with `COMMIT`, all in one simple query
+//! (statements prepared by name, values as literals: [`super::prepared`]): one round
+//! trip whatever the tables.
+//! I/O: Postgres; every round trip is counted in [`Writer::round_trips`].
 //! Errors: [`WriteError`]; a data error makes [`Writer::write`] write the batch again
 //! with a savepoint per statement and per row, and only the rejected rows (with every
 //! entry coalesced into them) become dead letters.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
 use super::staging::{self, TxFinish};
-use super::{Committed, ErrorClass, WriteError, locks, sql};
+use super::{Committed, ErrorClass, WriteError, locks, prepared, sql};
 use crate::batch::{Batch, BatchRow, TableRows};
 use crate::entry::DeadLetter;
 use crate::map::{RowChange, RowOp, TableSchema};
@@ -25,10 +27,14 @@ use crate::table::TableName;
 #[derive(Clone)]
 pub struct Writer {
     pub(super) pool: PgPool,
-    group: Arc<str>,
-    /// Statements sent to write batches (one simple query opens a transaction), shared
-    /// by the clones of a writer.
+    pub(super) group: Arc<str>,
+    /// Round trips to Postgres to write batches (one simple query, whatever it holds,
+    /// is one), shared by the clones of a writer.
     round_trips: Arc<AtomicU64>,
+    /// Statements prepared by name proved unusable (a transaction-pooling proxy moves
+    /// them between server connections): every batch goes with bound parameters from
+    /// then on, instead of failing once more each time. Shared by the clones.
+    pub(super) unprepared: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -37,6 +43,7 @@ impl Writer {
             pool,
             group: Arc::from(group),
             round_trips: Arc::default(),
+            unprepared: Arc::default(),
         }
     }
 
@@ -45,7 +52,7 @@ impl Writer {
         super::TxStore::new(self.pool.clone(), &self.group)
     }
 
-    /// Statements sent to write batches so far (by this writer and its clones).
+    /// Round trips made to write batches so far (by this writer and its clones).
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }
@@ -62,7 +69,7 @@ impl Writer {
         }
     }
 
-    fn trip(&self) {
+    pub(super) fn trip(&self) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -130,8 +137,11 @@ impl Writer {
         outcome
     }
 
-    /// The transaction, in 3 round trips when nothing is rejected: `BEGIN` + the advisory
-    /// locks, one statement per table and row shape, the checkpoints + `COMMIT`. With
+    /// The transaction. Without `isolate`, a batch of several statements goes in one
+    /// round trip ([`Self::at_once`], `once.rs`). Otherwise (one statement, `isolate`, or a value
+    /// that cannot be a literal), in 3 round trips when nothing is rejected: `BEGIN` +
+    /// the advisory locks, one statement per table and row shape with its values bound,
+    /// the checkpoints + `COMMIT`; with
     /// `isolate`, each statement runs under a savepoint and a statement that hits a data
     /// error is retried row by row; the rows Postgres rejects are returned as dead
     /// letters (with every entry coalesced into them).
@@ -142,6 +152,14 @@ impl Writer {
         isolate: bool,
         finish: Option<&TxFinish>,
     ) -> Result<Vec<DeadLetter>, WriteError> {
+        if !isolate
+            && !self.unprepared.load(Ordering::Relaxed)
+            && super::once::several_statements(batch)
+            && let Ok(plan) = prepared::plan(batch)
+            && self.at_once(tx, batch, finish, &plan).await?
+        {
+            return Ok(Vec::new());
+        }
         self.trip();
         let mut begin = sql::begin_sql(&locks::lock_ids(batch));
         if let Some(finish) = finish {
@@ -355,12 +373,12 @@ fn address(row: &BatchRow) -> usize {
 }
 
 /// A change to write and the batch row it belongs to (for dead-lettering).
-type Item<'a> = (&'a RowChange, &'a BatchRow);
+pub(super) type Item<'a> = (&'a RowChange, &'a BatchRow);
 
 /// Changes that one statement can write together: same operation, key and column
 /// set, in rounds: round k holds the k-th change of each row's chain, so a row's
 /// changes are written in order.
-fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
+pub(super) fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
     let mut out: Vec<Vec<Item<'_>>> = Vec::new();
     let rounds = rows.iter().map(|r| r.before.len() + 1).max().unwrap_or(0);
     for round in 0..rounds {

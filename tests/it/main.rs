@@ -21,6 +21,7 @@ mod evolution;
 mod failover;
 mod first_contact;
 mod fixtures;
+mod literals;
 mod load;
 mod locks;
 mod mapping;
