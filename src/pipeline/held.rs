@@ -155,7 +155,7 @@ impl Held {
         match inner.by_tx.get_mut(&event.tx_id) {
             Some(events) => events.push(event),
             None => {
-                let mut events = Vec::with_capacity(8);
+                let mut events = Vec::with_capacity(4);
                 let tx = event.tx_id.clone();
                 events.push(event);
                 inner.by_tx.insert(tx, events);
