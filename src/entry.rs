@@ -45,6 +45,31 @@ pub struct StreamEntry {
     pub deliveries: u64,
 }
 
+/// How many of `entries` each stream has, streams in order of first appearance. Linear
+/// in the entries whatever the number of streams (a read over 1,600 streams returns
+/// hundreds of them): a reply lists each stream's entries together, so the stream of
+/// the entry before is tried first, then a map.
+pub fn count_by_stream(entries: &[StreamEntry]) -> Vec<(&Arc<str>, usize)> {
+    let mut counts: Vec<(&Arc<str>, usize)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for e in entries {
+        if let Some((s, n)) = counts.last_mut()
+            && Arc::ptr_eq(s, &e.stream)
+        {
+            *n += 1;
+            continue;
+        }
+        match index.get(&*e.stream) {
+            Some(&i) => counts[i].1 += 1,
+            None => {
+                index.insert(&e.stream, counts.len());
+                counts.push((&e.stream, 1));
+            }
+        }
+    }
+    counts
+}
+
 /// What an acknowledgement needs: the stream and the entry's ID.
 pub type EntryRef = (Arc<str>, EntryId);
 
@@ -81,5 +106,25 @@ mod tests {
         for bad in ["", "-", "a-1", "1-b", "1-2-3", "$", ">"] {
             assert_eq!(EntryId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn entries_are_counted_per_stream_in_order_of_appearance() {
+        let entry = |stream: &Arc<str>| StreamEntry {
+            stream: stream.clone(),
+            id: EntryId::ZERO,
+            fields: None,
+            deliveries: 0,
+        };
+        let (a, b) = (Arc::<str>::from("a"), Arc::<str>::from("b"));
+        // The same name behind another Arc counts as the same stream.
+        let a2 = Arc::<str>::from("a");
+        let entries = [entry(&a), entry(&a), entry(&b), entry(&a2), entry(&b)];
+        let counts: Vec<(&str, usize)> = count_by_stream(&entries)
+            .into_iter()
+            .map(|(s, n)| (&**s, n))
+            .collect();
+        assert_eq!(counts, vec![("a", 3), ("b", 2)]);
+        assert!(count_by_stream(&[]).is_empty());
     }
 }

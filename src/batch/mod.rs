@@ -351,11 +351,16 @@ impl Batcher {
     /// Takes the batch, leaving this batcher empty.
     pub fn take(&mut self) -> Batch {
         let acks = std::mem::take(&mut self.acks);
+        // Each stream's highest ID: a map, as a batch can span 1,600 streams.
+        let mut at: HashMap<&str, usize> = HashMap::new();
         let mut highest: Vec<EntryRef> = Vec::new();
         for (stream, id) in &acks {
-            match highest.iter_mut().find(|(s, _)| s == stream) {
-                Some((_, best)) => *best = (*best).max(*id),
-                None => highest.push((stream.clone(), *id)),
+            match at.get(&**stream) {
+                Some(&i) => highest[i].1 = highest[i].1.max(*id),
+                None => {
+                    at.insert(stream, highest.len());
+                    highest.push((stream.clone(), *id));
+                }
             }
         }
         self.first_at = None;

@@ -86,15 +86,8 @@ impl Events {
     /// Entries read from the streams (new, re-read or claimed).
     pub(super) fn read(&self, entries: &[StreamEntry]) {
         self.tally().read += entries.len() as u64;
-        let mut per_stream: Vec<(&Arc<str>, u64)> = Vec::new();
-        for e in entries {
-            match per_stream.iter_mut().find(|(s, _)| *s == &e.stream) {
-                Some((_, n)) => *n += 1,
-                None => per_stream.push((&e.stream, 1)),
-            }
-        }
-        for (stream, n) in per_stream {
-            self.metrics.add(Counter::Read, stream, n);
+        for (stream, n) in crate::entry::count_by_stream(entries) {
+            self.metrics.add(Counter::Read, stream, n as u64);
         }
     }
 

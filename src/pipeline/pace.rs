@@ -27,14 +27,9 @@ const WRITE_POLL: Duration = Duration::from_millis(1);
 /// Whether a read of `count` entries per stream left more waiting: some stream gave
 /// its full COUNT.
 pub(super) fn is_backlog(entries: &[StreamEntry], count: usize) -> bool {
-    let mut per_stream: Vec<(&str, usize)> = Vec::new();
-    for e in entries {
-        match per_stream.iter_mut().find(|(s, _)| *s == &*e.stream) {
-            Some((_, n)) => *n += 1,
-            None => per_stream.push((&e.stream, 1)),
-        }
-    }
-    per_stream.iter().any(|(_, n)| *n >= count)
+    crate::entry::count_by_stream(entries)
+        .iter()
+        .any(|(_, n)| *n >= count)
 }
 
 impl Core {
