@@ -241,10 +241,9 @@ impl Committer {
                 return Ok(());
             }
         };
-        if let Some(before) = self.acking.replace(flight.task) {
-            joined(before.await)?;
-        }
-        match outcome {
+        // Events of a commit that did not happen are held again first, whatever the
+        // acknowledgements of the one before say.
+        let settled = match outcome {
             Ok(true) => Ok(()),
             Ok(false) => {
                 self.held.put_back(held);
@@ -255,7 +254,11 @@ impl Committer {
                 self.held.put_back(held);
                 Err(failure)
             }
+        };
+        if let Some(before) = self.acking.replace(flight.task) {
+            joined(before.await)?;
         }
+        settled
     }
 
     /// Waits for the commit in flight and for its acknowledgements.
