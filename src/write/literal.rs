@@ -94,18 +94,27 @@ pub fn push_bytea(out: &mut String, bytes: &[u8]) {
 pub fn push_text(out: &mut String, text: &str) -> Result<(), HasNul> {
     let start = out.len();
     out.push_str("E'");
+    if let Err(e) = push_quoted(out, text) {
+        out.truncate(start);
+        return Err(e);
+    }
+    out.push('\'');
+    Ok(())
+}
+
+/// Appends `text` escaped for the inside of a string literal: quotes doubled, and
+/// backslashes doubled (right inside an `E'…'` literal, which reads the same whatever
+/// `standard_conforming_strings` says, and in `'…'` only when there are none). Stops
+/// at a NUL, which no literal can hold.
+pub(super) fn push_quoted(out: &mut String, text: &str) -> Result<(), HasNul> {
     for c in text.chars() {
         match c {
-            '\0' => {
-                out.truncate(start);
-                return Err(HasNul);
-            }
+            '\0' => return Err(HasNul),
             '\\' => out.push_str(r"\\"),
             '\'' => out.push_str("''"),
             c => out.push(c),
         }
     }
-    out.push('\'');
     Ok(())
 }
 

@@ -271,23 +271,14 @@ pub fn push_truncate_inline(
 /// `E` prefix and backslashes doubled when there are backslashes. Postgres text cannot
 /// hold NUL (and the protocol ends a query at one): refused.
 pub fn quote_literal(text: &str) -> Result<String, WriteError> {
-    if text.contains('\0') {
-        return Err(WriteError::NulInName {
-            stream: text.replace('\0', "\\0"),
-        });
-    }
     let mut out = String::with_capacity(text.len() + 3);
     if text.contains('\\') {
         out.push('E');
     }
     out.push('\'');
-    for c in text.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
+    literal::push_quoted(&mut out, text).map_err(|_| WriteError::NulInName {
+        stream: text.replace('\0', "\\0"),
+    })?;
     out.push('\'');
     Ok(out)
 }
