@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{Pipeline, PipelineError};
-use crate::config::{StreamPattern, TrimMode};
+use crate::config::TrimMode;
 use crate::entry::EntryId;
 use crate::metrics::{GroupGauges, now_ms};
-use crate::redis::{RedisError, admin, mapped_streams};
+use crate::redis::{RedisError, admin};
 
 /// How often glob patterns are re-scanned for new streams.
 const DISCOVER_EVERY: Duration = Duration::from_secs(30);
@@ -121,14 +121,8 @@ impl Pipeline {
     /// Finds the streams of every mapping and starts reading the new ones, each routed
     /// to the first mapping that names it (a stream's route never changes).
     pub(super) async fn discover(&mut self) -> Result<(), RedisError> {
-        let patterns: Vec<&[StreamPattern]> = self
-            .core
-            .mappings
-            .iter()
-            .map(|m| m.streams.as_slice())
-            .collect();
+        let found = self.core.mapped_streams(self.reader.control()).await?;
         let redis = &self.core.config.redis;
-        let found = mapped_streams(self.reader.control(), &patterns, redis).await?;
         for (name, index) in found {
             self.reader
                 .add_streams(std::slice::from_ref(&name), &redis.start)

@@ -78,6 +78,17 @@ impl Core {
         };
         Ok(Some((core, reader)))
     }
+
+    /// The streams of every mapping in Redis now, each with the first mapping that
+    /// names it, asked on `control`.
+    pub(super) async fn mapped_streams(
+        &self,
+        control: &mut crate::redis::Control,
+    ) -> Result<Vec<(String, usize)>, crate::redis::RedisError> {
+        let patterns: Vec<&[crate::config::StreamPattern]> =
+            self.mappings.iter().map(|m| m.streams.as_slice()).collect();
+        crate::redis::mapped_streams(control, &patterns, &self.config.redis).await
+    }
 }
 
 /// The compiled `[[mapping]]`s, in order (a mapping's index is its position).

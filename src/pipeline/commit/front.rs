@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Committer, Failure, GROUP_TXS, LEAD_EVERY, ON_THE_WAY_EVERY};
-use crate::config::StreamPattern;
+use super::{Committer, Failure, GROUP_TXS, ON_THE_WAY_EVERY, PASS_EVERY};
 use crate::decode::TxEnd;
 use crate::entry::EntryId;
 use crate::metrics::Counter;
@@ -229,7 +228,7 @@ impl Committer {
         if self
             .waiting
             .as_ref()
-            .is_some_and(|(_, since, _)| since.elapsed() < LEAD_EVERY)
+            .is_some_and(|(_, since, _)| since.elapsed() < PASS_EVERY)
         {
             return Ok(false);
         }
@@ -359,15 +358,7 @@ impl Committer {
     /// Whether an entry at or before `upto` of a mapped stream may still reach the
     /// group (undelivered, or pending on some consumer).
     pub(super) async fn on_the_way(&mut self, upto: EntryId) -> Result<bool, RedisError> {
-        let patterns: Vec<&[StreamPattern]> = self
-            .core
-            .mappings
-            .iter()
-            .map(|m| m.streams.as_slice())
-            .collect();
-        let streams =
-            crate::redis::mapped_streams(&mut self.control, &patterns, &self.core.config.redis)
-                .await?;
+        let streams = self.core.mapped_streams(&mut self.control).await?;
         let group = self.core.config.redis.group.clone();
         for (stream, _) in streams {
             if inspect::on_the_way(&mut self.control, &stream, &group, upto).await? {

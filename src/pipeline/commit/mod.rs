@@ -48,6 +48,9 @@ use crate::write::{Progress, TxStore, WriteError, is_fenced};
 const POLL: Duration = Duration::from_millis(5);
 /// How often a waiting instance asks whether it commits now.
 const LEAD_EVERY: Duration = Duration::from_millis(250);
+/// How often the progress moves over records passed (BEGINs, transactions of tables
+/// redsink does not read) when nothing else is applied.
+const PASS_EVERY: Duration = Duration::from_secs(1);
 /// Records of the transaction stream read ahead at most.
 const READ_AHEAD: usize = 1024;
 /// Transactions one commit looks at, at most.
