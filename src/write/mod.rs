@@ -262,6 +262,9 @@ pub fn database_message(e: &(dyn std::error::Error + 'static)) -> Option<String>
 /// zone UTC (naive Debezium timestamps are UTC), and the timeouts and server-side TCP
 /// keepalives that bound every wait (`[postgres]` in docs/CONFIG.md; `0` = off). sqlx
 /// 0.9 has no client-side keepalive, so the server's are what notice a vanished peer.
+/// Prepared statements keep one generic plan: with the values known, Postgres plans an
+/// `unnest` of a few rows as cheaper than the generic plan and so re-plans the statement
+/// at every execution (a batch of 5 rows in each of 200 tables: 32 ms, 14 ms with the generic plan).
 pub fn session_settings(config: &PostgresConfig) -> Vec<(&'static str, String)> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     // Keepalive settings are whole seconds; a sub-second value rounds up, not to "off".
@@ -281,6 +284,7 @@ pub fn session_settings(config: &PostgresConfig) -> Vec<(&'static str, String)> 
             if keepalive > 0 { "3" } else { "0" }.into(),
         ),
         ("tcp_user_timeout", (keepalive * 4000).to_string()),
+        ("plan_cache_mode", "force_generic_plan".into()),
     ]
 }
 
