@@ -193,17 +193,21 @@ impl Pipeline {
             Ok(()) => self.core.events.postgres_answers(),
             Err(e) => self.core.events.postgres_silent(&e),
         }
-        let streams: Vec<Arc<str>> = self.core.routes.keys().cloned().collect();
+        let streams: Vec<(Arc<str>, String)> = self
+            .core
+            .routes
+            .keys()
+            .map(|s| (s.clone(), self.core.config.redis.dlq_stream(s)))
+            .collect();
         let metrics = self.core.events.metrics();
-        for stream in streams {
-            let dlq = self.core.config.redis.dlq_stream(&stream);
-            match self.reader.stream_status(&stream, &dlq).await {
+        for (stream, outcome) in self.reader.gauges(streams).await {
+            match outcome {
                 Ok(Some(status)) => {
                     for g in &status.groups {
                         let gauges = GroupGauges {
                             lag: g.lag,
                             pending: g.pending,
-                            consumers: g.consumers.len() as u64,
+                            consumers: g.consumers,
                         };
                         metrics.set_group(&stream, &g.group, gauges);
                     }

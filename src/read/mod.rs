@@ -222,13 +222,16 @@ impl Reader {
         &mut self.control
     }
 
-    /// The stream's and its groups' state (for the metrics).
-    pub async fn stream_status(
-        &mut self,
-        stream: &str,
-        dlq: &str,
-    ) -> Result<Option<inspect::StreamStatus>, RedisError> {
-        inspect::stream_status(&mut self.control, stream, dlq).await
+    /// The streams' and their groups' counts (for the metrics): `(stream, dead-letter
+    /// stream)` → [`inspect::gauges`].
+    pub fn gauges(
+        &self,
+        streams: Vec<(Arc<str>, String)>,
+    ) -> impl Future<Output = Vec<(Arc<str>, Result<Option<inspect::StreamGauges>, RedisError>)>>
+    + Send
+    + 'static {
+        let control = self.control.clone();
+        async move { inspect::gauges(&control, streams).await }
     }
 
     /// Commands sent to read entries so far.
