@@ -227,9 +227,7 @@ impl Reader {
     pub fn gauges(
         &self,
         streams: Vec<(Arc<str>, String)>,
-    ) -> impl Future<Output = Vec<(Arc<str>, Result<Option<inspect::StreamGauges>, RedisError>)>>
-    + Send
-    + 'static {
+    ) -> impl Future<Output = inspect::Gauges> + Send + 'static {
         let control = self.control.clone();
         async move { inspect::gauges(&control, streams).await }
     }

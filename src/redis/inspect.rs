@@ -160,6 +160,9 @@ pub struct GroupCounts {
     pub consumers: u64,
 }
 
+/// Each stream's [`StreamGauges`] (`None`: it does not exist), as [`gauges`] answers.
+pub type Gauges = Vec<(std::sync::Arc<str>, Result<Option<StreamGauges>, RedisError>)>;
+
 /// How many streams [`gauges`] asks about at once.
 const GAUGES_AT_ONCE: usize = 64;
 
@@ -170,7 +173,7 @@ const GAUGES_AT_ONCE: usize = 64;
 pub async fn gauges(
     conn: &Control,
     streams: Vec<(std::sync::Arc<str>, String)>,
-) -> Vec<(std::sync::Arc<str>, Result<Option<StreamGauges>, RedisError>)> {
+) -> Gauges {
     use futures_util::StreamExt as _;
     futures_util::stream::iter(streams)
         .map(|(stream, dlq)| {
