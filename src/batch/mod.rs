@@ -343,6 +343,16 @@ impl Batcher {
         self.len() >= self.max_batch || self.deadline().is_some_and(|d| now >= d)
     }
 
+    /// The batch is full at `max_batch` entries from now on (the pipeline lowers it
+    /// while other instances write: `pipeline/share.rs`).
+    pub fn set_max_batch(&mut self, max_batch: usize) {
+        self.max_batch = max_batch.max(1);
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Room left before the batch is full.
     pub fn room(&self) -> usize {
         self.max_batch.saturating_sub(self.len())

@@ -45,7 +45,7 @@ pub(super) fn default_slow_write_after() -> Duration {
     Duration::from_secs(10)
 }
 pub(super) fn default_max_batch() -> usize {
-    1024
+    4096
 }
 pub(super) fn default_max_delay() -> Duration {
     Duration::from_millis(50)

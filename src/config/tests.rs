@@ -73,7 +73,7 @@ fn defaults_apply() {
     let c = load(BASE, &[]).expect("valid");
     assert_eq!(c.redis.group, "redsink");
     assert_eq!(c.redis.start, "0");
-    assert_eq!(c.batch.max_batch, 1024);
+    assert_eq!(c.batch.max_batch, 4096);
     assert_eq!(c.decode.null_value, "default");
     assert!(c.consumer().contains('-'));
     assert_eq!(c.mappings[0].version, VersionSource::Auto);

@@ -193,6 +193,7 @@ impl Pipeline {
             Ok(()) => self.core.events.postgres_answers(),
             Err(e) => self.core.events.postgres_silent(&e),
         }
+        self.share_keys().await;
         let streams: Vec<(Arc<str>, String)> = self
             .core
             .routes

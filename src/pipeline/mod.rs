@@ -58,6 +58,7 @@ mod plan;
 mod prepare;
 mod replay;
 mod retry;
+mod share;
 
 pub use replay::{ReplayOptions, ReplayProgress, replay};
 pub use retry::{error_text, source_chain};
@@ -85,10 +86,18 @@ use crate::write::{Catalog, WriteError, Writer};
 const READING: &str = "reading from redis";
 /// The operation name of re-reading the pending entries after a read error.
 const REWINDING: &str = "re-reading the pending entries";
-/// Transaction mode: events held for this instance's committer, in batches (half as
-/// many again while it waits for events: `held.rs`). 6: the benchmark's transaction
-/// workload staged nothing and kept peak RSS under 100 MiB (12 took 112–115 MiB).
+/// Transaction mode: events held for this instance's committer, in batches of
+/// [`tx_unit`] (half as many again while it waits for events: `held.rs`). 6: the
+/// benchmark's transaction workload staged nothing and kept peak RSS under 100 MiB (12
+/// took 112–115 MiB).
 const HELD_PER_BATCH: usize = 6;
+
+/// Transaction mode's unit of memory: `batch.max_batch`, but at most 1024 events (the
+/// size its held room and commits were measured with): the default `max_batch` is
+/// larger for the per-event path (`share.rs`), whose batches are not held in memory.
+pub(super) fn tx_unit(config: &Config) -> usize {
+    config.batch.max_batch.min(1024)
+}
 /// The longest the loop waits for the committer before looking again.
 const HELD_PAUSE: Duration = Duration::from_millis(50);
 /// How often a progress line is logged.
@@ -165,7 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Stats, P
     let result = match Pipeline::start(config, &loop_stop, events.clone()).await {
         Ok(Some(mut pipeline)) => {
             let committer = committer_config.map(|c| {
-                let held = Arc::new(held::Held::new(HELD_PER_BATCH * c.batch.max_batch));
+                let held = Arc::new(held::Held::new(HELD_PER_BATCH * tx_unit(&c)));
                 pipeline.core.held = Some(held.clone());
                 spawn_committer(c, held, &loop_stop, &events)
             });
@@ -396,7 +405,7 @@ impl Pipeline {
         // COUNT applies per stream: a batch's worth shared between them. Unacknowledged
         // entries stay bounded: this read, the entries being decoded, the batch and
         // the one in flight, each at most about `max_batch`.
-        let count = (core.config.batch.max_batch / core.routes.len().max(1)).max(1);
+        let count = (core.batcher.max_batch() / core.routes.len().max(1)).max(1);
         // Transaction mode: streams running ahead wait while the held room fills.
         let paused = match &core.held {
             Some(held) if held.half_full() => self.align.ahead(),

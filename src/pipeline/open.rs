@@ -55,8 +55,9 @@ impl Core {
         if !check_tables(&mut catalog, &mappings, shutdown, &events).await? {
             return Ok(None);
         }
-        let batcher = Batcher::new(config.batch.max_batch, config.batch.max_delay);
         let staging = config.transactions.is_some() && replay_as.is_none();
+        let full = super::share::configured(&config, staging);
+        let batcher = Batcher::new(full, config.batch.max_delay);
         let core = Core {
             staging,
             held: None,

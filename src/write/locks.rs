@@ -11,8 +11,9 @@ use crate::table::TableName;
 /// Above this many key locks a batch locks whole tables instead. Every advisory lock
 /// takes a slot of Postgres' shared lock table, which all sessions share: by default
 /// `max_locks_per_transaction` (64) × about 120 backends, ~7,700 slots (a PostgreSQL
-/// 15 server took 12,000 in one transaction and refused 16,000). 1024 is the default
-/// `batch.max_batch`, so a default batch never falls back; docs/SCALING.md has the sums.
+/// 15 server took 12,000 in one transaction and refused 16,000). While other instances
+/// of its group read, the pipeline keeps batches to this many entries, so they never
+/// fall back (`pipeline/share.rs`); docs/SCALING.md has the sums.
 pub const MAX_KEY_LOCKS: usize = 1024;
 
 /// The advisory locks a batch takes, sorted by ID (so two batches cannot deadlock), as

@@ -50,21 +50,36 @@ pub struct Writer {
 /// `status` and readiness use the rest. A write running while another holds it (the
 /// committer and a flush at once) takes a connection from the pool as before.
 #[derive(Clone, Default)]
-struct Home(Arc<std::sync::Mutex<Option<PoolConnection<Postgres>>>>);
+struct Home(Arc<std::sync::Mutex<Kept>>);
+
+/// The kept connection. A pool connection dropped outside a Tokio runtime panics (sqlx
+/// spawns a task to return it): a writer dropped there (after its runtime ended) lets
+/// its connection go with the process instead.
+#[derive(Default)]
+struct Kept(Option<PoolConnection<Postgres>>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            std::mem::forget(self.0.take());
+        }
+    }
+}
 
 impl Home {
     fn take(&self) -> Option<PoolConnection<Postgres>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
             .take()
     }
 
     /// Keeps `conn` for the next batch (it goes back to the pool when one is kept already).
     fn keep(&self, conn: PoolConnection<Postgres>) {
         let mut home = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if home.is_none() {
-            *home = Some(conn);
+        if home.0.is_none() {
+            home.0 = Some(conn);
         }
     }
 }

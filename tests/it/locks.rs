@@ -232,3 +232,37 @@ async fn a_frozen_instance_holds_the_others_up_only_until_postgres_ends_its_sess
     std::fs::remove_dir_all(&dir).ok();
     crate::common::cleanup_streams(&prefix).await;
 }
+
+/// Alone, an instance lets batches grow to `batch.max_batch` (one lock per table beyond
+/// 1024 keys); once another consumer of its group reads, it keeps them to 1024 entries
+/// (one lock per key), and the newcomer does so from its start.
+#[tokio::test]
+async fn batches_keep_to_key_locks_while_another_instance_reads() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = crate::common::unique("share");
+    let text = |consumer: &str| {
+        config_text(&db, consumer, "")
+            .replace("max_batch = 500", "max_batch = 4000")
+            + &crate::items_mapping(&prefix)
+    };
+    let others = |l: &str| l.contains("other instances read this group");
+    let mut a = crate::common::Spawned::start(&text("a"), &["run"], "info");
+    assert!(
+        a.wait_line(Duration::from_secs(30), |l| l.contains("started")).is_some(),
+        "A did not start: {}",
+        a.log()
+    );
+    // A reads (its consumer exists) before B looks.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut b = crate::common::Spawned::start(&text("b"), &["run"], "info");
+    let line = b.wait_line(Duration::from_secs(30), others);
+    assert!(line.is_some_and(|l| l.contains("max_batch=1024")), "B: {}", b.log());
+    // A looks again with the metrics' poll, every 15 s.
+    assert!(
+        a.wait_line(Duration::from_secs(20), others).is_some(),
+        "A did not notice B: {}",
+        a.log()
+    );
+    assert!(!a.log().contains("no other instance"), "{}", a.log());
+}

@@ -184,7 +184,7 @@ impl Committer {
     /// Events one commit of whole transactions takes, at most (one transaction is
     /// never split below `max_events`).
     pub(super) fn max_group(&self) -> i64 {
-        i64::try_from(self.core.config.batch.max_batch * 4).unwrap_or(i64::MAX)
+        i64::try_from(crate::pipeline::tx_unit(&self.core.config) * 4).unwrap_or(i64::MAX)
     }
 
     /// The finish of a commit that moves the progress to `end_id`.

@@ -11,7 +11,7 @@
 //! The loop: read the transaction stream ahead (BEGIN and END records, in commit
 //! order) from the progress; take the longest run of ENDs at its front whose events
 //! (of the data collections redsink reads: [`Committer::expected`]) are all staged, up
-//! to 4 × `batch.max_batch` events (`front.rs`); take their held events and prepare
+//! to 4 × `tx_unit` events (`front.rs`); take their held events and prepare
 //! the staged ones again (decode → map, as the instance that staged them did), write
 //! them in one transaction in the orders `plan.rs` gives, with the staged rows removed
 //! and the progress moved in the same commit, by a task while the next is prepared
