@@ -52,19 +52,16 @@ impl Pipeline {
         };
         let group = self.core.config.redis.group.clone();
         let me = self.core.config.consumer().to_string();
-        let consumers =
-            match inspect::consumers(self.reader.control(), &stream, &group).await {
-                Ok(consumers) => consumers,
-                Err(e) => {
-                    tracing::debug!(error = %e, "looking for other instances failed");
-                    return;
-                }
-            };
+        let consumers = match inspect::consumers(self.reader.control(), &stream, &group).await {
+            Ok(consumers) => consumers,
+            Err(e) => {
+                tracing::debug!(error = %e, "looking for other instances failed");
+                return;
+            }
+        };
         let within = OTHERS_LIVE_WITHIN.max(self.core.config.redis.block * 3);
         let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
-        let others = consumers
-            .iter()
-            .any(|c| c.name != me && c.idle_ms < within);
+        let others = consumers.iter().any(|c| c.name != me && c.idle_ms < within);
         let ceiling = ceiling(configured(&self.core.config, self.core.staging), others);
         if ceiling != self.core.batcher.max_batch() {
             tracing::info!(

@@ -161,7 +161,10 @@ pub struct GroupCounts {
 }
 
 /// Each stream's [`StreamGauges`] (`None`: it does not exist), as [`gauges`] answers.
-pub type Gauges = Vec<(std::sync::Arc<str>, Result<Option<StreamGauges>, RedisError>)>;
+pub type Gauges = Vec<(
+    std::sync::Arc<str>,
+    Result<Option<StreamGauges>, RedisError>,
+)>;
 
 /// How many streams [`gauges`] asks about at once.
 const GAUGES_AT_ONCE: usize = 64;
@@ -170,10 +173,7 @@ const GAUGES_AT_ONCE: usize = 64;
 /// does not exist: two commands a stream (XINFO GROUPS, XLEN), sent for many streams at
 /// once on clones of `conn` (one multiplexed connection: they travel pipelined), so
 /// that 1,600 streams take a few round trips, not 16,000 one after the other.
-pub async fn gauges(
-    conn: &Control,
-    streams: Vec<(std::sync::Arc<str>, String)>,
-) -> Gauges {
+pub async fn gauges(conn: &Control, streams: Vec<(std::sync::Arc<str>, String)>) -> Gauges {
     use futures_util::StreamExt as _;
     futures_util::stream::iter(streams)
         .map(|(stream, dlq)| {

@@ -52,9 +52,9 @@ use crate::entry::{DeadLetter, EntryId};
 
 pub use catalog::{Catalog, VERSION_COLUMN, inspect_table};
 pub use horizon::{Collected, PgClock};
+pub use locks::MAX_KEY_LOCKS;
 pub use migrate::{BOOKKEEPING, INTERNAL_TABLES, MIGRATOR, internal_tables_present, migrate};
 pub use staging::{Progress, StagedEvent, TxFinish, TxStore, is_fenced};
-pub use locks::MAX_KEY_LOCKS;
 pub use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]

@@ -381,7 +381,10 @@ mod tests {
     fn commit_moves_checkpoints_with_quoted_names() {
         let sql =
             commit_sql("g'1", &[(Arc::from("s'0"), EntryId { ms: 1, seq: 2 })]).unwrap_or_default();
-        assert!(sql.contains("SELECT 'g''1', s, m::text || '-' || q::text, m, q"), "{sql}");
+        assert!(
+            sql.contains("SELECT 'g''1', s, m::text || '-' || q::text, m, q"),
+            "{sql}"
+        );
         assert!(
             sql.contains(r#"unnest(E'{"s''0"}'::text[], '{1}'::int8[], '{2}'::int8[])"#),
             "{sql}"

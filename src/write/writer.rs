@@ -77,7 +77,10 @@ impl Home {
 
     /// Keeps `conn` for the next batch (it goes back to the pool when one is kept already).
     fn keep(&self, conn: PoolConnection<Postgres>) {
-        let mut home = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut home = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if home.0.is_none() {
             home.0 = Some(conn);
         }
@@ -189,7 +192,6 @@ impl Writer {
         }
         outcome
     }
-
 
     /// The transaction. Without `isolate`, a batch of several statements goes in one
     /// round trip ([`Self::at_once`], `once.rs`). Otherwise (one statement, `isolate`, or a value

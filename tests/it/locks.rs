@@ -242,14 +242,14 @@ async fn batches_keep_to_key_locks_while_another_instance_reads() {
     db.exec(ITEMS).await;
     let prefix = crate::common::unique("share");
     let text = |consumer: &str| {
-        config_text(&db, consumer, "")
-            .replace("max_batch = 500", "max_batch = 4000")
+        config_text(&db, consumer, "").replace("max_batch = 500", "max_batch = 4000")
             + &crate::items_mapping(&prefix)
     };
     let others = |l: &str| l.contains("other instances read this group");
     let mut a = crate::common::Spawned::start(&text("a"), &["run"], "info");
     assert!(
-        a.wait_line(Duration::from_secs(30), |l| l.contains("started")).is_some(),
+        a.wait_line(Duration::from_secs(30), |l| l.contains("started"))
+            .is_some(),
         "A did not start: {}",
         a.log()
     );
@@ -257,7 +257,11 @@ async fn batches_keep_to_key_locks_while_another_instance_reads() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut b = crate::common::Spawned::start(&text("b"), &["run"], "info");
     let line = b.wait_line(Duration::from_secs(30), others);
-    assert!(line.is_some_and(|l| l.contains("max_batch=1024")), "B: {}", b.log());
+    assert!(
+        line.is_some_and(|l| l.contains("max_batch=1024")),
+        "B: {}",
+        b.log()
+    );
     // A looks again with the metrics' poll, every 15 s.
     assert!(
         a.wait_line(Duration::from_secs(20), others).is_some(),
