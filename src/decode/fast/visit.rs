@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::decode::event::{Field, POSITION_FIELDS, Row, Source, scalar_text};
+use crate::decode::event::{Field, POSITION_FIELDS, Row, Source};
 
 /// Keys serde_json gives its own meaning (arbitrary-precision numbers, raw values):
 /// the `Value` path decides what such an object is.
@@ -234,20 +234,16 @@ impl<'de> Visitor<'de> for SourceVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SourceBlock, A::Error> {
         let mut s = Source::default();
         let mut position: [Option<String>; POSITION_FIELDS.len()] = Default::default();
-        let text = |v: Value| match v {
-            Value::String(s) => Some(s),
-            _ => None,
-        };
         // Each occurrence of a key sets its slot: the last one wins, as in a Map.
         while let Some(key) = map.next_key_seed(Classify(source_key))? {
             match key {
-                SourceKey::Connector => s.connector = text(map.next_value()?),
-                SourceKey::Db => s.db = text(map.next_value()?),
-                SourceKey::Schema => s.schema = text(map.next_value()?),
-                SourceKey::Table => s.table = text(map.next_value()?),
-                SourceKey::Lsn => s.lsn = map.next_value::<Value>()?.as_u64(),
-                SourceKey::TsMs => s.ts_ms = map.next_value::<Value>()?.as_i64(),
-                SourceKey::Position(i) => position[i] = scalar_text(&map.next_value::<Value>()?),
+                SourceKey::Connector => s.connector = map.next_value::<Scalar>()?.text(),
+                SourceKey::Db => s.db = map.next_value::<Scalar>()?.text(),
+                SourceKey::Schema => s.schema = map.next_value::<Scalar>()?.text(),
+                SourceKey::Table => s.table = map.next_value::<Scalar>()?.text(),
+                SourceKey::Lsn => s.lsn = map.next_value::<Scalar>()?.unsigned(),
+                SourceKey::TsMs => s.ts_ms = map.next_value::<Scalar>()?.signed(),
+                SourceKey::Position(i) => position[i] = map.next_value::<Scalar>()?.scalar_text(),
                 SourceKey::Private => return Err(unsure()),
                 SourceKey::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -260,5 +256,85 @@ impl<'de> Visitor<'de> for SourceVisitor {
             .filter_map(|((name, _), v)| Some((*name, v?)))
             .collect();
         Ok(SourceBlock(s))
+    }
+}
+
+/// A `source` value as the `Value` accessors see it, without building the `Value`: a
+/// string, a whole number serde_json reads as u64 or i64, or something else that is
+/// none of them. Other numbers, objects and arrays are for the `Value` path.
+enum Scalar {
+    Text(String),
+    U64(u64),
+    I64(i64),
+    Other,
+}
+
+impl Scalar {
+    /// `Value::as_str`, owned.
+    fn text(self) -> Option<String> {
+        match self {
+            Scalar::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+    /// `Value::as_u64`.
+    fn unsigned(self) -> Option<u64> {
+        match self {
+            Scalar::U64(n) => Some(n),
+            _ => None,
+        }
+    }
+    /// `Value::as_i64`.
+    fn signed(self) -> Option<i64> {
+        match self {
+            Scalar::U64(n) => i64::try_from(n).ok(),
+            Scalar::I64(n) => Some(n),
+            _ => None,
+        }
+    }
+    /// `event::scalar_text`.
+    fn scalar_text(self) -> Option<String> {
+        match self {
+            Scalar::Text(t) => Some(t),
+            Scalar::U64(n) => Some(n.to_string()),
+            Scalar::I64(n) => Some(n.to_string()),
+            Scalar::Other => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, a whole number, a boolean or null")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::U64(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::I64(v))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
     }
 }
