@@ -180,10 +180,16 @@ fn map_order(mut fields: Vec<Field>) -> Vec<Field> {
     if fields.windows(2).all(|w| w[0].name < w[1].name) {
         return fields;
     }
-    // Reversed, a stable sort puts the last of equal names first, which dedup keeps.
-    fields.reverse();
+    // Stable: of equal names the last comes last; dedup keeps the first slot of a run,
+    // so the later field moves into it.
     fields.sort_by(|a, b| a.name.cmp(&b.name));
-    fields.dedup_by(|later, kept| later.name == kept.name);
+    fields.dedup_by(|later, kept| {
+        let same = later.name == kept.name;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
     fields
 }
 
