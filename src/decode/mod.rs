@@ -12,8 +12,10 @@
 //! Both with the JSON converter's schemas (`{"schema":…,"payload":…}`) and without.
 //!
 //! Here: the entry's fields, the key, and events without `op` that are skipped;
-//! `envelope` decodes a Debezium envelope, `flattened` an event flattened by
-//! `ExtractNewRecordState`, `logical` reads field schemas; `event` holds the types.
+//! `fast` decodes the common case (an envelope) without a `Value` tree and leaves
+//! anything else to the `Value` path: `envelope` decodes a Debezium envelope,
+//! `flattened` an event flattened by `ExtractNewRecordState`, `logical` reads field
+//! schemas; `event` holds the types.
 
 mod envelope;
 mod event;
