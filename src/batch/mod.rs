@@ -12,7 +12,6 @@
 //! the batch (`BatchRow::entries`) so it is acked, or dead-lettered with the winner if
 //! Postgres rejects the winner.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,14 +170,16 @@ pub struct Batcher {
     max_delay: Duration,
     first_at: Option<Instant>,
     tables: Vec<TableRows>,
-    table_index: HashMap<TableName, usize>,
-    /// (table position, key text) → row position in that table's rows.
-    row_index: HashMap<(usize, String), usize>,
+    // foldhash, not std's SipHash: these are hashed for every entry (a fast hasher with
+    // a random seed per process; the keys are not chosen by an attacker who sees it).
+    table_index: foldhash::HashMap<TableName, usize>,
+    /// Per table position: key text → row position in that table's rows.
+    row_index: Vec<foldhash::HashMap<String, usize>>,
     dead: Vec<DeadLetter>,
     acks: Vec<EntryRef>,
     /// The entries in the batch: one read twice (our own PEL re-read and XAUTOCLAIM
     /// can both return it) is taken once.
-    seen: HashSet<(Arc<str>, EntryId)>,
+    seen: foldhash::HashSet<(Arc<str>, EntryId)>,
     source_ts_ms: Vec<i64>,
     staged: Vec<Staged>,
 }
@@ -192,11 +193,11 @@ impl Batcher {
             source_ts_ms: Vec::new(),
             staged: Vec::new(),
             tables: Vec::new(),
-            table_index: HashMap::new(),
-            row_index: HashMap::new(),
+            table_index: foldhash::HashMap::default(),
+            row_index: Vec::new(),
             dead: Vec::new(),
             acks: Vec::new(),
-            seen: HashSet::new(),
+            seen: foldhash::HashSet::default(),
         }
     }
 
@@ -230,6 +231,7 @@ impl Batcher {
             truncate_entries: Vec::new(),
             rows: Vec::new(),
         });
+        self.row_index.push(foldhash::HashMap::default());
         let t = self.tables.len() - 1;
         self.table_index.insert(table.name.clone(), t);
         t
@@ -268,7 +270,7 @@ impl Batcher {
         }
         let t = self.table(&change.table);
         let rows = &mut self.tables[t].rows;
-        match self.row_index.get(&(t, change.key_text.clone())) {
+        match self.row_index[t].get(change.key_text.as_str()) {
             Some(&r) => {
                 let slot = &mut rows[r];
                 let older = std::mem::replace(&mut slot.change, change);
@@ -276,8 +278,7 @@ impl Batcher {
                 slot.entries.push(entry);
             }
             None => {
-                self.row_index
-                    .insert((t, change.key_text.clone()), rows.len());
+                self.row_index[t].insert(change.key_text.clone(), rows.len());
                 rows.push(BatchRow {
                     change,
                     before: Vec::new(),
@@ -362,7 +363,7 @@ impl Batcher {
     pub fn take(&mut self) -> Batch {
         let acks = std::mem::take(&mut self.acks);
         // Each stream's highest ID: a map, as a batch can span 1,600 streams.
-        let mut at: HashMap<&str, usize> = HashMap::new();
+        let mut at: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
         let mut highest: Vec<EntryRef> = Vec::new();
         for (stream, id) in &acks {
             match at.get(&**stream) {

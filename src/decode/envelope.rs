@@ -12,15 +12,27 @@ use super::{row_from, struct_fields};
 /// Whether a value is a Debezium envelope. An envelope has `op` and `source` (or a row
 /// image); a flattened row may well have columns named `op`, `status` or `id`.
 pub(super) fn is_envelope(schema: Option<&Value>, payload: &Map<String, Value>) -> bool {
+    is_envelope_by(
+        schema,
+        payload.get("source").is_some_and(Value::is_object),
+        payload.contains_key("after"),
+        payload.contains_key("before"),
+    )
+}
+
+/// [`is_envelope`] by what the payload has: a `source` object, an `after` key, a
+/// `before` key.
+pub(super) fn is_envelope_by(
+    schema: Option<&Value>,
+    source_object: bool,
+    has_after: bool,
+    has_before: bool,
+) -> bool {
     match schema.and_then(|s| s.get("name")).and_then(Value::as_str) {
         // With schemas, the name says it (`<topic>.Envelope`; logical decoding messages
         // are `…MessageValue`).
         Some(name) => name.ends_with("Envelope") || name.ends_with("MessageValue"),
-        None => {
-            payload.get("source").is_some_and(Value::is_object)
-                || payload.contains_key("after")
-                || payload.contains_key("before")
-        }
+        None => source_object || has_after || has_before,
     }
 }
 
@@ -80,7 +92,7 @@ pub(super) fn envelope(
 
 /// The `transaction` block: null or absent → `None`; else `id` (a string) and
 /// `total_order` (a whole number) are needed.
-fn tx_block(block: Option<&Value>) -> Result<Option<TxBlock>, String> {
+pub(super) fn tx_block(block: Option<&Value>) -> Result<Option<TxBlock>, String> {
     let block = match block {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(b)) => b,

@@ -12,11 +12,14 @@
 //! Both with the JSON converter's schemas (`{"schema":…,"payload":…}`) and without.
 //!
 //! Here: the entry's fields, the key, and events without `op` that are skipped;
-//! `envelope` decodes a Debezium envelope, `flattened` an event flattened by
-//! `ExtractNewRecordState`, `logical` reads field schemas; `event` holds the types.
+//! `fast` decodes the common case (an envelope) without a `Value` tree and leaves
+//! anything else to the `Value` path: `envelope` decodes a Debezium envelope,
+//! `flattened` an event flattened by `ExtractNewRecordState`, `logical` reads field
+//! schemas; `event` holds the types.
 
 mod envelope;
 mod event;
+mod fast;
 mod flattened;
 mod logical;
 mod transaction;
@@ -77,6 +80,19 @@ fn decode_fields(
     if stream.starts_with(HEARTBEAT_PREFIX) {
         return Ok(Decoded::Skip(Skip::Heartbeat));
     }
+    if let Some(decoded) = fast::decode(key_text, value_text, config) {
+        return Ok(decoded);
+    }
+    decode_value(key_text, value_text, config)
+}
+
+/// The `Value` path of [`decode_fields`]: the whole value as a `serde_json::Value`,
+/// for what the fast path is not sure of (and every error).
+fn decode_value(
+    key_text: &str,
+    value_text: &str,
+    config: &DecodeConfig,
+) -> Result<Decoded, String> {
     let value: Value =
         serde_json::from_str(value_text).map_err(|e| format!("the value is not JSON: {e}"))?;
     let (value_schema, payload) = split_schema(value);
@@ -187,12 +203,7 @@ fn row_from(map: Map<String, Value>, schema: Option<&[Value]>) -> Row {
     Row(map
         .into_iter()
         .map(|(name, value)| {
-            let logical = schema.and_then(|fields| {
-                fields
-                    .iter()
-                    .find(|f| f.get("field").and_then(Value::as_str) == Some(name.as_str()))
-                    .and_then(Logical::from_schema)
-            });
+            let logical = schema.and_then(|fields| logical_of(fields, &name));
             Field {
                 name,
                 value,
@@ -200,6 +211,14 @@ fn row_from(map: Map<String, Value>, schema: Option<&[Value]>) -> Row {
             }
         })
         .collect())
+}
+
+/// The logical type of field `name` by the row struct's field schemas.
+fn logical_of(fields: &[Value], name: &str) -> Option<Logical> {
+    fields
+        .iter()
+        .find(|f| f.get("field").and_then(Value::as_str) == Some(name))
+        .and_then(Logical::from_schema)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Column mapping of a mapping (`[mapping.columns]`): which event fields are written,
 //! under which column names, plus columns filled from constants or event attributes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::config::ColumnsConfig;
 use crate::decode::{ChangeEvent, Field, Row};
@@ -44,9 +44,10 @@ impl EventAttr {
 /// A compiled [`ColumnsConfig`].
 #[derive(Debug, Clone, Default)]
 pub struct Columns {
-    include: Option<HashSet<String>>,
-    exclude: HashSet<String>,
-    rename: HashMap<String, String>,
+    // Looked up for every field of every event: foldhash, not std's SipHash.
+    include: Option<foldhash::HashSet<String>>,
+    exclude: foldhash::HashSet<String>,
+    rename: foldhash::HashMap<String, String>,
     fixed: Vec<(String, String)>,
     from_event: Vec<(String, EventAttr)>,
 }

@@ -71,13 +71,7 @@ impl TableSchema {
                 )
             })?);
         }
-        let mut wanted = idx.clone();
-        wanted.sort_unstable();
-        let matches = self.unique_keys.iter().any(|k| {
-            let mut k = k.clone();
-            k.sort_unstable();
-            k == wanted
-        });
+        let matches = self.unique_keys.iter().any(|k| same_columns(k, &idx));
         if !matches {
             let cols = names.join(", ");
             return Err(MapError::table(
@@ -91,6 +85,27 @@ impl TableSchema {
         }
         Ok(idx)
     }
+}
+
+/// Whether two lists of column indices hold the same columns (as multisets), without
+/// allocating for keys of up to 8 columns (this runs for every event).
+fn same_columns(a: &[usize], b: &[usize]) -> bool {
+    const SMALL: usize = 8;
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= SMALL {
+        let (mut x, mut y) = ([0; SMALL], [0; SMALL]);
+        x[..a.len()].copy_from_slice(a);
+        y[..b.len()].copy_from_slice(b);
+        x[..a.len()].sort_unstable();
+        y[..b.len()].sort_unstable();
+        return x[..a.len()] == y[..b.len()];
+    }
+    let (mut x, mut y) = (a.to_vec(), b.to_vec());
+    x.sort_unstable();
+    y.sort_unstable();
+    x == y
 }
 
 #[cfg(test)]
@@ -184,5 +199,18 @@ mod tests {
             );
         }
         assert!(resolve_table(&t, &event("inventory", "t"), "s").is_ok());
+    }
+
+    #[test]
+    fn key_columns_match_in_any_order_and_as_many_times() {
+        assert!(same_columns(&[2, 0], &[0, 2]));
+        assert!(!same_columns(&[0, 0, 1], &[0, 1, 1]));
+        assert!(!same_columns(&[0], &[0, 1]));
+        let long: Vec<usize> = (0..12).collect();
+        let mut rev = long.clone();
+        rev.reverse();
+        assert!(same_columns(&long, &rev));
+        rev[0] = 0;
+        assert!(!same_columns(&long, &rev));
     }
 }

@@ -63,7 +63,6 @@ mod share;
 pub use replay::{ReplayOptions, ReplayProgress, replay};
 pub use retry::{error_text, source_chain};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -267,7 +266,8 @@ struct Pipeline {
 struct Core {
     config: Config,
     mappings: Vec<Mapping>,
-    routes: HashMap<Arc<str>, usize>,
+    /// Looked up for every entry: foldhash, not std's SipHash.
+    routes: foldhash::HashMap<Arc<str>, usize>,
     /// The target tables' catalog facts, cached (the loop's; the write task needs none).
     catalog: Catalog,
     writer: Writer,

@@ -4,7 +4,6 @@
 //! streams are known, [`check_consumer_name`] refuses to start under a consumer name
 //! that another live instance reads with.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +62,7 @@ impl Core {
             held: None,
             config,
             mappings,
-            routes: HashMap::new(),
+            routes: foldhash::HashMap::default(),
             catalog,
             writer,
             acker,

@@ -45,7 +45,8 @@ ORDER BY i.indisprimary DESC, i.indexrelid";
 /// The catalog facts of each target table, read once and cached; schema evolution.
 pub struct Catalog {
     pool: PgPool,
-    tables: HashMap<TableName, Arc<TableSchema>>,
+    /// Looked up for every event: foldhash, not std's SipHash.
+    tables: foldhash::HashMap<TableName, Arc<TableSchema>>,
     /// When each table's catalog was last read again by [`Catalog::reload`].
     loaded_at: HashMap<TableName, Instant>,
 }
@@ -57,7 +58,7 @@ impl Catalog {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            tables: HashMap::new(),
+            tables: foldhash::HashMap::default(),
             loaded_at: HashMap::new(),
         }
     }

@@ -16,7 +16,7 @@ const MAX_SCALE: u32 = 1000;
 pub(super) fn integer(value: &Value, ty: &str) -> Result<String, String> {
     let n: i128 = match value {
         Value::Number(n) => n
-            .to_string()
+            .as_str()
             .parse()
             .map_err(|_| format!("{} is not a whole number", short(value)))?,
         Value::String(s) => s
@@ -80,31 +80,60 @@ fn unscaled_to_text(b64: &str, scale: i32) -> Result<String, String> {
     let raw = BASE64
         .decode(b64)
         .map_err(|_| format!("\"{b64}\" is neither a decimal nor base64"))?;
-    let unscaled = BigInt::from_signed_bytes_be(&raw);
-    let digits = unscaled.magnitude().to_string();
-    let sign = if unscaled.sign() == num_bigint::Sign::Minus {
-        "-"
-    } else {
-        ""
-    };
+    unscaled_bytes_to_text(&raw, scale)
+}
+
+/// Big-endian two's-complement unscaled value → decimal text.
+fn unscaled_bytes_to_text(raw: &[u8], scale: i32) -> Result<String, String> {
+    let (negative, digits) = unscaled_digits(raw);
     if scale.unsigned_abs() > MAX_SCALE {
         return Err(format!(
             "scale {scale} is larger than Postgres allows ({MAX_SCALE})"
         ));
     }
+    let scale_len = scale.unsigned_abs() as usize;
+    let mut text = String::with_capacity(digits.len() + scale_len + 3);
+    if negative {
+        text.push('-');
+    }
     if scale <= 0 {
         // numeric(p,-s): the unscaled value counts tens, hundreds, …
-        let zeros = if digits == "0" {
-            String::new()
-        } else {
-            "0".repeat(scale.unsigned_abs() as usize)
-        };
-        return Ok(format!("{sign}{digits}{zeros}"));
+        text.push_str(&digits);
+        if digits != "0" {
+            text.extend(std::iter::repeat_n('0', scale_len));
+        }
+    } else if digits.len() > scale_len {
+        let (int, frac) = digits.split_at(digits.len() - scale_len);
+        text.push_str(int);
+        text.push('.');
+        text.push_str(frac);
+    } else {
+        text.push_str("0.");
+        text.extend(std::iter::repeat_n('0', scale_len - digits.len()));
+        text.push_str(&digits);
     }
-    let scale = scale.unsigned_abs() as usize;
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (int, frac) = padded.split_at(padded.len() - scale);
-    Ok(format!("{sign}{int}.{frac}"))
+    Ok(text)
+}
+
+/// (negative, the magnitude's digits) of a big-endian two's-complement integer; up to
+/// 16 bytes (every decimal of up to 38 digits) without a big integer.
+fn unscaled_digits(raw: &[u8]) -> (bool, String) {
+    if raw.len() <= 16 {
+        let fill = if raw.first().is_some_and(|b| b & 0x80 != 0) {
+            0xff
+        } else {
+            0
+        };
+        let mut bytes = [fill; 16];
+        bytes[16 - raw.len()..].copy_from_slice(raw);
+        let n = i128::from_be_bytes(bytes);
+        return (n < 0, n.unsigned_abs().to_string());
+    }
+    let unscaled = BigInt::from_signed_bytes_be(raw);
+    (
+        unscaled.sign() == num_bigint::Sign::Minus,
+        unscaled.magnitude().to_string(),
+    )
 }
 
 /// Kafka Connect / Debezium decimals in all their JSON shapes.
@@ -122,10 +151,11 @@ pub(super) fn decimal(value: &Value, scale: Option<i32>, base64: bool) -> Result
         // Base64 of the unscaled value (`decimal.handling.mode=precise`), with the scale
         // from the schema or the column's numeric(p,s).
         // A string that is not base64 but a decimal literal is unambiguous: taken as is.
-        Value::String(s) if BASE64.decode(s).is_err() && is_decimal_literal(s) => Ok(s.clone()),
-        Value::String(s) => match scale {
-            Some(scale) => unscaled_to_text(s, scale),
-            None => Err(format!(
+        Value::String(s) => match (BASE64.decode(s), scale) {
+            (Err(_), _) if is_decimal_literal(s) => Ok(s.clone()),
+            (Ok(raw), Some(scale)) => unscaled_bytes_to_text(&raw, scale),
+            (Err(_), Some(scale)) => unscaled_to_text(s, scale),
+            (_, None) => Err(format!(
                 "{} is base64 but the column has no scale: declare it numeric(p,s), \
                  send events with schemas, or set the mapping's decimal_handling",
                 short(value)
@@ -233,5 +263,63 @@ mod tests {
         assert!(err.contains("no scale"), "{err}");
         let huge = json!({"scale": 4_000_000_000_u64, "value": "AQ=="});
         assert!(conv(huge, None, &ty("numeric", None, None)).is_err());
+    }
+
+    /// The text the BigInt-only version wrote.
+    fn with_bigint(raw: &[u8], scale: i32) -> String {
+        let unscaled = num_bigint::BigInt::from_signed_bytes_be(raw);
+        let digits = unscaled.magnitude().to_string();
+        let sign = if unscaled.sign() == num_bigint::Sign::Minus {
+            "-"
+        } else {
+            ""
+        };
+        if scale <= 0 {
+            let zeros = if digits == "0" {
+                String::new()
+            } else {
+                "0".repeat(scale.unsigned_abs() as usize)
+            };
+            return format!("{sign}{digits}{zeros}");
+        }
+        let scale = scale.unsigned_abs() as usize;
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        format!("{sign}{int}.{frac}")
+    }
+
+    proptest::proptest! {
+        /// Up to 16 bytes without a big integer: the same text as with one.
+        #[test]
+        fn unscaled_values_read_as_with_a_big_integer(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            scale in -6_i32..45,
+        ) {
+            proptest::prop_assert_eq!(
+                super::unscaled_bytes_to_text(&raw, scale).expect("in range"),
+                with_bigint(&raw, scale)
+            );
+        }
+    }
+
+    #[test]
+    fn edges_of_the_small_path() {
+        for raw in [
+            vec![],
+            vec![0],
+            vec![0x80],
+            vec![0xff; 16],
+            [vec![0x80], vec![0; 15]].concat(),
+            [vec![0x7f], vec![0xff; 15]].concat(),
+            [vec![0xff], vec![0x80], vec![0; 15]].concat(),
+        ] {
+            for scale in [-2, 0, 2, 40] {
+                assert_eq!(
+                    super::unscaled_bytes_to_text(&raw, scale).expect("in range"),
+                    with_bigint(&raw, scale),
+                    "{raw:?} {scale}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,118 @@
+//! The fast path of [`super::decode`]: a Debezium envelope (`op`, `before`, `after`,
+//! `source`, `transaction`; bare or in `{"schema":…,"payload":…}`) deserialized by
+//! serde visitors straight into a [`ChangeEvent`], without a `serde_json::Value` tree
+//! of the whole event: the rows' fields go into their `Vec` as they are read, `source`
+//! into [`Source`]. Field values stay `Value`s (numbers keep their text). Pure.
+//!
+//! It only answers when it is sure: `None` for anything else — not an envelope, a key
+//! twice, a value of an unexpected type, a flattened event, a bad op, any event that
+//! is an error — and [`super::decode`] then takes the `Value` path, which says what is
+//! wrong in its own words. Both give the same result for every event the fast path
+//! takes (`tests.rs` checks that on the fixtures and on generated events).
+
+mod visit;
+
+use serde::de::DeserializeSeed;
+use serde_json::Value;
+
+use super::envelope::{envelope_row_schema, is_envelope_by, tx_block};
+use super::event::{ChangeEvent, Declared, Decoded, Op, Row, Skip};
+use super::logical_of;
+use crate::config::DecodeConfig;
+use visit::{KeyRow, Parts, PartsSeed};
+
+/// Decodes an envelope `value_text` with its key `key_text`; `None` when not sure.
+pub(super) fn decode(key_text: &str, value_text: &str, config: &DecodeConfig) -> Option<Decoded> {
+    let mut de = serde_json::Deserializer::from_str(value_text);
+    let top = PartsSeed { nested: false }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    let (schema, parts) = unwrap_schema(top)?;
+    if !is_envelope_by(
+        schema.as_ref(),
+        parts.source.is_some(),
+        parts.after.is_some(),
+        parts.before.is_some(),
+    ) {
+        return None;
+    }
+    let op = match parts.op.as_deref()? {
+        "c" => Op::Create,
+        "u" => Op::Update,
+        "d" => Op::Delete,
+        "r" => Op::Read,
+        "t" => Op::Truncate,
+        "m" => return Some(Decoded::Skip(Skip::Message)),
+        _ => return None,
+    };
+    let key = key(key_text, config)?;
+    let row_schema = schema.as_ref().and_then(|s| envelope_row_schema(s));
+    let before = parts.before.flatten().map(|r| typed(r, row_schema));
+    let after = parts.after.flatten().map(|r| typed(r, row_schema));
+    let transaction = tx_block(parts.transaction.as_ref()).ok()?;
+    match op {
+        Op::Create | Op::Update | Op::Read if after.is_none() => return None,
+        Op::Delete if before.is_none() && key.is_none() => return None,
+        _ => {}
+    }
+    Some(Decoded::Change(ChangeEvent {
+        op,
+        key,
+        before,
+        after,
+        source: parts.source.unwrap_or_default(),
+        declared: Declared::of(schema, false),
+        bare: false,
+        transaction,
+    }))
+}
+
+/// (schema, payload): the wrapped form is exactly the keys `schema` and `payload`;
+/// `None` when the value has one of them among other keys.
+fn unwrap_schema(top: Parts) -> Option<(Option<Value>, Parts)> {
+    if top.schema.is_none() && top.payload.is_none() {
+        return Some((None, top));
+    }
+    let only_two = top.op.is_none()
+        && top.before.is_none()
+        && top.after.is_none()
+        && top.source.is_none()
+        && top.transaction.is_none()
+        && !top.other;
+    match (top.schema, top.payload) {
+        (Some(schema), Some(payload)) if only_two => {
+            Some((Some(schema).filter(|s| !s.is_null()), *payload))
+        }
+        _ => None,
+    }
+}
+
+/// The message key as [`super::parse_key`] reads it; the `Value` path for a key in the
+/// wrapped form (its schema types the fields) or anything unexpected.
+fn key(key_text: &str, config: &DecodeConfig) -> Option<Option<Row>> {
+    if key_text == config.null_key {
+        return Some(None);
+    }
+    match serde_json::from_str::<Option<KeyRow>>(key_text) {
+        Ok(None) => Some(None),
+        Ok(Some(KeyRow(row))) if !is_wrapped(&row) => Some(Some(row)),
+        _ => super::parse_key(key_text, config).ok(),
+    }
+}
+
+/// A row whose fields are exactly `payload` and `schema` (sorted) is the wrapped form.
+fn is_wrapped(row: &Row) -> bool {
+    matches!(row.0.as_slice(), [p, s] if p.name == "payload" && s.name == "schema")
+}
+
+/// The row with each field's logical type from the row struct's schema.
+fn typed(mut row: Row, schema: Option<&[Value]>) -> Row {
+    if let Some(fields) = schema {
+        for field in &mut row.0 {
+            field.logical = logical_of(fields, &field.name);
+        }
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests;
