@@ -8,7 +8,7 @@
 //! with a savepoint per statement and per row, and only the rejected rows (with every
 //! entry coalesced into them) become dead letters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -437,8 +437,11 @@ pub(super) type Item<'a> = (&'a RowChange, &'a BatchRow);
 pub(super) fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
     let mut out: Vec<Vec<Item<'_>>> = Vec::new();
     let rounds = rows.iter().map(|r| r.before.len() + 1).max().unwrap_or(0);
+    type Shape<'a> = (bool, &'a [usize], &'a [usize]);
     for round in 0..rounds {
-        let mut index: HashMap<(bool, &[usize], &[usize]), usize> = HashMap::new();
+        let mut index: foldhash::HashMap<Shape<'_>, usize> = foldhash::HashMap::default();
+        // Rows of a table mostly share one shape: compared with the last row's first.
+        let mut last: Option<(Shape<'_>, usize)> = None;
         for row in rows {
             let Some(change) = row.chain().nth(round) else {
                 continue;
@@ -449,9 +452,17 @@ pub(super) fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
                     (false, change.key_columns.as_slice(), columns.as_slice())
                 }
             };
-            match index.get(&shape) {
-                Some(&i) => out[i].push((change, row)),
+            let known = match last {
+                Some((s, i)) if s == shape => Some(i),
+                _ => index.get(&shape).copied(),
+            };
+            match known {
+                Some(i) => {
+                    out[i].push((change, row));
+                    last = Some((shape, i));
+                }
                 None => {
+                    last = Some((shape, out.len()));
                     index.insert(shape, out.len());
                     out.push(vec![(change, row)]);
                 }
