@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::WriteError;
 use crate::map::{Column, ColumnType, TableSchema};
@@ -218,9 +218,16 @@ async fn load_with(
     name: &TableName,
     add_version: bool,
 ) -> Result<(TableSchema, bool), WriteError> {
+    // One connection for the three reads: each acquire from the pool is a round trip
+    // of its own (sqlx tests the connection), and a template mapping over 200 tables
+    // reads 200 catalogs as its first events arrive.
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(WriteError::pg(format!("looking up table {name}")))?;
     let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
         .bind(name.quoted())
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(WriteError::pg(format!("looking up table {name}")))?;
     let Some(oid) = oid else {
@@ -230,33 +237,18 @@ async fn load_with(
     };
     let mut rows: Vec<(String, String, String, bool, i32)> = sqlx::query_as(COLUMNS_SQL)
         .bind(oid)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(WriteError::pg(format!("reading the columns of {name}")))?;
     let had_version = rows.iter().any(|r| r.0 == VERSION_COLUMN);
     if !had_version && add_version {
-        add_version_column(pool, name).await?;
+        add_version_column(&mut conn, name).await?;
     }
     rows.retain(|r| r.0 != VERSION_COLUMN);
-    let columns: Vec<Column> = rows
-        .into_iter()
-        .map(|(col, sql_type, type_name, is_array, typmod)| {
-            let (scale, precision) = modifiers(&type_name, typmod);
-            Column {
-                name: col,
-                sql_type,
-                ty: ColumnType {
-                    name: type_name,
-                    scale,
-                    precision,
-                },
-                is_array,
-            }
-        })
-        .collect();
+    let columns = columns_of(rows);
     let keys: Vec<Vec<String>> = sqlx::query_scalar(UNIQUE_KEYS_SQL)
         .bind(oid)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(WriteError::pg(format!("reading the unique keys of {name}")))?;
     let unique_keys = keys
@@ -278,13 +270,32 @@ async fn load_with(
     ))
 }
 
-async fn add_version_column(pool: &PgPool, name: &TableName) -> Result<(), WriteError> {
+/// The columns from [`COLUMNS_SQL`]'s rows: (name, SQL type, type name, is array, typmod).
+fn columns_of(rows: Vec<(String, String, String, bool, i32)>) -> Vec<Column> {
+    rows.into_iter()
+        .map(|(col, sql_type, type_name, is_array, typmod)| {
+            let (scale, precision) = modifiers(&type_name, typmod);
+            Column {
+                name: col,
+                sql_type,
+                ty: ColumnType {
+                    name: type_name,
+                    scale,
+                    precision,
+                },
+                is_array,
+            }
+        })
+        .collect()
+}
+
+async fn add_version_column(conn: &mut PgConnection, name: &TableName) -> Result<(), WriteError> {
     let sql = format!(
         "ALTER TABLE {} ADD COLUMN IF NOT EXISTS \"{VERSION_COLUMN}\" bytea",
         name.quoted()
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(pool)
+        .execute(conn)
         .await
         .map_err(|source| WriteError::VersionColumn {
             table: name.to_string(),
