@@ -55,7 +55,11 @@ impl Core {
             return Ok(None);
         }
         let staging = config.transactions.is_some() && replay_as.is_none();
-        let full = super::share::configured(&config, staging);
+        // A replay usually runs beside the live instances: it keeps to key locks.
+        let full = super::share::ceiling(
+            super::share::configured(&config, staging),
+            replay_as.is_some(),
+        );
         let batcher = Batcher::new(full, config.batch.max_delay);
         let core = Core {
             staging,

@@ -236,7 +236,9 @@ impl Replay {
         shutdown: &CancellationToken,
         progress: &mut (dyn FnMut(&ReplayProgress) + Send),
     ) -> Result<bool, PipelineError> {
-        let chunk = self.core.config.batch.max_batch.max(1);
+        // A replay usually runs beside the live instances: its batches keep to one lock
+        // per key, as theirs do while they are not alone (`share.rs`).
+        let chunk = super::share::ceiling(self.core.config.batch.max_batch, true).max(1);
         let end = span.end.to_string();
         let mut start = self.from.to_string();
         let mut read_here: u64 = 0;
