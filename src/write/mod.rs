@@ -29,6 +29,7 @@
 //! `redsink.truncations`; an upsert older than its table's truncate is a no-op.
 
 mod catalog;
+mod home;
 mod horizon;
 pub mod lease;
 pub mod literal;
