@@ -19,6 +19,8 @@ use crate::redis::{RedisError, admin};
 const DISCOVER_EVERY: Duration = Duration::from_secs(30);
 /// How often the groups' lag and pending counts are read for the metrics.
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
+/// How often the group is looked at for other live instances (`share.rs`).
+const SHARE_EVERY: Duration = Duration::from_secs(5);
 /// How often streams with `trim = "acked"` are trimmed.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
@@ -27,18 +29,21 @@ pub(super) struct Timers {
     claim: Option<Instant>,
     discover: Option<Instant>,
     gauges: Option<Instant>,
+    share: Option<Instant>,
     trim: Option<Instant>,
     collect: Option<Instant>,
 }
 
 impl Timers {
-    /// Every chore waits its first period, except the gauges (the metrics are filled at once).
+    /// Every chore waits its first period, except the gauges (the metrics are filled at
+    /// once) and the look for other instances.
     pub(super) fn new() -> Self {
         let now = Some(Instant::now());
         Self {
             claim: now,
             discover: now,
             gauges: None,
+            share: None,
             trim: now,
             collect: now,
         }
@@ -80,6 +85,9 @@ impl Pipeline {
             && let Err(e) = self.discover().await
         {
             tracing::warn!(error = %e, "re-discovering streams failed");
+        }
+        if Timers::due(&mut timers.share, SHARE_EVERY) {
+            self.share_keys().await;
         }
         if Timers::due(&mut timers.gauges, GAUGES_EVERY) {
             self.poll_gauges().await;
@@ -193,7 +201,6 @@ impl Pipeline {
             Ok(()) => self.core.events.postgres_answers(),
             Err(e) => self.core.events.postgres_silent(&e),
         }
-        self.share_keys().await;
         let streams: Vec<(Arc<str>, String)> = self
             .core
             .routes

@@ -9,8 +9,8 @@
 //! statement when a batch spans many tables). So the default `max_batch` is large, and
 //! while another consumer of the group has read lately ([`OTHERS_LIVE_WITHIN`]), batches
 //! stop at [`MAX_KEY_LOCKS`] entries (so at as many keys) and keep to key locks.
-//! Looked at with the metrics' poll (at start, then every 15 s) on the first stream
-//! read; a failed look changes nothing. Only throughput depends on it, never
+//! Looked at on start, then every 5 s (XINFO CONSUMERS of the first stream read); a
+//! failed look changes nothing. Only throughput depends on it, never
 //! correctness: either kind of lock keeps instances from racing on a key.
 
 use std::time::Duration;

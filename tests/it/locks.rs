@@ -262,7 +262,7 @@ async fn batches_keep_to_key_locks_while_another_instance_reads() {
         "B: {}",
         b.log()
     );
-    // A looks again with the metrics' poll, every 15 s.
+    // A looks again every 5 s.
     assert!(
         a.wait_line(Duration::from_secs(20), others).is_some(),
         "A did not notice B: {}",
