@@ -3,11 +3,27 @@
 use tokio_util::sync::CancellationToken;
 
 use redsink::config::{Config, redact_url};
+use redsink::pipeline::PipelineError;
 
 pub async fn run(config: &super::ConfigArg, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = config.load()?;
     log_summary(&config);
-    redsink::pipeline::run(config, shutdown).await?;
+    let redis = redsink::redis::endpoint(&config.redis);
+    let postgres = redsink::write::endpoint(&config.postgres);
+    redsink::pipeline::run(config, shutdown)
+        .await
+        .map_err(|e| {
+            // Which server the error came from, for an error that does not say it itself.
+            let at = match &e {
+                PipelineError::Read(_) | PipelineError::Ack(_) => Some(format!("redis at {redis}")),
+                PipelineError::Write(_) => Some(format!("postgres at {postgres}")),
+                _ => None,
+            };
+            match at {
+                Some(at) if !e.to_string().contains(&at) => anyhow::Error::new(e).context(at),
+                _ => anyhow::Error::new(e),
+            }
+        })?;
     Ok(())
 }
 

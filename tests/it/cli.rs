@@ -66,3 +66,43 @@ fn produce_with_nothing_to_add_fails_and_says_why() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nothing to add"), "{err}");
 }
+
+/// A fatal Redis error says which server it came from, what and where.
+#[tokio::test]
+async fn a_fatal_redis_error_names_the_server_and_the_stream() {
+    let db = common::TestDb::new().await;
+    db.exec(crate::ITEMS).await;
+    let key = common::unique("cli:not-a-stream");
+    let mut redis = redis::Client::open(common::redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("x")
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    let text = common::config_text(&db, "cli", "")
+        + &format!("[[mapping]]\nstreams = [\"{key}\"]\ntable = \"public.items\"\n");
+    let (code, _out, err) = common::redsink_cli(&text, &["run"]);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    assert_eq!(code, 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    let url = url::Url::parse(&common::redis_url()).expect("url");
+    let at = format!(
+        "redis at {}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port().unwrap_or(6379)
+    );
+    assert!(line.contains(&at), "{err}");
+    assert!(line.contains(&key) && line.contains("WRONGTYPE"), "{err}");
+}
