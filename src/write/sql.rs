@@ -17,37 +17,20 @@ fn version_col() -> String {
     quote_ident(VERSION_COLUMN)
 }
 
-/// Where a statement reads its rows: the `unnest` arguments (one text array per column,
-/// then the versions as `bytea[]` and the key texts as `text[]`) and the table's name (for
-/// the tombstones and truncations), as SQL expressions: bound parameters ([`Source::bound`])
-/// or literals ([`super::literal`]). The statement around them is the same either way.
-pub struct Source {
-    pub arrays: String,
-    pub table: String,
-}
-
-impl Source {
-    /// `$1::text[]` … `$width::text[]`, the versions, the keys, then the table name.
-    pub fn bound(width: usize) -> Self {
-        let mut arrays = String::new();
-        for p in 1..=width {
-            let _ = write!(arrays, "${p}::text[], ");
-        }
-        let _ = write!(arrays, "${}::bytea[], ${}::text[]", width + 1, width + 2);
-        Self {
-            arrays,
-            table: format!("${}", width + 3),
-        }
+/// The `unnest` arguments of a statement over `width` value columns: `$1::text[]` …
+/// `$width::text[]`, then the versions (`bytea[]`) and the key texts (`text[]`); the
+/// table name (for the tombstones and truncations) is `$width+3`.
+fn unnest_params(width: usize) -> String {
+    let mut params = String::new();
+    for p in 1..=width {
+        let _ = write!(params, "${p}::text[], ");
     }
+    let _ = write!(params, "${}::bytea[], ${}::text[]", width + 1, width + 2);
+    params
 }
 
 /// `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE older`.
-pub fn upsert_sql(
-    table: &TableSchema,
-    key: &[usize],
-    columns: &[usize],
-    source: &Source,
-) -> String {
+pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> String {
     let names: Vec<String> = columns
         .iter()
         .map(|&c| quote_ident(&table.columns[c].name))
@@ -76,24 +59,24 @@ pub fn upsert_sql(
         "INSERT INTO {table} AS t ({names}, {v}) \
          SELECT {casts}, i.v FROM unnest({arrays}) AS i({aliases}, v, k) \
          WHERE NOT EXISTS (SELECT 1 FROM redsink.tombstones d \
-           WHERE d.table_name = {pt} AND d.key = i.k AND d.version >= i.v) \
+           WHERE d.table_name = ${pt} AND d.key = i.k AND d.version >= i.v) \
          AND i.v > coalesce((SELECT tr.version FROM redsink.truncations tr \
-           WHERE tr.table_name = {pt}), ''::bytea) \
+           WHERE tr.table_name = ${pt}), ''::bytea) \
          ON CONFLICT ({conflict}) DO UPDATE SET {sets} \
          WHERE t.{v} IS NULL OR t.{v} < EXCLUDED.{v}",
         table = table.name.quoted(),
         names = names.join(", "),
         casts = casts.join(", "),
-        arrays = source.arrays,
+        arrays = unnest_params(columns.len()),
         aliases = aliases.join(", "),
-        pt = source.table,
+        pt = columns.len() + 3,
         conflict = conflict.join(", "),
         sets = sets.join(", "),
     )
 }
 
 /// Deletes rows older than the event and records the tombstone version.
-pub fn delete_sql(table: &TableSchema, key: &[usize], source: &Source) -> String {
+pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
     let aliases: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();
     let mut matches = String::new();
     for (i, &c) in key.iter().enumerate() {
@@ -110,13 +93,13 @@ pub fn delete_sql(table: &TableSchema, key: &[usize], source: &Source) -> String
         "WITH i AS (SELECT * FROM unnest({arrays}) AS i({aliases}, v, k)), \
          del AS (DELETE FROM {table} AS t USING i WHERE {matches}(t.{v} IS NULL OR t.{v} < i.v)) \
          INSERT INTO redsink.tombstones AS d (table_name, key, version) \
-         SELECT {pt}, i.k, i.v FROM i \
+         SELECT ${pt}, i.k, i.v FROM i \
          ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now() \
          WHERE d.version < EXCLUDED.version",
-        arrays = source.arrays,
+        arrays = unnest_params(key.len()),
         aliases = aliases.join(", "),
         table = table.name.quoted(),
-        pt = source.table,
+        pt = key.len() + 3,
     )
 }
 
@@ -129,12 +112,13 @@ fn shape(first: &RowChange) -> (usize, &'static str) {
     }
 }
 
-/// A group's statement: same operation, key and column set as its first row.
-fn group_sql(table: &TableSchema, first: &RowChange, source: &Source) -> String {
+/// A group's statement, its values as parameters: same operation, key and column set
+/// as its first row.
+fn group_sql(table: &TableSchema, first: &RowChange) -> String {
     let key = &first.key_columns;
     match &first.op {
-        RowOp::Upsert { columns, .. } => upsert_sql(table, key, columns, source),
-        RowOp::Delete { .. } => delete_sql(table, key, source),
+        RowOp::Upsert { columns, .. } => upsert_sql(table, key, columns),
+        RowOp::Delete { .. } => delete_sql(table, key),
     }
 }
 
@@ -149,7 +133,7 @@ fn value(row: &RowChange, c: usize) -> Option<&str> {
 /// A group's statement to prepare by name and its arguments as literals, for `EXECUTE`
 /// in a simple query.
 pub struct Execute {
-    /// The statement with its values as parameters ([`Source::bound`]): the same text
+    /// The statement with its values as parameters ([`group_sql`]): the same text
     /// for every group of the same table and shape.
     pub sql: String,
     /// The parameters' types, for `PREPARE name (types) AS sql`.
@@ -176,7 +160,7 @@ pub fn group_execute(table: &TableSchema, rows: &[&RowChange]) -> Result<Option<
     args.push_str(", ");
     literal::push_text(&mut args, &table.name.to_string())?;
     Ok(Some(Execute {
-        sql: group_sql(table, first, &Source::bound(width)),
+        sql: group_sql(table, first),
         types: format!("{}bytea[], text[], text", "text[], ".repeat(width)),
         args,
     }))
@@ -193,7 +177,7 @@ pub async fn write_rows(
         return Ok(());
     };
     let (width, what) = shape(first);
-    let sql = group_sql(table, first, &Source::bound(width));
+    let sql = group_sql(table, first);
     // Column-major: one text array per column, then the versions, the key texts and
     // the table name (for the tombstones).
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
