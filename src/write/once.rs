@@ -122,7 +122,11 @@ impl Writer {
 pub(super) fn several_statements(batch: &Batch) -> bool {
     match batch.tables.as_slice() {
         [] => false,
-        [table] => usize::from(table.truncate.is_some()) + writer::groups(&table.rows).len() > 1,
+        [table] => {
+            let statements =
+                usize::from(table.truncate.is_some()) + usize::from(!table.rows.is_empty());
+            statements > 1 || writer::several_groups(&table.rows)
+        }
         _ => true,
     }
 }

@@ -384,13 +384,34 @@ fn address(row: &BatchRow) -> usize {
 /// A change to write and the batch row it belongs to (for dead-lettering).
 pub(super) type Item<'a> = (&'a RowChange, &'a BatchRow);
 
+/// What decides a change's statement: delete or upsert, its key columns and (for an
+/// upsert) its columns.
+type Shape<'a> = (bool, &'a [usize], &'a [usize]);
+
+fn shape(change: &RowChange) -> Shape<'_> {
+    match &change.op {
+        RowOp::Delete { .. } => (true, change.key_columns.as_slice(), &[][..]),
+        RowOp::Upsert { columns, .. } => (false, change.key_columns.as_slice(), columns.as_slice()),
+    }
+}
+
+/// Whether [`groups`] of `rows` are more than one, without building them: a row with
+/// older changes to write first makes a second round, else a second shape does.
+pub(super) fn several_groups(rows: &[BatchRow]) -> bool {
+    let Some(first) = rows.first() else {
+        return false;
+    };
+    let first = shape(&first.change);
+    rows.iter()
+        .any(|r| !r.before.is_empty() || shape(&r.change) != first)
+}
+
 /// Changes that one statement can write together: same operation, key and column
 /// set, in rounds: round k holds the k-th change of each row's chain, so a row's
 /// changes are written in order.
 pub(super) fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
     let mut out: Vec<Vec<Item<'_>>> = Vec::new();
     let rounds = rows.iter().map(|r| r.before.len() + 1).max().unwrap_or(0);
-    type Shape<'a> = (bool, &'a [usize], &'a [usize]);
     for round in 0..rounds {
         let mut index: foldhash::HashMap<Shape<'_>, usize> = foldhash::HashMap::default();
         // Rows of a table mostly share one shape: compared with the last row's first.
@@ -399,12 +420,7 @@ pub(super) fn groups(rows: &[BatchRow]) -> Vec<Vec<Item<'_>>> {
             let Some(change) = row.chain().nth(round) else {
                 continue;
             };
-            let shape = match &change.op {
-                RowOp::Delete { .. } => (true, change.key_columns.as_slice(), &[][..]),
-                RowOp::Upsert { columns, .. } => {
-                    (false, change.key_columns.as_slice(), columns.as_slice())
-                }
-            };
+            let shape = shape(change);
             let known = match last {
                 Some((s, i)) if s == shape => Some(i),
                 _ => index.get(&shape).copied(),
