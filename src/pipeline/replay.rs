@@ -236,9 +236,8 @@ impl Replay {
         shutdown: &CancellationToken,
         progress: &mut (dyn FnMut(&ReplayProgress) + Send),
     ) -> Result<bool, PipelineError> {
-        // A replay usually runs beside the live instances: its batches keep to one lock
-        // per key, as theirs do while they are not alone (`share.rs`).
-        let chunk = super::share::ceiling(self.core.config.batch.max_batch, true).max(1);
+        // A chunk is a batch: at most 1024 entries for a replay (`open.rs`).
+        let chunk = self.core.batcher.max_batch();
         let end = span.end.to_string();
         let mut start = self.from.to_string();
         let mut read_here: u64 = 0;
