@@ -4,6 +4,7 @@
 //! below the horizon (`horizon.rs`, every `postgres.gc_every`); log progress. Each
 //! runs when its period has passed; a failure is logged and tried next period.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -130,17 +131,27 @@ impl Pipeline {
     /// to the first mapping that names it (a stream's route never changes).
     pub(super) async fn discover(&mut self) -> Result<(), RedisError> {
         let found = self.core.mapped_streams(self.reader.control()).await?;
-        let redis = &self.core.config.redis;
-        for (name, index) in found {
-            self.reader
-                .add_streams(std::slice::from_ref(&name), &redis.start)
-                .await?;
-            self.core
-                .routes
-                .entry(Arc::from(name.as_str()))
-                .or_insert(index);
+        let names: Vec<String> = found.iter().map(|(name, _)| name.clone()).collect();
+        let added = self
+            .reader
+            .add_streams(&names, &self.core.config.redis.start)
+            .await;
+        // On an error, only the streams the reader took are routed.
+        let read: Option<HashSet<&str>> = added
+            .is_err()
+            .then(|| self.reader.streams().map(AsRef::as_ref).collect());
+        for (name, index) in &found {
+            if read
+                .as_ref()
+                .is_none_or(|read| read.contains(name.as_str()))
+            {
+                self.core
+                    .routes
+                    .entry(Arc::from(name.as_str()))
+                    .or_insert(*index);
+            }
         }
-        Ok(())
+        added
     }
 
     /// Trims the streams of mappings with `trim = "acked"`: first what every group has

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{self, FuturesUnordered, StreamExt as _};
 
 use crate::entry::{EntryId, StreamEntry};
 use crate::redis::{Blocking, Control, Deployment, RedisError, inspect, range, slot};
@@ -147,15 +147,37 @@ impl Reader {
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
-    /// Streams already being read are left as they are.
+    /// Streams already being read are left as they are. The groups are created
+    /// [`GROUPS_AT_ONCE`] at a time on the shared connection (one after the other, 1,600
+    /// streams took 0.2 s to start). On an error, the streams before the one that failed
+    /// (in `names`' order) are read, the others are not.
     pub async fn add_streams(&mut self, names: &[String], start: &str) -> Result<(), RedisError> {
-        for name in names {
-            if self.streams.iter().any(|(s, _)| s.as_ref() == name) {
-                continue;
-            }
-            self.create_group(name, start).await?;
+        let new: Vec<&str> = {
+            let mut seen: HashSet<&str> = self.streams.iter().map(|(s, _)| s.as_ref()).collect();
+            names
+                .iter()
+                .map(String::as_str)
+                .filter(|name| seen.insert(name))
+                .collect()
+        };
+        let cluster = self.deployment.is_cluster();
+        // Owned, so that the future is `Send` (a closure over references in it is not).
+        let creates: Vec<_> = new
+            .iter()
+            .map(|name| {
+                let (mut control, group) = (self.control.clone(), self.group.clone());
+                let (name, start) = (name.to_string(), start.to_string());
+                async move { create_group(&mut control, cluster, &group, &name, &start).await }
+            })
+            .collect();
+        let created: Vec<Result<bool, RedisError>> = stream::iter(creates)
+            .buffered(GROUPS_AT_ONCE)
+            .collect()
+            .await;
+        for (name, result) in new.into_iter().zip(created) {
+            result?;
             self.streams
-                .push((Arc::from(name.as_str()), Cursor::Pending(EntryId::ZERO)));
+                .push((Arc::from(name), Cursor::Pending(EntryId::ZERO)));
         }
         Ok(())
     }
@@ -163,35 +185,8 @@ impl Reader {
     /// Creates the group on `stream` (MKSTREAM): `true` when it had to be created,
     /// `false` when it was there.
     async fn create_group(&mut self, stream: &str, start: &str) -> Result<bool, RedisError> {
-        let result: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(stream)
-            .arg(&self.group)
-            .arg(start)
-            .arg("MKSTREAM")
-            .query_async(&mut self.control)
-            .await;
-        match result {
-            Ok(()) => {
-                tracing::info!(stream, group = %self.group, start, "created consumer group");
-                Ok(true)
-            }
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
-            Err(e)
-                if matches!(e.code(), Some("MOVED" | "ASK")) && !self.deployment.is_cluster() =>
-            {
-                Err(RedisError::Invalid(format!(
-                    "redis: creating group {} on stream {stream}: the server answered {}: \
-                     it is a Redis Cluster node; set redis.mode = \"cluster\"",
-                    self.group,
-                    e.code().unwrap_or_default()
-                )))
-            }
-            Err(e) => Err(RedisError::Redis {
-                context: format!("creating group {} on stream {stream}", self.group),
-                source: e,
-            }),
-        }
+        let cluster = self.deployment.is_cluster();
+        create_group(&mut self.control, cluster, &self.group, stream, start).await
     }
 
     pub fn streams(&self) -> impl Iterator<Item = &Arc<str>> {
@@ -287,5 +282,45 @@ fn lane_of(deployment: &Deployment, stream: &str) -> u16 {
         slot(stream.as_bytes())
     } else {
         0
+    }
+}
+
+/// Groups created at once by [`Reader::add_streams`].
+const GROUPS_AT_ONCE: usize = 64;
+
+/// Creates `group` on `stream` (MKSTREAM): `true` when it had to be created, `false`
+/// when it was there.
+async fn create_group(
+    control: &mut Control,
+    cluster: bool,
+    group: &str,
+    stream: &str,
+    start: &str,
+) -> Result<bool, RedisError> {
+    let result: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg(start)
+        .arg("MKSTREAM")
+        .query_async(control)
+        .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(stream, group, start, "created consumer group");
+            Ok(true)
+        }
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+        Err(e) if matches!(e.code(), Some("MOVED" | "ASK")) && !cluster => {
+            Err(RedisError::Invalid(format!(
+                "redis: creating group {group} on stream {stream}: the server answered {}: \
+                 it is a Redis Cluster node; set redis.mode = \"cluster\"",
+                e.code().unwrap_or_default()
+            )))
+        }
+        Err(e) => Err(RedisError::Redis {
+            context: format!("creating group {group} on stream {stream}"),
+            source: e,
+        }),
     }
 }
