@@ -69,14 +69,7 @@ impl Pipeline {
         shutdown: &CancellationToken,
         timers: &mut Timers,
     ) -> Result<(), PipelineError> {
-        if self
-            .core
-            .in_flight
-            .as_ref()
-            .is_some_and(|h| h.is_finished())
-        {
-            self.core.wait_in_flight().await?;
-        }
+        self.core.collect_finished().await?;
         self.core.settle_owed_acks();
         let claim_every = (self.core.config.redis.claim_idle / 2).max(Duration::from_secs(1));
         if Timers::due(&mut timers.claim, claim_every) {

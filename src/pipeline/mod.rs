@@ -273,9 +273,10 @@ struct Core {
     writer: Writer,
     acker: Acker,
     batcher: Batcher,
-    /// The batch being written and acknowledged while the next one fills: `true` once
-    /// acknowledged, `false` when abandoned at shutdown.
-    in_flight: Option<tokio::task::JoinHandle<Result<bool, PipelineError>>>,
+    /// The batch being written (then acknowledged) while the next one fills.
+    in_flight: Option<flush::Flight>,
+    /// The batch before it, written and being acknowledged.
+    acking: Option<flush::Flight>,
     /// When the batch in flight was handed to the write task.
     in_flight_since: Option<Instant>,
     /// When the last progress line was logged: by the loop's chores, or while the loop

@@ -72,6 +72,7 @@ impl Core {
             acker,
             batcher,
             in_flight: None,
+            acking: None,
             in_flight_since: None,
             progress_at: std::time::Instant::now(),
             reader_round_trips: 0,

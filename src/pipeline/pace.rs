@@ -35,7 +35,10 @@ pub(super) fn is_backlog(entries: &[StreamEntry], count: usize) -> bool {
 impl Core {
     /// A write in flight that has not ended yet, and since when.
     fn writing(&self) -> Option<Instant> {
-        let running = self.in_flight.as_ref().is_some_and(|h| !h.is_finished());
+        let running = self
+            .in_flight
+            .as_ref()
+            .is_some_and(super::flush::Flight::writing);
         if running { self.in_flight_since } else { None }
     }
 
