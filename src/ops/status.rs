@@ -1,6 +1,9 @@
 //! `redsink status`: what each mapped stream, its groups, consumers, dead-letter stream
 //! and checkpoints look like right now. Read-only; never prints a URL or secret.
 
+use std::collections::HashMap;
+
+use futures_util::stream::{self, StreamExt as _};
 use serde::Serialize;
 
 use super::TargetError;
@@ -69,6 +72,9 @@ pub struct TransactionsReport {
     pub committer: Option<(String, f64)>,
 }
 
+/// Streams read at once by [`status`].
+const STREAMS_AT_ONCE: usize = 64;
+
 /// Reads the state of every mapped stream from Redis and the checkpoints from Postgres.
 pub async fn status(config: &Config) -> Result<Status, StatusError> {
     let mut control = connect_control(&config.redis).await?;
@@ -84,17 +90,31 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         missing: Vec::new(),
         transactions,
     };
-    for (name, i) in super::selected_streams(config, &control, &[]).await? {
-        let dlq = config.redis.dlq_stream(&name);
-        match inspect::stream_status(&mut control, &name, &dlq).await? {
+    let mut by_stream: HashMap<String, Vec<Checkpoint>> = HashMap::new();
+    for c in checkpoints {
+        by_stream.entry(c.stream.clone()).or_default().push(c);
+    }
+    // Up to STREAMS_AT_ONCE streams' commands in flight on the shared connection: one
+    // stream after the other, 1,600 streams took seconds.
+    let reads: Vec<_> = super::selected_streams(config, &control, &[])
+        .await?
+        .into_iter()
+        .map(|(name, i)| {
+            let mut control = control.clone();
+            let dlq = config.redis.dlq_stream(&name);
+            async move {
+                let redis = inspect::stream_status(&mut control, &name, &dlq).await;
+                (name, i, redis)
+            }
+        })
+        .collect();
+    let mut reads = stream::iter(reads).buffered(STREAMS_AT_ONCE);
+    while let Some((name, i, redis)) = reads.next().await {
+        match redis? {
             Some(redis) => report.streams.push(StreamReport {
                 mapping: i,
                 table: config.mappings[i].table.clone(),
-                checkpoints: checkpoints
-                    .iter()
-                    .filter(|c| c.stream == name)
-                    .cloned()
-                    .collect(),
+                checkpoints: by_stream.remove(&name).unwrap_or_default(),
                 redis,
             }),
             None => report.missing.push(name),
