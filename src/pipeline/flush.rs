@@ -37,21 +37,12 @@ impl Flight {
     pub(super) fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
-
-    /// Whether the batch's write is still running.
-    pub(super) fn writing(&self) -> bool {
-        !self.written.given()
-    }
 }
 
 /// A one-time signal from a task, given explicitly or when the task ends.
 struct Signal(watch::Receiver<bool>);
 
 impl Signal {
-    fn given(&self) -> bool {
-        *self.0.borrow() || self.0.has_changed().is_err()
-    }
-
     async fn wait(&mut self) {
         // An error: the sender is gone, the task ended.
         let _ = self.0.wait_for(|given| *given).await;

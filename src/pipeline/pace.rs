@@ -33,12 +33,12 @@ pub(super) fn is_backlog(entries: &[StreamEntry], count: usize) -> bool {
 }
 
 impl Core {
-    /// A write in flight that has not ended yet, and since when.
+    /// A batch in flight that has not ended yet (written and acknowledged), and since
+    /// when. A flush waits only for the last batch's write, but pacing waits for its
+    /// acknowledgement too: flushing as soon as the write ends made batches smaller
+    /// under a steady load near the maximum rate, and latency worse.
     fn writing(&self) -> Option<Instant> {
-        let running = self
-            .in_flight
-            .as_ref()
-            .is_some_and(super::flush::Flight::writing);
+        let running = self.in_flight.as_ref().is_some_and(|f| !f.is_finished());
         if running { self.in_flight_since } else { None }
     }
 
