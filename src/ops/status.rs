@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 
-use futures_util::stream::{self, StreamExt as _};
 use serde::Serialize;
 
 use super::TargetError;
 use crate::config::Config;
 use crate::redis::inspect::{self, StreamStatus};
-use crate::redis::{RedisError, connect_control};
+use crate::redis::{RedisError, at_once, connect_control};
 use crate::write::{self, Checkpoint, WriteError};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +71,6 @@ pub struct TransactionsReport {
     pub committer: Option<(String, f64)>,
 }
 
-/// Streams read at once by [`status`].
-const STREAMS_AT_ONCE: usize = 64;
-
 /// Reads the state of every mapped stream from Redis and the checkpoints from Postgres.
 pub async fn status(config: &Config) -> Result<Status, StatusError> {
     let mut control = connect_control(&config.redis).await?;
@@ -94,8 +90,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
     for c in checkpoints {
         by_stream.entry(c.stream.clone()).or_default().push(c);
     }
-    // Up to STREAMS_AT_ONCE streams' commands in flight on the shared connection: one
-    // stream after the other, 1,600 streams took seconds.
+    // Many streams at once: one after the other, 1,600 streams took 1.7 s.
     let reads: Vec<_> = super::selected_streams(config, &control, &[])
         .await?
         .into_iter()
@@ -108,8 +103,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
             }
         })
         .collect();
-    let mut reads = stream::iter(reads).buffered(STREAMS_AT_ONCE);
-    while let Some((name, i, redis)) = reads.next().await {
+    for (name, i, redis) in at_once(reads).await {
         match redis? {
             Some(redis) => report.streams.push(StreamReport {
                 mapping: i,

@@ -156,33 +156,32 @@ impl Core {
         let Some(mut flight) = self.in_flight.take() else {
             return Ok(());
         };
-        loop {
-            let next = self.progress_at + PROGRESS_EVERY;
-            tokio::select! {
-                biased;
-                () = flight.written.wait() => break,
-                () = tokio::time::sleep_until(next.into()) => self.progress(self.reader_round_trips),
-            }
-        }
+        self.with_progress(flight.written.wait()).await;
         self.in_flight_since = None;
         self.acking = Some(flight);
         Ok(())
     }
 
-    /// Waits for a batch's task to end, the progress line going on meanwhile.
-    async fn join(&mut self, flight: Option<Flight>) -> Result<bool, PipelineError> {
-        let Some(mut flight) = flight else {
-            return Ok(true);
-        };
-        let joined = loop {
+    /// Awaits `waiting`, logging the progress line meanwhile (a write blocked on a lock
+    /// holds the loop there).
+    async fn with_progress<T>(&mut self, waiting: impl Future<Output = T>) -> T {
+        let mut waiting = std::pin::pin!(waiting);
+        loop {
             let next = self.progress_at + PROGRESS_EVERY;
             tokio::select! {
                 biased;
-                joined = &mut flight.task => break joined,
+                out = &mut waiting => return out,
                 () = tokio::time::sleep_until(next.into()) => self.progress(self.reader_round_trips),
             }
+        }
+    }
+
+    /// Waits for a batch's task to end, the progress line going on meanwhile.
+    async fn join(&mut self, flight: Option<Flight>) -> Result<bool, PipelineError> {
+        let Some(flight) = flight else {
+            return Ok(true);
         };
-        match joined {
+        match self.with_progress(flight.task).await {
             Ok(acknowledged) => acknowledged,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(PipelineError::WriterTask(e)),

@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::{self, FuturesUnordered, StreamExt as _};
+use futures_util::stream::FuturesUnordered;
 
 use crate::entry::{EntryId, StreamEntry};
-use crate::redis::{Blocking, Control, Deployment, RedisError, inspect, range, slot};
+use crate::redis::{Blocking, Control, Deployment, RedisError, at_once, inspect, range, slot};
 
 use lanes::{Held, LaneRead};
 pub use outage::LaneEvent;
@@ -147,10 +147,10 @@ impl Reader {
     }
 
     /// Creates the group on each stream (MKSTREAM) and starts reading them, own PEL first.
-    /// Streams already being read are left as they are. The groups are created
-    /// [`GROUPS_AT_ONCE`] at a time on the shared connection (one after the other, 1,600
-    /// streams took 0.2 s to start). On an error, the streams before the one that failed
-    /// (in `names`' order) are read, the others are not.
+    /// Streams already being read are left as they are. The groups are created many at a
+    /// time ([`at_once`]: one after the other, 1,600 streams took 0.2 s to start). On an
+    /// error, the streams before the one that failed (in `names`' order) are read, the
+    /// others are not.
     pub async fn add_streams(&mut self, names: &[String], start: &str) -> Result<(), RedisError> {
         let new: Vec<&str> = {
             let mut seen: HashSet<&str> = self.streams.iter().map(|(s, _)| s.as_ref()).collect();
@@ -170,10 +170,7 @@ impl Reader {
                 async move { create_group(&mut control, cluster, &group, &name, &start).await }
             })
             .collect();
-        let created: Vec<Result<bool, RedisError>> = stream::iter(creates)
-            .buffered(GROUPS_AT_ONCE)
-            .collect()
-            .await;
+        let created = at_once(creates).await;
         for (name, result) in new.into_iter().zip(created) {
             result?;
             self.streams
@@ -284,9 +281,6 @@ fn lane_of(deployment: &Deployment, stream: &str) -> u16 {
         0
     }
 }
-
-/// Groups created at once by [`Reader::add_streams`].
-const GROUPS_AT_ONCE: usize = 64;
 
 /// Creates `group` on `stream` (MKSTREAM): `true` when it had to be created, `false`
 /// when it was there.

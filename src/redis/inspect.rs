@@ -166,16 +166,13 @@ pub type Gauges = Vec<(
     Result<Option<StreamGauges>, RedisError>,
 )>;
 
-/// How many streams [`gauges`] asks about at once.
-const GAUGES_AT_ONCE: usize = 64;
-
 /// The [`StreamGauges`] of each `(stream, dead-letter stream)`, `None` for a stream that
-/// does not exist: two commands a stream (XINFO GROUPS, XLEN), sent for many streams at
-/// once on clones of `conn` (one multiplexed connection: they travel pipelined), so
-/// that 1,600 streams take a few round trips, not 16,000 one after the other.
+/// does not exist: two commands a stream (XINFO GROUPS, XLEN), for many streams at once
+/// ([`super::at_once`]), so that 1,600 streams take a few round trips, not 16,000 one
+/// after the other.
 pub async fn gauges(conn: &Control, streams: Vec<(std::sync::Arc<str>, String)>) -> Gauges {
-    use futures_util::StreamExt as _;
-    futures_util::stream::iter(streams)
+    let asks: Vec<_> = streams
+        .into_iter()
         .map(|(stream, dlq)| {
             let (mut a, mut b) = (conn.clone(), conn.clone());
             async move {
@@ -200,9 +197,8 @@ pub async fn gauges(conn: &Control, streams: Vec<(std::sync::Arc<str>, String)>)
                 (stream, outcome)
             }
         })
-        .buffer_unordered(GAUGES_AT_ONCE)
-        .collect()
-        .await
+        .collect();
+    super::at_once(asks).await
 }
 
 /// A group's counts from its XINFO GROUPS reply.

@@ -29,7 +29,7 @@ use redis::Value;
 use crate::config::{RedisConfig, RedisMode, StreamPattern};
 use crate::entry::StreamEntry;
 
-pub use control::{Blocking, Control};
+pub use control::{Blocking, Control, at_once};
 pub use deployment::{Deployment, tcp_settings};
 pub use route::{Routed, SlotOutcome, pipeline_by_key, pipeline_per_slot, slot};
 pub use sentinel::MasterAddr;
