@@ -42,8 +42,8 @@ pub(super) fn envelope(
     op: &str,
     mut payload: Map<String, Value>,
     schema: Option<Value>,
-    key: impl FnOnce() -> Result<Option<Row>, String>,
-) -> Result<Decoded, String> {
+    key: impl FnOnce() -> Result<Option<Row<'static>>, String>,
+) -> Result<Decoded<'static>, String> {
     let op = match op {
         "c" => Op::Create,
         "u" => Op::Update,
@@ -123,7 +123,7 @@ fn image(
     payload: &mut Map<String, Value>,
     name: &str,
     row_schema: Option<&[Value]>,
-) -> Result<Option<Row>, String> {
+) -> Result<Option<Row<'static>>, String> {
     match payload.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => Ok(Some(row_from(map, row_schema))),

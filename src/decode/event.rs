@@ -2,6 +2,8 @@
 //! row images of [`Field`]s, the [`Source`] block, the [`Declared`] schema) or a
 //! [`Skip`]. Plain data: building it is [`super::decode`]'s job; map consumes it.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::envelope::envelope_row_schema;
@@ -13,8 +15,8 @@ use crate::table::DeclaredColumn;
 /// What an entry turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // one per entry, moved once
-pub enum Decoded {
-    Change(ChangeEvent),
+pub enum Decoded<'a> {
+    Change(ChangeEvent<'a>),
     /// Recognised, applied to nothing, acked.
     Skip(Skip),
 }
@@ -73,14 +75,14 @@ impl Op {
     }
 }
 
-/// One row change as Debezium described it.
+/// One row change as Debezium described it; its fields may borrow the entry's text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChangeEvent {
+pub struct ChangeEvent<'a> {
     pub op: Op,
     /// The message key's fields; `None` for a null key (a table without a key).
-    pub key: Option<Row>,
-    pub before: Option<Row>,
-    pub after: Option<Row>,
+    pub key: Option<Row<'a>>,
+    pub before: Option<Row<'a>>,
+    pub after: Option<Row<'a>>,
     pub source: Source,
     /// The event's schema, for schema evolution: [`Declared::columns`].
     pub declared: Declared,
@@ -242,18 +244,92 @@ pub(super) fn scalar_text(v: &Value) -> Option<String> {
 
 /// Fields of a row image or key, in event order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Row(pub Vec<Field>);
+pub struct Row<'a>(pub Vec<Field<'a>>);
 
-impl Row {
-    pub fn get(&self, name: &str) -> Option<&Field> {
+impl<'a> Row<'a> {
+    pub fn get(&self, name: &str) -> Option<&Field<'a>> {
         self.0.iter().find(|f| f.name == name)
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Field {
-    pub name: String,
-    pub value: Value,
+pub struct Field<'a> {
+    /// Borrowed from the entry when it has no escapes (the fast path).
+    pub name: Cow<'a, str>,
+    pub value: FieldValue<'a>,
     /// From the event schema; `None` without schemas or for plain types.
     pub logical: Option<Logical>,
+}
+
+/// A field's JSON value: parsed, or (the fast path) a scalar as read, without a
+/// `Value` for it: a string without escapes borrowed from the entry, a whole number
+/// that serde_json reads as a u64 or an i64.
+#[derive(Debug, Clone)]
+pub enum FieldValue<'a> {
+    Json(Value),
+    Str(&'a str),
+    U64(u64),
+    I64(i64),
+}
+
+impl FieldValue<'_> {
+    pub fn is_null(&self) -> bool {
+        matches!(self, FieldValue::Json(Value::Null))
+    }
+
+    /// The string, as `Value::as_str`.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            FieldValue::Json(v) => v.as_str(),
+            FieldValue::Str(s) => Some(s),
+            FieldValue::U64(_) | FieldValue::I64(_) => None,
+        }
+    }
+
+    /// The value as a `Value`.
+    pub fn json(&self) -> Cow<'_, Value> {
+        match self {
+            FieldValue::Json(v) => Cow::Borrowed(v),
+            FieldValue::Str(s) => Cow::Owned(Value::String((*s).to_owned())),
+            FieldValue::U64(n) => Cow::Owned(Value::from(*n)),
+            FieldValue::I64(n) => Cow::Owned(Value::from(*n)),
+        }
+    }
+}
+
+#[cfg(test)]
+impl ChangeEvent<'_> {
+    /// The event without borrows (tests keep events past their entries).
+    pub(crate) fn into_owned(self) -> ChangeEvent<'static> {
+        let owned = |row: Option<Row<'_>>| {
+            row.map(|r| {
+                Row(r
+                    .0
+                    .into_iter()
+                    .map(|f| Field {
+                        name: Cow::Owned(f.name.into_owned()),
+                        value: FieldValue::Json(f.value.json().into_owned()),
+                        logical: f.logical,
+                    })
+                    .collect())
+            })
+        };
+        ChangeEvent {
+            op: self.op,
+            key: owned(self.key),
+            before: owned(self.before),
+            after: owned(self.after),
+            source: self.source,
+            declared: self.declared,
+            bare: self.bare,
+            transaction: self.transaction,
+        }
+    }
+}
+
+/// Equal as JSON values, however each is held.
+impl PartialEq for FieldValue<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
 }

@@ -21,8 +21,8 @@ pub(super) const FLATTENED_PREFIX: &str = "__";
 pub(super) fn flattened(
     payload: Map<String, Value>,
     schema: Option<Value>,
-    key: Option<Row>,
-) -> Result<Decoded, String> {
+    key: Option<Row<'static>>,
+) -> Result<Decoded<'static>, String> {
     // Without a schema naming it, a value with these fields is taken for an envelope
     // that lost its `op`.
     if schema.is_none()

@@ -32,7 +32,9 @@ use crate::config::DecodeConfig;
 use crate::entry::{EntryId, StreamEntry};
 
 pub use event::TxBlock;
-pub use event::{ChangeEvent, Declared, Decoded, Field, NOT_DEBEZIUM, Op, Row, Skip, Source};
+pub use event::{
+    ChangeEvent, Declared, Decoded, Field, FieldValue, NOT_DEBEZIUM, Op, Row, Skip, Source,
+};
 pub use logical::{Logical, sql_type};
 pub use transaction::{TxEnd, TxRecord, transaction_id, transaction_key, tx_record};
 
@@ -48,7 +50,10 @@ pub struct DecodeError {
 }
 
 /// Decodes one entry.
-pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, DecodeError> {
+pub fn decode<'a>(
+    entry: &'a StreamEntry,
+    config: &DecodeConfig,
+) -> Result<Decoded<'a>, DecodeError> {
     let fail = |reason: String| DecodeError {
         stream: entry.stream.clone(),
         id: entry.id,
@@ -65,11 +70,11 @@ pub fn decode(entry: &StreamEntry, config: &DecodeConfig) -> Result<Decoded, Dec
 }
 
 /// Decodes the fields of an entry of `stream`; an error is the reason only.
-fn decode_fields(
-    fields: &[(Vec<u8>, Vec<u8>)],
+fn decode_fields<'a>(
+    fields: &'a [(Vec<u8>, Vec<u8>)],
     stream: &str,
     config: &DecodeConfig,
-) -> Result<Decoded, String> {
+) -> Result<Decoded<'a>, String> {
     let (key_text, value_text) = split_fields(fields)?;
     let key_text = std::str::from_utf8(key_text).map_err(|_| "the key is not valid UTF-8")?;
     let value_text = std::str::from_utf8(value_text).map_err(|_| "the value is not valid UTF-8")?;
@@ -92,7 +97,7 @@ fn decode_value(
     key_text: &str,
     value_text: &str,
     config: &DecodeConfig,
-) -> Result<Decoded, String> {
+) -> Result<Decoded<'static>, String> {
     let value: Value =
         serde_json::from_str(value_text).map_err(|e| format!("the value is not JSON: {e}"))?;
     let (value_schema, payload) = split_schema(value);
@@ -118,7 +123,7 @@ fn decode_value(
 }
 
 /// The message key: `None` for the null-key placeholder or a null payload.
-fn parse_key(key_text: &str, config: &DecodeConfig) -> Result<Option<Row>, String> {
+fn parse_key(key_text: &str, config: &DecodeConfig) -> Result<Option<Row<'static>>, String> {
     if key_text == config.null_key {
         return Ok(None);
     }
@@ -199,14 +204,14 @@ fn struct_fields(schema: &Value) -> &[Value] {
 
 /// A row image or key: its fields in event order, each with the logical type its field
 /// schema gives.
-fn row_from(map: Map<String, Value>, schema: Option<&[Value]>) -> Row {
+fn row_from(map: Map<String, Value>, schema: Option<&[Value]>) -> Row<'static> {
     Row(map
         .into_iter()
         .map(|(name, value)| {
             let logical = schema.and_then(|fields| logical_of(fields, &name));
             Field {
-                name,
-                value,
+                name: name.into(),
+                value: FieldValue::Json(value),
                 logical,
             }
         })

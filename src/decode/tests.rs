@@ -93,13 +93,13 @@ fn schemas_give_logical_types_and_both_modes_give_the_same_values() {
     let config = DecodeConfig::default();
     let with = capture("inventory_with_schemas.jsonl");
     let without = capture("inventory_schemaless.jsonl");
-    let products = |entries: &[StreamEntry]| -> ChangeEvent {
+    let products = |entries: &[StreamEntry]| -> ChangeEvent<'static> {
         let e = entries
             .iter()
             .find(|e| e.stream.ends_with("products"))
             .expect("a products event");
         match decode(e, &config).expect("decodes") {
-            Decoded::Change(c) => c,
+            Decoded::Change(c) => c.into_owned(),
             other => panic!("{other:?}"),
         }
     };
@@ -141,7 +141,7 @@ fn schemas_give_logical_types_and_both_modes_give_the_same_values() {
         a.key
             .as_ref()
             .and_then(|k| k.get("id"))
-            .map(|f| f.value.clone()),
+            .map(|f| f.value.json().into_owned()),
         Some(serde_json::json!(1))
     );
 }
@@ -363,9 +363,9 @@ proptest! {
     }
 }
 
-fn change(decoded: Result<Decoded, DecodeError>) -> ChangeEvent {
+fn change(decoded: Result<Decoded<'_>, DecodeError>) -> ChangeEvent<'static> {
     match decoded {
-        Ok(Decoded::Change(e)) => e,
+        Ok(Decoded::Change(e)) => e.into_owned(),
         other => panic!("expected a change, got {other:?}"),
     }
 }
@@ -388,7 +388,7 @@ fn flattened_events_from_extract_new_record_state() {
     assert_eq!(e.source.ts_ms, Some(1_700_000_000_000));
     let after = e.after.expect("after");
     assert_eq!(
-        after.0.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        after.0.iter().map(|f| &*f.name).collect::<Vec<_>>(),
         ["id", "name"]
     );
     // delete.handling.mode=rewrite: the before image with __deleted "true" (or true).
@@ -437,10 +437,8 @@ fn flattened_events_with_schemas_and_malformed_ones() {
         "{after:?}"
     );
     // A null __lsn (incremental snapshot) cannot be versioned like the others.
-    let err = decode(
-        &compact("s", r#"{"id":1}"#, r#"{"id":1,"__lsn":null}"#),
-        &config,
-    );
+    let entry = compact("s", r#"{"id":1}"#, r#"{"id":1,"__lsn":null}"#);
+    let err = decode(&entry, &config);
     assert!(err.is_err_and(|e| e.reason.contains("null __lsn")));
     // With a schema that is not an envelope, `source` is just a column.
     let e = change(decode(

@@ -108,7 +108,11 @@ impl Columns {
     }
 
     /// The event field that identifies `column` in `row` (a key), if it is not null.
-    pub fn field_for<'a>(&self, row: Option<&'a Row>, column: &str) -> Option<&'a Field> {
+    pub fn field_for<'a, 'e>(
+        &self,
+        row: Option<&'a Row<'e>>,
+        column: &str,
+    ) -> Option<&'a Field<'e>> {
         row?.0
             .iter()
             .find(|f| self.renamed(&f.name) == column && !f.value.is_null())

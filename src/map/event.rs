@@ -208,7 +208,7 @@ fn convert_field(
         is_array: column.is_array,
         base64_decimals: mapping.decimal_handling == DecimalHandling::Precise,
     };
-    convert::to_text(&field.value, field.logical.as_ref(), target)
+    convert::field_text(&field.value, field.logical.as_ref(), target)
         .map_err(|e| MapError::column(&table.name, &column.name, e))
 }
 

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::version::position_parts;
 use super::*;
 use crate::config::{MappingConfig, VersionSource};
-use crate::decode::{ChangeEvent, Field, Op, Row, Source};
+use crate::decode::{ChangeEvent, Field, FieldValue, Op, Row, Source};
 use crate::entry::EntryId;
 
 pub(super) fn table() -> Arc<TableSchema> {
@@ -38,14 +38,14 @@ pub(super) fn mapping(extra: &str) -> Mapping {
     Mapping::compile(0, &config).expect("compiles")
 }
 
-fn row(fields: serde_json::Value) -> Row {
+fn row(fields: serde_json::Value) -> Row<'static> {
     Row(fields
         .as_object()
         .expect("object")
         .iter()
         .map(|(k, v)| Field {
-            name: k.clone(),
-            value: v.clone(),
+            name: k.clone().into(),
+            value: FieldValue::Json(v.clone()),
             logical: None,
         })
         .collect())
@@ -56,7 +56,7 @@ pub(super) fn event(
     key: Option<serde_json::Value>,
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
-) -> ChangeEvent {
+) -> ChangeEvent<'static> {
     ChangeEvent {
         op,
         key: key.map(row),
@@ -456,7 +456,7 @@ fn snapshot_rows_sequences_and_malformed_positions() {
     assert!(seq(r#"["24023119","24023128"]"#) < seq(r#"["24023200","24023150"]"#));
 }
 
-fn event_with(source: Source) -> ChangeEvent {
+fn event_with(source: Source) -> ChangeEvent<'static> {
     ChangeEvent {
         op: Op::Update,
         key: None,
@@ -484,7 +484,7 @@ fn real_mysql_and_sqlserver_events_get_their_positions() {
             fields: Some(vec![(b"{\"id\":1}".to_vec(), text.into_bytes())]),
         };
         match crate::decode::decode(&entry, &crate::config::DecodeConfig::default()) {
-            Ok(crate::decode::Decoded::Change(e)) => e,
+            Ok(crate::decode::Decoded::Change(e)) => e.into_owned(),
             other => panic!("{name}: {other:?}"),
         }
     };

@@ -223,7 +223,7 @@ impl Core {
     async fn prepare_event(
         &mut self,
         entry: &StreamEntry,
-        event: &ChangeEvent,
+        event: &ChangeEvent<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Prepared, PipelineError> {
         let target = match self.target(entry, event)? {
@@ -256,7 +256,7 @@ impl Core {
     fn target(
         &self,
         entry: &StreamEntry,
-        event: &ChangeEvent,
+        event: &ChangeEvent<'_>,
     ) -> Result<Result<Target, Prepared>, PipelineError> {
         let Some(&index) = self.routes.get(&entry.stream) else {
             return Err(PipelineError::Config(format!(
@@ -282,7 +282,7 @@ impl Core {
     async fn schema(
         &mut self,
         target: &Target,
-        event: &ChangeEvent,
+        event: &ChangeEvent<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Result<Arc<TableSchema>, Prepared>, PipelineError> {
         // Only for a table not read yet: the declared columns are built on demand.
@@ -306,7 +306,7 @@ impl Core {
     async fn map_row(
         &mut self,
         target: &Target,
-        event: &ChangeEvent,
+        event: &ChangeEvent<'_>,
         id: EntryId,
         table: &Arc<TableSchema>,
         shutdown: &CancellationToken,

@@ -2,7 +2,9 @@
 //! `source`, `transaction`; bare or in `{"schema":…,"payload":…}`) deserialized by
 //! serde visitors straight into a [`ChangeEvent`], without a `serde_json::Value` tree
 //! of the whole event: the rows' fields go into their `Vec` as they are read, `source`
-//! into [`Source`]. Field values stay `Value`s (numbers keep their text). Pure.
+//! into [`Source`]. Field names and strings without escapes are borrowed from the entry,
+//! whole numbers of u64/i64 kept as numbers ([`super::FieldValue`]); other values are
+//! `Value`s (numbers keep their text). Pure.
 //!
 //! It only answers when it is sure: `None` for anything else — not an envelope, a key
 //! twice, a value of an unexpected type, a flattened event, a bad op, any event that
@@ -22,7 +24,11 @@ use crate::config::DecodeConfig;
 use visit::{KeyRow, Parts, PartsSeed};
 
 /// Decodes an envelope `value_text` with its key `key_text`; `None` when not sure.
-pub(super) fn decode(key_text: &str, value_text: &str, config: &DecodeConfig) -> Option<Decoded> {
+pub(super) fn decode<'a>(
+    key_text: &'a str,
+    value_text: &'a str,
+    config: &DecodeConfig,
+) -> Option<Decoded<'a>> {
     let mut de = serde_json::Deserializer::from_str(value_text);
     let top = PartsSeed { nested: false }.deserialize(&mut de).ok()?;
     de.end().ok()?;
@@ -68,7 +74,7 @@ pub(super) fn decode(key_text: &str, value_text: &str, config: &DecodeConfig) ->
 
 /// (schema, payload): the wrapped form is exactly the keys `schema` and `payload`;
 /// `None` when the value has one of them among other keys.
-fn unwrap_schema(top: Parts) -> Option<(Option<Value>, Parts)> {
+fn unwrap_schema(top: Parts<'_>) -> Option<(Option<Value>, Parts<'_>)> {
     if top.schema.is_none() && top.payload.is_none() {
         return Some((None, top));
     }
@@ -88,7 +94,7 @@ fn unwrap_schema(top: Parts) -> Option<(Option<Value>, Parts)> {
 
 /// The message key as [`super::parse_key`] reads it; the `Value` path for a key in the
 /// wrapped form (its schema types the fields) or anything unexpected.
-fn key(key_text: &str, config: &DecodeConfig) -> Option<Option<Row>> {
+fn key<'a>(key_text: &'a str, config: &DecodeConfig) -> Option<Option<Row<'a>>> {
     if key_text == config.null_key {
         return Some(None);
     }
@@ -100,12 +106,12 @@ fn key(key_text: &str, config: &DecodeConfig) -> Option<Option<Row>> {
 }
 
 /// A row whose fields are exactly `payload` and `schema` (sorted) is the wrapped form.
-fn is_wrapped(row: &Row) -> bool {
+fn is_wrapped(row: &Row<'_>) -> bool {
     matches!(row.0.as_slice(), [p, s] if p.name == "payload" && s.name == "schema")
 }
 
 /// The row with each field's logical type from the row struct's schema.
-fn typed(mut row: Row, schema: Option<&[Value]>) -> Row {
+fn typed<'a>(mut row: Row<'a>, schema: Option<&[Value]>) -> Row<'a> {
     if let Some(fields) = schema {
         for field in &mut row.0 {
             field.logical = logical_of(fields, &field.name);

@@ -284,7 +284,27 @@ fn a_typical_envelope_takes_the_fast_path() {
     assert_eq!(c.source.position("sequence"), Some("[\"1\",\"2\"]"));
     let after = c.after.expect("after");
     assert_eq!(
-        after.get("n").expect("n").value.to_string(),
+        after.get("n").expect("n").value.json().to_string(),
         "12345678901234567890.10"
     );
+}
+
+#[test]
+fn scalars_stay_as_read_and_the_rest_becomes_values() {
+    use crate::decode::FieldValue;
+    let value = r#"{"op":"c","after":{"s":"plain","e":"tab\tbed","u":7,"i":-7,"z":-0,"b":true,"n":null,"f":1.5,"big":123456789012345678901234,"o":{"a":1}},"source":{}}"#;
+    let Some(Decoded::Change(c)) = fast("{\"u\":7}", value, &DecodeConfig::default()) else {
+        panic!("a change");
+    };
+    let after = c.after.expect("after");
+    let get = |name: &str| after.get(name).expect(name).value.clone();
+    assert_eq!(get("s"), FieldValue::Str("plain"));
+    assert!(matches!(get("s"), FieldValue::Str("plain")), "borrowed");
+    assert!(matches!(get("e"), FieldValue::Json(_)), "unescaped, owned");
+    assert!(matches!(get("u"), FieldValue::U64(7)));
+    assert!(matches!(get("i"), FieldValue::I64(-7)));
+    for name in ["z", "b", "n", "f", "big", "o"] {
+        assert!(matches!(get(name), FieldValue::Json(_)), "{name}");
+    }
+    assert!(agrees("{\"u\":7}", value));
 }

@@ -3,13 +3,14 @@
 //! a `serde_json::Map` would have them), `source` into [`Source`]. Any surprise is an
 //! error, which sends the event to the `Value` path.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::decode::event::{Field, POSITION_FIELDS, Row, Source};
+use crate::decode::event::{Field, FieldValue, POSITION_FIELDS, Row, Source};
 
 /// Keys serde_json gives its own meaning (arbitrary-precision numbers, raw values):
 /// the `Value` path decides what such an object is.
@@ -31,16 +32,16 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
 
 /// The keys of an envelope (or of its schema wrapper) that decode reads.
 #[derive(Debug, Default)]
-pub(super) struct Parts {
+pub(super) struct Parts<'a> {
     pub op: Option<String>,
     /// `None`: absent; `Some(None)`: null.
-    pub before: Option<Option<Row>>,
-    pub after: Option<Option<Row>>,
+    pub before: Option<Option<Row<'a>>>,
+    pub after: Option<Option<Row<'a>>>,
     /// Present only as an object (anything else is for the `Value` path).
     pub source: Option<Source>,
     pub transaction: Option<Value>,
     pub schema: Option<Value>,
-    pub payload: Option<Box<Parts>>,
+    pub payload: Option<Box<Parts<'a>>>,
     /// Any other key.
     pub other: bool,
 }
@@ -98,18 +99,18 @@ pub(super) struct PartsSeed {
 }
 
 impl<'de> DeserializeSeed<'de> for PartsSeed {
-    type Value = Parts;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Parts, D::Error> {
+    type Value = Parts<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Parts<'de>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for PartsSeed {
-    type Value = Parts;
+    type Value = Parts<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a Debezium envelope")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parts<'de>, A::Error> {
         let mut p = Parts::default();
         while let Some(key) = map.next_key_seed(Classify(parts_key))? {
             match key {
@@ -137,15 +138,16 @@ impl<'de> Visitor<'de> for PartsSeed {
 }
 
 /// A row image: null or an object.
-fn image<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Row>, A::Error> {
-    Ok(map.next_value::<Option<KeyRow>>()?.map(|r| r.0))
+fn image<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Row<'de>>, A::Error> {
+    Ok(map.next_value::<Option<KeyRow<'de>>>()?.map(|r| r.0))
 }
 
 /// A row image or key object: its fields in the order a `serde_json::Map` keeps them
-/// (by name; of a name given twice, the last).
-pub(super) struct KeyRow(pub Row);
+/// (by name; of a name given twice, the last), names and scalars borrowed from the
+/// entry's text.
+pub(super) struct KeyRow<'a>(pub Row<'a>);
 
-impl<'de> Deserialize<'de> for KeyRow {
+impl<'de> Deserialize<'de> for KeyRow<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(RowVisitor)
     }
@@ -154,17 +156,17 @@ impl<'de> Deserialize<'de> for KeyRow {
 struct RowVisitor;
 
 impl<'de> Visitor<'de> for RowVisitor {
-    type Value = KeyRow;
+    type Value = KeyRow<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a row object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyRow, A::Error> {
-        let mut fields: Vec<Field> = Vec::with_capacity(map.size_hint().unwrap_or(16));
-        while let Some(name) = map.next_key::<String>()? {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyRow<'de>, A::Error> {
+        let mut fields: Vec<Field<'de>> = Vec::with_capacity(map.size_hint().unwrap_or(16));
+        while let Some(name) = map.next_key_seed(Name)? {
             if name.starts_with(PRIVATE) {
                 return Err(unsure());
             }
-            let value = map.next_value()?;
+            let value = map.next_value_seed(ValueSeed)?;
             fields.push(Field {
                 name,
                 value,
@@ -175,8 +177,85 @@ impl<'de> Visitor<'de> for RowVisitor {
     }
 }
 
+/// A field's value: a string without escapes stays borrowed, a whole number serde_json
+/// reads as u64 or i64 stays that number; anything else is the `Value` serde_json
+/// would make of it.
+struct ValueSeed;
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = FieldValue<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<FieldValue<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = FieldValue<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::Str(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::Json(Value::String(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::Json(Value::String(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::U64(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::I64(v))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::Json(Value::Bool(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::Json(Value::Null))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<FieldValue<'de>, E> {
+        Ok(FieldValue::Json(Value::Null))
+    }
+    // Objects, and numbers past i64/u64 (serde_json's arbitrary precision gives them
+    // as a map): `Value` decides, as on the `Value` path.
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldValue<'de>, A::Error> {
+        Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldValue::Json)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<FieldValue<'de>, A::Error> {
+        Value::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(FieldValue::Json)
+    }
+}
+
+/// An object key, borrowed from the entry unless it has escapes.
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
 /// Fields in `serde_json::Map` order: sorted by name, the last of a name given twice.
-fn map_order(mut fields: Vec<Field>) -> Vec<Field> {
+fn map_order(mut fields: Vec<Field<'_>>) -> Vec<Field<'_>> {
     if fields.windows(2).all(|w| w[0].name < w[1].name) {
         return fields;
     }

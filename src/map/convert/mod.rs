@@ -31,10 +31,10 @@ mod time;
 use serde_json::Value;
 
 use super::table::ColumnType;
-use crate::decode::Logical;
+use crate::decode::{FieldValue, Logical};
 use bytes::{bit_column, bits, bytes, geometry};
 use collections::{array_literal, hstore};
-use numeric::{decimal, float, integer};
+use numeric::{decimal, float, in_range, integer};
 use time::{date, duration, time, time_nanos, timestamp, timestamp_nanos};
 
 /// How a column is typed, for conversion.
@@ -44,6 +44,85 @@ pub struct Target<'a> {
     pub is_array: bool,
     /// Without a schema, whether a decimal string is base64 (`decimal.handling.mode=precise`).
     pub base64_decimals: bool,
+}
+
+/// [`to_text`] of a field's value. A scalar the decode fast path kept as read whose
+/// text is already the column's (a string into a text-like column, a whole number
+/// into an integer or text-like one) is taken without a `Value`; anything else goes
+/// through [`to_text`], which gives the same.
+pub fn field_text(
+    value: &FieldValue<'_>,
+    logical: Option<&Logical>,
+    target: Target<'_>,
+) -> Result<Option<String>, String> {
+    if let Some(text) = scalar_text(value, logical, target) {
+        return text;
+    }
+    to_text(&value.json(), logical, target)
+}
+
+/// The fast part of [`field_text`]; `None` where [`to_text`] must decide.
+fn scalar_text(
+    value: &FieldValue<'_>,
+    logical: Option<&Logical>,
+    target: Target<'_>,
+) -> Option<Result<Option<String>, String>> {
+    if target.is_array || !matches!(logical, None | Some(Logical::Plain | Logical::Text)) {
+        return None;
+    }
+    let ty = target.ty.name.as_str();
+    let n = match *value {
+        FieldValue::Json(_) => return None,
+        // `scalar`'s types that take a string as it is (`plain`).
+        FieldValue::Str(s) => {
+            return takes_string_as_is(ty).then(|| check_text(s).map(|s| Some(s.to_owned())));
+        }
+        FieldValue::U64(n) => i128::from(n),
+        FieldValue::I64(n) => i128::from(n),
+    };
+    // Formatted as the u64 or i64 it is (an i128's formatting is several times slower).
+    let digits = || match *value {
+        FieldValue::U64(n) => n.to_string(),
+        _ => i64::try_from(n).map_or_else(|_| n.to_string(), |n| n.to_string()),
+    };
+    match ty {
+        // As `integer`.
+        "int2" | "int4" | "int8" | "oid" => Some(in_range(n, ty).map(|()| Some(digits()))),
+        // As `plain`: serde_json writes a whole number's digits.
+        _ if takes_number_as_is(ty) => Some(Ok(Some(digits()))),
+        _ => None,
+    }
+}
+
+/// Column types whose text `scalar` takes from a JSON string unchanged.
+fn takes_string_as_is(ty: &str) -> bool {
+    !matches!(
+        ty,
+        "int2"
+            | "int4"
+            | "int8"
+            | "oid"
+            | "float4"
+            | "float8"
+            | "numeric"
+            | "money"
+            | "bool"
+            | "bytea"
+            | "geometry"
+            | "geography"
+            | "hstore"
+            | "bit"
+            | "varbit"
+    )
+}
+
+/// Column types whose text `scalar` takes from a JSON number unchanged.
+fn takes_number_as_is(ty: &str) -> bool {
+    takes_string_as_is(ty)
+        && !matches!(
+            ty,
+            "date" | "timestamp" | "timestamptz" | "time" | "timetz" | "interval"
+        )
 }
 
 /// Converts one value; `Ok(None)` is SQL NULL. Errors are short phrases that the caller
@@ -245,5 +324,89 @@ mod tests {
         assert!(conv(json!("a\u{0}b"), None, &ty("text", None, None)).is_err());
         assert!(conv(json!("x"), None, &ty("float8", None, None)).is_err());
         assert_eq!(conv(json!(null), None, &int4).expect("ok"), None);
+    }
+}
+
+#[cfg(test)]
+mod field_tests {
+    use proptest::prelude::*;
+
+    use super::testing::ty;
+    use super::{FieldValue, Logical, Target, field_text, to_text};
+
+    /// Every column type `scalar` dispatches on, and one it does not.
+    const TYPES: [&str; 25] = [
+        "int2",
+        "int4",
+        "int8",
+        "oid",
+        "float4",
+        "float8",
+        "numeric",
+        "money",
+        "bool",
+        "date",
+        "timestamp",
+        "timestamptz",
+        "time",
+        "timetz",
+        "interval",
+        "bytea",
+        "geometry",
+        "geography",
+        "hstore",
+        "bit",
+        "varbit",
+        "text",
+        "jsonb",
+        "uuid",
+        "varchar",
+    ];
+
+    fn scalar() -> impl Strategy<Value = FieldValue<'static>> {
+        prop_oneof![
+            any::<u64>().prop_map(FieldValue::U64),
+            any::<i64>().prop_map(FieldValue::I64),
+            (0_u64..70_000).prop_map(FieldValue::U64),
+            (-70_000_i64..0).prop_map(FieldValue::I64),
+            prop::sample::select(vec![
+                "",
+                "abc",
+                "42",
+                " 7 ",
+                "-3",
+                "1.5",
+                "true",
+                "t",
+                "NaN",
+                "a\0b",
+                "AQID",
+                "2026-01-15",
+                "12:00:00",
+                "{1,2}",
+                "é",
+            ])
+            .prop_map(FieldValue::Str),
+        ]
+    }
+
+    proptest! {
+        /// A scalar kept as read converts exactly as its `Value` does, for every
+        /// column type, with and without the logical types that leave it to the type.
+        #[test]
+        fn a_kept_scalar_converts_as_its_value(
+            value in scalar(),
+            name in prop::sample::select(TYPES.to_vec()),
+            logical in prop::sample::select(vec![None, Some(Logical::Plain), Some(Logical::Text)]),
+            precision in prop::option::of(0_u32..7),
+            is_array in any::<bool>(),
+        ) {
+            let t = ty(name, Some(2), precision);
+            let target = Target { ty: &t, is_array, base64_decimals: true };
+            prop_assert_eq!(
+                field_text(&value, logical.as_ref(), target),
+                to_text(&value.json(), logical.as_ref(), target)
+            );
+        }
     }
 }

@@ -25,6 +25,12 @@ pub(super) fn integer(value: &Value, ty: &str) -> Result<String, String> {
             .map_err(|_| format!("{} is not a whole number", short(value)))?,
         other => return Err(format!("expected a whole number, got {}", kind(other))),
     };
+    in_range(n, ty)?;
+    Ok(n.to_string())
+}
+
+/// Whether `n` fits the integer type `ty` (`int2`, `int4`, `int8`, `oid`).
+pub(super) fn in_range(n: i128, ty: &str) -> Result<(), String> {
     let (lo, hi) = match ty {
         "int2" => (i128::from(i16::MIN), i128::from(i16::MAX)),
         "int4" => (i128::from(i32::MIN), i128::from(i32::MAX)),
@@ -34,7 +40,7 @@ pub(super) fn integer(value: &Value, ty: &str) -> Result<String, String> {
     if n < lo || n > hi {
         return Err(format!("{n} is out of range for {ty}"));
     }
-    Ok(n.to_string())
+    Ok(())
 }
 
 pub(super) fn float(value: &Value) -> Result<String, String> {
