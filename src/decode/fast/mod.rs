@@ -1,10 +1,11 @@
 //! The fast path of [`super::decode`]: a Debezium envelope (`op`, `before`, `after`,
-//! `source`, `transaction`; bare or in `{"schema":…,"payload":…}`) deserialized by
-//! serde visitors straight into a [`ChangeEvent`], without a `serde_json::Value` tree
-//! of the whole event: the rows' fields go into their `Vec` as they are read, `source`
-//! into [`Source`]. Field names and strings without escapes are borrowed from the entry,
-//! whole numbers of u64/i64 kept as numbers ([`super::FieldValue`]); other values are
-//! `Value`s (numbers keep their text). Pure.
+//! `source`, `transaction`; bare or in `{"schema":…,"payload":…}`) read by a JSON
+//! cursor of its own (`scan`) straight into a [`ChangeEvent`], without serde's
+//! machinery or a `serde_json::Value` tree of the whole event (`parts`): the rows'
+//! fields go into their `Vec` as they are read, `source` into [`Source`]. Field names
+//! and strings without escapes are borrowed from the entry, whole numbers of u64/i64
+//! kept as numbers ([`super::FieldValue`]); other values are `Value`s that serde_json
+//! parses (numbers keep their text). Pure.
 //!
 //! It only answers when it is sure: `None` for anything else — not an envelope, a key
 //! twice, a value of an unexpected type, a flattened event, a bad op, any event that
@@ -12,16 +13,16 @@
 //! wrong in its own words. Both give the same result for every event the fast path
 //! takes (`tests.rs` checks that on the fixtures and on generated events).
 
-mod visit;
+mod parts;
+mod scan;
 
-use serde::de::DeserializeSeed;
 use serde_json::Value;
 
 use super::envelope::{envelope_row_schema, is_envelope_by, tx_block};
 use super::event::{ChangeEvent, Declared, Decoded, Op, Row, Skip};
 use super::logical_of;
 use crate::config::DecodeConfig;
-use visit::{KeyRow, Parts, PartsSeed};
+use parts::Parts;
 
 /// Decodes an envelope `value_text` with its key `key_text`; `None` when not sure.
 pub(super) fn decode<'a>(
@@ -29,9 +30,7 @@ pub(super) fn decode<'a>(
     value_text: &'a str,
     config: &DecodeConfig,
 ) -> Option<Decoded<'a>> {
-    let mut de = serde_json::Deserializer::from_str(value_text);
-    let top = PartsSeed { nested: false }.deserialize(&mut de).ok()?;
-    de.end().ok()?;
+    let top = parts::envelope(value_text)?;
     let (schema, parts) = unwrap_schema(top)?;
     if !is_envelope_by(
         schema.as_ref(),
@@ -98,9 +97,9 @@ fn key<'a>(key_text: &'a str, config: &DecodeConfig) -> Option<Option<Row<'a>>> 
     if key_text == config.null_key {
         return Some(None);
     }
-    match serde_json::from_str::<Option<KeyRow>>(key_text) {
-        Ok(None) => Some(None),
-        Ok(Some(KeyRow(row))) if !is_wrapped(&row) => Some(Some(row)),
+    match parts::key(key_text) {
+        Some(None) => Some(None),
+        Some(Some(row)) if !is_wrapped(&row) => Some(Some(row)),
         _ => super::parse_key(key_text, config).ok(),
     }
 }
