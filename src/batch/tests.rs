@@ -21,9 +21,11 @@ fn entry(stream: &str, ms: u64) -> StreamEntry {
 }
 
 fn upsert(key: &str, version: u8, cols: &[(usize, &str)]) -> RowChange {
-    let mut pairs: Vec<(usize, Option<String>)> = vec![(0, Some(key.to_string()))];
-    pairs.extend(cols.iter().map(|(c, v)| (*c, Some(v.to_string()))));
-    let (columns, values) = pairs.into_iter().unzip();
+    let mut columns = vec![0];
+    columns.extend(cols.iter().map(|(c, _)| *c));
+    let values = std::iter::once(Some(key))
+        .chain(cols.iter().map(|(_, v)| Some(*v)))
+        .collect();
     RowChange {
         table: table(),
         key_columns: vec![0],
@@ -150,16 +152,16 @@ fn apply(mut db: Db, change: &RowChange) -> Db {
             match &mut db.row {
                 Some((_, rv)) if !older(*rv) => {}
                 Some((row, rv)) => {
-                    for (c, val) in columns.iter().zip(values) {
-                        row.insert(*c, val.clone().unwrap_or_default());
+                    for (c, val) in columns.iter().zip(values.iter()) {
+                        row.insert(*c, val.unwrap_or_default().to_string());
                     }
                     *rv = Some(v);
                 }
                 None => {
                     let row = columns
                         .iter()
-                        .zip(values)
-                        .map(|(c, val)| (*c, val.clone().unwrap_or_default()))
+                        .zip(values.iter())
+                        .map(|(c, val)| (*c, val.unwrap_or_default().to_string()))
                         .collect();
                     db.row = Some((row, Some(v)));
                 }

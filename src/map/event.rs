@@ -12,6 +12,7 @@ use crate::config::{DecimalHandling, DeleteMode};
 use crate::decode::{ChangeEvent, Field, NOT_DEBEZIUM, Op, Row};
 use crate::entry::EntryId;
 
+use super::texts::{Builder, Texts};
 use super::{MapError, Mapping, TableSchema, UNAVAILABLE_VALUE, Version, columns, convert};
 
 /// What to do with one row.
@@ -19,10 +20,7 @@ use super::{MapError, Mapping, TableSchema, UNAVAILABLE_VALUE, Version, columns,
 pub enum RowOp {
     /// Insert or update these columns (indices into the table's columns, ascending);
     /// columns not listed keep their value (or get their default on insert).
-    Upsert {
-        columns: Vec<usize>,
-        values: Vec<Option<String>>,
-    },
+    Upsert { columns: Vec<usize>, values: Texts },
     /// Delete the row; the values are the key columns', in key order.
     Delete { key_values: Vec<String> },
 }
@@ -156,8 +154,8 @@ fn upsert_op(
     )?;
     if let Some(col) = soft_column(mapping, table)? {
         // A row created (again) is not deleted: clear the flag.
-        if !pairs.iter().any(|(c, _)| *c == col) {
-            pairs.push((col, None));
+        if !pairs.has(col) {
+            pairs.push(col, None);
         }
     }
     pairs_op(table, key_columns, pairs)
@@ -190,25 +188,27 @@ fn soft_delete_op(
             .unwrap_or_else(|| i64::try_from(id.ms).unwrap_or(i64::MAX));
         let text = columns::time_text(ms, &table.columns[col].ty.name)
             .map_err(|e| MapError::table(&table.name, e))?;
-        pairs.retain(|(c, _)| *c != col);
-        pairs.push((col, Some(text)));
+        pairs.remove(col);
+        pairs.push(col, Some(&text));
     }
     pairs_op(table, key_columns, pairs)
 }
 
+/// A field's value for column `col`, appended to `out`; `Ok(false)`: NULL.
 fn convert_field(
     mapping: &Mapping,
     table: &TableSchema,
     field: &Field,
     col: usize,
-) -> Result<Option<String>, MapError> {
+    out: &mut String,
+) -> Result<bool, MapError> {
     let column = &table.columns[col];
     let target = convert::Target {
         ty: &column.ty,
         is_array: column.is_array,
         base64_decimals: mapping.decimal_handling == DecimalHandling::Precise,
     };
-    convert::field_text(&field.value, field.logical.as_ref(), target)
+    convert::field_text_into(&field.value, field.logical.as_ref(), target, out)
         .map_err(|e| MapError::column(&table.name, &column.name, e))
 }
 
@@ -242,9 +242,9 @@ fn row_pairs(
     key_columns: &[usize],
     key_names: &[&str],
     image: Option<&Row>,
-) -> Result<Vec<(usize, Option<String>)>, MapError> {
+) -> Result<Builder, MapError> {
     let fields = image.map_or(&[][..], |r| r.0.as_slice());
-    let mut pairs: Vec<(usize, Option<String>)> = Vec::with_capacity(fields.len() + 2);
+    let mut pairs = Builder::with_capacity(fields.len() + 2);
     for field in fields {
         let Some(name) = mapping.columns.column_of(&field.name) else {
             continue;
@@ -267,11 +267,11 @@ fn row_pairs(
             // Unchanged TOASTed value: keep what the row has.
             continue;
         }
-        pairs.push((col, convert_field(mapping, table, field, col)?));
+        pairs.push_with(col, |out| convert_field(mapping, table, field, col, out))?;
     }
     // Key columns missing from the image (excluded by the source) come from the key.
     for (&col, name) in key_columns.iter().zip(key_names) {
-        if !pairs.iter().any(|(c, _)| *c == col) {
+        if !pairs.has(col) {
             let field = mapping
                 .columns
                 .field_for(event.key.as_ref(), name)
@@ -283,23 +283,21 @@ fn row_pairs(
                         "the key column has no value in the event",
                     )
                 })?;
-            pairs.push((col, convert_field(mapping, table, field, col)?));
+            pairs.push_with(col, |out| convert_field(mapping, table, field, col, out))?;
         }
     }
-    pairs.extend(mapping.columns.extra(event, id, table)?);
+    for (col, value) in mapping.columns.extra(event, id, table)? {
+        pairs.push(col, value.as_deref());
+    }
     Ok(pairs)
 }
 
 /// An upsert of these (column, text) pairs; every key column must have a value.
-fn pairs_op(
-    table: &TableSchema,
-    key_columns: &[usize],
-    mut pairs: Vec<(usize, Option<String>)>,
-) -> Result<RowOp, MapError> {
-    pairs.sort_by_key(|(c, _)| *c);
-    pairs.dedup_by_key(|(c, _)| *c);
+fn pairs_op(table: &TableSchema, key_columns: &[usize], pairs: Builder) -> Result<RowOp, MapError> {
+    let (columns, values) = pairs.finish();
     for &k in key_columns {
-        if !pairs.iter().any(|(c, v)| *c == k && v.is_some()) {
+        let at = columns.iter().position(|c| *c == k);
+        if at.and_then(|i| values.get(i)).is_none() {
             return Err(MapError::column(
                 &table.name,
                 &table.columns[k].name,
@@ -307,7 +305,6 @@ fn pairs_op(
             ));
         }
     }
-    let (columns, values) = pairs.into_iter().unzip();
     Ok(RowOp::Upsert { columns, values })
 }
 
@@ -333,8 +330,14 @@ fn delete_op(
                      message key nor in `before`)",
                 )
             })?;
-        let value = convert_field(mapping, table, field, col)?
-            .ok_or_else(|| MapError::column(&table.name, name, "the key column is null"))?;
+        let mut value = String::new();
+        if !convert_field(mapping, table, field, col, &mut value)? {
+            return Err(MapError::column(
+                &table.name,
+                name,
+                "the key column is null",
+            ));
+        }
         key_values.push(value);
     }
     Ok(RowOp::Delete { key_values })
@@ -350,7 +353,7 @@ fn key_text(op: &RowOp, key_columns: &[usize]) -> Result<String, MapError> {
                 columns
                     .iter()
                     .position(|c| c == k)
-                    .and_then(|p| values[p].as_deref())
+                    .and_then(|p| values.get(p))
             })
             .collect(),
         RowOp::Delete { key_values } => key_values.iter().map(|v| Some(v.as_str())).collect(),

@@ -19,6 +19,7 @@ pub mod convert;
 mod event;
 mod mapping;
 mod table;
+mod texts;
 mod version;
 
 use std::fmt;
@@ -29,6 +30,7 @@ pub use columns::Columns;
 pub use event::{RowChange, RowOp, Truncate, map_event, map_truncate};
 pub use mapping::Mapping;
 pub use table::{Column, ColumnType, TableSchema, resolve_table};
+pub use texts::Texts;
 pub use version::Version;
 
 /// Debezium's placeholder for an unchanged TOASTed column (`unavailable.value.placeholder`).

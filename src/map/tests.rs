@@ -91,7 +91,7 @@ fn maps_an_upsert_to_text_values_and_a_key() {
         change.op,
         RowOp::Upsert {
             columns: vec![0, 1, 2],
-            values: vec![Some("1".into()), Some("x".into()), Some("19.99".into())]
+            values: [Some("1"), Some("x"), Some("19.99")].into_iter().collect()
         }
     );
 }
@@ -261,8 +261,8 @@ fn upsert(change: &RowChange) -> Vec<(String, Option<String>)> {
     };
     columns
         .iter()
-        .zip(values)
-        .map(|(c, v)| (change.table.columns[*c].name.clone(), v.clone()))
+        .zip(values.iter())
+        .map(|(c, v)| (change.table.columns[*c].name.clone(), v.map(str::to_string)))
         .collect()
 }
 

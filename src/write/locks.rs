@@ -97,7 +97,9 @@ mod tests {
                 version: Version(vec![1]),
                 op: RowOp::Upsert {
                     columns: vec![0, 1],
-                    values: vec![Some(key.to_string()), Some("x".into())],
+                    values: [Some(key.to_string().as_str()), Some("x")]
+                        .into_iter()
+                        .collect(),
                 },
             };
             let entry = StreamEntry {

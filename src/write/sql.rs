@@ -125,7 +125,7 @@ fn group_sql(table: &TableSchema, first: &RowChange) -> String {
 /// A row's value of column `c` of its group's arrays.
 fn value(row: &RowChange, c: usize) -> Option<&str> {
     match &row.op {
-        RowOp::Upsert { values, .. } => values.get(c).and_then(|v| v.as_deref()),
+        RowOp::Upsert { values, .. } => values.get(c),
         RowOp::Delete { key_values } => key_values.get(c).map(String::as_str),
     }
 }

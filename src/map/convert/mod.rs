@@ -46,27 +46,46 @@ pub struct Target<'a> {
     pub base64_decimals: bool,
 }
 
-/// [`to_text`] of a field's value. A scalar the decode fast path kept as read whose
-/// text is already the column's (a string into a text-like column, a whole number
-/// into an integer or text-like one) is taken without a `Value`; anything else goes
-/// through [`to_text`], which gives the same.
+/// [`to_text`] of a field's value.
 pub fn field_text(
     value: &FieldValue<'_>,
     logical: Option<&Logical>,
     target: Target<'_>,
 ) -> Result<Option<String>, String> {
-    if let Some(text) = scalar_text(value, logical, target) {
-        return text;
-    }
-    to_text(&value.json(), logical, target)
+    let mut out = String::new();
+    Ok(field_text_into(value, logical, target, &mut out)?.then_some(out))
 }
 
-/// The fast part of [`field_text`]; `None` where [`to_text`] must decide.
+/// [`field_text`] appended to `out`; `Ok(false)` is SQL NULL (nothing appended). A
+/// scalar the decode fast path kept as read whose text is already the column's (a
+/// string into a text-like column, a whole number into an integer or text-like one)
+/// is written without a `Value`; anything else goes through [`to_text`], which gives
+/// the same.
+pub fn field_text_into(
+    value: &FieldValue<'_>,
+    logical: Option<&Logical>,
+    target: Target<'_>,
+    out: &mut String,
+) -> Result<bool, String> {
+    if let Some(written) = scalar_text(value, logical, target, out) {
+        return written;
+    }
+    Ok(match to_text(&value.json(), logical, target)? {
+        Some(text) => {
+            out.push_str(&text);
+            true
+        }
+        None => false,
+    })
+}
+
+/// The fast part of [`field_text_into`]; `None` where [`to_text`] must decide.
 fn scalar_text(
     value: &FieldValue<'_>,
     logical: Option<&Logical>,
     target: Target<'_>,
-) -> Option<Result<Option<String>, String>> {
+    out: &mut String,
+) -> Option<Result<bool, String>> {
     if target.is_array || !matches!(logical, None | Some(Logical::Plain | Logical::Text)) {
         return None;
     }
@@ -75,23 +94,30 @@ fn scalar_text(
         FieldValue::Json(_) => return None,
         // `scalar`'s types that take a string as it is (`plain`).
         FieldValue::Str(s) => {
-            return takes_string_as_is(ty).then(|| check_text(s).map(|s| Some(s.to_owned())));
+            return takes_string_as_is(ty).then(|| {
+                out.push_str(check_text(s)?);
+                Ok(true)
+            });
         }
         FieldValue::U64(n) => i128::from(n),
         FieldValue::I64(n) => i128::from(n),
     };
-    // Formatted as the u64 or i64 it is (an i128's formatting is several times slower).
-    let digits = || match *value {
-        FieldValue::U64(n) => n.to_string(),
-        _ => i64::try_from(n).map_or_else(|_| n.to_string(), |n| n.to_string()),
-    };
-    match ty {
-        // As `integer`.
-        "int2" | "int4" | "int8" | "oid" => Some(in_range(n, ty).map(|()| Some(digits()))),
-        // As `plain`: serde_json writes a whole number's digits.
-        _ if takes_number_as_is(ty) => Some(Ok(Some(digits()))),
-        _ => None,
+    // As `integer` (range checked), or as `plain`: serde_json writes a whole number's
+    // digits. Formatted as the u64 or i64 it is, not as an i128 (several times slower).
+    let int = matches!(ty, "int2" | "int4" | "int8" | "oid");
+    if !int && !takes_number_as_is(ty) {
+        return None;
     }
+    if int && let Err(e) = in_range(n, ty) {
+        return Some(Err(e));
+    }
+    let mut digits = itoa::Buffer::new();
+    out.push_str(match *value {
+        FieldValue::U64(m) => digits.format(m),
+        FieldValue::I64(m) => digits.format(m),
+        FieldValue::Json(_) | FieldValue::Str(_) => "",
+    });
+    Some(Ok(true))
 }
 
 /// Column types whose text `scalar` takes from a JSON string unchanged.

@@ -85,8 +85,8 @@ async fn sample(
         .map(|(i, &c)| format!("${}::{}", i + 1, change.table.columns[c].sql_type))
         .collect();
     let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", casts.join(", "))));
-    for v in values {
-        query = query.bind(v.as_deref());
+    for v in values.iter() {
+        query = query.bind(v);
     }
     match query.execute(pool).await {
         Ok(_) => report.ok(format!(
