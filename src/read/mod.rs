@@ -160,17 +160,7 @@ impl Reader {
                 .filter(|name| seen.insert(name))
                 .collect()
         };
-        let cluster = self.deployment.is_cluster();
-        // Owned, so that the future is `Send` (a closure over references in it is not).
-        let creates: Vec<_> = new
-            .iter()
-            .map(|name| {
-                let (mut control, group) = (self.control.clone(), self.group.clone());
-                let (name, start) = (name.to_string(), start.to_string());
-                async move { create_group(&mut control, cluster, &group, &name, &start).await }
-            })
-            .collect();
-        let created = at_once(creates).await;
+        let created = self.create_groups(&new, start).await;
         for (name, result) in new.into_iter().zip(created) {
             result?;
             self.streams
@@ -179,11 +169,24 @@ impl Reader {
         Ok(())
     }
 
-    /// Creates the group on `stream` (MKSTREAM): `true` when it had to be created,
-    /// `false` when it was there.
-    async fn create_group(&mut self, stream: &str, start: &str) -> Result<bool, RedisError> {
+    /// Creates the group on each stream (MKSTREAM), 64 at a time: for each, `true` when
+    /// it had to be created, `false` when it was there.
+    async fn create_groups(
+        &mut self,
+        streams: &[&str],
+        start: &str,
+    ) -> Vec<Result<bool, RedisError>> {
         let cluster = self.deployment.is_cluster();
-        create_group(&mut self.control, cluster, &self.group, stream, start).await
+        // Owned, so that the future is `Send` (a closure over references in it is not).
+        let creates: Vec<_> = streams
+            .iter()
+            .map(|name| {
+                let (mut control, group) = (self.control.clone(), self.group.clone());
+                let (name, start) = (name.to_string(), start.to_string());
+                async move { create_group(&mut control, cluster, &group, &name, &start).await }
+            })
+            .collect();
+        at_once(creates).await
     }
 
     pub fn streams(&self) -> impl Iterator<Item = &Arc<str>> {

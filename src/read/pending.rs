@@ -29,10 +29,12 @@ impl Reader {
             *cursor = Cursor::Pending(EntryId::ZERO);
         }
         // A stream deleted and re-created loses its group: make sure each one has it.
+        let streams: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+        let created = self.create_groups(&streams, "0").await;
         let mut recreated = Vec::new();
-        for name in names {
-            if self.create_group(&name, "0").await? {
-                recreated.push(name);
+        for (name, result) in names.iter().zip(created) {
+            if result? {
+                recreated.push(name.clone());
             }
         }
         Ok(recreated)
