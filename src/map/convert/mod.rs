@@ -46,21 +46,11 @@ pub struct Target<'a> {
     pub base64_decimals: bool,
 }
 
-/// [`to_text`] of a field's value.
-pub fn field_text(
-    value: &FieldValue<'_>,
-    logical: Option<&Logical>,
-    target: Target<'_>,
-) -> Result<Option<String>, String> {
-    let mut out = String::new();
-    Ok(field_text_into(value, logical, target, &mut out)?.then_some(out))
-}
-
-/// [`field_text`] appended to `out`; `Ok(false)` is SQL NULL (nothing appended). A
-/// scalar the decode fast path kept as read whose text is already the column's (a
-/// string into a text-like column, a whole number into an integer or text-like one)
-/// is written without a `Value`; anything else goes through [`to_text`], which gives
-/// the same.
+/// [`to_text`] of a field's value, appended to `out`; `Ok(false)` is SQL NULL (nothing
+/// appended). A scalar the decode fast path kept as read whose text is already the
+/// column's (a string into a text-like column, a whole number into an integer or
+/// text-like one) is written without a `Value`; anything else goes through
+/// [`to_text`], which gives the same.
 pub fn field_text_into(
     value: &FieldValue<'_>,
     logical: Option<&Logical>,
@@ -177,7 +167,9 @@ pub fn to_text(
 }
 
 /// One value that is not an array: by its logical type when the schema gives one that
-/// decides, else by the column type.
+/// decides, else by the column type. A column type that gets a branch of its own here
+/// goes into `takes_string_as_is` / `takes_number_as_is` too (and the field tests'
+/// `TYPES`), or the fast path would take its values as they are.
 fn scalar(value: &Value, logical: Option<&Logical>, target: Target<'_>) -> Result<String, String> {
     let (ty, base64) = (target.ty, target.base64_decimals);
     match logical {
@@ -358,7 +350,16 @@ mod field_tests {
     use proptest::prelude::*;
 
     use super::testing::ty;
-    use super::{FieldValue, Logical, Target, field_text, to_text};
+    use super::{FieldValue, Logical, Target, field_text_into, to_text};
+
+    fn field_text(
+        value: &FieldValue<'_>,
+        logical: Option<&Logical>,
+        target: Target<'_>,
+    ) -> Result<Option<String>, String> {
+        let mut out = String::new();
+        Ok(field_text_into(value, logical, target, &mut out)?.then_some(out))
+    }
 
     /// Every column type `scalar` dispatches on, and one it does not.
     const TYPES: [&str; 25] = [
