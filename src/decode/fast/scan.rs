@@ -65,19 +65,27 @@ impl<'a> Cursor<'a> {
         mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
         self.eat(b'{')?;
-        if self.peek()? == b'}' {
+        self.items(b'}', |c| {
+            let Cow::Borrowed(key) = c.string()? else {
+                return None;
+            };
+            c.eat(b':')?;
+            member(c, key)
+        })
+    }
+
+    /// The items of an object or array after its opening bracket, up to `close`:
+    /// none, or `item` then `,` or `close`, and again.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        if self.peek()? == close {
             self.pos += 1;
             return Some(());
         }
         loop {
-            let Cow::Borrowed(key) = self.string()? else {
-                return None;
-            };
-            self.eat(b':')?;
-            member(self, key)?;
+            item(self)?;
             match self.peek()? {
                 b',' => self.pos += 1,
-                b'}' => {
+                b if b == close => {
                     self.pos += 1;
                     return Some(());
                 }
@@ -215,21 +223,7 @@ impl<'a> Cursor<'a> {
             b'{' => self.object(|c, _| c.skip(depth + 1)),
             b'[' => {
                 self.pos += 1;
-                if self.peek()? == b']' {
-                    self.pos += 1;
-                    return Some(());
-                }
-                loop {
-                    self.skip(depth + 1)?;
-                    match self.peek()? {
-                        b',' => self.pos += 1,
-                        b']' => {
-                            self.pos += 1;
-                            return Some(());
-                        }
-                        _ => return None,
-                    }
-                }
+                self.items(b']', |c| c.skip(depth + 1))
             }
             b't' | b'f' | b'n' => self.literal().map(drop),
             _ => self.number().map(drop),
