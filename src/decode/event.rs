@@ -286,6 +286,35 @@ impl FieldValue<'_> {
         }
     }
 
+    /// `Value::as_u64`.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            FieldValue::Json(v) => v.as_u64(),
+            FieldValue::U64(n) => Some(*n),
+            FieldValue::Str(_) | FieldValue::I64(_) => None,
+        }
+    }
+
+    /// `Value::as_i64`.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            FieldValue::Json(v) => v.as_i64(),
+            FieldValue::U64(n) => i64::try_from(*n).ok(),
+            FieldValue::I64(n) => Some(*n),
+            FieldValue::Str(_) => None,
+        }
+    }
+
+    /// [`scalar_text`] of the value.
+    pub(super) fn scalar_text(&self) -> Option<String> {
+        match self {
+            FieldValue::Json(v) => scalar_text(v),
+            FieldValue::Str(s) => Some((*s).to_owned()),
+            FieldValue::U64(n) => Some(n.to_string()),
+            FieldValue::I64(n) => Some(n.to_string()),
+        }
+    }
+
     /// The value as a `Value`.
     pub fn json(&self) -> Cow<'_, Value> {
         match self {

@@ -142,79 +142,27 @@ fn map_order(mut fields: Vec<Field<'_>>) -> Vec<Field<'_>> {
     fields
 }
 
-/// A `source` value as the `Value` accessors see it, without building the `Value`: a
-/// string, a whole number serde_json reads as u64 or i64, or a boolean or null. Other
-/// numbers, objects and arrays are for the `Value` path.
-enum Scalar<'a> {
-    Text(Cow<'a, str>),
-    U64(u64),
-    I64(i64),
-    Other,
-}
-
-impl<'a> Scalar<'a> {
-    fn read(c: &mut Cursor<'a>) -> Option<Self> {
-        Some(match c.peek()? {
-            b'"' => Scalar::Text(c.string()?),
-            b't' | b'f' | b'n' => c.literal().map(|_| Scalar::Other)?,
-            _ => match c.number()? {
-                Number::U64(n) => Scalar::U64(n),
-                Number::I64(n) => Scalar::I64(n),
-                Number::Text(_) => return None,
-            },
-        })
-    }
-    /// `Value::as_str`, owned.
-    fn text(self) -> Option<String> {
-        match self {
-            Scalar::Text(t) => Some(t.into_owned()),
-            _ => None,
-        }
-    }
-    /// `Value::as_u64`.
-    fn unsigned(self) -> Option<u64> {
-        match self {
-            Scalar::U64(n) => Some(n),
-            _ => None,
-        }
-    }
-    /// `Value::as_i64`.
-    fn signed(self) -> Option<i64> {
-        match self {
-            Scalar::U64(n) => i64::try_from(n).ok(),
-            Scalar::I64(n) => Some(n),
-            _ => None,
-        }
-    }
-    /// `event::scalar_text`.
-    fn scalar_text(self) -> Option<String> {
-        match self {
-            Scalar::Text(t) => Some(t.into_owned()),
-            Scalar::U64(n) => Some(n.to_string()),
-            Scalar::I64(n) => Some(n.to_string()),
-            Scalar::Other => None,
-        }
-    }
-}
-
-/// The `source` block, read as `envelope::source_from` reads it: an object (anything
+/// The `source` block, read as `envelope::source_from` reads it (with the `Value`
+/// accessors, on each field's value as [`field_value`] reads it): an object (anything
 /// else is for the `Value` path); of a key given twice, the last.
 fn source(c: &mut Cursor<'_>) -> Option<Source> {
+    // The source object is at nesting 2 or 3.
+    const DEPTH: usize = 3;
     let mut s = Source::default();
     let mut position: [Option<String>; POSITION_FIELDS.len()] = Default::default();
+    let text = |v: FieldValue<'_>| v.as_str().map(str::to_string);
     c.object(|c, key| {
         match key {
-            "connector" => s.connector = Scalar::read(c)?.text(),
-            "db" => s.db = Scalar::read(c)?.text(),
-            "schema" => s.schema = Scalar::read(c)?.text(),
-            "table" => s.table = Scalar::read(c)?.text(),
-            "lsn" => s.lsn = Scalar::read(c)?.unsigned(),
-            "ts_ms" => s.ts_ms = Scalar::read(c)?.signed(),
+            "connector" => s.connector = text(field_value(c, DEPTH)?),
+            "db" => s.db = text(field_value(c, DEPTH)?),
+            "schema" => s.schema = text(field_value(c, DEPTH)?),
+            "table" => s.table = text(field_value(c, DEPTH)?),
+            "lsn" => s.lsn = field_value(c, DEPTH)?.as_u64(),
+            "ts_ms" => s.ts_ms = field_value(c, DEPTH)?.as_i64(),
             k if k.starts_with(PRIVATE) => return None,
             k => match POSITION_FIELDS.iter().position(|(name, _)| *name == k) {
-                Some(i) => position[i] = Scalar::read(c)?.scalar_text(),
-                // The source object is at nesting 2 or 3.
-                None => c.skip(3)?,
+                Some(i) => position[i] = field_value(c, DEPTH)?.scalar_text(),
+                None => c.skip(DEPTH)?,
             },
         }
         Some(())
