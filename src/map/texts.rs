@@ -78,14 +78,15 @@ impl Builder {
     }
 
     pub fn push(&mut self, col: usize, value: Option<&str>) {
-        // A row's text is far below 4 GiB (an entry is at most 512 MB); saturating is
-        // only a guard.
-        let _ = self.push_with(col, |buf| {
-            if let Some(v) = value {
-                buf.push_str(v);
+        let span = match value {
+            Some(v) => {
+                let start = self.buf.len();
+                self.buf.push_str(v);
+                self.span_from(start)
             }
-            Ok::<bool, ()>(value.is_some())
-        });
+            None => NULL,
+        };
+        self.pairs.push((col, span));
     }
 
     /// A value written by `write` into the buffer; `Ok(false)`: NULL.
@@ -96,14 +97,20 @@ impl Builder {
     ) -> Result<(), E> {
         let start = self.buf.len();
         let span = if write(&mut self.buf)? {
-            let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX - 1);
-            (at(start), at(self.buf.len()))
+            self.span_from(start)
         } else {
             self.buf.truncate(start);
             NULL
         };
         self.pairs.push((col, span));
         Ok(())
+    }
+
+    /// The span of what the buffer got since `start`. A row's text is far below 4 GiB
+    /// (an entry is at most 512 MB): saturating is only a guard.
+    fn span_from(&self, start: usize) -> Span {
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX - 1);
+        (at(start), at(self.buf.len()))
     }
 
     pub fn has(&self, col: usize) -> bool {
