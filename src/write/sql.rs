@@ -7,30 +7,43 @@ use std::sync::Arc;
 
 use sqlx::PgConnection;
 
+use super::binary::{self, BinaryArray};
 use super::literal::{self, HasNul};
 use super::{VERSION_COLUMN, WriteError};
 use crate::entry::EntryId;
-use crate::map::{RowChange, RowOp, TableSchema};
+use crate::map::{Column, RowChange, RowOp, TableSchema};
 use crate::table::quote_ident;
 
 fn version_col() -> String {
     quote_ident(VERSION_COLUMN)
 }
 
-/// The `unnest` arguments of a statement over `width` value columns: `$1::text[]` …
-/// `$width::text[]`, then the versions (`bytea[]`) and the key texts (`text[]`); the
-/// table name (for the tombstones and truncations) is `$width+3`.
-fn unnest_params(width: usize) -> String {
+/// The `unnest` arguments of a statement over value columns sent as `arrays`
+/// (`$1::text[]`, `$2::int8[]`, …: [`TEXT`] or a [`binary`] array's type), then the
+/// versions (`bytea[]`) and the key texts (`text[]`); the table name (for the tombstones
+/// and truncations) is `$width+3`.
+fn unnest_params(arrays: &[&str]) -> String {
     let mut params = String::new();
-    for p in 1..=width {
-        let _ = write!(params, "${p}::text[], ");
+    for (i, array) in arrays.iter().enumerate() {
+        let _ = write!(params, "${}::{array}, ", i + 1);
     }
+    let width = arrays.len();
     let _ = write!(params, "${}::bytea[], ${}::text[]", width + 1, width + 2);
     params
 }
 
-/// `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE older`.
-pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> String {
+/// The array type of a value column sent as text.
+pub const TEXT: &str = "text[]";
+
+/// `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE older`, the
+/// values of `columns` sent as `arrays` (each cast to its column's type, a no-op where
+/// the array has it already).
+pub fn upsert_sql(
+    table: &TableSchema,
+    key: &[usize],
+    columns: &[usize],
+    arrays: &[&str],
+) -> String {
     let names: Vec<String> = columns
         .iter()
         .map(|&c| quote_ident(&table.columns[c].name))
@@ -67,7 +80,7 @@ pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> Stri
         table = table.name.quoted(),
         names = names.join(", "),
         casts = casts.join(", "),
-        arrays = unnest_params(columns.len()),
+        arrays = unnest_params(arrays),
         aliases = aliases.join(", "),
         pt = columns.len() + 3,
         conflict = conflict.join(", "),
@@ -75,8 +88,9 @@ pub fn upsert_sql(table: &TableSchema, key: &[usize], columns: &[usize]) -> Stri
     )
 }
 
-/// Deletes rows older than the event and records the tombstone version.
-pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
+/// Deletes rows older than the event and records the tombstone version; the key values
+/// sent as `arrays`.
+pub fn delete_sql(table: &TableSchema, key: &[usize], arrays: &[&str]) -> String {
     let aliases: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();
     let mut matches = String::new();
     for (i, &c) in key.iter().enumerate() {
@@ -96,7 +110,7 @@ pub fn delete_sql(table: &TableSchema, key: &[usize]) -> String {
          SELECT ${pt}, i.k, i.v FROM i \
          ON CONFLICT (table_name, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now() \
          WHERE d.version < EXCLUDED.version",
-        arrays = unnest_params(key.len()),
+        arrays = unnest_params(arrays),
         aliases = aliases.join(", "),
         table = table.name.quoted(),
         pt = key.len() + 3,
@@ -112,14 +126,23 @@ fn shape(first: &RowChange) -> (usize, &'static str) {
     }
 }
 
-/// A group's statement, its values as parameters: same operation, key and column set
-/// as its first row.
-fn group_sql(table: &TableSchema, first: &RowChange) -> String {
+/// A group's statement, its values as parameters sent as `arrays`: same operation, key
+/// and column set as its first row.
+fn group_sql(table: &TableSchema, first: &RowChange, arrays: &[&str]) -> String {
     let key = &first.key_columns;
     match &first.op {
-        RowOp::Upsert { columns, .. } => upsert_sql(table, key, columns),
-        RowOp::Delete { .. } => delete_sql(table, key),
+        RowOp::Upsert { columns, .. } => upsert_sql(table, key, columns, arrays),
+        RowOp::Delete { .. } => delete_sql(table, key, arrays),
     }
+}
+
+/// The table column of the `c`-th value of a group whose first row is `first`.
+fn column_of<'t>(table: &'t TableSchema, first: &RowChange, c: usize) -> Option<&'t Column> {
+    let index = match &first.op {
+        RowOp::Upsert { columns, .. } => columns.get(c),
+        RowOp::Delete { .. } => first.key_columns.get(c),
+    };
+    table.columns.get(*index?)
 }
 
 /// A row's value of column `c` of its group's arrays.
@@ -160,10 +183,25 @@ pub fn group_execute(table: &TableSchema, rows: &[&RowChange]) -> Result<Option<
     args.push_str(", ");
     literal::push_text(&mut args, &table.name.to_string())?;
     Ok(Some(Execute {
-        sql: group_sql(table, first),
+        sql: group_sql(table, first, &vec![TEXT; width]),
         types: format!("{}bytea[], text[], text", "text[], ".repeat(width)),
         args,
     }))
+}
+
+/// A value column's parameter: a binary array of its type, or texts.
+enum Param<'a> {
+    Binary(BinaryArray),
+    Text(Vec<Option<&'a str>>),
+}
+
+impl Param<'_> {
+    fn cast(&self) -> &str {
+        match self {
+            Param::Binary(array) => array.cast,
+            Param::Text(_) => TEXT,
+        }
+    }
 }
 
 /// Writes one group of rows of the same shape (same operation, key and column set)
@@ -177,13 +215,23 @@ pub async fn write_rows(
         return Ok(());
     };
     let (width, what) = shape(first);
-    let sql = group_sql(table, first);
-    // Column-major: one text array per column, then the versions, the key texts and
-    // the table name (for the tombstones).
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for c in 0..width {
-        let col: Vec<Option<&str>> = rows.iter().map(|r| value(r, c)).collect();
-        query = query.bind(col);
+    // Column-major: one array per column (binary where every value allows, else text),
+    // then the versions, the key texts and the table name (for the tombstones).
+    let params: Vec<Param<'_>> = (0..width)
+        .map(|c| {
+            let values = rows.iter().map(|r| value(r, c));
+            column_of(table, first, c)
+                .and_then(|column| binary::column_array(column, values.clone()))
+                .map_or_else(|| Param::Text(values.collect()), Param::Binary)
+        })
+        .collect();
+    let arrays: Vec<&str> = params.iter().map(Param::cast).collect();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(group_sql(table, first, &arrays)));
+    for param in params {
+        query = match param {
+            Param::Binary(array) => query.bind(array),
+            Param::Text(texts) => query.bind(texts),
+        };
     }
     let versions: Vec<&[u8]> = rows.iter().map(|r| r.version.0.as_slice()).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
