@@ -368,6 +368,14 @@ impl Pipeline {
             }
             // 2. full batch, flush deadline, or caught up with nothing being written
             self.core.stage_spilled();
+            if self.core.caught_up() && !self.prefetched.is_empty() {
+                // What the last read brought joins the batch before it is written: a
+                // read woken by a burst's first entry holds that entry alone, and the
+                // read after it the rest of the burst (a 1-row write, then the rest
+                // waiting for it, doubled the latency of a bursty source).
+                let read = std::mem::take(&mut self.prefetched);
+                self.core.process(read, shutdown).await?;
+            }
             if self.core.batcher.should_flush(Instant::now()) || self.core.caught_up() {
                 self.core.flush(shutdown).await?;
             }

@@ -3,8 +3,9 @@
 //! One write is kept in flight whenever there is work (group commit): a batch is
 //! written as soon as the sync has caught up (the last read filled its COUNT on no
 //! stream) and no write is in flight; while one is, the next batch fills with what
-//! arrives meanwhile and is written when that write ends. A trickle is therefore written
-//! at once, and under a backlog batches fill up to `max_batch`. `max_batch` and
+//! arrives meanwhile and is written when that write ends. What the loop has read ahead
+//! joins a caught-up batch before it is written (`run_loop`). A trickle is therefore
+//! written at once, and under a backlog batches fill up to `max_batch`. `max_batch` and
 //! `max_delay` are ceilings, never waits a user has to tune.
 //!
 //! `batch.linger` (zero by default) makes a caught-up batch wait that long for more

@@ -211,6 +211,28 @@ impl RedisCluster {
         panic!("no master serves slot {slot}");
     }
 
+    /// How many nodes (master and replicas, read with `READONLY`) hold `group` on
+    /// `stream`: replication is asynchronous, and a replica promoted before it received
+    /// the group's creation serves the stream without it.
+    pub fn nodes_with_group(&self, stream: &str, group: &str) -> usize {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                let Some(mut conn) = redis::Client::open(self.url(i))
+                    .ok()
+                    .and_then(|c| c.get_connection().ok())
+                else {
+                    return false;
+                };
+                let _: redis::RedisResult<()> = redis::cmd("READONLY").query(&mut conn);
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(stream)
+                    .query::<redis::streams::StreamInfoGroupsReply>(&mut conn)
+                    .is_ok_and(|reply| reply.groups.iter().any(|g| g.name == group))
+            })
+            .count()
+    }
+
     /// `kill -9` node `i` (its replica takes over after the node timeout).
     pub fn kill(&mut self, i: usize) {
         self.killed.push(i);

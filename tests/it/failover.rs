@@ -157,6 +157,24 @@ async fn a_master_failover_stops_only_the_shards_it_served() {
             .map(|(_, n)| n)
             .sum()
     };
+    // The victim's replica has the groups of its streams (else the failover loses them,
+    // a separate case, which `serve::a_stream_recreated_without_its_group_is_counted` covers).
+    let victim_streams: Vec<&String> = streams
+        .iter()
+        .filter(|s| cluster.master_of(s) == victim)
+        .collect();
+    common::wait_for(
+        "the groups on the victim's replica",
+        Duration::from_secs(10),
+        || async {
+            tokio::task::block_in_place(|| {
+                victim_streams
+                    .iter()
+                    .all(|s| cluster.nodes_with_group(s, "redsink") >= 2)
+            })
+        },
+    )
+    .await;
     cluster.kill(victim);
     let killed = Instant::now();
 

@@ -86,7 +86,7 @@ pub fn numeric(text: &str, out: &mut Vec<u8>) -> bool {
     if int_groups > 0 {
         group(&int.as_bytes()[..lead], 0);
         for chunk in int.as_bytes()[lead..].chunks(4) {
-            group(chunk, 4 - chunk.len());
+            group(chunk, 0);
         }
     }
     for chunk in frac.as_bytes().chunks(4) {
