@@ -28,6 +28,7 @@
 //! A truncate at version v deletes the rows older than v and records v in
 //! `redsink.truncations`; an upsert older than its table's truncate is a no-op.
 
+mod analyze;
 pub mod binary;
 mod catalog;
 mod home;

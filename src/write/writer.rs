@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
+use super::analyze::{Freshness, analyze_tombstones};
 use super::home::Home;
 use super::staging::{self, TxFinish};
 use super::{Committed, ErrorClass, WriteError, locks, prepared, sql};
@@ -38,6 +39,8 @@ pub struct Writer {
     pub(super) unprepared: Arc<AtomicBool>,
     /// The connection the last batch committed on, kept for the next ([`Home`]).
     home: Home,
+    /// Tombstones written since `redsink.tombstones` was last analyzed (`analyze.rs`).
+    tombstones: Arc<Freshness>,
 }
 
 impl Writer {
@@ -48,6 +51,7 @@ impl Writer {
             round_trips: Arc::default(),
             unprepared: Arc::default(),
             home: Home::default(),
+            tombstones: Arc::default(),
         }
     }
 
@@ -111,6 +115,7 @@ impl Writer {
             }
             other => other?,
         };
+        self.note_tombstones(batch);
         let mut dead = batch.dead.clone();
         dead.extend(rejected);
         Ok(Committed {
@@ -118,6 +123,29 @@ impl Writer {
             dead,
             rows: batch.row_count(),
         })
+    }
+
+    /// Counts the tombstones a committed batch wrote; when as many have been written as
+    /// the table held, analyzes it in the background (`analyze.rs`).
+    fn note_tombstones(&self, batch: &Batch) {
+        let deletes = batch
+            .tables
+            .iter()
+            .flat_map(|t| &t.rows)
+            .flat_map(|r| std::iter::once(&r.change).chain(&r.before))
+            .filter(|c| matches!(c.op, RowOp::Delete { .. }))
+            .count();
+        if !self.tombstones.note(deletes as u64) {
+            return;
+        }
+        let (pool, fresh) = (self.pool.clone(), self.tombstones.clone());
+        tokio::spawn(async move {
+            let rows = analyze_tombstones(&pool)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "analyzing redsink.tombstones failed"))
+                .ok();
+            fresh.analyzed(rows);
+        });
     }
 
     /// One transaction on a connection of its own (the [`Home`] one when free); a

@@ -144,3 +144,53 @@ async fn tombstones_go_once_the_horizon_passes_them_and_replay_cannot_resurrect(
     running.stop().await.expect("stop");
     common::cleanup_streams(&prefix).await;
 }
+
+/// Manual `ANALYZE`s of `redsink.tombstones` so far (autovacuum's are counted apart).
+async fn tombstone_analyzes(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'redsink.tombstones'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("analyze_count")
+}
+
+/// redsink analyzes `redsink.tombstones` itself, at start and after a mass delete (as
+/// many tombstones as the table held, at least 1,000): upserts probe the tombstones with
+/// a plan made once per connection, and one made while the table had few would read all
+/// of them for every row (`src/write/analyze.rs`).
+#[tokio::test]
+async fn a_mass_delete_gets_the_tombstones_analyzed() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut r = common::redis().await;
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+    let running = common::Running::start(config.clone())
+        .until_drained(std::slice::from_ref(&stream), "redsink")
+        .await;
+    let at_start = tombstone_analyzes(&db).await;
+    assert!(at_start >= 1, "analyzed at start");
+    for id in 1..=1500_i64 {
+        let lsn = 100 + u64::try_from(id).expect("positive");
+        add_change(
+            &mut r,
+            &stream,
+            id,
+            "d",
+            lsn,
+            &item(id, "x", P_19_99),
+            "null",
+        )
+        .await;
+    }
+    common::wait_for(
+        "an analyze after 1,500 tombstones",
+        Duration::from_secs(30),
+        || async { tombstone_analyzes(&db).await > at_start },
+    )
+    .await;
+    running.stop().await.expect("stop");
+    assert_eq!(tombstones(&db).await.len(), 1500);
+}
