@@ -13,7 +13,8 @@ use redsink::map::{Column, ColumnType};
 use redsink::write::binary;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::common::pg_admin_url;
+use crate::common::{self, TestDb, pg_admin_url};
+use crate::{add_change, items_mapping};
 
 fn column(sql_type: &str) -> Column {
     Column {
@@ -133,4 +134,43 @@ fn the_writer_s_own_texts_go_in_binary() {
             "{sql_type} {text}"
         );
     }
+}
+
+/// A real batch: a column goes in binary only when every value of the statement allows
+/// it, and one value in another form (7 fractional digits, a zone name) sends the whole
+/// column as text; either way every row holds what Postgres reads from its text.
+#[tokio::test]
+async fn a_batch_mixing_plain_and_other_forms_lands_as_postgres_reads_them() {
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE public.items (id bigint PRIMARY KEY, at timestamptz, local timestamp, n bigint)")
+        .await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let config = common::config(&db, "c1", &items_mapping(&prefix));
+    let rows: [(i64, &str, &str); 4] = [
+        (1, "2026-01-15T10:00:00Z", "2026-01-15T10:00:00"),
+        (2, "2026-01-15T10:00:00.1234567Z", "2026-01-15 10:00:00.5"),
+        (3, "2026-01-15 12:00:00+05:30", "1999-12-31 23:59:59.999999"),
+        (4, "2026-01-15 12:00:00 Europe/Paris", "2000-02-29"),
+    ];
+    let mut r = common::redis().await;
+    for (i, (id, at, local)) in rows.iter().enumerate() {
+        let after = format!(r#"{{"id":{id},"at":"{at}","local":"{local}","n":{}}}"#, -id);
+        add_change(&mut r, &stream, *id, "c", 10 + i as u64, "null", &after).await;
+    }
+    common::sync(config, std::slice::from_ref(&stream)).await;
+    for (id, at, local) in rows {
+        let same: bool = sqlx::query_scalar(
+            "SELECT at = $2::timestamptz AND local = $3::timestamp AND n = -$1 \
+             FROM public.items WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(local)
+        .fetch_one(&db.pool)
+        .await
+        .expect("the row");
+        assert!(same, "row {id}: {at} / {local}");
+    }
+    common::cleanup_streams(&prefix).await;
 }
