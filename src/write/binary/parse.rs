@@ -3,8 +3,10 @@
 //! Postgres' own input function would in redsink's sessions (`TimeZone` UTC), and the
 //! caller sends that column as text, for Postgres to parse (or reject) itself. Pure.
 
-/// 2000-01-01, Postgres' epoch, in days since 1970-01-01 ([`days_from_civil`]).
-const PG_EPOCH_DAYS: i64 = 10_957;
+use chrono::{Datelike as _, NaiveDate};
+
+/// 2000-01-01, Postgres' epoch, in chrono's days from 0001-01-01 (day 1).
+const PG_EPOCH_DAYS: i64 = 730_120;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// An integer of `bytes` bytes (2, 4 or 8), big-endian: `-?[0-9]+` in range.
@@ -134,20 +136,21 @@ pub fn timestamp(text: &str, with_zone: bool, out: &mut Vec<u8>) -> bool {
     push(out, &micros.to_be_bytes())
 }
 
-/// `YYYY-MM-DD` at the start of `text` (years 1–9999): days since 1970-01-01, and what
-/// follows it.
+/// `YYYY-MM-DD` at the start of `text` (years 1–9999, a real date): chrono's days from
+/// 0001-01-01 (day 1), and what follows it.
 fn civil_date(text: &str) -> Option<(i64, &str)> {
     let b = text.as_bytes();
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let year = number(&b[0..4])?;
-    let month = number(&b[5..7])?;
-    let day = number(&b[8..10])?;
-    if year == 0 || !(1..=12).contains(&month) || day == 0 || day > month_days(year, month) {
+    let year = i32::try_from(number(&b[0..4])?).ok()?;
+    let month = u32::try_from(number(&b[5..7])?).ok()?;
+    let day = u32::try_from(number(&b[8..10])?).ok()?;
+    if year == 0 {
         return None;
     }
-    Some((days_from_civil(year, month, day), &text[10..]))
+    let date = NaiveDate::from_ymd_opt(year, month, day)?;
+    Some((i64::from(date.num_days_from_ce()), &text[10..]))
 }
 
 /// `HH:MM:SS(.f{1,6})?` and what follows: microseconds past midnight.
@@ -198,26 +201,6 @@ fn number(digits: &[u8]) -> Option<i64> {
     digits.iter().try_fold(0_i64, |n, &b| {
         b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
     })
-}
-
-fn month_days(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
