@@ -25,7 +25,7 @@ pub(super) const WAIT_WITHIN: Duration = Duration::from_millis(500);
 pub(super) struct LaneRead {
     lane: u16,
     conn: Option<Blocking>,
-    result: Result<Value, RedisError>,
+    result: Result<Vec<StreamEntry>, RedisError>,
     /// For a lane recovering from an outage: the pending entries it re-read, per stream
     /// from this ID (`None`: a read of new entries).
     pending: Option<Vec<(Arc<str>, EntryId)>>,
@@ -117,7 +117,7 @@ impl Reader {
             unconfirmed,
         } = answer;
         self.busy.remove(&lane);
-        let entries = result.and_then(parse_read_reply)?;
+        let entries = result?;
         if let Some((connected, named)) = conn.as_ref().and_then(|c| self.deployment.moved(c)) {
             return Err(RedisError::MasterMoved {
                 context: "XREADGROUP",
@@ -331,7 +331,7 @@ impl Reader {
 /// reply, and whether the replicas failed to confirm it (`redis.wait_replicas`).
 type LaneAnswer = (
     Option<Blocking>,
-    Result<Value, RedisError>,
+    Result<Vec<StreamEntry>, RedisError>,
     Option<RedisError>,
 );
 
@@ -357,17 +357,16 @@ async fn lane_read(
             return (None, Err(e), None);
         }
     };
-    let reply = cmd.query_async::<Value>(&mut conn);
-    let result = match tokio::time::timeout(timeout, reply).await {
+    let result = match tokio::time::timeout(timeout, entries_of(&mut conn, &cmd)).await {
         Err(_) => Err(RedisError::Timeout {
             context: "XREADGROUP".into(),
             timeout,
         }),
-        Ok(r) => r.map_err(RedisError::redis("XREADGROUP")),
+        Ok(r) => r,
     };
     let mut unconfirmed = None;
     let result = match result {
-        Ok(reply) if replicas > 0 && has_entries(&reply) => {
+        Ok(reply) if replicas > 0 && !reply.is_empty() => {
             match replicated(&mut conn, replicas, "XREADGROUP").await {
                 Ok(()) => Ok(reply),
                 Err(e @ RedisError::NotReplicated { .. }) => {
@@ -382,14 +381,20 @@ async fn lane_read(
     (Some(conn), result, unconfirmed)
 }
 
-/// Whether a read's reply holds anything (a timed-out `BLOCK` answers nil).
-fn has_entries(reply: &Value) -> bool {
-    match reply {
-        Value::Nil => false,
-        Value::Array(a) => !a.is_empty(),
-        Value::Map(m) => !m.is_empty(),
-        _ => true,
-    }
+/// The entries an XREADGROUP `cmd` delivers on `conn`: read straight from the reply
+/// on redsink's own connection (`redis::raw`), else from redis-rs' `Value`.
+async fn entries_of(conn: &mut Blocking, cmd: &redis::Cmd) -> Result<Vec<StreamEntry>, RedisError> {
+    let reply = match conn {
+        Blocking::Raw(raw) => match raw.read(cmd).await {
+            Ok(Ok(entries)) => return Ok(entries),
+            Ok(Err(value)) => value.extract_error(),
+            Err(e) => Err(e),
+        },
+        other => cmd.query_async::<Value>(other).await,
+    };
+    reply
+        .map_err(RedisError::redis("XREADGROUP"))
+        .and_then(parse_read_reply)
 }
 
 /// `WAIT replicas` after a read on `conn`: the read moved the group's state (and is

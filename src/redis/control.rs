@@ -23,6 +23,7 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::Mutex;
 
 use super::RedisError;
+use super::raw::RawConn;
 use super::route::master_slots;
 use super::sentinel::{MasterAddr, MasterConnection, Sentinels};
 
@@ -219,6 +220,8 @@ fn master_may_have_moved(e: &redis::RedisError) -> bool {
 
 /// A connection for blocking reads.
 pub enum Blocking {
+    /// redsink's own, to a standalone Redis over plain TCP (`raw`).
+    Raw(RawConn),
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
     /// To the master the sentinels named when it was opened (its address).
@@ -228,6 +231,7 @@ pub enum Blocking {
 impl ConnectionLike for Blocking {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
+            Self::Raw(c) => c.req_packed_command(cmd),
             Self::Single(c) | Self::Master(c, _) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -240,6 +244,7 @@ impl ConnectionLike for Blocking {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
+            Self::Raw(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Single(c) | Self::Master(c, _) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
@@ -247,6 +252,7 @@ impl ConnectionLike for Blocking {
 
     fn get_db(&self) -> i64 {
         match self {
+            Self::Raw(c) => c.get_db(),
             Self::Single(c) | Self::Master(c, _) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }

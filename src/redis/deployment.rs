@@ -12,6 +12,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 
 use super::control::SentinelControl;
+use super::raw::RawConn;
 use super::sentinel::{MasterAddr, Sentinels};
 use super::{Blocking, Control, RedisError};
 use crate::config::{RedisConfig, RedisMode, is_tls_url};
@@ -113,11 +114,16 @@ impl Deployment {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
         match self {
-            Self::Standalone(client) => client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map(Blocking::Single)
-                .map_err(RedisError::redis("connecting the reader to redis")),
+            Self::Standalone(client) => {
+                let connected = match RawConn::connect(client.get_connection_info()).await {
+                    Some(raw) => raw.map(Blocking::Raw),
+                    None => client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Blocking::Single),
+                };
+                connected.map_err(RedisError::redis("connecting the reader to redis"))
+            }
             Self::Cluster { blocking, .. } => blocking
                 .get_async_connection()
                 .await

@@ -16,7 +16,9 @@ pub mod admin;
 mod control;
 mod deployment;
 pub mod inspect;
+mod raw;
 pub(crate) mod reply;
+mod resp;
 mod route;
 mod sentinel;
 

@@ -248,3 +248,49 @@ async fn checkpoints_keep_stream_names_with_quotes_and_backslashes() {
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+/// The reader's connections (redsink's own over plain TCP) and the others all use the
+/// database the Redis URL names: events in database 7 are applied and acknowledged
+/// there, and database 0 never gets the stream.
+#[tokio::test]
+async fn reads_the_database_the_redis_url_names() {
+    let db = TestDb::new().await;
+    db.exec(ITEMS).await;
+    let prefix = common::unique("s");
+    let stream = format!("{prefix}:items");
+    let mut url = url::Url::parse(&common::redis_url()).expect("redis url");
+    url.set_path("/7");
+    let url = url.to_string();
+    let mut r7 = redis::Client::open(url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to database 7");
+    for (id, ts) in [(1, 10), (2, 20)] {
+        let after = item(id, "in seven", P_19_99);
+        crate::add_change(&mut r7, &stream, id, "c", ts, "null", &after).await;
+    }
+    let text = common::config_text(&db, "c1", &items_mapping(&prefix)).replace(
+        &format!("url = \"{}\"", common::redis_url()),
+        &format!("url = \"{url}\""),
+    );
+    let config = redsink::config::Config::from_toml(&text, "test config", std::iter::empty())
+        .expect("config");
+    assert_eq!(config.redis.url, url, "the test's config names database 7");
+    let stats = common::sync_at(&url, config, std::slice::from_ref(&stream)).await;
+    assert_eq!(stats.rows_written, 2);
+    assert_eq!(items(&db).await.len(), 2);
+    assert_eq!(common::pending(&mut r7, &stream, "redsink").await, 0);
+    let mut r0 = common::redis().await;
+    let in_zero: bool = redis::cmd("EXISTS")
+        .arg(&stream)
+        .query_async(&mut r0)
+        .await
+        .expect("EXISTS");
+    assert!(!in_zero, "database 0 has no such stream");
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut r7)
+        .await
+        .expect("DEL");
+}
