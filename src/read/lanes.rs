@@ -385,7 +385,7 @@ async fn lane_read(
 /// on redsink's own connection (`redis::raw`), else from redis-rs' `Value`.
 async fn entries_of(conn: &mut Blocking, cmd: &redis::Cmd) -> Result<Vec<StreamEntry>, RedisError> {
     let reply = match conn {
-        Blocking::Raw(raw) => match raw.read(cmd).await {
+        Blocking::Raw(raw) | Blocking::RawMaster(raw, _) => match raw.read(cmd).await {
             Ok(Ok(entries)) => return Ok(entries),
             Ok(Err(value)) => value.extract_error(),
             Err(e) => Err(e),

@@ -222,6 +222,8 @@ fn master_may_have_moved(e: &redis::RedisError) -> bool {
 pub enum Blocking {
     /// redsink's own, to a standalone Redis over plain TCP (`raw`).
     Raw(RawConn),
+    /// redsink's own, to the master the sentinels named when it was opened (plain TCP).
+    RawMaster(RawConn, MasterAddr),
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
     /// To the master the sentinels named when it was opened (its address).
@@ -231,7 +233,7 @@ pub enum Blocking {
 impl ConnectionLike for Blocking {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Raw(c) => c.req_packed_command(cmd),
+            Self::Raw(c) | Self::RawMaster(c, _) => c.req_packed_command(cmd),
             Self::Single(c) | Self::Master(c, _) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -244,7 +246,7 @@ impl ConnectionLike for Blocking {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Raw(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Raw(c) | Self::RawMaster(c, _) => c.req_packed_commands(pipeline, offset, count),
             Self::Single(c) | Self::Master(c, _) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
@@ -252,7 +254,7 @@ impl ConnectionLike for Blocking {
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Raw(c) => c.get_db(),
+            Self::Raw(c) | Self::RawMaster(c, _) => c.get_db(),
             Self::Single(c) | Self::Master(c, _) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }

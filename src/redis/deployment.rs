@@ -66,9 +66,10 @@ impl Deployment {
     /// new master).
     pub fn moved(&self, conn: &Blocking) -> Option<(MasterAddr, MasterAddr)> {
         match (self, conn) {
-            (Self::Sentinel(sentinels), Blocking::Master(_, addr)) => {
-                sentinels.moved(addr).map(|named| (addr.clone(), named))
-            }
+            (
+                Self::Sentinel(sentinels),
+                Blocking::Master(_, addr) | Blocking::RawMaster(_, addr),
+            ) => sentinels.moved(addr).map(|named| (addr.clone(), named)),
             _ => None,
         }
     }
@@ -131,13 +132,16 @@ impl Deployment {
                 .map_err(RedisError::redis(
                     "connecting the reader to the redis cluster",
                 )),
-            Self::Sentinel(sentinels) => sentinels
-                .open(&config)
-                .await
-                .map(|(conn, addr)| Blocking::Master(conn, addr))
-                .map_err(RedisError::redis(
-                    "connecting the reader to the master through the sentinels",
-                )),
+            Self::Sentinel(sentinels) => match sentinels.open_raw().await {
+                Some(raw) => raw.map(|(conn, addr)| Blocking::RawMaster(conn, addr)),
+                None => sentinels
+                    .open(&config)
+                    .await
+                    .map(|(conn, addr)| Blocking::Master(conn, addr)),
+            }
+            .map_err(RedisError::redis(
+                "connecting the reader to the master through the sentinels",
+            )),
         }
     }
 }

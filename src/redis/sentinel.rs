@@ -21,9 +21,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as SyncMutex, PoisonError, Weak};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, TlsCertificates};
 use tokio::sync::Mutex;
+
+use super::raw::RawConn;
 
 /// How often the sentinels are asked which master they name.
 pub const ASK_EVERY: Duration = Duration::from_millis(250);
@@ -89,6 +91,40 @@ impl Sentinels {
         self: &Arc<Self>,
         config: &AsyncConnectionConfig,
     ) -> redis::RedisResult<MasterConnection> {
+        let (info, addr) = self.master_info().await?;
+        let client = match &self.tls {
+            Some(Some(certs)) => redis::Client::build_with_tls(info, certs.clone())?,
+            _ => redis::Client::open(info)?,
+        };
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await?;
+        check_role(&mut conn, &addr).await?;
+        Ok((conn, addr))
+    }
+
+    /// [`Self::open`] on redsink's own connection (`raw`), for the readers' blocking
+    /// reads; `None` with TLS (redis-rs' connection serves that).
+    pub(super) async fn open_raw(
+        self: &Arc<Self>,
+    ) -> Option<redis::RedisResult<(RawConn, MasterAddr)>> {
+        if self.tls.is_some() {
+            return None;
+        }
+        let opened = async {
+            let (info, addr) = self.master_info().await?;
+            let mut conn = RawConn::connect(&info).await.ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Client, "not a TCP address"))
+            })??;
+            check_role(&mut conn, &addr).await?;
+            Ok((conn, addr))
+        };
+        Some(opened.await)
+    }
+
+    /// The connection info of the master the sentinels name (asking them when none is
+    /// known yet), and its address.
+    async fn master_info(self: &Arc<Self>) -> redis::RedisResult<(ConnectionInfo, MasterAddr)> {
         self.watching.call_once(|| {
             tokio::spawn(watch(Arc::downgrade(self)));
         });
@@ -117,16 +153,7 @@ impl Sentinels {
         } else {
             ConnectionAddr::Tcp(addr.host.clone(), addr.port)
         };
-        let info = self.template.clone().set_addr(conn_addr);
-        let client = match &self.tls {
-            Some(Some(certs)) => redis::Client::build_with_tls(info, certs.clone())?,
-            _ => redis::Client::open(info)?,
-        };
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(config)
-            .await?;
-        check_role(&mut conn, &addr).await?;
-        Ok((conn, addr))
+        Ok((self.template.clone().set_addr(conn_addr), addr))
     }
 
     /// The master the sentinels name now, when it is not `connected` (the address a
@@ -257,7 +284,10 @@ fn named(m: &HashMap<String, String>, master: &str) -> Option<(MasterAddr, u64)>
 
 /// `ROLE` on a new connection: the server the sentinels name may not have finished its
 /// promotion (or may have been demoted since). Not a master: an I/O-like error, retried.
-async fn check_role(conn: &mut MultiplexedConnection, addr: &MasterAddr) -> redis::RedisResult<()> {
+async fn check_role<C: ConnectionLike + Send>(
+    conn: &mut C,
+    addr: &MasterAddr,
+) -> redis::RedisResult<()> {
     let cmd = redis::cmd("ROLE");
     let role = cmd.query_async::<Vec<redis::Value>>(conn);
     let role = match tokio::time::timeout(ROLE_WITHIN, role).await {
