@@ -1,7 +1,7 @@
 //! The reader's own connection to a standalone Redis, or to the master the sentinels
-//! name, over plain TCP: one command at a
-//! time, replies framed by [`Frame`] and XREADGROUP's read straight into entries
-//! ([`read_entries`]) instead of through redis-rs' parser and `Value` tree. Everything
+//! name, over plain TCP: one command at a time, replies framed by [`Frame`] and
+//! XREADGROUP's read straight into entries ([`read_entries`]) instead of through
+//! redis-rs' parser and `Value` tree. Everything
 //! else it is asked (`CLIENT SETNAME`, `WAIT`, any reply [`read_entries`] does not take,
 //! errors included) goes through redis-rs' own parser, so it reads as it always did.
 //! TLS and Cluster keep redis-rs' connections (`Deployment::blocking`).
