@@ -4,7 +4,15 @@
 
 /// FNV-1a 64-bit: stable across languages and releases, trivial to re-implement.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_on(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a 64-bit's starting state (the hash of no bytes).
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64-bit continued over `bytes` from `hash`, the hash of what came before them:
+/// `fnv1a64_on(fnv1a64(a), b) == fnv1a64(a ++ b)`, so a common prefix is hashed once.
+pub fn fnv1a64_on(mut hash: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);

@@ -5,7 +5,7 @@
 //! turns into the transaction's first statement. Errors: none.
 
 use crate::batch::Batch;
-use crate::keyhash::fnv1a64;
+use crate::keyhash::{FNV_OFFSET, fnv1a64, fnv1a64_on};
 use crate::table::TableName;
 
 /// Above this many key locks a batch locks whole tables instead. Every advisory lock
@@ -36,11 +36,11 @@ pub fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
             continue;
         }
         tables.push((table_lock(&t.table.name), true));
-        keys.extend(
-            t.rows
-                .iter()
-                .map(|row| (key_lock(&t.table.name, &row.change.key_text), false)),
-        );
+        let prefix = key_lock_prefix(&t.table.name);
+        keys.extend(t.rows.iter().map(|row| {
+            let id = fnv1a64_on(prefix, row.change.key_text.as_bytes());
+            (i64::from_ne_bytes(id.to_ne_bytes()), false)
+        }));
     }
     keys.sort_unstable();
     keys.dedup();
@@ -64,8 +64,15 @@ fn table_lock(table: &TableName) -> i64 {
 }
 
 /// The lock of one key of a table (its key text, as the tombstones store it).
+#[cfg(test)]
 fn key_lock(table: &TableName, key_text: &str) -> i64 {
     lock_id(&format!("redsink\0{table}\0{key_text}"))
+}
+
+/// The hash state of a table's key locks before the key text: [`key_lock`] is this
+/// continued over the key's text (hashed once per table and batch, not per row).
+fn key_lock_prefix(table: &TableName) -> u64 {
+    fnv1a64_on(FNV_OFFSET, format!("redsink\0{table}\0").as_bytes())
 }
 
 fn lock_id(text: &str) -> i64 {
@@ -143,6 +150,32 @@ mod tests {
             exclusive(&same).iter().all(|id| ea.contains(id)),
             "key 7 again"
         );
+    }
+
+    proptest::proptest! {
+        /// The IDs are what they always were (instances of two releases lock alike).
+        #[test]
+        fn key_locks_are_the_hash_of_table_and_key(schema in "[a-z_]{1,8}", key in ".{0,40}") {
+            let table = TableName::parse(&format!("{schema}.t")).expect("valid");
+            let id = fnv1a64_on(key_lock_prefix(&table), key.as_bytes());
+            proptest::prop_assert_eq!(i64::from_ne_bytes(id.to_ne_bytes()), key_lock(&table, &key));
+        }
+    }
+
+    #[test]
+    fn a_key_lock_id_does_not_change() {
+        let table = TableName::parse("public.t").expect("valid");
+        // FNV-1a 64 of "redsink\0public.t\0[\"1\"]", as every release computes it.
+        let expected = {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in b"redsink\0public.t\0[\"1\"]" {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            i64::from_ne_bytes(h.to_ne_bytes())
+        };
+        let ids = lock_ids(&batch([1]));
+        assert!(ids.contains(&(expected, false)), "{ids:?} lacks {expected}");
+        assert_eq!(key_lock(&table, "[\"1\"]"), expected);
     }
 
     #[test]
