@@ -12,6 +12,7 @@
 //! the batch (`BatchRow::entries`) so it is acked, or dead-lettered with the winner if
 //! Postgres rejects the winner.
 
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -173,8 +174,10 @@ pub struct Batcher {
     // foldhash, not std's SipHash: these are hashed for every entry (a fast hasher with
     // a random seed per process; the keys are not chosen by an attacker who sees it).
     table_index: foldhash::HashMap<TableName, usize>,
-    /// Per table position: key text → row position in that table's rows.
-    row_index: Vec<foldhash::HashMap<String, usize>>,
+    /// Per table position: the positions of its rows, found by key text (hashed with
+    /// `key_hasher`; the rows hold the texts, so no copy of each is kept here).
+    row_index: Vec<hashbrown::HashTable<usize>>,
+    key_hasher: foldhash::fast::RandomState,
     dead: Vec<DeadLetter>,
     acks: Vec<EntryRef>,
     /// The entries in the batch: one read twice (our own PEL re-read and XAUTOCLAIM
@@ -195,6 +198,7 @@ impl Batcher {
             tables: Vec::new(),
             table_index: foldhash::HashMap::default(),
             row_index: Vec::new(),
+            key_hasher: foldhash::fast::RandomState::default(),
             dead: Vec::new(),
             acks: Vec::new(),
             seen: foldhash::HashSet::default(),
@@ -231,7 +235,7 @@ impl Batcher {
             truncate_entries: Vec::new(),
             rows: Vec::new(),
         });
-        self.row_index.push(foldhash::HashMap::default());
+        self.row_index.push(hashbrown::HashTable::new());
         let t = self.tables.len() - 1;
         self.table_index.insert(table.name.clone(), t);
         t
@@ -270,7 +274,10 @@ impl Batcher {
         }
         let t = self.table(&change.table);
         let rows = &mut self.tables[t].rows;
-        match self.row_index[t].get(change.key_text.as_str()) {
+        let hasher = &self.key_hasher;
+        let hash = hasher.hash_one(change.key_text.as_str());
+        let index = &mut self.row_index[t];
+        match index.find(hash, |&r| rows[r].change.key_text == change.key_text) {
             Some(&r) => {
                 let slot = &mut rows[r];
                 let older = std::mem::replace(&mut slot.change, change);
@@ -278,7 +285,9 @@ impl Batcher {
                 slot.entries.push(entry);
             }
             None => {
-                self.row_index[t].insert(change.key_text.clone(), rows.len());
+                index.insert_unique(hash, rows.len(), |&r| {
+                    hasher.hash_one(rows[r].change.key_text.as_str())
+                });
                 rows.push(BatchRow {
                     change,
                     before: Vec::new(),

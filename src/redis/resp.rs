@@ -102,16 +102,16 @@ fn line(buf: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, Malformed> {
     Ok(Some((&rest[1..nl - 1], pos + nl + 1)))
 }
 
-/// A `$` or `*` length: a decimal ≥ -1.
+/// A `$` or `*` length: `-1` or up to 18 decimal digits (read by hand: a reply of a
+/// full batch has ~30,000 of them).
 fn length(text: &[u8]) -> Result<i64, Malformed> {
-    let n: i64 = std::str::from_utf8(text)
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| bad("a length that is not a number"))?;
-    if n < -1 {
-        return Err(bad("a negative length"));
+    if text == b"-1" {
+        return Ok(-1);
     }
-    Ok(n)
+    if text.is_empty() || text.len() > 18 || !text.iter().all(u8::is_ascii_digit) {
+        return Err(bad("a length that is not -1 or a number"));
+    }
+    Ok(text.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
 }
 
 /// A cursor over one complete frame.

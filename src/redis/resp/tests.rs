@@ -138,6 +138,8 @@ fn what_is_not_resp2_is_an_error() {
         "bulk longer than said"
     );
     assert!(Frame::default().scan(b"*-2\r\n").is_err());
+    assert!(Frame::default().scan(b"$+3\r\nabc\r\n").is_err(), "a sign");
+    assert!(Frame::default().scan(b"$\r\n").is_err(), "no digits");
     assert_eq!(
         Frame::default().scan(b"*2\r\n$3\r\nab"),
         Ok(None),
