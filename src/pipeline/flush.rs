@@ -25,7 +25,7 @@ use crate::write::{Committed, Writer};
 /// A batch handed to its task: `true` once acknowledged, `false` when abandoned at
 /// shutdown (its entries stay pending).
 pub(super) struct Flight {
-    task: JoinHandle<Result<bool, PipelineError>>,
+    task: JoinHandle<Landed>,
     /// Given once the batch's write ended (committed, abandoned or failed).
     written: Signal,
     /// Given when the task ends, so the next batch's acknowledgement follows it.
@@ -38,6 +38,13 @@ impl Flight {
         self.task.is_finished()
     }
 }
+
+/// What a batch's task ends with: its outcome, and the batch itself, handed back so
+/// that the loop's thread, which allocated it, frees it: freed on a worker thread, it
+/// was ~8 % of redsink's CPU in a backlog drain (mimalloc's cross-thread frees and
+/// their collection on the loop's thread); freed here, user CPU of a 300k drain went
+/// from 1.34–1.36 s to 1.28–1.35 s.
+type Landed = (Result<bool, PipelineError>, Option<Batch>);
 
 /// A one-time signal from a task, given explicitly or when the task ends.
 struct Signal(watch::Receiver<bool>);
@@ -108,8 +115,8 @@ impl Core {
         self.in_flight = Some(Flight {
             task: tokio::spawn(async move {
                 let _signals = (written, done);
-                acker.settle_owed().await?;
-                Ok(true)
+                let settled = acker.settle_owed().await.map_err(PipelineError::from);
+                (settled.map(|()| true), None)
             }),
             written: Signal(written_rx),
             done: done_rx,
@@ -182,7 +189,10 @@ impl Core {
             return Ok(true);
         };
         match self.with_progress(flight.task).await {
-            Ok(acknowledged) => acknowledged,
+            Ok((acknowledged, batch)) => {
+                drop(batch);
+                acknowledged
+            }
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(PipelineError::WriterTask(e)),
         }
@@ -213,9 +223,15 @@ struct Signals {
 /// during an outage and the batch was abandoned unacknowledged: its entries stay
 /// pending, to be read again by this consumer when it restarts under the same name, or
 /// claimed by another after `claim_idle`.
-async fn write_and_ack(
+async fn write_and_ack(stage: Stage, batch: Batch, signals: Signals) -> Landed {
+    let outcome = write_then_ack(stage, &batch, signals).await;
+    (outcome, Some(batch))
+}
+
+/// [`write_and_ack`]'s work.
+async fn write_then_ack(
     stage: Stage,
-    batch: Batch,
+    batch: &Batch,
     signals: Signals,
 ) -> Result<bool, PipelineError> {
     let Stage {
@@ -232,8 +248,8 @@ async fn write_and_ack(
     } = signals;
     let shutdown = &shutdown;
     let started = Instant::now();
-    let writing = write(&writer, &mut acker, &batch, shutdown, &events);
-    let outcome = watched(writing, &batch, slow_after, &events).await;
+    let writing = write(&writer, &mut acker, batch, shutdown, &events);
+    let outcome = watched(writing, batch, slow_after, &events).await;
     let took = started.elapsed();
     let _ = written.send(true);
     if let Some(mut after) = after {
@@ -250,7 +266,7 @@ async fn write_and_ack(
         );
         return Ok(false);
     };
-    events.committed(&batch, &committed, &already, took);
+    events.committed(batch, &committed, &already, took);
     let _ = done.send(true);
     Ok(true)
 }
