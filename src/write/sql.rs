@@ -45,7 +45,13 @@ pub const TEXT: &str = "text[]";
 
 /// `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE older`, the
 /// values of `columns` sent as `arrays` (each cast to its column's type, a no-op where
-/// the array has it already).
+/// the array has it already), the rows' lowest version as `$width+4` ([`min_version`]).
+///
+/// A row is not written when a tombstone of its key is as new as it. That probe (an
+/// index lookup per row: ~12 % of the statement for 4,096 rows into a table without
+/// tombstones) is skipped when the table has no tombstone as new as the batch's oldest
+/// row (one lookup in `tombstones_by_version`): then no row has one. Both read the same
+/// snapshot, so the result is the same either way.
 pub fn upsert_sql(
     table: &TableSchema,
     key: &[usize],
@@ -78,8 +84,10 @@ pub fn upsert_sql(
     format!(
         "INSERT INTO {table} AS t ({names}, {v}) \
          SELECT {casts}, i.v FROM {rows} \
-         WHERE NOT EXISTS (SELECT 1 FROM redsink.tombstones d \
-           WHERE d.table_name = ${pt} AND d.key = i.k AND d.version >= i.v) \
+         WHERE (NOT EXISTS (SELECT 1 FROM redsink.tombstones d0 \
+             WHERE d0.table_name = ${pt} AND d0.version >= ${pm}) \
+           OR NOT EXISTS (SELECT 1 FROM redsink.tombstones d \
+             WHERE d.table_name = ${pt} AND d.key = i.k AND d.version >= i.v)) \
          AND i.v > coalesce((SELECT tr.version FROM redsink.truncations tr \
            WHERE tr.table_name = ${pt}), ''::bytea) \
          ON CONFLICT ({conflict}) DO UPDATE SET {sets} \
@@ -89,6 +97,7 @@ pub fn upsert_sql(
         casts = casts.join(", "),
         rows = unnest_rows(arrays),
         pt = columns.len() + 3,
+        pm = columns.len() + 4,
         conflict = conflict.join(", "),
         sets = sets.join(", "),
     )
@@ -119,6 +128,15 @@ pub fn delete_sql(table: &TableSchema, key: &[usize], arrays: &[&str]) -> String
         table = table.name.quoted(),
         pt = key.len() + 3,
     )
+}
+
+/// The lowest version among `rows` (bytea's order is the bytes' order, as `[u8]`'s):
+/// the upsert's last parameter ([`upsert_sql`]).
+fn min_version<'a>(rows: &[&'a RowChange]) -> &'a [u8] {
+    rows.iter()
+        .map(|r| r.version.0.as_slice())
+        .min()
+        .unwrap_or_default()
 }
 
 /// The width of a group's value arrays (its first row's columns, or key columns for a
@@ -186,9 +204,15 @@ pub fn group_execute(table: &TableSchema, rows: &[&RowChange]) -> Result<Option<
     literal::push_text_array(&mut args, rows.iter().map(|r| Some(r.key_text.as_str())))?;
     args.push_str(", ");
     literal::push_text(&mut args, &table.name.to_string())?;
+    let mut types = format!("{}bytea[], text[], text", "text[], ".repeat(width));
+    if matches!(first.op, RowOp::Upsert { .. }) {
+        args.push_str(", ");
+        literal::push_bytea(&mut args, min_version(rows));
+        types.push_str(", bytea");
+    }
     Ok(Some(Execute {
         sql: group_sql(table, first, &vec![TEXT; width]),
-        types: format!("{}bytea[], text[], text", "text[], ".repeat(width)),
+        types,
         args,
     }))
 }
@@ -239,17 +263,15 @@ pub async fn write_rows(
     }
     let versions: Vec<&[u8]> = rows.iter().map(|r| r.version.0.as_slice()).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
-    query
-        .bind(versions)
-        .bind(keys)
-        .bind(table.name.to_string())
-        .execute(conn)
-        .await
-        .map_err(WriteError::pg(format!(
-            "{what} {} rows of {}",
-            rows.len(),
-            table.name
-        )))?;
+    query = query.bind(versions).bind(keys).bind(table.name.to_string());
+    if matches!(first.op, RowOp::Upsert { .. }) {
+        query = query.bind(min_version(rows));
+    }
+    query.execute(conn).await.map_err(WriteError::pg(format!(
+        "{what} {} rows of {}",
+        rows.len(),
+        table.name
+    )))?;
     Ok(())
 }
 
