@@ -147,15 +147,48 @@ pub(super) fn position_parts(scheme: VersionSource, s: &Source) -> Result<Vec<u6
 /// may be null (lowest).
 fn sequence_parts(s: &Source) -> Result<Vec<u64>, &'static str> {
     let text = s.position("sequence").ok_or("sequence")?;
-    let parsed: Vec<Option<String>> = serde_json::from_str(text).map_err(|_| "sequence")?;
-    let n = |i: usize| {
-        parsed
-            .get(i)
-            .cloned()
-            .flatten()
-            .and_then(|v| v.parse().ok())
+    let (first, second) = match plain_sequence(text) {
+        Some(parts) => parts,
+        None => {
+            let parsed: Vec<Option<String>> = serde_json::from_str(text).map_err(|_| "sequence")?;
+            let n = |i: usize| {
+                parsed
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.parse().ok())
+            };
+            (n(0), n(1))
+        }
     };
-    Ok(vec![n(0).unwrap_or(0), n(1).or(s.lsn).unwrap_or(0)])
+    Ok(vec![first.unwrap_or(0), second.or(s.lsn).unwrap_or(0)])
+}
+
+/// `sequence` as Debezium writes it, `["…","…"]` (each item a string without escapes,
+/// or `null`; no whitespace), read without serde_json: its first two items as numbers
+/// (`None`: null, absent, or not a number). `None` for any other text, which serde_json
+/// then reads (and rejects as it always did).
+fn plain_sequence(text: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    let mut items = [None, None];
+    if inner.is_empty() {
+        return Some((None, None));
+    }
+    for (i, item) in inner.split(',').enumerate() {
+        let value = if item == "null" {
+            None
+        } else {
+            let s = item.strip_prefix('"')?.strip_suffix('"')?;
+            if s.contains(['"', '\\']) || s.chars().any(char::is_control) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        if let Some(slot) = items.get_mut(i) {
+            *slot = value;
+        }
+    }
+    Some((items[0], items[1]))
 }
 
 /// A SQL Server LSN, "0000003a:00002f50:0002" (8:8:4 hex digits) → two numbers that
@@ -175,5 +208,58 @@ fn sqlserver_lsn(s: &Source, name: &'static str, required: bool) -> Result<[u64;
     match nums.as_slice() {
         [a, b, c] if widths_ok => Ok([(a << 32) | b, *c]),
         _ => Err(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::plain_sequence;
+
+    /// `sequence`'s first two items as numbers, read by serde_json (the slow path).
+    fn by_serde(text: &str) -> Option<(Option<u64>, Option<u64>)> {
+        let parsed: Vec<Option<String>> = serde_json::from_str(text).ok()?;
+        let n = |i: usize| {
+            parsed
+                .get(i)
+                .cloned()
+                .flatten()
+                .and_then(|v| v.parse().ok())
+        };
+        Some((n(0), n(1)))
+    }
+
+    proptest! {
+        #[test]
+        fn sequences_read_as_serde_json_reads_them(
+            items in proptest::collection::vec(proptest::option::of("[0-9]{0,21}|[-+0-9a-z,\"\\\\ ]{0,6}"), 0..4),
+        ) {
+            let text = serde_json::to_string(&items).expect("serializes");
+            if let Some(fast) = plain_sequence(&text) {
+                prop_assert_eq!(Some(fast), by_serde(&text));
+            }
+        }
+
+        #[test]
+        fn any_text_it_reads_serde_json_reads_alike(text in "[\\[\\]\",0-9nul \\\\a]{0,16}") {
+            if let Some(fast) = plain_sequence(&text) {
+                prop_assert_eq!(Some(fast), by_serde(&text), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn debezium_s_sequences_take_the_plain_path() {
+        assert_eq!(
+            plain_sequence(r#"["24023128","24023480"]"#),
+            Some((Some(24_023_128), Some(24_023_480)))
+        );
+        assert_eq!(plain_sequence(r#"[null,"7"]"#), Some((None, Some(7))));
+        assert_eq!(
+            plain_sequence(r#"[ "1", "2" ]"#),
+            None,
+            "whitespace: serde_json's"
+        );
     }
 }

@@ -94,13 +94,17 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string (after whitespace): borrowed when it has no escapes, else unescaped by
-    /// serde_json (which checks the escapes).
+    /// A string (after whitespace): borrowed when it has no escapes; unescaped here when
+    /// it has only one-character escapes (`\"`, as in the PostgreSQL connector's
+    /// `source.sequence`), else by serde_json (`\u`, surrogate pairs).
     #[inline]
     pub fn string(&mut self) -> Option<Cow<'a, str>> {
         let (inner, escaped) = self.raw_string()?;
         if !escaped {
             return Some(Cow::Borrowed(inner));
+        }
+        if let Some(plain) = unescape_short(inner) {
+            return Some(Cow::Owned(plain));
         }
         let quoted = &self.text[self.pos - inner.len() - 2..self.pos];
         serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
@@ -241,6 +245,31 @@ impl<'a> Cursor<'a> {
 
 /// The index of the first `"`, `\\` or control character, 8 bytes at a time.
 #[inline]
+/// A string's text between its quotes (escapes already checked for their form) with
+/// its one-character escapes replaced; `None` when it has a `\u` escape.
+fn unescape_short(inner: &str) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let c = match rest.as_bytes().get(at + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            _ => return None,
+        };
+        out.push(c);
+        rest = &rest[at + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
@@ -322,6 +351,20 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Value>(text).is_err(), "{text}");
             assert!(!skips(text), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Strings read as serde_json reads them, whatever they escape.
+        #[test]
+        fn strings_unescape_as_serde_json_does(text in "(\\PC|[\"\\\\/\n\t\r\u{8}\u{c}\u{1}\u{1f}])*") {
+            let quoted = serde_json::to_string(&text).expect("a string serializes");
+            let read = Cursor::new(&quoted).string();
+            proptest::prop_assert_eq!(read.as_deref(), Some(text.as_str()));
+            // And the escapes serde_json does not write itself.
+            let slashed = quoted.replace('/', "\\/");
+            let read = Cursor::new(&slashed).string();
+            proptest::prop_assert_eq!(read.as_deref(), Some(text.as_str()));
         }
     }
 
