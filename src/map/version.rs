@@ -149,19 +149,23 @@ fn sequence_parts(s: &Source) -> Result<Vec<u64>, &'static str> {
     let text = s.position("sequence").ok_or("sequence")?;
     let (first, second) = match plain_sequence(text) {
         Some(parts) => parts,
-        None => {
-            let parsed: Vec<Option<String>> = serde_json::from_str(text).map_err(|_| "sequence")?;
-            let n = |i: usize| {
-                parsed
-                    .get(i)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.parse().ok())
-            };
-            (n(0), n(1))
-        }
+        None => serde_sequence(text).ok_or("sequence")?,
     };
     Ok(vec![first.unwrap_or(0), second.or(s.lsn).unwrap_or(0)])
+}
+
+/// `sequence`'s first two items as numbers, read by serde_json (any JSON array of
+/// strings and nulls); `None` when it is not one.
+fn serde_sequence(text: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let parsed: Vec<Option<String>> = serde_json::from_str(text).ok()?;
+    let n = |i: usize| {
+        parsed
+            .get(i)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+    };
+    Some((n(0), n(1)))
 }
 
 /// `sequence` as Debezium writes it, `["…","…"]` (each item a string without escapes,
@@ -215,20 +219,7 @@ fn sqlserver_lsn(s: &Source, name: &'static str, required: bool) -> Result<[u64;
 mod tests {
     use proptest::prelude::*;
 
-    use super::plain_sequence;
-
-    /// `sequence`'s first two items as numbers, read by serde_json (the slow path).
-    fn by_serde(text: &str) -> Option<(Option<u64>, Option<u64>)> {
-        let parsed: Vec<Option<String>> = serde_json::from_str(text).ok()?;
-        let n = |i: usize| {
-            parsed
-                .get(i)
-                .cloned()
-                .flatten()
-                .and_then(|v| v.parse().ok())
-        };
-        Some((n(0), n(1)))
-    }
+    use super::{plain_sequence, serde_sequence as by_serde};
 
     proptest! {
         #[test]

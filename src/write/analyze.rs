@@ -59,7 +59,7 @@ impl Freshness {
 }
 
 /// `ANALYZE redsink.tombstones`; the number of rows it estimates the table holds.
-pub async fn analyze_tombstones(pool: &PgPool) -> Result<u64, WriteError> {
+async fn analyze_tombstones(pool: &PgPool) -> Result<u64, WriteError> {
     sqlx::raw_sql("ANALYZE redsink.tombstones")
         .execute(pool)
         .await
@@ -72,6 +72,15 @@ pub async fn analyze_tombstones(pool: &PgPool) -> Result<u64, WriteError> {
     .map_err(WriteError::pg("reading the size of redsink.tombstones"))?;
     // reltuples is -1 before the first analyze (a role that may not analyze).
     Ok(if rows > 0.0 { rows as u64 } else { 0 })
+}
+
+/// [`analyze_tombstones`], a failure only logged (the sync goes on with the statistics
+/// it has): the table's size, or `None`.
+pub async fn analyze_tombstones_or_warn(pool: &PgPool) -> Option<u64> {
+    analyze_tombstones(pool)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "analyzing redsink.tombstones failed"))
+        .ok()
 }
 
 #[cfg(test)]

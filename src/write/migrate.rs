@@ -50,9 +50,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), WriteError> {
     run_migrations(pool).await?;
     if internal_tables_present(pool).await? {
         // Statistics as current as the tombstones, before any statement is planned.
-        if let Err(e) = super::analyze::analyze_tombstones(pool).await {
-            tracing::warn!(error = %e, "analyzing redsink.tombstones failed");
-        }
+        super::analyze::analyze_tombstones_or_warn(pool).await;
         return Ok(());
     }
     tracing::warn!(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::analyze::{Freshness, analyze_tombstones};
+use super::analyze::{Freshness, analyze_tombstones_or_warn};
 use super::home::Home;
 use super::staging::{self, TxFinish};
 use super::{Committed, ErrorClass, WriteError, locks, prepared, sql};
@@ -140,11 +140,7 @@ impl Writer {
         }
         let (pool, fresh) = (self.pool.clone(), self.tombstones.clone());
         tokio::spawn(async move {
-            let rows = analyze_tombstones(&pool)
-                .await
-                .inspect_err(|e| tracing::warn!(error = %e, "analyzing redsink.tombstones failed"))
-                .ok();
-            fresh.analyzed(rows);
+            fresh.analyzed(analyze_tombstones_or_warn(&pool).await);
         });
     }
 
