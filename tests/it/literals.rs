@@ -133,19 +133,51 @@ fn inline_literals_round_trip_through_postgres() {
 
 /// The writer's one-round-trip transaction (`src/write/once.rs`) on a batch over two
 /// tables: the values that need escaping land as they are; once the connection has
-/// prepared the statements, a batch is 1 round trip; a row Postgres rejects still
-/// becomes a dead letter (the batch is written again row by row). (A NUL never gets
-/// this far: the map step refuses it.)
+/// prepared the statements, a batch is 1 round trip, and each prepared statement keeps
+/// only its own text (not the whole query it was prepared in, which every `EXECUTE`
+/// would copy again); a row Postgres rejects still becomes a dead letter (the batch is
+/// written again row by row). (A NUL never gets this far: the map step refuses it.)
 #[tokio::test]
 async fn a_write_over_two_tables_is_one_round_trip_and_still_isolates_rejected_rows() {
+    two_tables(true).await;
+}
+
+/// A role that may not use PL/pgSQL (`REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC`,
+/// as hardened databases do), whose `DO` block prepares the statements: the writer
+/// writes with bound parameters instead, and the same rows land.
+#[tokio::test]
+async fn without_plpgsql_the_writer_binds_its_values_instead() {
+    two_tables(false).await;
+}
+
+/// The two-table case, as a role that may use PL/pgSQL (and so the statements are
+/// prepared by name) or may not.
+async fn two_tables(plpgsql: bool) {
     let db = TestDb::new().await;
     db.exec(ITEMS).await;
     db.exec("CREATE TABLE public.others (LIKE public.items INCLUDING ALL)")
         .await;
-    let pool = write::connect(&db.postgres(1)).await.expect("pg");
-    write::migrate(&pool).await.expect("migrate");
-    let mut catalog = Catalog::new(pool.clone());
-    let writer = Writer::new(pool, "redsink");
+    write::migrate(&db.pool).await.expect("migrate");
+    let role = crate::common::unique("r");
+    let mut config = db.postgres(1);
+    if !plpgsql {
+        db.exec(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA public, redsink TO {role}; \
+             GRANT ALL ON ALL TABLES IN SCHEMA public, redsink TO {role}; \
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA redsink TO {role}; \
+             REVOKE USAGE ON LANGUAGE plpgsql FROM PUBLIC"
+        ))
+        .await;
+        config.url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+        assert_ne!(
+            config.url, db.url,
+            "the test database URL names the postgres user"
+        );
+    }
+    let pool = write::connect(&config).await.expect("pg");
+    // The owner's catalog (it adds the version column); the role's writer.
+    let mut catalog = Catalog::new(db.pool.clone());
+    let writer = Writer::new(pool.clone(), "redsink");
     let mut targets = Vec::new();
     for name in ["public.items", "public.others"] {
         let config: MappingConfig =
@@ -182,9 +214,25 @@ async fn a_write_over_two_tables_is_one_round_trip_and_still_isolates_rejected_r
     let first = batch(&rows);
     let again = batch(&rows);
     let _ = writer.write(&first).await.expect("write");
+    // The pool's one connection is the writer's.
+    let prepared: Vec<String> = sqlx::query_scalar(
+        "SELECT statement FROM pg_prepared_statements WHERE name LIKE 'redsink\\_w%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("prepared statements");
+    assert_eq!(prepared.len(), if plpgsql { 2 } else { 0 }, "{prepared:?}");
+    for text in &prepared {
+        assert!(
+            text.starts_with("PREPARE redsink_w") && !text.contains("BEGIN"),
+            "a prepared statement keeps more than its own text: {text}"
+        );
+    }
     let before = writer.round_trips();
     let committed = writer.write(&again).await.expect("write");
-    assert_eq!(writer.round_trips() - before, 1, "one round trip");
+    if plpgsql {
+        assert_eq!(writer.round_trips() - before, 1, "one round trip");
+    }
     assert!(committed.dead().is_empty());
     for table in ["items", "others"] {
         let stored: Vec<(i32, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -211,4 +259,16 @@ async fn a_write_over_two_tables_is_one_round_trip_and_still_isolates_rejected_r
     .await
     .expect("count");
     assert_eq!(fine, 2);
+    if !plpgsql {
+        pool.close().await;
+        db.exec(&format!("DROP OWNED BY {role}")).await;
+        drop(db);
+        let admin = sqlx::PgPool::connect(&crate::common::pg_admin_url())
+            .await
+            .expect("admin");
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+            .execute(&admin)
+            .await
+            .expect("drop role");
+    }
 }
