@@ -30,7 +30,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Entries per batch, as redsink's default `max_batch`.
-const BATCH: usize = 1000;
+const BATCH: usize = 4096;
 
 /// The bench's `orders` table, as the catalog reads it.
 fn orders_table() -> Res<Arc<TableSchema>> {

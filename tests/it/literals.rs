@@ -10,7 +10,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use redsink::batch::Batcher;
 use redsink::config::MappingConfig;
 use redsink::map::Mapping;
-use redsink::table::TableName;
+use redsink::table::{TableName, quote_ident};
 use redsink::write::literal::{self, HasNul};
 use redsink::write::{self, Catalog, Writer};
 use sqlx::Connection as _;
@@ -150,13 +150,21 @@ async fn without_plpgsql_the_writer_binds_its_values_instead() {
     two_tables(false).await;
 }
 
+/// The second table of the two-table case.
+const OTHERS: &str = r#"o'th\er$redsink$"s"#;
+
 /// The two-table case, as a role that may use PL/pgSQL (and so the statements are
 /// prepared by name) or may not.
 async fn two_tables(plpgsql: bool) {
     let db = TestDb::new().await;
     db.exec(ITEMS).await;
-    db.exec("CREATE TABLE public.others (LIKE public.items INCLUDING ALL)")
-        .await;
+    // The second table's name means something to SQL's quotes, to E'' strings and to
+    // the dollar quote of the `DO` block that prepares its statement.
+    db.exec(&format!(
+        "CREATE TABLE public.{} (LIKE public.items INCLUDING ALL)",
+        quote_ident(OTHERS)
+    ))
+    .await;
     write::migrate(&db.pool).await.expect("migrate");
     let role = crate::common::unique("r");
     let mut config = db.postgres(1);
@@ -179,11 +187,13 @@ async fn two_tables(plpgsql: bool) {
     let mut catalog = Catalog::new(db.pool.clone());
     let writer = Writer::new(pool.clone(), "redsink");
     let mut targets = Vec::new();
-    for name in ["public.items", "public.others"] {
+    for name in ["public.items".to_string(), format!("public.{OTHERS}")] {
+        let toml_name = name.replace('\\', "\\\\").replace('"', "\\\"");
         let config: MappingConfig =
-            toml::from_str(&format!("streams = [\"s\"]\ntable = \"{name}\"")).expect("mapping");
+            toml::from_str(&format!("streams = [\"s\"]\ntable = \"{toml_name}\""))
+                .expect("mapping");
         let table = catalog
-            .table(&TableName::parse(name).expect("name"))
+            .table(&TableName::parse(&name).expect("name"))
             .await
             .expect("table");
         targets.push((Mapping::compile(0, &config).expect("compiles"), table));
@@ -234,9 +244,10 @@ async fn two_tables(plpgsql: bool) {
         assert_eq!(writer.round_trips() - before, 1, "one round trip");
     }
     assert!(committed.dead().is_empty());
-    for table in ["items", "others"] {
+    for table in ["items", OTHERS] {
         let stored: Vec<(i32, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id, name FROM public.{table} ORDER BY id"
+            "SELECT id, name FROM public.{} ORDER BY id",
+            quote_ident(table)
         )))
         .fetch_all(&db.pool)
         .await
@@ -251,10 +262,11 @@ async fn two_tables(plpgsql: bool) {
     let bad = batch(&[(20, "far too long for twelve"), (21, "fine")]);
     let committed = writer.write(&bad).await.expect("write");
     assert_eq!(committed.dead().len(), 2, "{:?}", committed.dead());
-    let fine: i64 = sqlx::query_scalar(
+    let fine: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT (SELECT count(*) FROM public.items WHERE id >= 20) + \
-         (SELECT count(*) FROM public.others WHERE id >= 20)",
-    )
+         (SELECT count(*) FROM public.{} WHERE id >= 20)",
+        quote_ident(OTHERS)
+    )))
     .fetch_one(&db.pool)
     .await
     .expect("count");
