@@ -17,16 +17,34 @@ pub struct HasNul;
 /// Appends `text` to `out`, escaped for an array element inside an `E'…'` literal
 /// (without the element's double quotes).
 fn push_element(out: &mut String, text: &str) -> Result<(), HasNul> {
-    for c in text.chars() {
-        match c {
-            '\0' => return Err(HasNul),
-            // Array parser: `\\`; SQL lexer: each backslash doubled again.
-            '\\' => out.push_str(r"\\\\"),
-            '"' => out.push_str(r#"\\""#),
-            '\'' => out.push_str("''"),
-            c => out.push(c),
+    push_escaped(out, text, |b| match b {
+        // Array parser: `\\`; SQL lexer: each backslash doubled again.
+        b'\\' => Some(r"\\\\"),
+        b'"' => Some(r#"\\""#),
+        b'\'' => Some("''"),
+        _ => None,
+    })
+}
+
+/// Appends `text` to `out` with the bytes `escape` names replaced, a run of other bytes
+/// at a time; stops at a NUL. The escaped bytes are ASCII, so every run is whole UTF-8.
+fn push_escaped(
+    out: &mut String,
+    text: &str,
+    escape: impl Fn(u8) -> Option<&'static str>,
+) -> Result<(), HasNul> {
+    let mut run = 0;
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        if b == 0 {
+            return Err(HasNul);
+        }
+        if let Some(escaped) = escape(b) {
+            out.push_str(&text[run..i]);
+            out.push_str(escaped);
+            run = i + 1;
         }
     }
+    out.push_str(&text[run..]);
     Ok(())
 }
 
@@ -107,15 +125,11 @@ pub fn push_text(out: &mut String, text: &str) -> Result<(), HasNul> {
 /// `standard_conforming_strings` says, and in `'…'` only when there are none). Stops
 /// at a NUL, which no literal can hold.
 pub(super) fn push_quoted(out: &mut String, text: &str) -> Result<(), HasNul> {
-    for c in text.chars() {
-        match c {
-            '\0' => return Err(HasNul),
-            '\\' => out.push_str(r"\\"),
-            '\'' => out.push_str("''"),
-            c => out.push(c),
-        }
-    }
-    Ok(())
+    push_escaped(out, text, |b| match b {
+        b'\\' => Some(r"\\"),
+        b'\'' => Some("''"),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -45,8 +45,14 @@ static NAMES: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Mutex::defau
 /// The name of a statement's text.
 fn name_of(sql: &str) -> String {
     let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    let next = u64::try_from(names.len()).unwrap_or(u64::MAX);
-    let n = *names.entry(sql.to_string()).or_insert(next);
+    let n = match names.get(sql) {
+        Some(&n) => n,
+        None => {
+            let next = u64::try_from(names.len()).unwrap_or(u64::MAX);
+            names.insert(sql.to_string(), next);
+            next
+        }
+    };
     format!("{PREFIX}{n}")
 }
 
@@ -56,8 +62,8 @@ fn name_of(sql: &str) -> String {
 pub struct Plan {
     /// Every table's truncate (values as literals) and `EXECUTE`s, in the batch's order.
     pub statements: String,
-    /// The statements it executes: name → `'PREPARE name (types) AS sql'`, a quoted
-    /// literal for PL/pgSQL's `EXECUTE`.
+    /// The statements it executes: name → `PREPARE name (types) AS sql` (quoted for
+    /// PL/pgSQL's `EXECUTE` only when the connection lacks it: [`prelude`]).
     prepares: Vec<(String, String)>,
 }
 
@@ -79,9 +85,7 @@ pub fn plan(batch: &Batch) -> Result<Plan, HasNul> {
             let name = name_of(&sql);
             let _ = writeln!(plan.statements, "EXECUTE {name}({args});");
             if seen.insert(name.clone()) {
-                let mut prepare = String::from("E'");
-                push_quoted(&mut prepare, &format!("PREPARE {name} ({types}) AS {sql}"))?;
-                prepare.push('\'');
+                let prepare = format!("PREPARE {name} ({types}) AS {sql}");
                 plan.prepares.push((name, prepare));
             }
         }
@@ -117,7 +121,13 @@ pub fn prelude(plan: &Plan, have: &[String]) -> String {
     if missing.is_empty() {
         return out;
     }
-    let body: String = missing.iter().map(|p| format!(" EXECUTE {p};")).collect();
+    let mut body = String::new();
+    for prepare in missing {
+        // Statement texts hold identifiers from the catalog, which cannot hold a NUL.
+        body.push_str(" EXECUTE E'");
+        let _ = push_quoted(&mut body, prepare);
+        body.push_str("';");
+    }
     // The block's dollar quote: a tag its body does not hold.
     let mut tag = String::from("$redsink$");
     while body.contains(&tag) {
@@ -171,7 +181,7 @@ mod tests {
             statements: String::new(),
             prepares: names
                 .iter()
-                .map(|n| (n.to_string(), format!("'PREPARE {n}'")))
+                .map(|n| (n.to_string(), format!("PREPARE {n}")))
                 .collect(),
         }
     }
@@ -190,11 +200,11 @@ mod tests {
         let have = vec!["redsink_w1".to_string(), "sqlx_s_1".to_string()];
         assert_eq!(
             prelude(&plan, &have),
-            "DO $redsink$ BEGIN EXECUTE 'PREPARE redsink_w2'; END $redsink$;\n"
+            "DO $redsink$ BEGIN EXECUTE E'PREPARE redsink_w2'; END $redsink$;\n"
         );
         assert_eq!(
             prelude(&plan, &[]),
-            "DO $redsink$ BEGIN EXECUTE 'PREPARE redsink_w1'; EXECUTE 'PREPARE redsink_w2'; END $redsink$;\n"
+            "DO $redsink$ BEGIN EXECUTE E'PREPARE redsink_w1'; EXECUTE E'PREPARE redsink_w2'; END $redsink$;\n"
         );
         let have: Vec<String> = plan.prepares.iter().map(|(n, _)| n.clone()).collect();
         assert_eq!(prelude(&plan, &have), "");
@@ -212,7 +222,7 @@ mod tests {
         assert!(sent.contains("DEALLOCATE redsink_w1;"));
         assert_eq!(sent.matches("DEALLOCATE").count(), PREPARED_MAX - 1);
         assert!(
-            sent.ends_with("DO $redsink$ BEGIN EXECUTE 'PREPARE redsink_wnew'; END $redsink$;\n")
+            sent.ends_with("DO $redsink$ BEGIN EXECUTE E'PREPARE redsink_wnew'; END $redsink$;\n")
         );
     }
 
@@ -222,11 +232,15 @@ mod tests {
             statements: String::new(),
             prepares: vec![(
                 "redsink_w7".into(),
-                "'PREPARE x AS SELECT 1 AS \"$redsink$\"'".into(),
+                "PREPARE x AS SELECT 'it''s' AS \"$redsink$\"".into(),
             )],
         };
         let sent = prelude(&plan, &[]);
         assert!(sent.starts_with("DO $redsink_$ BEGIN"), "{sent}");
         assert!(sent.ends_with("END $redsink_$;\n"), "{sent}");
+        assert!(
+            sent.contains("EXECUTE E'PREPARE x AS SELECT ''it''''s'' AS"),
+            "{sent}"
+        );
     }
 }
