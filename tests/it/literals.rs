@@ -242,6 +242,20 @@ async fn two_tables(plpgsql: bool) {
     let committed = writer.write(&again).await.expect("write");
     if plpgsql {
         assert_eq!(writer.round_trips() - before, 1, "one round trip");
+        // Statements dropped behind the writer's back (a pooler's `DISCARD ALL`): the
+        // next batch finds them missing, lists what is left and prepares them again.
+        sqlx::raw_sql("DEALLOCATE ALL")
+            .execute(&pool)
+            .await
+            .expect("deallocate");
+        let before = writer.round_trips();
+        let committed = writer.write(&batch(&rows)).await.expect("write");
+        assert!(committed.dead().is_empty());
+        assert_eq!(
+            writer.round_trips() - before,
+            3,
+            "missing, listed, sent again"
+        );
     }
     assert!(committed.dead().is_empty());
     for table in ["items", OTHERS] {
