@@ -78,6 +78,18 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops a role a test created (roles belong to the whole server): what it owns and its
+/// privileges in `db`, then `db`, then the role.
+pub async fn drop_role(db: TestDb, role: &str) {
+    db.exec(&format!("DROP OWNED BY {role}")).await;
+    drop(db);
+    let admin = PgPool::connect(&pg_admin_url()).await.expect("admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(&admin)
+        .await
+        .expect("drop role");
+}
+
 /// Waits until `table` has more than `rows` rows.
 pub async fn wait_rows(db: &TestDb, table: &str, rows: i64) {
     let sql = format!("SELECT count(*) FROM {table}");

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 
 pub use cluster::RedisCluster;
-pub use db::{TestDb, wait_rows};
+pub use db::{TestDb, drop_role, wait_rows};
 pub use run::{
     Running, Spawned, config, config_text, redsink_cli, redsink_cli_on_terminal, sync, sync_at,
 };

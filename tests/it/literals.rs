@@ -287,14 +287,6 @@ async fn two_tables(plpgsql: bool) {
     assert_eq!(fine, 2);
     if !plpgsql {
         pool.close().await;
-        db.exec(&format!("DROP OWNED BY {role}")).await;
-        drop(db);
-        let admin = sqlx::PgPool::connect(&crate::common::pg_admin_url())
-            .await
-            .expect("admin");
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
-            .execute(&admin)
-            .await
-            .expect("drop role");
+        crate::common::drop_role(db, &role).await;
     }
 }

@@ -93,15 +93,7 @@ async fn syncs_with_a_restricted_redis_user_and_postgres_role() {
         .query_async(&mut r)
         .await
         .expect("DELUSER");
-    db.exec(&format!("DROP OWNED BY {role}")).await;
-    drop(db);
-    let admin = sqlx::PgPool::connect(&common::pg_admin_url())
-        .await
-        .expect("admin");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
-        .execute(&admin)
-        .await
-        .expect("drop role");
+    common::drop_role(db, &role).await;
     common::cleanup_streams(&prefix).await;
 }
 
