@@ -243,8 +243,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The index of the first `"`, `\\` or control character, 8 bytes at a time.
-#[inline]
 /// A string's text between its quotes (escapes already checked for their form) with
 /// its one-character escapes replaced; `None` when it has a `\u` escape.
 fn unescape_short(inner: &str) -> Option<String> {
@@ -270,6 +268,8 @@ fn unescape_short(inner: &str) -> Option<String> {
     Some(out)
 }
 
+/// The index of the first `"`, `\\` or control character, 8 bytes at a time.
+#[inline]
 fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
