@@ -8,7 +8,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// FNV-1a 64-bit's starting state (the hash of no bytes).
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// FNV-1a 64-bit continued over `bytes` from `hash`, the hash of what came before them:
 /// `fnv1a64_on(fnv1a64(a), b) == fnv1a64(a ++ b)`, so a common prefix is hashed once.

@@ -5,7 +5,7 @@
 //! turns into the transaction's first statement. Errors: none.
 
 use crate::batch::Batch;
-use crate::keyhash::{FNV_OFFSET, fnv1a64, fnv1a64_on};
+use crate::keyhash::{fnv1a64, fnv1a64_on};
 use crate::table::TableName;
 
 /// Above this many key locks a batch locks whole tables instead. Every advisory lock
@@ -38,8 +38,10 @@ pub fn lock_ids(batch: &Batch) -> Vec<(i64, bool)> {
         tables.push((table_lock(&t.table.name), true));
         let prefix = key_lock_prefix(&t.table.name);
         keys.extend(t.rows.iter().map(|row| {
-            let id = fnv1a64_on(prefix, row.change.key_text.as_bytes());
-            (i64::from_ne_bytes(id.to_ne_bytes()), false)
+            (
+                as_lock(fnv1a64_on(prefix, row.change.key_text.as_bytes())),
+                false,
+            )
         }));
     }
     keys.sort_unstable();
@@ -72,11 +74,16 @@ fn key_lock(table: &TableName, key_text: &str) -> i64 {
 /// The hash state of a table's key locks before the key text: [`key_lock`] is this
 /// continued over the key's text (hashed once per table and batch, not per row).
 fn key_lock_prefix(table: &TableName) -> u64 {
-    fnv1a64_on(FNV_OFFSET, format!("redsink\0{table}\0").as_bytes())
+    fnv1a64(format!("redsink\0{table}\0").as_bytes())
 }
 
 fn lock_id(text: &str) -> i64 {
-    i64::from_ne_bytes(fnv1a64(text.as_bytes()).to_ne_bytes())
+    as_lock(fnv1a64(text.as_bytes()))
+}
+
+/// A 64-bit hash as an advisory lock ID (the same bits as a signed integer).
+fn as_lock(hash: u64) -> i64 {
+    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
 #[cfg(test)]
@@ -158,7 +165,7 @@ mod tests {
         fn key_locks_are_the_hash_of_table_and_key(schema in "[a-z_]{1,8}", key in ".{0,40}") {
             let table = TableName::parse(&format!("{schema}.t")).expect("valid");
             let id = fnv1a64_on(key_lock_prefix(&table), key.as_bytes());
-            proptest::prop_assert_eq!(i64::from_ne_bytes(id.to_ne_bytes()), key_lock(&table, &key));
+            proptest::prop_assert_eq!(as_lock(id), key_lock(&table, &key));
         }
     }
 
