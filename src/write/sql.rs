@@ -130,13 +130,14 @@ pub fn delete_sql(table: &TableSchema, key: &[usize], arrays: &[&str]) -> String
     )
 }
 
-/// The lowest version among `rows` (bytea's order is the bytes' order, as `[u8]`'s):
-/// the upsert's last parameter ([`upsert_sql`]).
-fn min_version<'a>(rows: &[&'a RowChange]) -> &'a [u8] {
-    rows.iter()
-        .map(|r| r.version.0.as_slice())
-        .min()
-        .unwrap_or_default()
+/// The upsert's last parameter ([`upsert_sql`]): the lowest version among `rows`
+/// (bytea's order is the bytes' order, as `[u8]`'s); `None` for a delete, whose
+/// statement has no such parameter.
+fn min_version<'a>(rows: &[&'a RowChange]) -> Option<&'a [u8]> {
+    if !matches!(rows.first()?.op, RowOp::Upsert { .. }) {
+        return None;
+    }
+    rows.iter().map(|r| r.version.0.as_slice()).min()
 }
 
 /// The width of a group's value arrays (its first row's columns, or key columns for a
@@ -205,9 +206,9 @@ pub fn group_execute(table: &TableSchema, rows: &[&RowChange]) -> Result<Option<
     args.push_str(", ");
     literal::push_text(&mut args, &table.name.to_string())?;
     let mut types = format!("{}bytea[], text[], text", "text[], ".repeat(width));
-    if matches!(first.op, RowOp::Upsert { .. }) {
+    if let Some(min) = min_version(rows) {
         args.push_str(", ");
-        literal::push_bytea(&mut args, min_version(rows));
+        literal::push_bytea(&mut args, min);
         types.push_str(", bytea");
     }
     Ok(Some(Execute {
@@ -264,8 +265,8 @@ pub async fn write_rows(
     let versions: Vec<&[u8]> = rows.iter().map(|r| r.version.0.as_slice()).collect();
     let keys: Vec<&str> = rows.iter().map(|r| r.key_text.as_str()).collect();
     query = query.bind(versions).bind(keys).bind(table.name.to_string());
-    if matches!(first.op, RowOp::Upsert { .. }) {
-        query = query.bind(min_version(rows));
+    if let Some(min) = min_version(rows) {
+        query = query.bind(min);
     }
     query.execute(conn).await.map_err(WriteError::pg(format!(
         "{what} {} rows of {}",
